@@ -1,0 +1,354 @@
+//! Checkpoints: write a snapshot of the live data, then delete the log it covers.
+//!
+//! 1. Note `S`, the last applied sequence number, and copy the index in chunks (writers go on;
+//!    entries changed later may be copied with their newer values, up to `end_seq`).
+//! 2. Write live, unexpired entries to `S.snap.tmp` in checksummed blocks, then the footer.
+//! 3. fsync the temp file; make the log durable through `end_seq`.
+//! 4. Rename to `S.snap`; fsync the directory. From here the snapshot is the recovery base.
+//! 5. Point index entries at the snapshot; delete segments wholly at or below `S` and older
+//!    snapshots; fsync the directories.
+//!
+//! A crash before 4 leaves the old snapshot and the whole log; after 4, the new snapshot and
+//! every record after `S` (docs/design.md, "Checkpoint").
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::format::{self, BlockBuilder, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
+use crate::index::{Entries, Entry, FileId, Index, Loc, Source};
+
+/// Keys with the sequence number of the entry they had.
+type KeySeqs = Vec<(Box<[u8]>, u64)>;
+use crate::limits;
+use crate::storage::{write_all_at, FileBytes, OpenMode, Storage};
+
+/// Entries copied per index lock hold.
+const COPY_CHUNK: usize = 1024;
+/// Bytes buffered before a write to the snapshot file.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// A snapshot loaded by recovery.
+pub(crate) struct LoadedSnapshot {
+    pub base_seq: u64,
+    pub end_seq: u64,
+    pub entries: u64,
+    pub bytes: Arc<FileBytes>,
+}
+
+/// Reads and verifies the whole snapshot `base_seq`, returning its live entries in key order.
+pub(crate) fn load_snapshot(
+    storage: &dyn Storage,
+    path: &Path,
+    base_seq: u64,
+    now_ms: u64,
+) -> Result<(LoadedSnapshot, Entries)> {
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open", path, e))?;
+    let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::io("read", path, e))?);
+    let b = bytes.bytes();
+    match format::decode_snapshot_header(b) {
+        HeaderState::Valid(seq) if seq == base_seq => {}
+        HeaderState::Valid(seq) => {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!("snapshot header says base sequence {seq}"),
+            ));
+        }
+        HeaderState::UnsupportedVersion(found) => {
+            return Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found,
+                supported: format::FORMAT_VERSION,
+            })
+        }
+        HeaderState::Zero => return Err(Error::corruption(path, 0, "snapshot header is zero")),
+        HeaderState::Damaged(d) => return Err(Error::corruption(path, d.offset, d.reason)),
+    }
+    let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;
+    if footer.base_seq != base_seq {
+        return Err(Error::corruption(
+            path,
+            footer.footer_offset,
+            "snapshot footer disagrees with its header",
+        ));
+    }
+    let end = footer.footer_offset as usize;
+    let mut at = SNAPSHOT_HEADER_SIZE;
+    let mut out: Entries = Vec::new();
+    let mut count = 0u64;
+    let mut prev_key: Option<&[u8]> = None;
+    while at < end {
+        let (entries, len) =
+            format::decode_block(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
+        for d in entries {
+            let e = d.entry;
+            if prev_key.is_some_and(|p| p >= e.key) {
+                return Err(Error::corruption(
+                    path,
+                    (at + d.value_at) as u64,
+                    "snapshot keys are not in ascending order",
+                ));
+            }
+            prev_key = Some(e.key);
+            count += 1;
+            if e.expires_at_ms != 0 && e.expires_at_ms <= now_ms {
+                continue;
+            }
+            let loc = Loc {
+                file: FileId::Snapshot(base_seq),
+                offset: (at + d.value_at) as u64,
+                // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
+                len: e.value.len() as u32,
+            };
+            out.push((
+                e.key.into(),
+                Entry {
+                    seq: e.seq,
+                    expires_at_ms: e.expires_at_ms,
+                    loc,
+                },
+            ));
+        }
+        at += len;
+    }
+    if count != footer.entry_count {
+        return Err(Error::corruption(
+            path,
+            footer.footer_offset,
+            format!("snapshot holds {count} entries, its footer says {}", footer.entry_count),
+        ));
+    }
+    let loaded = LoadedSnapshot {
+        base_seq,
+        end_seq: footer.end_seq,
+        entries: count,
+        bytes,
+    };
+    Ok((loaded, out))
+}
+
+/// Runs one checkpoint. Returns when the snapshot is durable and the files it covers are gone.
+pub(crate) fn run(engine: &Engine) -> Result<()> {
+    let mut snapshots = engine.checkpoint_lock.lock();
+    engine.check_poison()?;
+    let base_seq = engine.index.read().applied_seq;
+    if snapshots.files.last() == Some(&base_seq) || base_seq == 0 {
+        // Nothing written since the last checkpoint (or ever).
+        return Ok(());
+    }
+    let log_bytes_at_start = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+    let storage = engine.storage.as_ref();
+    let tmp = engine.layout.snapshot_tmp(base_seq);
+    let path = engine.layout.snapshot(base_seq);
+    let (end_seq, expired) = write_snapshot(engine, &tmp, base_seq)?;
+    // The snapshot may hold writes up to end_seq; they must be durable in the log before the
+    // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
+    if engine.durable_seq.load(Ordering::Acquire) < end_seq {
+        engine.sync()?;
+    }
+    storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+    // The rename must be durable before the segments it replaces are deleted (faults.md F4).
+    storage
+        .sync_dir(engine.layout.dir())
+        .map_err(|e| Error::io("fsync", engine.layout.dir(), e))?;
+
+    let file = storage
+        .open(&path, OpenMode::Read)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::io("read", &path, e))?);
+    repoint_index(engine, &path, base_seq, &bytes, &expired)?;
+    let old: Vec<u64> = snapshots.files.drain(..).collect();
+    snapshots.files.push(base_seq);
+    remove_covered(engine, base_seq, &old)?;
+    engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    engine
+        .counters
+        .log_bytes_since_checkpoint
+        .fetch_sub(log_bytes_at_start, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Writes the snapshot's temp file; returns `end_seq` and the (key, seq) of entries skipped as
+/// expired (they are dropped from the index afterwards).
+fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, KeySeqs)> {
+    let storage = engine.storage.as_ref();
+    // A leftover from an interrupted checkpoint with the same base would make create fail.
+    let _ = storage.remove(tmp);
+    let file = storage
+        .open(tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create", tmp, e))?;
+    let mut out: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + limits::SNAPSHOT_BLOCK_BYTES_TARGET);
+    out.extend_from_slice(&format::encode_snapshot_header(base_seq));
+    let mut written = 0u64;
+    let mut block = BlockBuilder::new();
+    let mut count = 0u64;
+    let mut expired = Vec::new();
+    let mut lower: Bound<Box<[u8]>> = Bound::Unbounded;
+    let now = engine.now_ms();
+    let mut end_seq;
+    loop {
+        let (chunk, applied) = {
+            let index = engine.index.read();
+            let chunk = index.range_chunk(lower.as_ref().map(|k| &**k), Bound::Unbounded, COPY_CHUNK);
+            let with_sources: Vec<(Box<[u8]>, Entry, Option<Source>)> = chunk
+                .into_iter()
+                .map(|(k, e)| {
+                    let s = index.source(e.loc.file).cloned();
+                    (k, e, s)
+                })
+                .collect();
+            (with_sources, index.applied_seq)
+        };
+        end_seq = applied;
+        let Some(last) = chunk.last().map(|(k, _, _)| k.clone()) else {
+            break;
+        };
+        for (key, entry, source) in chunk {
+            if !entry.is_live(now) {
+                expired.push((key, entry.seq));
+                continue;
+            }
+            let source = source.ok_or_else(|| {
+                Error::corruption(
+                    engine.file_path(entry.loc.file),
+                    0,
+                    "index points into a file that is not open",
+                )
+            })?;
+            let value = engine.read_value(&source, entry.loc)?;
+            block.push(SnapshotEntry {
+                key: &key,
+                value: &value,
+                seq: entry.seq,
+                expires_at_ms: entry.expires_at_ms,
+            });
+            count += 1;
+            if block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET {
+                out.extend_from_slice(&block.finish());
+            }
+        }
+        if out.len() >= WRITE_BUFFER_BYTES {
+            write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
+            written += out.len() as u64;
+            out.clear();
+        }
+        lower = Bound::Excluded(last);
+    }
+    if !block.is_empty() {
+        out.extend_from_slice(&block.finish());
+    }
+    let footer = format::encode_snapshot_footer(SnapshotFooter {
+        entry_count: count,
+        base_seq,
+        end_seq,
+        footer_offset: written + out.len() as u64,
+    });
+    out.extend_from_slice(&footer);
+    write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
+    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    Ok((end_seq.max(base_seq), expired))
+}
+
+/// Points every index entry the snapshot holds (unchanged since it was copied) at the snapshot,
+/// and drops the expired entries the snapshot left out.
+fn repoint_index(
+    engine: &Engine,
+    path: &Path,
+    base_seq: u64,
+    bytes: &Arc<FileBytes>,
+    expired: &[(Box<[u8]>, u64)],
+) -> Result<()> {
+    let b = bytes.bytes();
+    let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;
+    let end = footer.footer_offset as usize;
+    engine
+        .index
+        .write()
+        .set_source(FileId::Snapshot(base_seq), Source::Bytes(bytes.clone()));
+    let mut at = SNAPSHOT_HEADER_SIZE;
+    while at < end {
+        // Pair the checks: the snapshot is read back and verified before the log it replaces
+        // goes away.
+        let (entries, len) =
+            format::decode_block(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
+        let mut index = engine.index.write();
+        for d in entries {
+            let loc = Loc {
+                file: FileId::Snapshot(base_seq),
+                offset: (at + d.value_at) as u64,
+                // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
+                len: d.entry.value.len() as u32,
+            };
+            index.repoint(d.entry.key, d.entry.seq, loc);
+        }
+        drop(index);
+        at += len;
+    }
+    let mut index = engine.index.write();
+    for (key, seq) in expired {
+        index.remove_if_seq(key, *seq);
+    }
+    Ok(())
+}
+
+/// Deletes segments wholly at or below `base_seq` (never the active one) and older snapshots.
+fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Result<()> {
+    let storage = engine.storage.as_ref();
+    let doomed: Vec<u64> = {
+        let mut log = engine.log.lock();
+        let active = log.active().id;
+        let firsts: Vec<(u64, u64)> = log.segments.iter().map(|(&id, &first)| (id, first)).collect();
+        let doomed: Vec<u64> = firsts
+            .windows(2)
+            .filter(|w| w[0].0 != active && w[1].1 <= base_seq + 1)
+            .map(|w| w[0].0)
+            .collect();
+        for id in &doomed {
+            log.segments.remove(id);
+        }
+        doomed
+    };
+    {
+        let mut index = engine.index.write();
+        debug_assert!(index_has_no_entry_in(&index, &doomed, old_snapshots));
+        for id in &doomed {
+            index.remove_source(FileId::Segment(*id));
+        }
+        for seq in old_snapshots {
+            index.remove_source(FileId::Snapshot(*seq));
+        }
+    }
+    for id in &doomed {
+        let p = engine.layout.segment(*id);
+        storage.remove(&p).map_err(|e| Error::io("remove", &p, e))?;
+    }
+    if !doomed.is_empty() {
+        let wal = engine.layout.wal_dir();
+        storage.sync_dir(wal).map_err(|e| Error::io("fsync", wal, e))?;
+    }
+    for seq in old_snapshots {
+        let p = engine.layout.snapshot(*seq);
+        storage.remove(&p).map_err(|e| Error::io("remove", &p, e))?;
+    }
+    if !old_snapshots.is_empty() {
+        let dir = engine.layout.dir();
+        storage.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))?;
+    }
+    Ok(())
+}
+
+fn index_has_no_entry_in(index: &Index, segments: &[u64], snapshots: &[u64]) -> bool {
+    index
+        .range_chunk(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+        .iter()
+        .all(|(_, e)| match e.loc.file {
+            FileId::Segment(id) => !segments.contains(&id),
+            FileId::Snapshot(seq) => !snapshots.contains(&seq),
+        })
+}

@@ -1,0 +1,523 @@
+//! The engine shared by a [`crate::Db`] handle and its background threads: the write path
+//! (group commit), reads, sync. Checkpoints live in `checkpoint.rs`, opening in `recovery.rs`.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::format::{self, Op, RECORD_HEADER_SIZE};
+use crate::index::{Entry, FileId, Index, Loc, Source};
+use crate::layout::Layout;
+use crate::options::{Options, SyncMode};
+use crate::stats::{RecoveryReport, Stats};
+use crate::storage::{read_exact_at, LockGuard, Storage};
+use crate::wal::writer::{LogWriter, PendingRecord, Placement, SegmentFile, SpareSlot};
+
+/// An index change a record makes once durable.
+enum Apply {
+    Put {
+        key: Box<[u8]>,
+        /// Offset of the value within the record's payload.
+        value_at: usize,
+        value_len: u32,
+        expires_at_ms: u64,
+    },
+    Delete {
+        key: Box<[u8]>,
+    },
+}
+
+/// A record ready to join a commit group.
+struct Prepared {
+    payload: Vec<u8>,
+    applies: Vec<Apply>,
+}
+
+/// The outcome every writer of a group waits for.
+#[derive(Default)]
+struct GroupWait {
+    done: Mutex<Option<Result<()>>>,
+    cv: Condvar,
+}
+
+impl GroupWait {
+    fn complete(&self, result: &Result<()>) {
+        let copy = match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.duplicate()),
+        };
+        *self.done.lock() = Some(copy);
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> Result<()> {
+        let mut done = self.done.lock();
+        loop {
+            if let Some(r) = done.take() {
+                let copy = match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.duplicate()),
+                };
+                *done = Some(r);
+                return copy;
+            }
+            self.cv.wait(&mut done);
+        }
+    }
+}
+
+/// The forming commit group and who leads.
+#[derive(Default)]
+struct CommitState {
+    next_seq: u64,
+    records: Vec<PendingRecord>,
+    applies: Vec<Vec<Apply>>,
+    group: Option<Arc<GroupWait>>,
+    leader_active: bool,
+}
+
+/// Counters for [`Stats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub fsyncs: AtomicU64,
+    pub commit_groups: AtomicU64,
+    pub records: AtomicU64,
+    pub commit_group_size_max: AtomicU64,
+    pub commit_group_sizes: [AtomicU64; 8],
+    pub checkpoints: AtomicU64,
+    pub log_bytes_since_checkpoint: AtomicU64,
+}
+
+/// Snapshot files on disk, newest last.
+#[derive(Default)]
+pub(crate) struct Snapshots {
+    pub files: Vec<u64>,
+}
+
+/// Signals to the background threads.
+#[derive(Default)]
+pub(crate) struct Background {
+    pub state: Mutex<BackgroundState>,
+    pub cv: Condvar,
+}
+
+#[derive(Default)]
+pub(crate) struct BackgroundState {
+    pub shutdown: bool,
+    pub checkpoint_wanted: bool,
+}
+
+/// Everything recovery hands to the engine.
+pub(crate) struct Recovered {
+    pub index: Index,
+    pub log: LogWriter,
+    pub next_seq: u64,
+    pub durable_seq: u64,
+    pub snapshots: Vec<u64>,
+    pub log_bytes_since_checkpoint: u64,
+    pub report: RecoveryReport,
+}
+
+pub(crate) struct Engine {
+    pub layout: Layout,
+    pub opts: Options,
+    pub storage: Arc<dyn Storage>,
+    pub index: RwLock<Index>,
+    pub log: Mutex<LogWriter>,
+    commit: Mutex<CommitState>,
+    leader_cv: Condvar,
+    /// Highest sequence number known durable.
+    pub durable_seq: AtomicU64,
+    poisoned: AtomicBool,
+    poison_cause: Mutex<Option<String>>,
+    pub spare: Arc<SpareSlot>,
+    /// Held for the whole of a checkpoint: one at a time.
+    pub checkpoint_lock: Mutex<Snapshots>,
+    pub counters: Counters,
+    pub background: Background,
+    pub lock_guard: Mutex<Option<LockGuard>>,
+    pub recovery: RecoveryReport,
+}
+
+/// An entry of a scan with the file to read its value from.
+pub(crate) type ScanItem = (Box<[u8]>, Entry, Source);
+
+/// Entries fetched per index lock hold in scans.
+const SCAN_CHUNK: usize = 256;
+
+impl Engine {
+    pub(crate) fn new(layout: Layout, opts: Options, spare: Arc<SpareSlot>, guard: LockGuard, r: Recovered) -> Engine {
+        let counters = Counters::default();
+        counters
+            .log_bytes_since_checkpoint
+            .store(r.log_bytes_since_checkpoint, Ordering::Relaxed);
+        Engine {
+            storage: opts.storage.clone(),
+            layout,
+            opts,
+            index: RwLock::new(r.index),
+            log: Mutex::new(r.log),
+            commit: Mutex::new(CommitState {
+                next_seq: r.next_seq,
+                ..CommitState::default()
+            }),
+            leader_cv: Condvar::new(),
+            durable_seq: AtomicU64::new(r.durable_seq),
+            poisoned: AtomicBool::new(false),
+            poison_cause: Mutex::new(None),
+            spare,
+            checkpoint_lock: Mutex::new(Snapshots { files: r.snapshots }),
+            counters,
+            background: Background::default(),
+            lock_guard: Mutex::new(Some(guard)),
+            recovery: r.report,
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.opts.clock.now_ms()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Poisoning
+
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let cause = self.poison_cause.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned { cause });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn poison(&self, err: &Error) {
+        let mut cause = self.poison_cause.lock();
+        if cause.is_none() {
+            *cause = Some(err.to_string());
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Write path
+
+    /// Writes `ops` as one record and returns its sequence number once it is durable (per the
+    /// sync mode) and applied to the index. Limits are checked by the caller.
+    pub(crate) fn write_ops(&self, ops: &[Op<'_>]) -> Result<u64> {
+        let mut payload = Vec::new();
+        format::encode_ops(&mut payload, ops);
+        let applies = {
+            // Pair the checks: the payload must decode to what was asked before it is appended;
+            // the decoded slices also give each value's offset within the payload.
+            let decoded =
+                format::decode_ops(&payload).map_err(|d| Error::corruption("<encoder>", d.offset, d.reason))?;
+            assert_eq!(decoded.len(), ops.len(), "payload encodes every op");
+            let base = payload.as_ptr() as usize;
+            decoded
+                .iter()
+                .map(|op| match *op {
+                    Op::Put {
+                        key,
+                        value,
+                        expires_at_ms,
+                    } => Apply::Put {
+                        key: key.into(),
+                        value_at: value.as_ptr() as usize - base,
+                        // NOTE: cannot truncate: value_len <= VALUE_SIZE_MAX_LIMIT (limits.rs).
+                        value_len: value.len() as u32,
+                        expires_at_ms,
+                    },
+                    Op::Delete { key } => Apply::Delete { key: key.into() },
+                })
+                .collect()
+        };
+        self.commit(Prepared { payload, applies })
+    }
+
+    /// Joins the forming commit group; its first writer leads it once the previous group is done.
+    fn commit(&self, prepared: Prepared) -> Result<u64> {
+        let mut st = self.commit.lock();
+        self.check_poison()?;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.records.push(PendingRecord {
+            seq,
+            payload: prepared.payload,
+        });
+        st.applies.push(prepared.applies);
+        if let Some(group) = &st.group {
+            let group = group.clone();
+            drop(st);
+            return group.wait().map(|()| seq);
+        }
+        let group = Arc::new(GroupWait::default());
+        st.group = Some(group.clone());
+        // This writer leads the group: wait for the previous leader; meanwhile others join.
+        while st.leader_active {
+            self.leader_cv.wait(&mut st);
+        }
+        st.leader_active = true;
+        st.group = None;
+        let records = std::mem::take(&mut st.records);
+        let applies = std::mem::take(&mut st.applies);
+        drop(st);
+
+        let result = self.lead(&records, applies);
+        // Hand over leadership before waking this group: the next group starts its I/O at once.
+        self.commit.lock().leader_active = false;
+        self.leader_cv.notify_all();
+        group.complete(&result);
+        result.map(|()| seq)
+    }
+
+    /// The leader's work: one write (per segment touched), one fsync in `Always` mode, then the
+    /// index. Any failure poisons the store; the group's writers all get the error.
+    fn lead(&self, records: &[PendingRecord], applies: Vec<Vec<Apply>>) -> Result<()> {
+        self.check_poison()?;
+        let last_seq = records.last().map_or(0, |r| r.seq);
+        let placement = {
+            let mut log = self.log.lock();
+            let durable = self.durable_seq.load(Ordering::Acquire);
+            let bytes_before = log.bytes_written;
+            let placed = log.append(records, durable, |sealed_through| {
+                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.durable_seq.fetch_max(sealed_through, Ordering::AcqRel);
+            });
+            let placement = match placed {
+                Ok(p) => p,
+                Err(e) => {
+                    self.poison(&e);
+                    return Err(e);
+                }
+            };
+            if self.opts.sync_mode == SyncMode::Always {
+                if let Err(e) = log.sync() {
+                    self.poison(&e);
+                    return Err(e);
+                }
+                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
+            }
+            let written = log.bytes_written - bytes_before;
+            self.counters
+                .log_bytes_since_checkpoint
+                .fetch_add(written, Ordering::Relaxed);
+            placement
+        };
+        self.apply(records, applies, placement);
+        self.count_group(records.len());
+        self.maybe_request_checkpoint();
+        Ok(())
+    }
+
+    fn apply(&self, records: &[PendingRecord], applies: Vec<Vec<Apply>>, placement: Placement) {
+        debug_assert_eq!(records.len(), placement.records.len());
+        let mut index = self.index.write();
+        for seg in placement.sealed {
+            index.set_source(FileId::Segment(seg.id), sealed_source(&seg));
+        }
+        for seg in placement.activated {
+            index.set_source(FileId::Segment(seg.id), Source::File(seg.file.clone()));
+        }
+        for ((rec, ops), (segment, offset)) in records.iter().zip(applies).zip(placement.records) {
+            let payload_at = offset + RECORD_HEADER_SIZE as u64;
+            for op in ops {
+                match op {
+                    Apply::Put {
+                        key,
+                        value_at,
+                        value_len,
+                        expires_at_ms,
+                    } => {
+                        let loc = Loc {
+                            file: FileId::Segment(segment),
+                            offset: payload_at + value_at as u64,
+                            len: value_len,
+                        };
+                        index.put(
+                            key,
+                            Entry {
+                                seq: rec.seq,
+                                expires_at_ms,
+                                loc,
+                            },
+                        );
+                    }
+                    Apply::Delete { key } => index.delete(&key),
+                }
+            }
+            debug_assert!(rec.seq > index.applied_seq);
+            index.applied_seq = rec.seq;
+        }
+    }
+
+    fn count_group(&self, size: usize) {
+        let c = &self.counters;
+        c.commit_groups.fetch_add(1, Ordering::Relaxed);
+        c.records.fetch_add(size as u64, Ordering::Relaxed);
+        c.commit_group_size_max.fetch_max(size as u64, Ordering::Relaxed);
+        let bucket = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
+        c.commit_group_sizes[bucket.min(7)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn maybe_request_checkpoint(&self) {
+        if !self.opts.auto_checkpoint {
+            return;
+        }
+        let since = self.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        if since >= self.opts.checkpoint_log_bytes {
+            let mut bg = self.background.state.lock();
+            if !bg.checkpoint_wanted {
+                bg.checkpoint_wanted = true;
+                self.background.cv.notify_all();
+            }
+        }
+    }
+
+    /// Makes every write handed to the OS so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.check_poison()?;
+        let (file, path, target) = {
+            let log = self.log.lock();
+            let active = log.active();
+            (active.file.clone(), active.path.clone(), log.written_seq)
+        };
+        if self.durable_seq.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        // NOTE: no lock is held across the fsync; a segment sealed meanwhile was fsynced by the
+        // roll, so syncing the segment that was active covers everything up to `target`.
+        if let Err(e) = file.sync_data() {
+            let e = Error::io("fdatasync", path, e);
+            self.poison(&e);
+            return Err(e);
+        }
+        self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.durable_seq.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reads
+
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let now = self.now_ms();
+        let found = {
+            let index = self.index.read();
+            match index.get(key) {
+                Some(e) if e.is_live(now) => Some((*e, self.source_of(&index, e.loc.file)?)),
+                _ => None,
+            }
+        };
+        match found {
+            Some((entry, source)) => self.read_value(&source, entry.loc).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn source_of(&self, index: &Index, file: FileId) -> Result<Source> {
+        // NOTE: every entry's file is in the table (apply and recovery add it first); a miss is
+        // a bug of ours, reported rather than panicking.
+        index
+            .source(file)
+            .cloned()
+            .ok_or_else(|| Error::corruption(self.file_path(file), 0, "index points into a file that is not open"))
+    }
+
+    pub(crate) fn file_path(&self, file: FileId) -> std::path::PathBuf {
+        match file {
+            FileId::Segment(id) => self.layout.segment(id),
+            FileId::Snapshot(seq) => self.layout.snapshot(seq),
+        }
+    }
+
+    pub(crate) fn read_value(&self, source: &Source, loc: Loc) -> Result<Vec<u8>> {
+        let len = loc.len as usize;
+        match source {
+            Source::Bytes(bytes) => {
+                let b = bytes.bytes();
+                let start = usize::try_from(loc.offset).unwrap_or(usize::MAX);
+                match start.checked_add(len).and_then(|end| b.get(start..end)) {
+                    Some(v) => Ok(v.to_vec()),
+                    None => Err(Error::corruption(
+                        self.file_path(loc.file),
+                        loc.offset,
+                        "value lies past the end of the file",
+                    )),
+                }
+            }
+            Source::File(file) => {
+                let mut v = vec![0u8; len];
+                read_exact_at(file.as_ref(), &mut v, loc.offset)
+                    .map_err(|e| Error::io("read", self.file_path(loc.file), e))?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// The next chunk of live entries in `(lower, upper)`, with their sources.
+    pub(crate) fn scan_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<Vec<ScanItem>> {
+        let index = self.index.read();
+        index
+            .range_chunk(lower, upper, SCAN_CHUNK)
+            .into_iter()
+            .map(|(k, e)| Ok((k, e, self.source_of(&index, e.loc.file)?)))
+            .collect()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Stats
+
+    pub(crate) fn stats(&self) -> Stats {
+        let (keys, live_bytes, last_seq) = {
+            let index = self.index.read();
+            (index.len() as u64, index.live_bytes(), index.applied_seq)
+        };
+        let (segments, log_bytes) = {
+            let log = self.log.lock();
+            (log.segments.len() as u64, log.bytes_written)
+        };
+        let snapshots = self.checkpoint_lock.try_lock().map(|s| s.files.clone());
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut sizes = [0u64; 8];
+        for (s, a) in sizes.iter_mut().zip(&c.commit_group_sizes) {
+            *s = load(a);
+        }
+        let since = load(&c.log_bytes_since_checkpoint);
+        Stats {
+            keys,
+            live_bytes,
+            dead_bytes: since
+                .min(log_bytes)
+                .saturating_sub(0)
+                .saturating_sub(live_bytes.min(since)),
+            log_bytes_since_checkpoint: since,
+            segments,
+            snapshots: snapshots.as_ref().map_or(0, |s| s.len() as u64),
+            last_checkpoint_seq: snapshots.as_ref().and_then(|s| s.last().copied()).unwrap_or(0),
+            last_seq,
+            fsyncs: load(&c.fsyncs),
+            commit_groups: load(&c.commit_groups),
+            records: load(&c.records),
+            commit_group_size_max: load(&c.commit_group_size_max),
+            commit_group_sizes: sizes,
+            checkpoints: load(&c.checkpoints),
+            recovery: self.recovery.clone(),
+        }
+    }
+}
+
+/// How values in a segment that no longer changes are read: mapped when the storage can.
+pub(crate) fn sealed_source(seg: &SegmentFile) -> Source {
+    match seg.file.map() {
+        Ok(Some(map)) => Source::Bytes(Arc::new(crate::storage::FileBytes::Mapped(map))),
+        _ => Source::File(seg.file.clone()),
+    }
+}

@@ -1,0 +1,116 @@
+//! The one error type of sessiondb.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in sessiondb.
+///
+/// Each variant reads as a sentence and names the file (relative to the store's directory where
+/// it lies inside it) and, for damage, the byte offset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    #[error("{}: {op} failed: {source}", path.display())]
+    Io {
+        /// The file or directory the call was about.
+        path: PathBuf,
+        /// The storage operation, e.g. `fdatasync`.
+        op: &'static str,
+        /// The error from the operating system.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Stored bytes do not add up: a checksum, a length, a sequence number or a header is wrong.
+    #[error("{}: {reason} at offset {offset}", path.display())]
+    Corruption {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage within the file.
+        offset: u64,
+        /// What is wrong, as a short phrase.
+        reason: String,
+    },
+
+    /// Another handle (in this or another process) has the store open.
+    #[error("{}: the store is locked by another open handle", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// An earlier write or fsync failed; the store refuses writes until it is reopened.
+    #[error("the store is poisoned by an earlier failed write or fsync ({cause}); reopen it to recover")]
+    Poisoned {
+        /// The first failure, as text.
+        cause: String,
+    },
+
+    /// The file was written by a format version this build does not read.
+    #[error("{}: format version {found} is not supported (this build reads version {supported})", path.display())]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+
+    /// A key, value or batch is larger than the configured limit. Nothing was written.
+    #[error("{what} of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// `"key"`, `"value"` or `"batch"`.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+
+    /// An option is out of range or options contradict each other.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+
+    /// The store was closed (or is closing).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// `Result` with sessiondb's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            op,
+            source,
+        }
+    }
+
+    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corruption {
+            path: path.into(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// A copy of this error for the other writers of a failed commit group (io::Error is not
+    /// `Clone`; the copy keeps the path, the operation, the kind and the message).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { path, op, source } => Error::Io {
+                path: path.clone(),
+                op,
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Poisoned { cause } => Error::Poisoned { cause: cause.clone() },
+            other => Error::Poisoned {
+                cause: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Every on-disk byte of sessiondb is encoded and decoded here, and nowhere else.
+//!
+//! `docs/format.md` describes the same bytes as tables; `tests/golden.rs` pins them. This module
+//! does no I/O. Decoders take bytes that came from a file and never panic or allocate from an
+//! unchecked length: they return a [`Damage`] that the caller turns into
+//! [`crate::Error::Corruption`] with the file and offset.
+
+use crate::limits;
+
+/// The format version this build writes and reads, in every file header.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// First 8 bytes of every log segment.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SDB-WAL\0";
+/// First 8 bytes of every snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SDB-SNP\0";
+
+/// Why bytes failed to decode. Offsets are relative to the slice given to the decoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Offset of the bad bytes within the slice that was decoded.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn damage(offset: usize, reason: impl Into<String>) -> Damage {
+    Damage {
+        offset: offset as u64,
+        reason: reason.into(),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment header (docs/format.md, "Segment header")
+
+const SEG_MAGIC_AT: usize = 0;
+const SEG_VERSION_AT: usize = SEG_MAGIC_AT + 8;
+const SEG_RESERVED_AT: usize = SEG_VERSION_AT + 4;
+const SEG_ID_AT: usize = SEG_RESERVED_AT + 4;
+const SEG_FIRST_SEQ_AT: usize = SEG_ID_AT + 8;
+const SEG_CRC_AT: usize = SEG_FIRST_SEQ_AT + 8;
+const SEG_PAD_AT: usize = SEG_CRC_AT + 4;
+/// Bytes in a segment header.
+pub const SEGMENT_HEADER_SIZE: usize = SEG_PAD_AT + 4;
+
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The segment's id; its file is named after it.
+    pub segment_id: u64,
+    /// Sequence number of the segment's first record.
+    pub first_seq: u64,
+}
+
+/// What a segment's first bytes say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderState<H> {
+    /// A valid header.
+    Valid(H),
+    /// All zero: a preallocated file that was never activated.
+    Zero,
+    /// Our magic with a version this build does not read.
+    UnsupportedVersion(u32),
+    /// Anything else: torn, damaged, or not our file.
+    Damaged(Damage),
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_SIZE] {
+    let mut b = [0u8; SEGMENT_HEADER_SIZE];
+    b[SEG_MAGIC_AT..SEG_VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
+    b[SEG_VERSION_AT..SEG_RESERVED_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[SEG_ID_AT..SEG_FIRST_SEQ_AT].copy_from_slice(&h.segment_id.to_le_bytes());
+    b[SEG_FIRST_SEQ_AT..SEG_CRC_AT].copy_from_slice(&h.first_seq.to_le_bytes());
+    let crc = crc32fast::hash(&b[..SEG_CRC_AT]);
+    b[SEG_CRC_AT..SEG_PAD_AT].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a segment header from the first bytes of a segment file.
+pub fn decode_segment_header(b: &[u8]) -> HeaderState<SegmentHeader> {
+    if b.len() < SEGMENT_HEADER_SIZE {
+        if b.iter().all(|&x| x == 0) {
+            return HeaderState::Zero;
+        }
+        return HeaderState::Damaged(damage(0, "segment header is cut short"));
+    }
+    let b = &b[..SEGMENT_HEADER_SIZE];
+    if b.iter().all(|&x| x == 0) {
+        return HeaderState::Zero;
+    }
+    if b[SEG_MAGIC_AT..SEG_VERSION_AT] != SEGMENT_MAGIC {
+        return HeaderState::Damaged(damage(0, "bad segment magic"));
+    }
+    let version = u32_at(b, SEG_VERSION_AT);
+    if version != FORMAT_VERSION {
+        return HeaderState::UnsupportedVersion(version);
+    }
+    if crc32fast::hash(&b[..SEG_CRC_AT]) != u32_at(b, SEG_CRC_AT) {
+        return HeaderState::Damaged(damage(SEG_CRC_AT, "segment header checksum mismatch"));
+    }
+    HeaderState::Valid(SegmentHeader {
+        segment_id: u64_at(b, SEG_ID_AT),
+        first_seq: u64_at(b, SEG_FIRST_SEQ_AT),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record frame (docs/format.md, "Record")
+
+const REC_LEN_AT: usize = 0;
+const REC_CRC_AT: usize = REC_LEN_AT + 4;
+const REC_SEQ_AT: usize = REC_CRC_AT + 4;
+const REC_DURABLE_AT: usize = REC_SEQ_AT + 8;
+const REC_KIND_AT: usize = REC_DURABLE_AT + 8;
+/// Bytes in a record header; the payload follows.
+pub const RECORD_HEADER_SIZE: usize = REC_KIND_AT + 1;
+
+/// Record kind: a batch of puts and deletes, applied atomically.
+pub const KIND_OPS: u8 = 1;
+
+/// A record as read from a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The highest sequence number known durable when this record was written.
+    pub durable_seq: u64,
+    /// The record kind.
+    pub kind: u8,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// Header plus payload.
+    pub len: usize,
+}
+
+fn record_crc(segment_id: u64, header_and_payload: &[u8]) -> u32 {
+    // The checksum covers the segment id (not stored in the record), so a valid record written
+    // into the wrong segment fails it (faults.md F10), then the length and everything after the
+    // checksum field.
+    let mut h = crc32fast::Hasher::new();
+    h.update(&segment_id.to_le_bytes());
+    h.update(&header_and_payload[REC_LEN_AT..REC_CRC_AT]);
+    h.update(&header_and_payload[REC_SEQ_AT..]);
+    h.finalize()
+}
+
+/// Appends one framed record to `out`.
+pub fn encode_record(out: &mut Vec<u8>, segment_id: u64, seq: u64, durable_seq: u64, kind: u8, payload: &[u8]) {
+    debug_assert!(!payload.is_empty(), "every record kind has a non-empty payload");
+    debug_assert!(durable_seq < seq, "a record cannot vouch for itself");
+    // NOTE: cannot truncate: payloads are bounded by Options::validate (< SEGMENT_SIZE_MAX).
+    let len = payload.len() as u32;
+    let start = out.len();
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&durable_seq.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    let crc = record_crc(segment_id, &out[start..]);
+    out[start + REC_CRC_AT..start + REC_SEQ_AT].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len() - start, RECORD_HEADER_SIZE + payload.len());
+}
+
+/// What the bytes at a record position are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState<'a> {
+    /// A record whose checksum verifies.
+    Valid(RecordRef<'a>),
+    /// A zero length field: the end of the written log (the rest may still hold garbage).
+    End,
+    /// Not a valid record.
+    Damaged(Damage),
+}
+
+/// Decodes the record that starts at `b[0]`. `payload_max` bounds the length field, which is
+/// checked against it and against the bytes left before anything is read through it.
+pub fn decode_record(b: &[u8], segment_id: u64, payload_max: usize) -> RecordState<'_> {
+    if b.len() < RECORD_HEADER_SIZE {
+        if b.iter().all(|&x| x == 0) {
+            return RecordState::End;
+        }
+        return RecordState::Damaged(damage(0, "record header is cut short"));
+    }
+    let len = u32_at(b, REC_LEN_AT) as usize;
+    if len == 0 {
+        return RecordState::End;
+    }
+    if len > payload_max {
+        return RecordState::Damaged(damage(
+            0,
+            format!("record length {len} exceeds the limit {payload_max}"),
+        ));
+    }
+    let total = RECORD_HEADER_SIZE + len;
+    if total > b.len() {
+        return RecordState::Damaged(damage(0, "record runs past the end of the file"));
+    }
+    let rec = &b[..total];
+    if record_crc(segment_id, rec) != u32_at(rec, REC_CRC_AT) {
+        return RecordState::Damaged(damage(0, "checksum mismatch"));
+    }
+    RecordState::Valid(RecordRef {
+        seq: u64_at(rec, REC_SEQ_AT),
+        durable_seq: u64_at(rec, REC_DURABLE_AT),
+        kind: rec[REC_KIND_AT],
+        payload: &rec[RECORD_HEADER_SIZE..],
+        len: total,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record payload: bincode, fixed configuration (docs/format.md, "Payload")
+
+/// One operation of a batch, borrowing its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::BorrowDecode)]
+pub enum Op<'a> {
+    /// Set `key` to `value`; `expires_at_ms` is 0 for no expiry, else a wall-clock deadline in
+    /// milliseconds since the Unix epoch.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// Expiry deadline, or 0.
+        expires_at_ms: u64,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+}
+
+/// Bincode's configuration for payloads: little-endian, fixed-width integers (lengths are `u64`,
+/// enum tags `u32`), and a decode limit so no length can make the decoder allocate past it.
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ 1 << 30 }>()
+}
+
+/// Smallest encoded op: a delete of an empty key (tag u32 + length u64).
+const OP_ENCODED_SIZE_MIN: usize = 4 + 8;
+
+/// Bytes a put of this key and value adds to a payload.
+pub fn put_encoded_size(key_len: usize, value_len: usize) -> usize {
+    4 + 8 + key_len + 8 + value_len + 8
+}
+
+/// Bytes a delete of this key adds to a payload.
+pub fn delete_encoded_size(key_len: usize) -> usize {
+    4 + 8 + key_len
+}
+
+/// Bytes of the payload's leading op count.
+pub const PAYLOAD_COUNT_SIZE: usize = 8;
+
+/// Encodes a batch payload into `out` (cleared first).
+pub fn encode_ops(out: &mut Vec<u8>, ops: &[Op<'_>]) {
+    out.clear();
+    // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
+    if let Err(e) = bincode::encode_into_std_write(ops, out, bincode_config()) {
+        unreachable!("encoding into a Vec failed: {e}");
+    }
+}
+
+/// Decodes a batch payload. The op count is checked against the payload's size before the
+/// decoder sees it, so a hostile count cannot make it allocate.
+pub fn decode_ops(payload: &[u8]) -> Result<Vec<Op<'_>>, Damage> {
+    if payload.len() < PAYLOAD_COUNT_SIZE {
+        return Err(damage(0, "payload is shorter than its op count"));
+    }
+    let count = u64_at(payload, 0);
+    let room = (payload.len() - PAYLOAD_COUNT_SIZE) / OP_ENCODED_SIZE_MIN;
+    if count == 0 || count > limits::BATCH_OPS_MAX as u64 || count > room as u64 {
+        return Err(damage(0, format!("payload op count {count} is impossible")));
+    }
+    match bincode::borrow_decode_from_slice::<Vec<Op<'_>>, _>(payload, bincode_config()) {
+        Ok((ops, used)) if used == payload.len() => Ok(ops),
+        Ok((_, used)) => Err(damage(used, "payload has trailing bytes")),
+        Err(e) => Err(damage(0, format!("payload does not decode: {e}"))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot (docs/format.md, "Snapshot")
+
+const SNAP_MAGIC_AT: usize = 0;
+const SNAP_VERSION_AT: usize = SNAP_MAGIC_AT + 8;
+const SNAP_RESERVED_AT: usize = SNAP_VERSION_AT + 4;
+const SNAP_BASE_SEQ_AT: usize = SNAP_RESERVED_AT + 4;
+const SNAP_CRC_AT: usize = SNAP_BASE_SEQ_AT + 8;
+const SNAP_PAD_AT: usize = SNAP_CRC_AT + 4;
+/// Bytes in a snapshot header.
+pub const SNAPSHOT_HEADER_SIZE: usize = SNAP_PAD_AT + 4;
+
+const BLOCK_LEN_AT: usize = 0;
+const BLOCK_COUNT_AT: usize = BLOCK_LEN_AT + 4;
+const BLOCK_CRC_AT: usize = BLOCK_COUNT_AT + 4;
+/// Bytes in a snapshot block header; the block's entries follow.
+pub const BLOCK_HEADER_SIZE: usize = BLOCK_CRC_AT + 4;
+
+const ENTRY_KEY_LEN_AT: usize = 0;
+const ENTRY_VALUE_LEN_AT: usize = ENTRY_KEY_LEN_AT + 4;
+const ENTRY_SEQ_AT: usize = ENTRY_VALUE_LEN_AT + 4;
+const ENTRY_EXPIRES_AT: usize = ENTRY_SEQ_AT + 8;
+/// Bytes in a snapshot entry header; the key, then the value, follow.
+pub const ENTRY_HEADER_SIZE: usize = ENTRY_EXPIRES_AT + 8;
+
+/// The block-length value that marks the footer.
+pub const FOOTER_MARKER: u32 = u32::MAX;
+const FOOT_MARKER_AT: usize = 0;
+const FOOT_RESERVED_AT: usize = FOOT_MARKER_AT + 4;
+const FOOT_COUNT_AT: usize = FOOT_RESERVED_AT + 4;
+const FOOT_BASE_SEQ_AT: usize = FOOT_COUNT_AT + 8;
+const FOOT_END_SEQ_AT: usize = FOOT_BASE_SEQ_AT + 8;
+const FOOT_OFFSET_AT: usize = FOOT_END_SEQ_AT + 8;
+const FOOT_CRC_AT: usize = FOOT_OFFSET_AT + 8;
+const FOOT_PAD_AT: usize = FOOT_CRC_AT + 4;
+/// Bytes in a snapshot footer.
+pub const SNAPSHOT_FOOTER_SIZE: usize = FOOT_PAD_AT + 4;
+
+/// Encodes a snapshot header. `base_seq`: every write with a sequence number at or below it is
+/// reflected in the snapshot.
+pub fn encode_snapshot_header(base_seq: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
+    let mut b = [0u8; SNAPSHOT_HEADER_SIZE];
+    b[SNAP_MAGIC_AT..SNAP_VERSION_AT].copy_from_slice(&SNAPSHOT_MAGIC);
+    b[SNAP_VERSION_AT..SNAP_RESERVED_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[SNAP_BASE_SEQ_AT..SNAP_CRC_AT].copy_from_slice(&base_seq.to_le_bytes());
+    let crc = crc32fast::hash(&b[..SNAP_CRC_AT]);
+    b[SNAP_CRC_AT..SNAP_PAD_AT].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a snapshot header; the value is its `base_seq`.
+pub fn decode_snapshot_header(b: &[u8]) -> HeaderState<u64> {
+    if b.len() < SNAPSHOT_HEADER_SIZE {
+        return HeaderState::Damaged(damage(0, "snapshot header is cut short"));
+    }
+    if b[SNAP_MAGIC_AT..SNAP_VERSION_AT] != SNAPSHOT_MAGIC {
+        return HeaderState::Damaged(damage(0, "bad snapshot magic"));
+    }
+    let version = u32_at(b, SNAP_VERSION_AT);
+    if version != FORMAT_VERSION {
+        return HeaderState::UnsupportedVersion(version);
+    }
+    if crc32fast::hash(&b[..SNAP_CRC_AT]) != u32_at(b, SNAP_CRC_AT) {
+        return HeaderState::Damaged(damage(SNAP_CRC_AT, "snapshot header checksum mismatch"));
+    }
+    HeaderState::Valid(u64_at(b, SNAP_BASE_SEQ_AT))
+}
+
+/// One live entry of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotEntry<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// Sequence number of the write that set this value.
+    pub seq: u64,
+    /// Expiry deadline in ms since the Unix epoch, or 0.
+    pub expires_at_ms: u64,
+}
+
+/// Bytes an entry takes in a block.
+pub fn snapshot_entry_size(key_len: usize, value_len: usize) -> usize {
+    ENTRY_HEADER_SIZE + key_len + value_len
+}
+
+/// Builds snapshot blocks: entries go in with [`BlockBuilder::push`]; [`BlockBuilder::finish`]
+/// frames them.
+#[derive(Debug, Default)]
+pub struct BlockBuilder {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl BlockBuilder {
+    /// An empty block.
+    pub fn new() -> BlockBuilder {
+        BlockBuilder {
+            buf: vec![0u8; BLOCK_HEADER_SIZE],
+            count: 0,
+        }
+    }
+
+    /// Entries so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes so far, header included.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True when no entry was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends an entry; returns the offset of its value within the block.
+    pub fn push(&mut self, e: SnapshotEntry<'_>) -> usize {
+        // NOTE: cannot truncate: key_len <= KEY_SIZE_MAX, value_len <= VALUE_SIZE_MAX_LIMIT.
+        self.buf.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&e.seq.to_le_bytes());
+        self.buf.extend_from_slice(&e.expires_at_ms.to_le_bytes());
+        self.buf.extend_from_slice(e.key);
+        let value_at = self.buf.len();
+        self.buf.extend_from_slice(e.value);
+        self.count += 1;
+        value_at
+    }
+
+    /// Frames the block and returns its bytes; the builder is empty again afterwards.
+    pub fn finish(&mut self) -> Vec<u8> {
+        debug_assert!(self.count > 0, "empty blocks are never written");
+        let body_len = (self.buf.len() - BLOCK_HEADER_SIZE) as u32;
+        self.buf[BLOCK_LEN_AT..BLOCK_COUNT_AT].copy_from_slice(&body_len.to_le_bytes());
+        self.buf[BLOCK_COUNT_AT..BLOCK_CRC_AT].copy_from_slice(&self.count.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&self.buf[..BLOCK_CRC_AT]);
+        h.update(&self.buf[BLOCK_HEADER_SIZE..]);
+        let crc = h.finalize();
+        self.buf[BLOCK_CRC_AT..BLOCK_HEADER_SIZE].copy_from_slice(&crc.to_le_bytes());
+        self.count = 0;
+        std::mem::replace(&mut self.buf, vec![0u8; BLOCK_HEADER_SIZE])
+    }
+}
+
+/// A snapshot's footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotFooter {
+    /// Entries in all blocks.
+    pub entry_count: u64,
+    /// As in the header.
+    pub base_seq: u64,
+    /// Highest sequence number whose write may be reflected (a checkpoint copies the index
+    /// while writers go on): the log must reach at least this far for the snapshot to be used.
+    pub end_seq: u64,
+    /// Offset of the footer in the file (= file length − footer size).
+    pub footer_offset: u64,
+}
+
+/// Encodes a snapshot footer.
+pub fn encode_snapshot_footer(f: SnapshotFooter) -> [u8; SNAPSHOT_FOOTER_SIZE] {
+    let mut b = [0u8; SNAPSHOT_FOOTER_SIZE];
+    b[FOOT_MARKER_AT..FOOT_RESERVED_AT].copy_from_slice(&FOOTER_MARKER.to_le_bytes());
+    b[FOOT_COUNT_AT..FOOT_BASE_SEQ_AT].copy_from_slice(&f.entry_count.to_le_bytes());
+    b[FOOT_BASE_SEQ_AT..FOOT_END_SEQ_AT].copy_from_slice(&f.base_seq.to_le_bytes());
+    b[FOOT_END_SEQ_AT..FOOT_OFFSET_AT].copy_from_slice(&f.end_seq.to_le_bytes());
+    b[FOOT_OFFSET_AT..FOOT_CRC_AT].copy_from_slice(&f.footer_offset.to_le_bytes());
+    let crc = crc32fast::hash(&b[..FOOT_CRC_AT]);
+    b[FOOT_CRC_AT..FOOT_PAD_AT].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes the footer from a whole snapshot file's bytes. Offsets in the error are file offsets.
+pub fn decode_snapshot_footer(file: &[u8]) -> Result<SnapshotFooter, Damage> {
+    if file.len() < SNAPSHOT_HEADER_SIZE + SNAPSHOT_FOOTER_SIZE {
+        return Err(damage(0, "snapshot is too short to hold a header and a footer"));
+    }
+    let at = file.len() - SNAPSHOT_FOOTER_SIZE;
+    let b = &file[at..];
+    if u32_at(b, FOOT_MARKER_AT) != FOOTER_MARKER || crc32fast::hash(&b[..FOOT_CRC_AT]) != u32_at(b, FOOT_CRC_AT) {
+        return Err(damage(at, "snapshot footer is missing or damaged"));
+    }
+    let f = SnapshotFooter {
+        entry_count: u64_at(b, FOOT_COUNT_AT),
+        base_seq: u64_at(b, FOOT_BASE_SEQ_AT),
+        end_seq: u64_at(b, FOOT_END_SEQ_AT),
+        footer_offset: u64_at(b, FOOT_OFFSET_AT),
+    };
+    if f.footer_offset != at as u64 {
+        return Err(damage(at, "snapshot footer offset disagrees with the file length"));
+    }
+    if f.end_seq < f.base_seq {
+        return Err(damage(at, "snapshot footer end sequence precedes its base"));
+    }
+    Ok(f)
+}
+
+/// An entry decoded from a block, with the value's offset within the block's slice.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedEntry<'a> {
+    /// The entry.
+    pub entry: SnapshotEntry<'a>,
+    /// Offset of the value within the bytes given to [`decode_block`].
+    pub value_at: usize,
+}
+
+/// Decodes the block at the start of `b` (which runs to the footer). Returns the entries and the
+/// block's total length. Offsets in errors are relative to `b`.
+pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> {
+    if b.len() < BLOCK_HEADER_SIZE {
+        return Err(damage(0, "snapshot block header is cut short"));
+    }
+    let body_len = u32_at(b, BLOCK_LEN_AT) as usize;
+    let count = u32_at(b, BLOCK_COUNT_AT) as usize;
+    if body_len > limits::SNAPSHOT_BLOCK_BYTES_MAX || BLOCK_HEADER_SIZE + body_len > b.len() {
+        return Err(damage(0, format!("snapshot block length {body_len} is impossible")));
+    }
+    if count == 0 || count > body_len / ENTRY_HEADER_SIZE {
+        return Err(damage(
+            BLOCK_COUNT_AT,
+            format!("snapshot block entry count {count} is impossible"),
+        ));
+    }
+    let total = BLOCK_HEADER_SIZE + body_len;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[..BLOCK_CRC_AT]);
+    h.update(&b[BLOCK_HEADER_SIZE..total]);
+    if h.finalize() != u32_at(b, BLOCK_CRC_AT) {
+        return Err(damage(0, "snapshot block checksum mismatch"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut at = BLOCK_HEADER_SIZE;
+    for _ in 0..count {
+        if total - at < ENTRY_HEADER_SIZE {
+            return Err(damage(at, "snapshot entry header runs past its block"));
+        }
+        let key_len = u32_at(b, at + ENTRY_KEY_LEN_AT) as usize;
+        let value_len = u32_at(b, at + ENTRY_VALUE_LEN_AT) as usize;
+        let key_at = at + ENTRY_HEADER_SIZE;
+        if key_len > limits::KEY_SIZE_MAX
+            || value_len > limits::VALUE_SIZE_MAX_LIMIT
+            || total - key_at < key_len + value_len
+        {
+            return Err(damage(at, "snapshot entry runs past its block"));
+        }
+        let value_at = key_at + key_len;
+        entries.push(DecodedEntry {
+            entry: SnapshotEntry {
+                key: &b[key_at..value_at],
+                value: &b[value_at..value_at + value_len],
+                seq: u64_at(b, at + ENTRY_SEQ_AT),
+                expires_at_ms: u64_at(b, at + ENTRY_EXPIRES_AT),
+            },
+            value_at,
+        });
+        at = value_at + value_len;
+    }
+    if at != total {
+        return Err(damage(at, "snapshot block has bytes after its last entry"));
+    }
+    Ok((entries, total))
+}
+
+/// A record header's raw fields, unverified: for the cheap pre-check when searching damaged
+/// bytes for a later valid record. Never trust these without [`decode_record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPeek {
+    /// The length field.
+    pub payload_len: u32,
+    /// The sequence field.
+    pub seq: u64,
+    /// The durable-sequence field.
+    pub durable_seq: u64,
+}
+
+/// Reads a record header's fields without checking anything; `None` if too few bytes.
+pub fn peek_record(b: &[u8]) -> Option<RecordPeek> {
+    if b.len() < RECORD_HEADER_SIZE {
+        return None;
+    }
+    Some(RecordPeek {
+        payload_len: u32_at(b, REC_LEN_AT),
+        seq: u64_at(b, REC_SEQ_AT),
+        durable_seq: u64_at(b, REC_DURABLE_AT),
+    })
+}

@@ -1,0 +1,128 @@
+//! The store's directory layout: every file name is built and parsed here, and nowhere else.
+//!
+//! ```text
+//! DIR/LOCK                       exclusive lock, held while open
+//! DIR/wal/<segment-id>.wal       log segments; 20-digit zero-padded ids sort in log order
+//! DIR/<base-seq>.snap            snapshots; 20-digit zero-padded base sequence numbers
+//! DIR/<base-seq>.snap.tmp        a snapshot being written (removed by recovery)
+//! ```
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+/// The lock file's name.
+pub const LOCK_FILE: &str = "LOCK";
+/// The log directory's name.
+pub const WAL_DIR: &str = "wal";
+
+const SEGMENT_EXT: &str = ".wal";
+const SNAPSHOT_EXT: &str = ".snap";
+const TMP_EXT: &str = ".tmp";
+const ID_DIGITS: usize = 20;
+
+/// The store's paths.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+    wal_dir: PathBuf,
+}
+
+/// What a file name in the store's directories is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `wal/<id>.wal`
+    Segment(u64),
+    /// `<seq>.snap`
+    Snapshot(u64),
+    /// `<seq>.snap.tmp`
+    SnapshotTmp(u64),
+}
+
+impl Layout {
+    /// The layout of the store in `dir`.
+    pub fn new(dir: &Path) -> Layout {
+        Layout {
+            dir: dir.to_path_buf(),
+            wal_dir: dir.join(WAL_DIR),
+        }
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log directory.
+    pub fn wal_dir(&self) -> &Path {
+        &self.wal_dir
+    }
+
+    /// The lock file.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join(LOCK_FILE)
+    }
+
+    /// A segment's path.
+    pub fn segment(&self, id: u64) -> PathBuf {
+        self.wal_dir.join(format!("{id:0ID_DIGITS$}{SEGMENT_EXT}"))
+    }
+
+    /// A snapshot's path.
+    pub fn snapshot(&self, base_seq: u64) -> PathBuf {
+        self.dir.join(format!("{base_seq:0ID_DIGITS$}{SNAPSHOT_EXT}"))
+    }
+
+    /// The temporary path a snapshot is written under before its rename.
+    pub fn snapshot_tmp(&self, base_seq: u64) -> PathBuf {
+        self.dir.join(format!("{base_seq:0ID_DIGITS$}{SNAPSHOT_EXT}{TMP_EXT}"))
+    }
+}
+
+fn parse_id(digits: &str) -> Option<u64> {
+    if digits.len() == ID_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Classifies a file name from the store's directory or its `wal/` directory. Names that do not
+/// match our patterns (including non-UTF-8 ones) are `None` and left alone.
+pub fn classify(name: &OsStr) -> Option<FileKind> {
+    let name = name.to_str()?;
+    if let Some(stem) = name.strip_suffix(SEGMENT_EXT) {
+        return parse_id(stem).map(FileKind::Segment);
+    }
+    if let Some(stem) = name.strip_suffix(SNAPSHOT_EXT) {
+        return parse_id(stem).map(FileKind::Snapshot);
+    }
+    if let Some(stem) = name.strip_suffix(TMP_EXT).and_then(|s| s.strip_suffix(SNAPSHOT_EXT)) {
+        return parse_id(stem).map(FileKind::SnapshotTmp);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort_in_order() {
+        let l = Layout::new(Path::new("/s"));
+        let a = l.segment(9);
+        let b = l.segment(10);
+        assert!(a < b, "segment names sort in id order");
+        assert_eq!(classify(a.file_name().unwrap()), Some(FileKind::Segment(9)));
+        assert_eq!(
+            classify(l.snapshot(42).file_name().unwrap()),
+            Some(FileKind::Snapshot(42))
+        );
+        assert_eq!(
+            classify(l.snapshot_tmp(42).file_name().unwrap()),
+            Some(FileKind::SnapshotTmp(42))
+        );
+        assert_eq!(classify(OsStr::new("42.wal")), None);
+        assert_eq!(classify(OsStr::new("notes.txt")), None);
+        assert_eq!(classify(OsStr::new("0000000000000000000x.wal")), None);
+    }
+}

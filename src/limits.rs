@@ -1,0 +1,47 @@
+//! Every size limit of sessiondb, in one place. Names end in `_max` / `_min`; each says why.
+
+/// Longest key. Session ids and user-scoped keys are far shorter; a bound keeps index memory and
+/// every length check honest. Keys are `u32`-length-prefixed on disk, so this also fits there.
+pub const KEY_SIZE_MAX: usize = 4 * 1024;
+
+/// Default longest value (`Options::value_size_max`). Sessions are small; 1 MiB leaves room.
+pub const VALUE_SIZE_MAX_DEFAULT: usize = 1024 * 1024;
+
+/// Hard upper bound for `Options::value_size_max`: snapshot entries store value lengths as
+/// `u32`, and one record must fit in one segment.
+pub const VALUE_SIZE_MAX_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Default largest encoded batch payload (`Options::batch_size_max`).
+pub const BATCH_SIZE_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// Default segment size: large enough that rolls are rare, small enough to preallocate quickly.
+pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Smallest segment: tests use small segments to roll often.
+pub const SEGMENT_SIZE_MIN: u64 = 64 * 1024;
+
+/// Largest segment: record offsets within a segment are kept as `u32` in the index.
+pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
+
+/// Largest number of operations in one batch. Bounds the decoder's allocation.
+pub const BATCH_OPS_MAX: usize = 1 << 20;
+
+/// Default log bytes written since the last checkpoint that trigger an automatic one.
+pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// On close (with automatic checkpoints on), a checkpoint is taken when at least this much log
+/// has been written since the last one, so the next open replays little.
+pub const CLOSE_CHECKPOINT_LOG_BYTES_MIN: u64 = 1024 * 1024;
+
+/// Snapshot entries are grouped into checksummed blocks of about this many bytes.
+pub const SNAPSHOT_BLOCK_BYTES_TARGET: usize = 64 * 1024;
+
+/// Largest snapshot block the reader accepts (an entry bigger than the target gets a block of
+/// its own, so this is the target plus the largest entry).
+pub const SNAPSHOT_BLOCK_BYTES_MAX: usize = SNAPSHOT_BLOCK_BYTES_TARGET + VALUE_SIZE_MAX_LIMIT + KEY_SIZE_MAX + 64;
+
+const _: () = assert!(VALUE_SIZE_MAX_DEFAULT <= VALUE_SIZE_MAX_LIMIT);
+const _: () = assert!(BATCH_SIZE_MAX_DEFAULT as u64 <= SEGMENT_SIZE_DEFAULT / 2);
+const _: () = assert!(SEGMENT_SIZE_MIN < SEGMENT_SIZE_DEFAULT);
+const _: () = assert!((VALUE_SIZE_MAX_LIMIT as u64) < SEGMENT_SIZE_MAX);
+const _: () = assert!(KEY_SIZE_MAX <= u16::MAX as usize);

@@ -1,0 +1,213 @@
+//! How a store is opened: durability, segment size, recovery policy, checkpoints, limits.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::format::{RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::limits;
+use crate::storage::{FsStorage, Storage};
+
+/// When a write counts as durable. See the README's guarantee table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// A write returns after its commit group's `fdatasync`. Survives power loss. The default.
+    #[default]
+    Always,
+    /// A write returns once handed to the OS; a background thread syncs every interval.
+    /// Survives a process crash; power loss may lose about the last interval.
+    Interval(Duration),
+    /// A write returns once handed to the OS; the log is synced only at segment rolls,
+    /// checkpoints, [`crate::Db::sync`] and close. Survives a process crash.
+    Never,
+}
+
+/// What recovery does with damage it finds in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Cut a torn tail (damage at the end of the last segment that no later record proves was
+    /// durable); refuse any other damage with [`Error::Corruption`]. The default.
+    #[default]
+    TolerateTornTail,
+    /// Refuse any damage, a torn tail included.
+    Strict,
+    /// Recover every record that verifies, skipping damage; never return a wrong value.
+    /// What was skipped is reported in [`crate::Stats::recovery`].
+    Salvage,
+}
+
+/// Options for [`crate::Db::open_with`]. Build with the setters; every one has a default.
+#[derive(Clone)]
+pub struct Options {
+    pub(crate) sync_mode: SyncMode,
+    pub(crate) segment_size: u64,
+    pub(crate) recovery_mode: RecoveryMode,
+    pub(crate) auto_checkpoint: bool,
+    pub(crate) checkpoint_log_bytes: u64,
+    pub(crate) value_size_max: usize,
+    pub(crate) batch_size_max: usize,
+    pub(crate) preallocate_ahead: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) storage: Arc<dyn Storage>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sync_mode: SyncMode::Always,
+            segment_size: limits::SEGMENT_SIZE_DEFAULT,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            auto_checkpoint: true,
+            checkpoint_log_bytes: limits::CHECKPOINT_LOG_BYTES_DEFAULT,
+            value_size_max: limits::VALUE_SIZE_MAX_DEFAULT,
+            batch_size_max: limits::BATCH_SIZE_MAX_DEFAULT,
+            preallocate_ahead: true,
+            clock: Arc::new(SystemClock),
+            storage: Arc::new(FsStorage),
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("sync_mode", &self.sync_mode)
+            .field("segment_size", &self.segment_size)
+            .field("recovery_mode", &self.recovery_mode)
+            .field("auto_checkpoint", &self.auto_checkpoint)
+            .field("checkpoint_log_bytes", &self.checkpoint_log_bytes)
+            .field("value_size_max", &self.value_size_max)
+            .field("batch_size_max", &self.batch_size_max)
+            .field("preallocate_ahead", &self.preallocate_ahead)
+            .field("clock", &self.clock)
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+impl Options {
+    /// Default options: `SyncMode::Always`, 64 MiB segments, torn tails tolerated, automatic
+    /// checkpoints every 256 MiB of log.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// When a write counts as durable. Default: [`SyncMode::Always`].
+    #[must_use]
+    pub fn sync_mode(mut self, mode: SyncMode) -> Options {
+        self.sync_mode = mode;
+        self
+    }
+
+    /// Size of each log segment file (preallocated). Default: 64 MiB. Range: 64 KiB to 4 GiB,
+    /// and large enough for the largest batch.
+    #[must_use]
+    pub fn segment_size(mut self, bytes: u64) -> Options {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// What recovery does with damage. Default: [`RecoveryMode::TolerateTornTail`].
+    #[must_use]
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Options {
+        self.recovery_mode = mode;
+        self
+    }
+
+    /// Whether checkpoints run automatically (in the background past
+    /// [`Options::checkpoint_log_bytes`], and on close). Default: true.
+    #[must_use]
+    pub fn auto_checkpoint(mut self, on: bool) -> Options {
+        self.auto_checkpoint = on;
+        self
+    }
+
+    /// Log bytes written since the last checkpoint that trigger an automatic one. This bounds
+    /// the log that recovery replays. Default: 256 MiB.
+    #[must_use]
+    pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Options {
+        self.checkpoint_log_bytes = bytes;
+        self
+    }
+
+    /// Largest value accepted. Default: 1 MiB. At most 256 MiB.
+    #[must_use]
+    pub fn value_size_max(mut self, bytes: usize) -> Options {
+        self.value_size_max = bytes;
+        self
+    }
+
+    /// Largest encoded batch accepted (keys, values and framing). Default: 4 MiB.
+    #[must_use]
+    pub fn batch_size_max(mut self, bytes: usize) -> Options {
+        self.batch_size_max = bytes;
+        self
+    }
+
+    /// Whether the next segment is created and zero-filled by a background thread before it is
+    /// needed, keeping file growth off the commit path. Default: true. Turn off for fully
+    /// deterministic I/O (the fault-injection tests do).
+    #[must_use]
+    pub fn preallocate_ahead(mut self, on: bool) -> Options {
+        self.preallocate_ahead = on;
+        self
+    }
+
+    /// The clock behind expiry. Default: the system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Options {
+        self.clock = clock;
+        self
+    }
+
+    /// The storage all file I/O goes through. Default: the real file system.
+    #[must_use]
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Options {
+        self.storage = storage;
+        self
+    }
+
+    /// Largest record payload these options can produce: a single put at the limits, or a batch.
+    pub(crate) fn record_payload_max(&self) -> usize {
+        let single_put = limits::KEY_SIZE_MAX + self.value_size_max + 64;
+        single_put.max(self.batch_size_max)
+    }
+
+    /// Checks the options against the hard limits and each other.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidOptions(msg));
+        if !(limits::SEGMENT_SIZE_MIN..=limits::SEGMENT_SIZE_MAX).contains(&self.segment_size) {
+            return bad(format!(
+                "segment_size {} is outside {}..={}",
+                self.segment_size,
+                limits::SEGMENT_SIZE_MIN,
+                limits::SEGMENT_SIZE_MAX
+            ));
+        }
+        if self.value_size_max > limits::VALUE_SIZE_MAX_LIMIT {
+            return bad(format!(
+                "value_size_max {} exceeds {}",
+                self.value_size_max,
+                limits::VALUE_SIZE_MAX_LIMIT
+            ));
+        }
+        let record_max = (SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + self.record_payload_max()) as u64;
+        if record_max > self.segment_size {
+            return bad(format!(
+                "segment_size {} cannot hold the largest record ({record_max} bytes); raise it or lower value_size_max / batch_size_max",
+                self.segment_size
+            ));
+        }
+        if let SyncMode::Interval(d) = self.sync_mode {
+            if d.is_zero() {
+                return bad("SyncMode::Interval needs a non-zero interval".into());
+            }
+        }
+        if self.checkpoint_log_bytes == 0 {
+            return bad("checkpoint_log_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! What [`crate::Db::stats`] reports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Counters and sizes of an open store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Live (unexpired, undeleted) keys.
+    pub keys: u64,
+    /// Bytes of live keys and values.
+    pub live_bytes: u64,
+    /// Bytes in log segments and snapshots that no live entry uses (overwritten, deleted,
+    /// expired, framing, unused preallocated space excluded).
+    pub dead_bytes: u64,
+    /// Log bytes written (framing included) since the last checkpoint.
+    pub log_bytes_since_checkpoint: u64,
+    /// Log segment files, the preallocated spare included.
+    pub segments: u64,
+    /// Snapshot files.
+    pub snapshots: u64,
+    /// Base sequence number of the newest snapshot, 0 if none.
+    pub last_checkpoint_seq: u64,
+    /// Sequence number of the last write applied.
+    pub last_seq: u64,
+    /// `fdatasync`/`fsync` calls on log segments since open.
+    pub fsyncs: u64,
+    /// Commit groups written since open (one write call each).
+    pub commit_groups: u64,
+    /// Records written since open.
+    pub records: u64,
+    /// Largest commit group since open, in records.
+    pub commit_group_size_max: u64,
+    /// Commit groups by size: bucket `i` counts groups of `2^i ..= 2^(i+1) - 1` records.
+    pub commit_group_sizes: [u64; 8],
+    /// Checkpoints completed since open.
+    pub checkpoints: u64,
+    /// What the last open found and did.
+    pub recovery: RecoveryReport,
+}
+
+/// What recovery found and did when the store was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Base sequence number of the snapshot loaded, if any.
+    pub snapshot_seq: Option<u64>,
+    /// Entries loaded from the snapshot.
+    pub snapshot_entries: u64,
+    /// Log records replayed after the snapshot.
+    pub records_replayed: u64,
+    /// Bytes of torn tail cut from the last segment.
+    pub torn_tail_bytes: u64,
+    /// Damage skipped in [`crate::RecoveryMode::Salvage`].
+    pub skipped: Vec<Skipped>,
+    /// Files removed: leftover temp files, covered segments, older snapshots.
+    pub files_removed: u64,
+    /// Time from the start of open to ready.
+    pub duration: Duration,
+}
+
+/// A damaged region that salvage recovery skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Where the damage starts.
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}

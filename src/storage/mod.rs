@@ -1,0 +1,135 @@
+//! The storage seam: every byte sessiondb reads or writes goes through [`Storage`].
+//!
+//! The engine never calls `std::fs` itself. [`FsStorage`] is the real file system; a simulated,
+//! fault-injecting implementation (cargo feature `sim`) plugs in behind the same traits, so the
+//! crash tests run the engine's real code.
+
+mod fs;
+
+use std::any::Any;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use fs::FsStorage;
+
+/// How [`Storage::open`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only; the file must exist.
+    Read,
+    /// Read and write; the file must exist.
+    ReadWrite,
+    /// Create a new, empty file (mode 0600 on unix) for reading and writing; fails if it exists.
+    CreateNew,
+}
+
+/// A read-only view of a whole file (a memory map on the real file system).
+pub trait MappedFile: Send + Sync {
+    /// The file's bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+/// An open file.
+#[allow(clippy::len_without_is_empty)] // NOTE: `len` is a fallible stat, not a container size.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes up to `buf.len()` bytes at `offset`; returns how many were written (may be short).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// Makes the file's data (and the metadata needed to read it) durable: `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and all its metadata durable: `fsync`.
+    fn sync_all(&self) -> io::Result<()>;
+    /// Sets the file's length.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's current length.
+    fn len(&self) -> io::Result<u64>;
+    /// A read-only view of the file's current bytes, if this storage can give one. The engine
+    /// maps only files that no longer change.
+    fn map(&self) -> io::Result<Option<Arc<dyn MappedFile>>>;
+}
+
+/// A held lock; dropping it releases the lock.
+pub type LockGuard = Box<dyn Any + Send + Sync>;
+
+/// A file system: files, directories, locks.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates `dir` and its missing parents (mode 0700 on unix).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Opens a file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
+    /// Renames `from` to `to`, replacing `to` (atomic on the real file system).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the exclusive lock on `path` (creating the file). `Ok(None)` when another holder
+    /// has it, in this process or another.
+    fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, retrying short reads. A file that ends first is
+/// `UnexpectedEof`.
+pub(crate) fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, offset) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ends early")),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` at `offset`, retrying short writes (faults.md F7).
+pub(crate) fn write_all_at(file: &dyn StorageFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write_at(buf, offset) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0 bytes")),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole file into memory, or maps it when the storage can. Used where the engine reads
+/// a file from start to end (recovery, snapshots).
+pub(crate) enum FileBytes {
+    Mapped(Arc<dyn MappedFile>),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    pub(crate) fn load(file: &dyn StorageFile) -> io::Result<FileBytes> {
+        if let Some(map) = file.map()? {
+            return Ok(FileBytes::Mapped(map));
+        }
+        let len = file.len()?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("file too large to read"))?;
+        let mut buf = vec![0u8; len];
+        read_exact_at(file, &mut buf, 0)?;
+        Ok(FileBytes::Owned(buf))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m.bytes(),
+            FileBytes::Owned(v) => v,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Appending commit groups to the active segment; rolling to preallocated segments.
+//!
+//! Segments are created at full size and zero-filled, then fsynced with their directory entry,
+//! before any record goes into them: an `fdatasync` after an append then never has to commit a
+//! size change or a new directory entry, and the zeros past the written end read as "end of log"
+//! (faults.md F9). A background thread prepares the next segment while the current one fills.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::layout::Layout;
+use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
+
+/// Zeros are written in chunks of this size when a segment is preallocated.
+const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// An open segment file.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentFile {
+    pub id: u64,
+    pub path: PathBuf,
+    pub file: Arc<dyn StorageFile>,
+    pub capacity: u64,
+}
+
+/// Creates segment `id` at `size` bytes of zeros, durable with its directory entry.
+pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, size: u64) -> Result<SegmentFile> {
+    let path = layout.segment(id);
+    let file = match storage.open(&path, OpenMode::CreateNew) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // NOTE: only a leftover from an interrupted preparation can be here (recovery keeps
+            // segments it uses open and never asks for their ids again).
+            storage.remove(&path).map_err(|e| Error::io("remove", &path, e))?;
+            storage
+                .open(&path, OpenMode::CreateNew)
+                .map_err(|e| Error::io("create", &path, e))?
+        }
+        Err(e) => return Err(Error::io("create", &path, e)),
+    };
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        write_all_at(file.as_ref(), &zeros[..n], at).map_err(|e| Error::io("write", &path, e))?;
+        at += n as u64;
+    }
+    // Size and data durable, then the directory entry: a segment whose name could vanish in a
+    // crash must never hold an acknowledged write (faults.md F4).
+    file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+    storage
+        .sync_dir(layout.wal_dir())
+        .map_err(|e| Error::io("fsync", layout.wal_dir(), e))?;
+    Ok(SegmentFile {
+        id,
+        path,
+        file,
+        capacity: size,
+    })
+}
+
+/// The hand-off between the writer and the background preparer of the next segment.
+#[derive(Default)]
+pub(crate) struct SpareSlot {
+    state: Mutex<Spare>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+enum Spare {
+    /// Nothing asked for.
+    #[default]
+    Idle,
+    /// The preparer should create this id.
+    Wanted(u64),
+    /// The preparer is creating this id.
+    Preparing(u64),
+    /// Ready for use.
+    Ready(SegmentFile),
+    /// The store is closing.
+    Shutdown,
+}
+
+impl SpareSlot {
+    /// Asks the preparer for segment `id` (unless it is already prepared).
+    pub(crate) fn want(&self, id: u64) {
+        let mut s = self.state.lock();
+        let ready = matches!(&*s, Spare::Ready(seg) if seg.id == id);
+        if !ready && !matches!(*s, Spare::Shutdown) {
+            *s = Spare::Wanted(id);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Offers an already prepared segment (found by recovery).
+    pub(crate) fn offer(&self, seg: SegmentFile) {
+        *self.state.lock() = Spare::Ready(seg);
+    }
+
+    /// Takes segment `id` if it is prepared or being prepared (waiting for it); `None` when the
+    /// caller must create it itself.
+    pub(crate) fn take(&self, id: u64) -> Option<SegmentFile> {
+        let mut s = self.state.lock();
+        loop {
+            match std::mem::take(&mut *s) {
+                Spare::Ready(seg) if seg.id == id => return Some(seg),
+                Spare::Preparing(p) if p == id => {
+                    *s = Spare::Preparing(p);
+                    self.cv.wait(&mut s);
+                }
+                Spare::Shutdown => {
+                    *s = Spare::Shutdown;
+                    return None;
+                }
+                // A spare with another id (cannot happen: ids only grow) or nothing: the caller
+                // creates it; the slot stays idle so the preparer does not race it.
+                _ => return None,
+            }
+        }
+    }
+
+    /// Stops the preparer.
+    pub(crate) fn shutdown(&self) {
+        *self.state.lock() = Spare::Shutdown;
+        self.cv.notify_all();
+    }
+
+    /// The preparer thread's loop.
+    pub(crate) fn run_preparer(&self, storage: &dyn Storage, layout: &Layout, size: u64) {
+        let mut s = self.state.lock();
+        loop {
+            match *s {
+                Spare::Shutdown => return,
+                Spare::Wanted(id) => {
+                    *s = Spare::Preparing(id);
+                    drop(s);
+                    let made = create_segment(storage, layout, id, size);
+                    s = self.state.lock();
+                    if let Spare::Preparing(p) = *s {
+                        debug_assert_eq!(p, id);
+                        // On failure the writer creates the segment itself and reports the error.
+                        *s = made.map_or(Spare::Idle, Spare::Ready);
+                    } else if let Ok(seg) = made {
+                        // Shut down meanwhile; the file stays as an unused, zeroed segment.
+                        drop(seg);
+                    }
+                    self.cv.notify_all();
+                }
+                _ => self.cv.wait(&mut s),
+            }
+        }
+    }
+}
+
+/// A record waiting in a commit group.
+pub(crate) struct PendingRecord {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Where a group's records landed, and which segments it sealed and activated.
+#[derive(Default)]
+pub(crate) struct Placement {
+    /// `(segment id, file offset of the record)` for each record, in order.
+    pub records: Vec<(u64, u64)>,
+    /// Segments sealed by this group (now read-only).
+    pub sealed: Vec<SegmentFile>,
+    /// Segments activated by this group.
+    pub activated: Vec<SegmentFile>,
+}
+
+/// The log's writing end. Only the commit-group leader uses it (behind a mutex).
+pub(crate) struct LogWriter {
+    storage: Arc<dyn Storage>,
+    layout: Layout,
+    segment_size: u64,
+    spare: Arc<SpareSlot>,
+    prepare_ahead: bool,
+    active: SegmentFile,
+    /// Next byte to write in the active segment.
+    write_offset: u64,
+    /// Whether the active segment's header is written.
+    activated: bool,
+    /// Last sequence number handed to the OS.
+    pub written_seq: u64,
+    /// Bytes written since open (framing and headers included).
+    pub bytes_written: u64,
+    /// First sequence number of every activated segment that is still on disk.
+    pub segments: BTreeMap<u64, u64>,
+    buf: Vec<u8>,
+}
+
+/// The state recovery leaves the log in.
+pub(crate) struct LogStart {
+    pub active: SegmentFile,
+    pub write_offset: u64,
+    pub activated: bool,
+    pub written_seq: u64,
+    pub segments: BTreeMap<u64, u64>,
+}
+
+impl LogWriter {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        layout: Layout,
+        segment_size: u64,
+        spare: Arc<SpareSlot>,
+        prepare_ahead: bool,
+        start: LogStart,
+    ) -> LogWriter {
+        debug_assert!(start.activated || start.write_offset == 0);
+        LogWriter {
+            storage,
+            layout,
+            segment_size,
+            spare,
+            prepare_ahead,
+            active: start.active,
+            write_offset: start.write_offset,
+            activated: start.activated,
+            written_seq: start.written_seq,
+            bytes_written: 0,
+            segments: start.segments,
+            buf: Vec::new(),
+        }
+    }
+
+    pub(crate) fn active(&self) -> &SegmentFile {
+        &self.active
+    }
+
+    /// Writes a commit group with one write call per segment it touches. `durable_seq` is the
+    /// highest sequence number known durable; it is stamped into each record. `on_seal` is told
+    /// the last sequence number of every segment sealed (and so fsynced) on the way.
+    pub(crate) fn append(
+        &mut self,
+        records: &[PendingRecord],
+        mut durable_seq: u64,
+        mut on_seal: impl FnMut(u64),
+    ) -> Result<Placement> {
+        let mut placement = Placement::default();
+        self.buf.clear();
+        let mut buf_at = self.write_offset;
+        for rec in records {
+            debug_assert_eq!(rec.seq, self.written_seq + 1, "records are appended in sequence");
+            let need = RECORD_HEADER_SIZE + rec.payload.len() + if self.activated { 0 } else { SEGMENT_HEADER_SIZE };
+            if buf_at + self.buf.len() as u64 + need as u64 > self.active.capacity {
+                self.flush(buf_at)?;
+                let sealed_through = self.written_seq;
+                let sealed = self.roll()?;
+                on_seal(sealed_through);
+                durable_seq = durable_seq.max(sealed_through);
+                placement.sealed.push(sealed);
+                buf_at = 0;
+            }
+            if !self.activated {
+                debug_assert_eq!(buf_at + self.buf.len() as u64, 0);
+                let header = format::encode_segment_header(SegmentHeader {
+                    segment_id: self.active.id,
+                    first_seq: rec.seq,
+                });
+                self.buf.extend_from_slice(&header);
+                self.activated = true;
+                self.segments.insert(self.active.id, rec.seq);
+                placement.activated.push(self.active.clone());
+            }
+            placement.records.push((self.active.id, buf_at + self.buf.len() as u64));
+            format::encode_record(
+                &mut self.buf,
+                self.active.id,
+                rec.seq,
+                durable_seq,
+                KIND_OPS,
+                &rec.payload,
+            );
+            self.written_seq = rec.seq;
+        }
+        self.flush(buf_at)?;
+        Ok(placement)
+    }
+
+    fn flush(&mut self, at: u64) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(at, self.write_offset);
+        debug_assert!(at + self.buf.len() as u64 <= self.active.capacity);
+        write_all_at(self.active.file.as_ref(), &self.buf, at).map_err(|e| Error::io("write", &self.active.path, e))?;
+        self.write_offset += self.buf.len() as u64;
+        self.bytes_written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Seals the active segment (fsync) and switches to the next one, which is durable and
+    /// zero-filled before anything is written to it.
+    fn roll(&mut self) -> Result<SegmentFile> {
+        self.sync()?;
+        let next_id = self.active.id + 1;
+        let next = match self.spare.take(next_id) {
+            Some(seg) => seg,
+            None => create_segment(self.storage.as_ref(), &self.layout, next_id, self.segment_size)?,
+        };
+        if self.prepare_ahead {
+            self.spare.want(next_id + 1);
+        }
+        self.write_offset = 0;
+        self.activated = false;
+        Ok(std::mem::replace(&mut self.active, next))
+    }
+
+    /// `fdatasync` of the active segment.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.active
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &self.active.path, e))
+    }
+}
