@@ -135,10 +135,11 @@ pub(crate) fn load_snapshot(
 
 /// Runs one checkpoint. Returns when the snapshot is durable and the files it covers are gone.
 pub(crate) fn run(engine: &Engine) -> Result<()> {
-    let mut snapshots = engine.checkpoint_lock.lock();
+    let _one_at_a_time = engine.checkpoint_lock.lock();
     engine.check_poison()?;
     let base_seq = engine.index.read().applied_seq;
-    if snapshots.files.last() == Some(&base_seq) || base_seq == 0 {
+    let last = engine.snapshots.lock().last().map(|s| s.0);
+    if last == Some(base_seq) || base_seq == 0 {
         // Nothing written since the last checkpoint (or ever).
         return Ok(());
     }
@@ -163,8 +164,12 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
         .map_err(|e| Error::io("open", &path, e))?;
     let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::io("read", &path, e))?);
     repoint_index(engine, &path, base_seq, &bytes, &expired)?;
-    let old: Vec<u64> = snapshots.files.drain(..).collect();
-    snapshots.files.push(base_seq);
+    let old: Vec<u64> = {
+        let mut snapshots = engine.snapshots.lock();
+        let old = snapshots.drain(..).map(|s| s.0).collect();
+        snapshots.push((base_seq, bytes.bytes().len() as u64));
+        old
+    };
     remove_covered(engine, base_seq, &old)?;
     engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
     engine
@@ -303,7 +308,7 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
     let doomed: Vec<u64> = {
         let mut log = engine.log.lock();
         let active = log.active().id;
-        let firsts: Vec<(u64, u64)> = log.segments.iter().map(|(&id, &first)| (id, first)).collect();
+        let firsts: Vec<(u64, u64)> = log.segments.iter().map(|(&id, s)| (id, s.first_seq)).collect();
         let doomed: Vec<u64> = firsts
             .windows(2)
             .filter(|w| w[0].0 != active && w[1].1 <= base_seq + 1)

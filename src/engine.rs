@@ -91,12 +91,6 @@ pub(crate) struct Counters {
     pub log_bytes_since_checkpoint: AtomicU64,
 }
 
-/// Snapshot files on disk, newest last.
-#[derive(Default)]
-pub(crate) struct Snapshots {
-    pub files: Vec<u64>,
-}
-
 /// Signals to the background threads.
 #[derive(Default)]
 pub(crate) struct Background {
@@ -116,7 +110,8 @@ pub(crate) struct Recovered {
     pub log: LogWriter,
     pub next_seq: u64,
     pub durable_seq: u64,
-    pub snapshots: Vec<u64>,
+    /// `(base_seq, file size)` of each snapshot on disk, oldest first.
+    pub snapshots: Vec<(u64, u64)>,
     pub log_bytes_since_checkpoint: u64,
     pub report: RecoveryReport,
 }
@@ -135,7 +130,9 @@ pub(crate) struct Engine {
     poison_cause: Mutex<Option<String>>,
     pub spare: Arc<SpareSlot>,
     /// Held for the whole of a checkpoint: one at a time.
-    pub checkpoint_lock: Mutex<Snapshots>,
+    pub checkpoint_lock: Mutex<()>,
+    /// `(base_seq, file size)` of each snapshot on disk, oldest first.
+    pub snapshots: Mutex<Vec<(u64, u64)>>,
     pub counters: Counters,
     pub background: Background,
     pub lock_guard: Mutex<Option<LockGuard>>,
@@ -169,7 +166,8 @@ impl Engine {
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             spare,
-            checkpoint_lock: Mutex::new(Snapshots { files: r.snapshots }),
+            checkpoint_lock: Mutex::new(()),
+            snapshots: Mutex::new(r.snapshots),
             counters,
             background: Background::default(),
             lock_guard: Mutex::new(Some(guard)),
@@ -481,27 +479,24 @@ impl Engine {
         };
         let (segments, log_bytes) = {
             let log = self.log.lock();
-            (log.segments.len() as u64, log.bytes_written)
+            (log.segments.len() as u64, log.bytes_on_disk())
         };
-        let snapshots = self.checkpoint_lock.try_lock().map(|s| s.files.clone());
+        let snapshots = self.snapshots.lock().clone();
+        let snapshot_bytes: u64 = snapshots.iter().map(|s| s.1).sum();
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut sizes = [0u64; 8];
         for (s, a) in sizes.iter_mut().zip(&c.commit_group_sizes) {
             *s = load(a);
         }
-        let since = load(&c.log_bytes_since_checkpoint);
         Stats {
             keys,
             live_bytes,
-            dead_bytes: since
-                .min(log_bytes)
-                .saturating_sub(0)
-                .saturating_sub(live_bytes.min(since)),
-            log_bytes_since_checkpoint: since,
+            dead_bytes: (log_bytes + snapshot_bytes).saturating_sub(live_bytes),
+            log_bytes_since_checkpoint: load(&c.log_bytes_since_checkpoint),
             segments,
-            snapshots: snapshots.as_ref().map_or(0, |s| s.len() as u64),
-            last_checkpoint_seq: snapshots.as_ref().and_then(|s| s.last().copied()).unwrap_or(0),
+            snapshots: snapshots.len() as u64,
+            last_checkpoint_seq: snapshots.last().map_or(0, |s| s.0),
             last_seq,
             fsyncs: load(&c.fsyncs),
             commit_groups: load(&c.commit_groups),

@@ -16,7 +16,7 @@ use crate::options::{Options, RecoveryMode};
 use crate::stats::{RecoveryReport, Skipped};
 use crate::storage::{read_exact_at, write_all_at, FileBytes, LockGuard, OpenMode, Storage};
 use crate::wal::reader::{self, ScanInput};
-use crate::wal::writer::{self, LogStart, LogWriter, SegmentFile, SpareSlot};
+use crate::wal::writer::{self, LogStart, LogWriter, SegInfo, SegmentFile, SpareSlot};
 
 /// Creates the directories if needed and takes the store's lock.
 pub(crate) fn lock(storage: &dyn Storage, layout: &Layout) -> Result<LockGuard> {
@@ -187,7 +187,13 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
             };
             if usable {
                 if let Some(f) = info.first_seq {
-                    segments.insert(file.id, f);
+                    segments.insert(
+                        file.id,
+                        SegInfo {
+                            first_seq: f,
+                            bytes: info.valid_end,
+                        },
+                    );
                     log_bytes += info.valid_end;
                 }
                 index.set_source(FileId::Segment(file.id), Source::File(file.file.clone()));
@@ -197,7 +203,13 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
         }
         match info.first_seq {
             Some(f) if info.last_seq.is_some_and(|l| l > base) => {
-                segments.insert(file.id, f);
+                segments.insert(
+                    file.id,
+                    SegInfo {
+                        first_seq: f,
+                        bytes: info.valid_end,
+                    },
+                );
                 log_bytes += info.valid_end;
             }
             _ => {
@@ -267,7 +279,10 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
         log,
         next_seq: last_seq + 1,
         durable_seq: last_seq,
-        snapshots: snapshot.iter().map(|s| s.base_seq).collect(),
+        snapshots: snapshot
+            .iter()
+            .map(|s| (s.base_seq, s.bytes.bytes().len() as u64))
+            .collect(),
         log_bytes_since_checkpoint: log_bytes,
         report,
     })
@@ -350,7 +365,7 @@ fn skip(report: &mut RecoveryReport, e: &Error) {
 
 /// What replay found in each segment.
 #[derive(Default, Clone, Copy)]
-struct SegInfo {
+struct Scanned {
     first_seq: Option<u64>,
     last_seq: Option<u64>,
     valid_end: u64,
@@ -359,7 +374,7 @@ struct SegInfo {
 #[derive(Default)]
 struct Replay {
     last_seq: Option<u64>,
-    per_segment: Vec<SegInfo>,
+    per_segment: Vec<Scanned>,
     torn_tail_bytes: u64,
 }
 
@@ -425,7 +440,7 @@ fn replay(opts: &Options, segs: &[Seg], base: u64, index: &mut Index, report: &m
         }
         index.set_source(FileId::Segment(seg.file.id), Source::Bytes(bytes.clone()));
         expected = last.map(|l| l + 1).or(expected);
-        out.per_segment.push(SegInfo {
+        out.per_segment.push(Scanned {
             first_seq: scan.header.map(|h| h.first_seq),
             last_seq: last,
             valid_end: if scan.header.is_some() { scan.valid_end } else { 0 },

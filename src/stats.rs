@@ -11,12 +11,12 @@ pub struct Stats {
     pub keys: u64,
     /// Bytes of live keys and values.
     pub live_bytes: u64,
-    /// Bytes in log segments and snapshots that no live entry uses (overwritten, deleted,
-    /// expired, framing, unused preallocated space excluded).
+    /// Bytes in log segments and snapshots beyond the live keys and values: overwritten,
+    /// deleted and expired data, and framing. Preallocated space not yet written is not counted.
     pub dead_bytes: u64,
     /// Log bytes written (framing included) since the last checkpoint.
     pub log_bytes_since_checkpoint: u64,
-    /// Log segment files, the preallocated spare included.
+    /// Log segments holding records (the preallocated spare is not counted).
     pub segments: u64,
     /// Snapshot files.
     pub snapshots: u64,

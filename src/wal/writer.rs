@@ -158,6 +158,15 @@ impl SpareSlot {
     }
 }
 
+/// An activated segment still on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegInfo {
+    /// Sequence number of its first record.
+    pub first_seq: u64,
+    /// Bytes written to it (header and records).
+    pub bytes: u64,
+}
+
 /// A record waiting in a commit group.
 pub(crate) struct PendingRecord {
     pub seq: u64,
@@ -191,8 +200,8 @@ pub(crate) struct LogWriter {
     pub written_seq: u64,
     /// Bytes written since open (framing and headers included).
     pub bytes_written: u64,
-    /// First sequence number of every activated segment that is still on disk.
-    pub segments: BTreeMap<u64, u64>,
+    /// Every activated segment still on disk, by id.
+    pub segments: BTreeMap<u64, SegInfo>,
     buf: Vec<u8>,
 }
 
@@ -202,7 +211,7 @@ pub(crate) struct LogStart {
     pub write_offset: u64,
     pub activated: bool,
     pub written_seq: u64,
-    pub segments: BTreeMap<u64, u64>,
+    pub segments: BTreeMap<u64, SegInfo>,
 }
 
 impl LogWriter {
@@ -233,6 +242,11 @@ impl LogWriter {
 
     pub(crate) fn active(&self) -> &SegmentFile {
         &self.active
+    }
+
+    /// Bytes used in all segments on disk.
+    pub(crate) fn bytes_on_disk(&self) -> u64 {
+        self.segments.values().map(|s| s.bytes).sum()
     }
 
     /// Writes a commit group with one write call per segment it touches. `durable_seq` is the
@@ -267,7 +281,13 @@ impl LogWriter {
                 });
                 self.buf.extend_from_slice(&header);
                 self.activated = true;
-                self.segments.insert(self.active.id, rec.seq);
+                self.segments.insert(
+                    self.active.id,
+                    SegInfo {
+                        first_seq: rec.seq,
+                        bytes: 0,
+                    },
+                );
                 placement.activated.push(self.active.clone());
             }
             placement.records.push((self.active.id, buf_at + self.buf.len() as u64));
@@ -294,6 +314,9 @@ impl LogWriter {
         write_all_at(self.active.file.as_ref(), &self.buf, at).map_err(|e| Error::io("write", &self.active.path, e))?;
         self.write_offset += self.buf.len() as u64;
         self.bytes_written += self.buf.len() as u64;
+        if let Some(info) = self.segments.get_mut(&self.active.id) {
+            info.bytes = self.write_offset;
+        }
         self.buf.clear();
         Ok(())
     }
