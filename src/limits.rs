@@ -26,6 +26,19 @@ pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 /// Largest number of operations in one batch. Bounds the decoder's allocation.
 pub const BATCH_OPS_MAX: usize = 1 << 20;
 
+/// Hard upper bound for `Options::batch_size_max`. Below bincode's 1 GiB decode limit
+/// (format.rs), so every batch that can be written can be read back.
+pub const BATCH_SIZE_MAX_LIMIT: usize = 512 * 1024 * 1024;
+
+/// Largest record payload any store can hold, whatever its options: the reader bounds length
+/// fields by this (and by the bytes left in the file), never by the options of the current open,
+/// so reopening with smaller limits cannot turn acknowledged records into "damage".
+pub const RECORD_PAYLOAD_MAX: usize = if KEY_SIZE_MAX + VALUE_SIZE_MAX_LIMIT + 64 > BATCH_SIZE_MAX_LIMIT {
+    KEY_SIZE_MAX + VALUE_SIZE_MAX_LIMIT + 64
+} else {
+    BATCH_SIZE_MAX_LIMIT
+};
+
 /// Default log bytes written since the last checkpoint that trigger an automatic one.
 pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
@@ -45,3 +58,5 @@ const _: () = assert!(BATCH_SIZE_MAX_DEFAULT as u64 <= SEGMENT_SIZE_DEFAULT / 2)
 const _: () = assert!(SEGMENT_SIZE_MIN < SEGMENT_SIZE_DEFAULT);
 const _: () = assert!((VALUE_SIZE_MAX_LIMIT as u64) < SEGMENT_SIZE_MAX);
 const _: () = assert!(KEY_SIZE_MAX <= u16::MAX as usize);
+const _: () = assert!(RECORD_PAYLOAD_MAX < (1 << 30), "below the payload decoder's limit");
+const _: () = assert!(BATCH_SIZE_MAX_DEFAULT <= BATCH_SIZE_MAX_LIMIT);

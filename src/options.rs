@@ -193,6 +193,13 @@ impl Options {
                 limits::VALUE_SIZE_MAX_LIMIT
             ));
         }
+        if self.batch_size_max > limits::BATCH_SIZE_MAX_LIMIT {
+            return bad(format!(
+                "batch_size_max {} exceeds {}",
+                self.batch_size_max,
+                limits::BATCH_SIZE_MAX_LIMIT
+            ));
+        }
         let record_max = (SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + self.record_payload_max()) as u64;
         if record_max > self.segment_size {
             return bad(format!(

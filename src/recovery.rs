@@ -382,7 +382,8 @@ struct Replay {
 fn replay(opts: &Options, segs: &[Seg], base: u64, index: &mut Index, report: &mut RecoveryReport) -> Result<Replay> {
     let mut out = Replay::default();
     let mut expected: Option<u64> = None;
-    let payload_max = opts.record_payload_max();
+    // NOTE: not opts.record_payload_max(): the store may have been written with larger limits.
+    let payload_max = crate::limits::RECORD_PAYLOAD_MAX;
     for (i, seg) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
         let path = &seg.file.path;
