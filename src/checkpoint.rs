@@ -79,13 +79,63 @@ pub(crate) fn load_snapshot(
         ));
     }
     let end = footer.footer_offset as usize;
+    let mut frames = Vec::new();
     let mut at = SNAPSHOT_HEADER_SIZE;
+    while at < end {
+        let frame =
+            format::block_frame(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
+        frames.push((at, frame));
+        at += frame.len;
+    }
+    // Checksums are verified on a second thread while this one decodes; nothing decoded is
+    // used unless every block verifies.
+    let (verified, decoded) = std::thread::scope(|scope| {
+        let verifier = scope.spawn(|| {
+            frames.iter().try_for_each(|&(at, frame)| {
+                format::verify_block(&b[at..end], frame)
+                    .map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))
+            })
+        });
+        let decoded = decode_entries(b, end, &frames, path, base_seq, now_ms);
+        let verified = verifier
+            .join()
+            .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot verifier panicked")));
+        (verified, decoded)
+    });
+    verified?;
+    let (out, count) = decoded?;
+    if count != footer.entry_count {
+        return Err(Error::corruption(
+            path,
+            footer.footer_offset,
+            format!("snapshot holds {count} entries, its footer says {}", footer.entry_count),
+        ));
+    }
+    let loaded = LoadedSnapshot {
+        base_seq,
+        end_seq: footer.end_seq,
+        entries: count,
+        bytes,
+    };
+    Ok((loaded, out))
+}
+
+/// Decodes every entry of the framed blocks, keeping the live ones; returns them and the count
+/// of all entries.
+fn decode_entries(
+    b: &[u8],
+    end: usize,
+    frames: &[(usize, format::BlockFrame)],
+    path: &Path,
+    base_seq: u64,
+    now_ms: u64,
+) -> Result<(Entries, u64)> {
     let mut out: Entries = Vec::new();
     let mut count = 0u64;
     let mut prev_key: Option<&[u8]> = None;
-    while at < end {
-        let (entries, len) =
-            format::decode_block(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
+    for &(at, frame) in frames {
+        let entries = format::decode_block_entries(&b[at..end], frame)
+            .map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
         for d in entries {
             let e = d.entry;
             if prev_key.is_some_and(|p| p >= e.key) {
@@ -103,7 +153,7 @@ pub(crate) fn load_snapshot(
             let loc = Loc {
                 file: FileId::Snapshot(base_seq),
                 offset: (at + d.value_at) as u64,
-                // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
+                // NOTE: cannot truncate: decode_block_entries bounds value_len by VALUE_SIZE_MAX_LIMIT.
                 len: e.value.len() as u32,
             };
             out.push((
@@ -115,34 +165,21 @@ pub(crate) fn load_snapshot(
                 },
             ));
         }
-        at += len;
     }
-    if count != footer.entry_count {
-        return Err(Error::corruption(
-            path,
-            footer.footer_offset,
-            format!("snapshot holds {count} entries, its footer says {}", footer.entry_count),
-        ));
-    }
-    let loaded = LoadedSnapshot {
-        base_seq,
-        end_seq: footer.end_seq,
-        entries: count,
-        bytes,
-    };
-    Ok((loaded, out))
+    Ok((out, count))
 }
 
 /// Runs one checkpoint. Returns when the snapshot is durable and the files it covers are gone.
 pub(crate) fn run(engine: &Engine) -> Result<()> {
     let _one_at_a_time = engine.checkpoint_lock.lock();
     engine.check_poison()?;
-    let base_seq = engine.index.read().applied_seq;
+    let applied = engine.index.read().applied_seq;
     let last = engine.snapshots.lock().last().map(|s| s.0);
-    if last == Some(base_seq) || base_seq == 0 {
+    if last == Some(applied) || applied == 0 {
         // Nothing written since the last checkpoint (or ever).
         return Ok(());
     }
+    let base_seq = engine.roll_for_checkpoint()?;
     let log_bytes_at_start = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
     let storage = engine.storage.as_ref();
     let tmp = engine.layout.snapshot_tmp(base_seq);

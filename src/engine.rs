@@ -314,6 +314,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Rolls the log at a quiet point for a checkpoint and returns the sequence number it ends
+    /// at, which becomes the snapshot's base. Holds leadership so no group is in flight: the
+    /// index reflects exactly the writes up to the returned sequence number.
+    pub(crate) fn roll_for_checkpoint(&self) -> Result<u64> {
+        let mut st = self.commit.lock();
+        while st.leader_active {
+            self.leader_cv.wait(&mut st);
+        }
+        st.leader_active = true;
+        drop(st);
+        let result = (|| {
+            self.check_poison()?;
+            let mut log = self.log.lock();
+            let base = log.written_seq;
+            let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
+            drop(log);
+            if let Some((sealed, active)) = rolled {
+                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.durable_seq.fetch_max(base, Ordering::AcqRel);
+                let mut index = self.index.write();
+                index.set_source(FileId::Segment(sealed.id), sealed_source(&sealed));
+                index.set_source(FileId::Segment(active.id), Source::File(active.file.clone()));
+            }
+            debug_assert_eq!(self.index.read().applied_seq, base, "no group is in flight");
+            Ok(base)
+        })();
+        self.commit.lock().leader_active = false;
+        self.leader_cv.notify_all();
+        result
+    }
+
     fn apply(&self, records: &[PendingRecord], applies: Vec<Vec<Apply>>, placement: Placement) {
         debug_assert_eq!(records.len(), placement.records.len());
         let mut index = self.index.write();

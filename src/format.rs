@@ -507,9 +507,18 @@ pub struct DecodedEntry<'a> {
     pub value_at: usize,
 }
 
-/// Decodes the block at the start of `b` (which runs to the footer). Returns the entries and the
-/// block's total length. Offsets in errors are relative to `b`.
-pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> {
+/// A snapshot block's framing, checked against the bytes available but not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockFrame {
+    /// Header plus body.
+    pub len: usize,
+    /// Entries in the body.
+    pub count: usize,
+}
+
+/// Reads the block header at the start of `b` (which runs to the footer) and checks its length
+/// and count against `b` and the limits. Offsets in errors are relative to `b`.
+pub fn block_frame(b: &[u8]) -> Result<BlockFrame, Damage> {
     if b.len() < BLOCK_HEADER_SIZE {
         return Err(damage(0, "snapshot block header is cut short"));
     }
@@ -524,13 +533,36 @@ pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> 
             format!("snapshot block entry count {count} is impossible"),
         ));
     }
-    let total = BLOCK_HEADER_SIZE + body_len;
+    Ok(BlockFrame {
+        len: BLOCK_HEADER_SIZE + body_len,
+        count,
+    })
+}
+
+/// Checks a framed block's checksum.
+pub fn verify_block(b: &[u8], frame: BlockFrame) -> Result<(), Damage> {
     let mut h = crc32fast::Hasher::new();
     h.update(&b[..BLOCK_CRC_AT]);
-    h.update(&b[BLOCK_HEADER_SIZE..total]);
+    h.update(&b[BLOCK_HEADER_SIZE..frame.len]);
     if h.finalize() != u32_at(b, BLOCK_CRC_AT) {
         return Err(damage(0, "snapshot block checksum mismatch"));
     }
+    Ok(())
+}
+
+/// Decodes the block at the start of `b` (which runs to the footer): framing, checksum,
+/// entries. Returns the entries and the block's total length. Offsets in errors are relative
+/// to `b`.
+pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> {
+    let frame = block_frame(b)?;
+    verify_block(b, frame)?;
+    Ok((decode_block_entries(b, frame)?, frame.len))
+}
+
+/// Decodes a framed block's entries without checking its checksum (the caller verifies it,
+/// possibly on another thread, before using any of them). Never panics on any bytes.
+pub fn decode_block_entries(b: &[u8], frame: BlockFrame) -> Result<Vec<DecodedEntry<'_>>, Damage> {
+    let BlockFrame { len: total, count } = frame;
     let mut entries = Vec::with_capacity(count);
     let mut at = BLOCK_HEADER_SIZE;
     for _ in 0..count {
@@ -561,7 +593,7 @@ pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> 
     if at != total {
         return Err(damage(at, "snapshot block has bytes after its last entry"));
     }
-    Ok((entries, total))
+    Ok(entries)
 }
 
 /// A record header's raw fields, unverified: for the cheap pre-check when searching damaged

@@ -231,9 +231,8 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
             (seg, 0, false)
         }
     };
-    if let Some(next) = take_clean_spare(&mut spares, active.id + 1, opts)? {
-        spare.offer(next);
-    }
+    // Other spares go: checking that one is clean means reading all of it, and the background
+    // preparer makes a fresh one without holding up the open.
     doomed.extend(
         spares
             .iter()

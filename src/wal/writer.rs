@@ -98,11 +98,6 @@ impl SpareSlot {
         }
     }
 
-    /// Offers an already prepared segment (found by recovery).
-    pub(crate) fn offer(&self, seg: SegmentFile) {
-        *self.state.lock() = Spare::Ready(seg);
-    }
-
     /// Takes segment `id` if it is prepared or being prepared (waiting for it); `None` when the
     /// caller must create it itself.
     pub(crate) fn take(&self, id: u64) -> Option<SegmentFile> {
@@ -336,6 +331,36 @@ impl LogWriter {
         self.write_offset = 0;
         self.activated = false;
         Ok(std::mem::replace(&mut self.active, next))
+    }
+
+    /// For a checkpoint at `written_seq`: seals the active segment and starts the next one with
+    /// its header (first sequence `written_seq + 1`), so every segment before it is wholly
+    /// covered by the snapshot and recovery never rescans records the snapshot holds. Returns
+    /// the sealed and the new segment, or `None` if the active segment holds nothing yet.
+    pub(crate) fn roll_for_checkpoint(&mut self) -> Result<Option<(SegmentFile, SegmentFile)>> {
+        if !self.activated {
+            return Ok(None);
+        }
+        let sealed = self.roll()?;
+        let first_seq = self.written_seq + 1;
+        let header = format::encode_segment_header(SegmentHeader {
+            segment_id: self.active.id,
+            first_seq,
+        });
+        // NOTE: no fsync needed here: if this header is lost, the segment reads as an unused
+        // spare; the first group written after it fsyncs it along with its records.
+        write_all_at(self.active.file.as_ref(), &header, 0).map_err(|e| Error::io("write", &self.active.path, e))?;
+        self.write_offset = SEGMENT_HEADER_SIZE as u64;
+        self.bytes_written += SEGMENT_HEADER_SIZE as u64;
+        self.activated = true;
+        self.segments.insert(
+            self.active.id,
+            SegInfo {
+                first_seq,
+                bytes: self.write_offset,
+            },
+        );
+        Ok(Some((sealed, self.active.clone())))
     }
 
     /// `fdatasync` of the active segment.
