@@ -5,6 +5,8 @@
 //! crash tests run the engine's real code.
 
 mod fs;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 use std::any::Any;
 use std::ffi::OsString;
