@@ -89,6 +89,7 @@ pub(crate) struct Counters {
     pub commit_group_sizes: [AtomicU64; 8],
     pub checkpoints: AtomicU64,
     pub log_bytes_since_checkpoint: AtomicU64,
+    pub writers_waiting: AtomicU64,
 }
 
 /// Signals to the background threads.
@@ -252,14 +253,19 @@ impl Engine {
         if let Some(group) = &st.group {
             let group = group.clone();
             drop(st);
-            return group.wait().map(|()| seq);
+            self.counters.writers_waiting.fetch_add(1, Ordering::Relaxed);
+            let r = group.wait().map(|()| seq);
+            self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
+            return r;
         }
         let group = Arc::new(GroupWait::default());
         st.group = Some(group.clone());
         // This writer leads the group: wait for the previous leader; meanwhile others join.
+        self.counters.writers_waiting.fetch_add(1, Ordering::Relaxed);
         while st.leader_active {
             self.leader_cv.wait(&mut st);
         }
+        self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
         st.leader_active = true;
         st.group = None;
         let records = std::mem::take(&mut st.records);
@@ -279,7 +285,7 @@ impl Engine {
     fn lead(&self, records: &[PendingRecord], applies: Vec<Vec<Apply>>) -> Result<()> {
         self.check_poison()?;
         let last_seq = records.last().map_or(0, |r| r.seq);
-        let placement = {
+        let (placement, active) = {
             let mut log = self.log.lock();
             let durable = self.durable_seq.load(Ordering::Acquire);
             let bytes_before = log.bytes_written;
@@ -287,29 +293,27 @@ impl Engine {
                 self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.durable_seq.fetch_max(sealed_through, Ordering::AcqRel);
             });
-            let placement = match placed {
-                Ok(p) => p,
-                Err(e) => {
-                    self.poison(&e);
-                    return Err(e);
-                }
-            };
-            if self.opts.sync_mode == SyncMode::Always {
-                if let Err(e) = log.sync() {
-                    self.poison(&e);
-                    return Err(e);
-                }
-                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
-            }
+            let placement = placed.inspect_err(|e| self.poison(e))?;
             let written = log.bytes_written - bytes_before;
             self.counters
                 .log_bytes_since_checkpoint
                 .fetch_add(written, Ordering::Relaxed);
-            placement
+            (placement, log.active().clone())
         };
-        self.apply(records, applies, placement);
         self.count_group(records.len());
+        // NOTE: the fsync runs without the log mutex, so stats() and sync() never wait behind a
+        // slow disk; leadership alone keeps groups in order, and a segment is only ever sealed
+        // by the leader.
+        if self.opts.sync_mode == SyncMode::Always {
+            if let Err(e) = active.file.sync_data() {
+                let e = Error::io("fdatasync", &active.path, e);
+                self.poison(&e);
+                return Err(e);
+            }
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
+        }
+        self.apply(records, applies, placement);
         self.maybe_request_checkpoint();
         Ok(())
     }
@@ -531,6 +535,7 @@ impl Engine {
             last_seq,
             fsyncs: load(&c.fsyncs),
             commit_groups: load(&c.commit_groups),
+            writers_waiting: load(&c.writers_waiting),
             records: load(&c.records),
             commit_group_size_max: load(&c.commit_group_size_max),
             commit_group_sizes: sizes,

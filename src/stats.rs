@@ -28,6 +28,8 @@ pub struct Stats {
     pub fsyncs: u64,
     /// Commit groups written since open (one write call each).
     pub commit_groups: u64,
+    /// Writers waiting for their commit group right now (the commit queue's depth).
+    pub writers_waiting: u64,
     /// Records written since open.
     pub records: u64,
     /// Largest commit group since open, in records.

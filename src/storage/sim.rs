@@ -30,7 +30,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 
@@ -127,6 +127,12 @@ struct State {
     halt_after: Option<u64>,
     /// Bumped by every crash; handles from before a crash stop working.
     generation: u64,
+    /// While set, syncs wait (see [`SimStorage::hold_syncs`]).
+    syncs_held: bool,
+    /// Syncs waiting at the gate.
+    syncs_waiting: u64,
+    /// Syncs the held gate lets through before it closes again.
+    sync_passes: u64,
 }
 
 impl State {
@@ -202,6 +208,7 @@ fn apply(data: &mut Vec<u8>, change: &Change) {
 #[derive(Clone)]
 pub struct SimStorage {
     state: Arc<Mutex<State>>,
+    gate: Arc<Condvar>,
 }
 
 impl fmt::Debug for SimStorage {
@@ -232,7 +239,11 @@ impl SimStorage {
                 ops: 0,
                 halt_after: None,
                 generation: 0,
+                syncs_held: false,
+                syncs_waiting: 0,
+                sync_passes: 0,
             })),
+            gate: Arc::new(Condvar::new()),
         }
     }
 
@@ -244,6 +255,24 @@ impl SimStorage {
     /// How many faults were injected so far.
     pub fn counts(&self) -> FaultCounts {
         self.state.lock().counts
+    }
+
+    /// While `held`, every sync waits at a gate (to line up writers behind a slow fsync);
+    /// releasing lets them all go.
+    pub fn hold_syncs(&self, held: bool) {
+        self.state.lock().syncs_held = held;
+        self.gate.notify_all();
+    }
+
+    /// Lets `n` syncs through a held gate, which stays held for the ones after.
+    pub fn pass_syncs(&self, n: u64) {
+        self.state.lock().sync_passes += n;
+        self.gate.notify_all();
+    }
+
+    /// Syncs waiting at the gate now.
+    pub fn syncs_waiting(&self) -> u64 {
+        self.state.lock().syncs_waiting
     }
 
     /// Operations performed so far.
@@ -418,6 +447,7 @@ fn not_found() -> io::Error {
 
 struct SimFile {
     state: Arc<Mutex<State>>,
+    gate: Arc<Condvar>,
     inode: usize,
     generation: u64,
     writable: bool,
@@ -487,6 +517,14 @@ impl StorageFile for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.state.lock();
+        s.syncs_waiting += 1;
+        while s.syncs_held && s.sync_passes == 0 {
+            self.gate.wait(&mut s);
+        }
+        if s.syncs_held {
+            s.sync_passes -= 1;
+        }
+        s.syncs_waiting -= 1;
         s.op(Some(self.generation))?;
         let p = s.faults.sync_eio;
         if s.chance(p) {
@@ -581,6 +619,7 @@ impl Storage for SimStorage {
         };
         Ok(Arc::new(SimFile {
             state: self.state.clone(),
+            gate: self.gate.clone(),
             inode,
             generation: s.generation,
             writable: mode != OpenMode::Read,

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, HeaderState, RecordRef, RecordState, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
 };
+use crate::limits;
 use crate::options::RecoveryMode;
 use crate::stats::Skipped;
 
@@ -128,9 +129,13 @@ pub(crate) fn scan_segment(
         HeaderState::Damaged(d) => {
             let after = input.expected_seq.map_or(0, |s| s.saturating_sub(1));
             let vouched = find_record(input, SEGMENT_HEADER_SIZE, after, Some(after + 1)).is_some();
-            if input.is_last && !vouched && input.mode != RecoveryMode::Strict {
-                // A torn activation: the header and first records were one unsynced write.
-                scan.dirty_end = nonzero_end(b) as u64;
+            // A torn activation (the header and the first records were one unsynced write) can
+            // only leave a preallocated segment: full size, zeros after what was written. Any
+            // other file with a bad header is not a segment of ours and is refused, not erased.
+            let dirty_end = nonzero_end(b);
+            let preallocated = b.len() as u64 >= limits::SEGMENT_SIZE_MIN && dirty_end < b.len();
+            if input.is_last && !vouched && preallocated && input.mode != RecoveryMode::Strict {
+                scan.dirty_end = dirty_end as u64;
                 return Ok(scan);
             }
             return damaged_file(input, d.offset, &d.reason, scan);

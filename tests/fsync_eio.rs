@@ -1,0 +1,174 @@
+//! A failed fsync fails every writer of its commit group and poisons the store (faults.md F5).
+//!
+//! Scenario: one writer's fsync is held at a gate in the simulated storage while 16 more writers
+//! line up in the next commit group; then every fsync starts failing with EIO (Linux semantics:
+//! the dirty data is dropped, the next fsync would report success) and the gate opens.
+//! Method: the real engine on `SimStorage`; the test waits on the engine's own queue gauge
+//! (`stats().writers_waiting`), not on sleeps.
+//! Invariant: no writer hangs and none is told Ok; later writes get `Poisoned`; reads still
+//! work; after a crash, reopening gives a state holding every acknowledged write and no value
+//! that was never written.
+
+use std::sync::Arc;
+use std::thread;
+
+use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
+use sessiondb::{Db, Error, Options};
+
+const WRITERS: usize = 16;
+
+fn options(sim: &SimStorage) -> Options {
+    Options::new()
+        .segment_size(1 << 20)
+        .batch_size_max(64 * 1024)
+        .value_size_max(4096)
+        .auto_checkpoint(false)
+        .preallocate_ahead(false)
+        .storage(Arc::new(sim.clone()))
+}
+
+#[test]
+fn fsync_eio_fails_the_whole_group_and_poisons() {
+    let sim = SimStorage::new(7);
+    let dir = std::path::Path::new("/eio");
+    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
+    db.put("before", "acknowledged").unwrap();
+
+    sim.hold_syncs(true);
+    let first = {
+        let db = db.clone();
+        thread::spawn(move || db.put("first", "x"))
+    };
+    while sim.syncs_waiting() == 0 {
+        thread::yield_now();
+    }
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let db = db.clone();
+            thread::spawn(move || db.put(format!("w{i}"), format!("v{i}")))
+        })
+        .collect();
+    // The first writer is in its fsync; the other 16 wait in the next group (its leader-to-be
+    // included).
+    while db.stats().writers_waiting < WRITERS as u64 {
+        thread::yield_now();
+    }
+    sim.set_faults(Faults {
+        sync_eio: 1.0,
+        ..Faults::default()
+    });
+    sim.hold_syncs(false);
+
+    let first = first.join().expect("first writer returns");
+    assert!(
+        matches!(first, Err(Error::Io { .. })),
+        "the first group's fsync failed: {first:?}"
+    );
+    let results: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("no writer hangs"))
+        .collect();
+    for r in &results {
+        assert!(
+            matches!(r, Err(Error::Poisoned { .. }) | Err(Error::Io { .. })),
+            "no writer of a failed or later group is told Ok: {r:?}"
+        );
+    }
+    assert!(db.stats().commit_group_size_max >= WRITERS as u64 || results.iter().all(|r| r.is_err()));
+    assert!(
+        matches!(db.put("after", "x"), Err(Error::Poisoned { .. })),
+        "later writes are refused"
+    );
+    assert_eq!(
+        db.get("before").unwrap().as_deref(),
+        Some(&b"acknowledged"[..]),
+        "reads still work"
+    );
+    assert_eq!(
+        db.get("first").unwrap(),
+        None,
+        "a write whose fsync failed is not visible"
+    );
+
+    sim.crash(CrashMode::Torn { sector: 512 });
+    drop(db);
+    sim.set_faults(Faults::default());
+    let db = Db::open_with(dir, options(&sim)).unwrap();
+    assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"acknowledged"[..]));
+    for r in db.range::<&[u8], _>(..) {
+        let (k, v) = r.unwrap();
+        let k = String::from_utf8(k).unwrap();
+        let expected = match k.as_str() {
+            "before" => "acknowledged".to_string(),
+            "first" => "x".to_string(),
+            w => format!("v{}", &w[1..]),
+        };
+        assert_eq!(v, expected.as_bytes(), "no value that was never written ({k})");
+    }
+}
+
+#[test]
+fn sixteen_writers_share_one_failing_group() {
+    // The held fsync (of the first writer) succeeds; the next group, all 16 writers, fails.
+    let sim = SimStorage::new(11);
+    let dir = std::path::Path::new("/eio16");
+    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
+    sim.hold_syncs(true);
+    let first = {
+        let db = db.clone();
+        thread::spawn(move || db.put("first", "x"))
+    };
+    while sim.syncs_waiting() == 0 {
+        thread::yield_now();
+    }
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let db = db.clone();
+            thread::spawn(move || db.put(format!("w{i}"), format!("v{i}")))
+        })
+        .collect();
+    while db.stats().writers_waiting < WRITERS as u64 {
+        thread::yield_now();
+    }
+    sim.pass_syncs(1);
+    first.join().unwrap().expect("the first group's fsync succeeded");
+    // The 16-writer group has written its records and waits at the gate for its fsync.
+    while sim.syncs_waiting() == 0 {
+        thread::yield_now();
+    }
+    sim.set_faults(Faults {
+        sync_eio: 1.0,
+        ..Faults::default()
+    });
+    sim.hold_syncs(false);
+    for w in writers {
+        let r = w.join().expect("no writer hangs");
+        assert!(
+            matches!(r, Err(Error::Io { .. })),
+            "every writer of the failed group gets the I/O error: {r:?}"
+        );
+    }
+    let stats = db.stats();
+    assert_eq!(
+        stats.commit_group_size_max, WRITERS as u64,
+        "the 16 writers were one group"
+    );
+    assert!(matches!(db.put("after", "x"), Err(Error::Poisoned { .. })));
+    assert_eq!(db.get("w0").unwrap(), None, "nothing of the failed group is visible");
+    assert_eq!(db.get("first").unwrap().as_deref(), Some(&b"x"[..]));
+
+    sim.crash(CrashMode::DropUnsynced);
+    drop(db);
+    sim.set_faults(Faults::default());
+    let db = Db::open_with(dir, options(&sim)).unwrap();
+    assert_eq!(
+        db.get("first").unwrap().as_deref(),
+        Some(&b"x"[..]),
+        "the acknowledged write survived"
+    );
+    assert_eq!(
+        db.get("w0").unwrap(),
+        None,
+        "dropped dirty data is gone after the crash"
+    );
+}
