@@ -1,15 +1,8 @@
-//! Reading a segment back: the recovery decision table (docs/design.md, "Recovery").
-//!
-//! | what the reader meets at offset X                     | last segment                 | older segment |
-//! |-------------------------------------------------------|------------------------------|---------------|
-//! | zero length, zeros to the end of the file             | clean end                    | clean end     |
-//! | damage (bad checksum, impossible length, wrong        | torn tail: cut at X, unless  | corruption    |
-//! | sequence, zero length followed by data) with no later | `Strict`                     |               |
-//! | record vouching that X was durable                    |                              |               |
-//! | the same, with a later valid record whose             | corruption                   | corruption    |
-//! | `durable_seq` ≥ the sequence expected at X            |                              |               |
-//!
-//! `Salvage` turns every "corruption" cell into "skip to the next valid record and report it".
+//! Reading a segment back: the recovery decision table, cases R1 to R9 of docs/design.md
+//! ("The decision table"). In short: damage in the last segment that no later record vouches
+//! for is a torn tail and is cut; any other damage is corruption, or in `Salvage` skipped and
+//! reported. A record vouches for damage when its `durable_seq` reaches the sequence number
+//! expected where the damage is: that write had been fsynced.
 
 use std::path::Path;
 
