@@ -43,13 +43,42 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Bytes covered by a header's preamble checksum: the magic and the format version. Every
+/// format version keeps these 12 bytes and the checksum after them, so a damaged version field
+/// reads as damage, never as a newer format.
+const PREAMBLE_SIZE: usize = 12;
+
+const _: () = assert!(SEG_PREAMBLE_CRC_AT == PREAMBLE_SIZE && SNAP_PREAMBLE_CRC_AT == PREAMBLE_SIZE);
+
+fn preamble_crc(b: &[u8]) -> u32 {
+    crc32fast::hash(&b[..PREAMBLE_SIZE])
+}
+
+/// Checks a header's magic and preamble checksum, then its version.
+fn check_preamble<H>(b: &[u8], magic: &[u8; 8], what: &str) -> Option<HeaderState<H>> {
+    if b[..8] != magic[..] {
+        return Some(HeaderState::Damaged(damage(0, format!("bad {what} magic"))));
+    }
+    if preamble_crc(b) != u32_at(b, PREAMBLE_SIZE) {
+        return Some(HeaderState::Damaged(damage(
+            PREAMBLE_SIZE,
+            format!("{what} preamble checksum mismatch"),
+        )));
+    }
+    let version = u32_at(b, 8);
+    if version != FORMAT_VERSION {
+        return Some(HeaderState::UnsupportedVersion(version));
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------------------------
 // Segment header (docs/format.md, "Segment header")
 
 const SEG_MAGIC_AT: usize = 0;
 const SEG_VERSION_AT: usize = SEG_MAGIC_AT + 8;
-const SEG_RESERVED_AT: usize = SEG_VERSION_AT + 4;
-const SEG_ID_AT: usize = SEG_RESERVED_AT + 4;
+const SEG_PREAMBLE_CRC_AT: usize = SEG_VERSION_AT + 4;
+const SEG_ID_AT: usize = SEG_PREAMBLE_CRC_AT + 4;
 const SEG_FIRST_SEQ_AT: usize = SEG_ID_AT + 8;
 const SEG_CRC_AT: usize = SEG_FIRST_SEQ_AT + 8;
 const SEG_PAD_AT: usize = SEG_CRC_AT + 4;
@@ -82,7 +111,9 @@ pub enum HeaderState<H> {
 pub fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_SIZE] {
     let mut b = [0u8; SEGMENT_HEADER_SIZE];
     b[SEG_MAGIC_AT..SEG_VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
-    b[SEG_VERSION_AT..SEG_RESERVED_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[SEG_VERSION_AT..SEG_PREAMBLE_CRC_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let pre = preamble_crc(&b);
+    b[SEG_PREAMBLE_CRC_AT..SEG_ID_AT].copy_from_slice(&pre.to_le_bytes());
     b[SEG_ID_AT..SEG_FIRST_SEQ_AT].copy_from_slice(&h.segment_id.to_le_bytes());
     b[SEG_FIRST_SEQ_AT..SEG_CRC_AT].copy_from_slice(&h.first_seq.to_le_bytes());
     let crc = crc32fast::hash(&b[..SEG_CRC_AT]);
@@ -102,12 +133,8 @@ pub fn decode_segment_header(b: &[u8]) -> HeaderState<SegmentHeader> {
     if b.iter().all(|&x| x == 0) {
         return HeaderState::Zero;
     }
-    if b[SEG_MAGIC_AT..SEG_VERSION_AT] != SEGMENT_MAGIC {
-        return HeaderState::Damaged(damage(0, "bad segment magic"));
-    }
-    let version = u32_at(b, SEG_VERSION_AT);
-    if version != FORMAT_VERSION {
-        return HeaderState::UnsupportedVersion(version);
+    if let Some(state) = check_preamble(b, &SEGMENT_MAGIC, "segment") {
+        return state;
     }
     if crc32fast::hash(&b[..SEG_CRC_AT]) != u32_at(b, SEG_CRC_AT) {
         return HeaderState::Damaged(damage(SEG_CRC_AT, "segment header checksum mismatch"));
@@ -303,8 +330,8 @@ pub fn decode_ops(payload: &[u8]) -> Result<Vec<Op<'_>>, Damage> {
 
 const SNAP_MAGIC_AT: usize = 0;
 const SNAP_VERSION_AT: usize = SNAP_MAGIC_AT + 8;
-const SNAP_RESERVED_AT: usize = SNAP_VERSION_AT + 4;
-const SNAP_BASE_SEQ_AT: usize = SNAP_RESERVED_AT + 4;
+const SNAP_PREAMBLE_CRC_AT: usize = SNAP_VERSION_AT + 4;
+const SNAP_BASE_SEQ_AT: usize = SNAP_PREAMBLE_CRC_AT + 4;
 const SNAP_CRC_AT: usize = SNAP_BASE_SEQ_AT + 8;
 const SNAP_PAD_AT: usize = SNAP_CRC_AT + 4;
 /// Bytes in a snapshot header.
@@ -341,7 +368,9 @@ pub const SNAPSHOT_FOOTER_SIZE: usize = FOOT_PAD_AT + 4;
 pub fn encode_snapshot_header(base_seq: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
     let mut b = [0u8; SNAPSHOT_HEADER_SIZE];
     b[SNAP_MAGIC_AT..SNAP_VERSION_AT].copy_from_slice(&SNAPSHOT_MAGIC);
-    b[SNAP_VERSION_AT..SNAP_RESERVED_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[SNAP_VERSION_AT..SNAP_PREAMBLE_CRC_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let pre = preamble_crc(&b);
+    b[SNAP_PREAMBLE_CRC_AT..SNAP_BASE_SEQ_AT].copy_from_slice(&pre.to_le_bytes());
     b[SNAP_BASE_SEQ_AT..SNAP_CRC_AT].copy_from_slice(&base_seq.to_le_bytes());
     let crc = crc32fast::hash(&b[..SNAP_CRC_AT]);
     b[SNAP_CRC_AT..SNAP_PAD_AT].copy_from_slice(&crc.to_le_bytes());
@@ -353,12 +382,8 @@ pub fn decode_snapshot_header(b: &[u8]) -> HeaderState<u64> {
     if b.len() < SNAPSHOT_HEADER_SIZE {
         return HeaderState::Damaged(damage(0, "snapshot header is cut short"));
     }
-    if b[SNAP_MAGIC_AT..SNAP_VERSION_AT] != SNAPSHOT_MAGIC {
-        return HeaderState::Damaged(damage(0, "bad snapshot magic"));
-    }
-    let version = u32_at(b, SNAP_VERSION_AT);
-    if version != FORMAT_VERSION {
-        return HeaderState::UnsupportedVersion(version);
+    if let Some(state) = check_preamble(b, &SNAPSHOT_MAGIC, "snapshot") {
+        return state;
     }
     if crc32fast::hash(&b[..SNAP_CRC_AT]) != u32_at(b, SNAP_CRC_AT) {
         return HeaderState::Damaged(damage(SNAP_CRC_AT, "snapshot header checksum mismatch"));

@@ -3,6 +3,7 @@
 //! ```text
 //! DIR/LOCK                       exclusive lock, held while open
 //! DIR/wal/<segment-id>.wal       log segments; 20-digit zero-padded ids sort in log order
+//! DIR/wal/<segment-id>.wal.tmp   a segment being created and zero-filled (removed by recovery)
 //! DIR/<base-seq>.snap            snapshots; 20-digit zero-padded base sequence numbers
 //! DIR/<base-seq>.snap.tmp        a snapshot being written (removed by recovery)
 //! ```
@@ -36,6 +37,8 @@ pub enum FileKind {
     Snapshot(u64),
     /// `<seq>.snap.tmp`
     SnapshotTmp(u64),
+    /// `wal/<id>.wal.tmp`
+    SegmentTmp(u64),
 }
 
 impl Layout {
@@ -65,6 +68,11 @@ impl Layout {
     /// A segment's path.
     pub fn segment(&self, id: u64) -> PathBuf {
         self.wal_dir.join(format!("{id:0ID_DIGITS$}{SEGMENT_EXT}"))
+    }
+
+    /// The temporary path a segment is created and zero-filled under before its rename.
+    pub fn segment_tmp(&self, id: u64) -> PathBuf {
+        self.wal_dir.join(format!("{id:0ID_DIGITS$}{SEGMENT_EXT}{TMP_EXT}"))
     }
 
     /// A snapshot's path.
@@ -99,6 +107,9 @@ pub fn classify(name: &OsStr) -> Option<FileKind> {
     if let Some(stem) = name.strip_suffix(TMP_EXT).and_then(|s| s.strip_suffix(SNAPSHOT_EXT)) {
         return parse_id(stem).map(FileKind::SnapshotTmp);
     }
+    if let Some(stem) = name.strip_suffix(TMP_EXT).and_then(|s| s.strip_suffix(SEGMENT_EXT)) {
+        return parse_id(stem).map(FileKind::SegmentTmp);
+    }
     None
 }
 
@@ -120,6 +131,10 @@ mod tests {
         assert_eq!(
             classify(l.snapshot_tmp(42).file_name().unwrap()),
             Some(FileKind::SnapshotTmp(42))
+        );
+        assert_eq!(
+            classify(l.segment_tmp(7).file_name().unwrap()),
+            Some(FileKind::SegmentTmp(7))
         );
         assert_eq!(classify(OsStr::new("42.wal")), None);
         assert_eq!(classify(OsStr::new("notes.txt")), None);

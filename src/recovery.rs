@@ -44,6 +44,7 @@ struct Listing {
     snapshots: Vec<u64>,
     tmps: Vec<u64>,
     segments: Vec<u64>,
+    segment_tmps: Vec<u64>,
 }
 
 fn list(storage: &dyn Storage, layout: &Layout) -> Result<Listing> {
@@ -58,8 +59,10 @@ fn list(storage: &dyn Storage, layout: &Layout) -> Result<Listing> {
     }
     let wal = layout.wal_dir();
     for name in storage.list(wal).map_err(|e| Error::io("list", wal, e))? {
-        if let Some(FileKind::Segment(id)) = layout::classify(&name) {
-            l.segments.push(id);
+        match layout::classify(&name) {
+            Some(FileKind::Segment(id)) => l.segments.push(id),
+            Some(FileKind::SegmentTmp(id)) => l.segment_tmps.push(id),
+            _ => {}
         }
     }
     l.snapshots.sort_unstable();
@@ -110,8 +113,8 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let storage = opts.storage.as_ref();
     let mut report = RecoveryReport::default();
     let listing = list(storage, layout)?;
-    for &t in &listing.tmps {
-        let p = layout.snapshot_tmp(t);
+    let tmps = listing.tmps.iter().map(|&t| layout.snapshot_tmp(t));
+    for p in tmps.chain(listing.segment_tmps.iter().map(|&t| layout.segment_tmp(t))) {
         storage.remove(&p).map_err(|e| Error::io("remove", &p, e))?;
         report.files_removed += 1;
     }

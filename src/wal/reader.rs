@@ -120,8 +120,13 @@ pub(crate) fn scan_segment(
         }
         HeaderState::Zero => return damaged_file(input, 0, "segment was never written but later segments exist", scan),
         HeaderState::Damaged(d) => {
-            let after = input.expected_seq.map_or(0, |s| s.saturating_sub(1));
-            let vouched = find_record(input, SEGMENT_HEADER_SIZE, after, Some(after + 1)).is_some();
+            // The header went to disk with the segment's first records: it was durable iff a
+            // later record's durable_seq reaches the segment's first sequence number (known from
+            // the previous segment, else the lowest sequence number found in this one).
+            let first = input
+                .expected_seq
+                .or_else(|| find_record(input, SEGMENT_HEADER_SIZE, 0, None).map(|(_, r)| r.seq));
+            let vouched = first.is_some_and(|f| find_record(input, SEGMENT_HEADER_SIZE, f - 1, Some(f)).is_some());
             // A torn activation (the header and the first records were one unsynced write) can
             // only leave a preallocated segment: full size, zeros after what was written. Any
             // other file with a bad header is not a segment of ours and is refused, not erased.

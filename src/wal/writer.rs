@@ -30,30 +30,33 @@ pub(crate) struct SegmentFile {
 }
 
 /// Creates segment `id` at `size` bytes of zeros, durable with its directory entry.
+///
+/// The file is filled and fsynced under a temporary name and renamed into place, so a file with
+/// a segment's name is always a whole preallocated segment: a crash mid-creation leaves only a
+/// `.tmp` file, which recovery deletes.
 pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, size: u64) -> Result<SegmentFile> {
+    let tmp = layout.segment_tmp(id);
     let path = layout.segment(id);
-    let file = match storage.open(&path, OpenMode::CreateNew) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // NOTE: only a leftover from an interrupted preparation can be here (recovery keeps
-            // segments it uses open and never asks for their ids again).
-            storage.remove(&path).map_err(|e| Error::io("remove", &path, e))?;
-            storage
-                .open(&path, OpenMode::CreateNew)
-                .map_err(|e| Error::io("create", &path, e))?
+    if let Err(e) = storage.remove(&tmp) {
+        // NOTE: only a leftover from an interrupted preparation can be there.
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(Error::io("remove", &tmp, e));
         }
-        Err(e) => return Err(Error::io("create", &path, e)),
-    };
+    }
+    let file = storage
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create", &tmp, e))?;
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut at = 0u64;
     while at < size {
         let n = (size - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-        write_all_at(file.as_ref(), &zeros[..n], at).map_err(|e| Error::io("write", &path, e))?;
+        write_all_at(file.as_ref(), &zeros[..n], at).map_err(|e| Error::io("write", &tmp, e))?;
         at += n as u64;
     }
-    // Size and data durable, then the directory entry: a segment whose name could vanish in a
-    // crash must never hold an acknowledged write (faults.md F4).
-    file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+    // Size and data durable before the name: then the directory entry, since a segment whose
+    // name could vanish in a crash must never hold an acknowledged write (faults.md F4).
+    file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
     storage
         .sync_dir(layout.wal_dir())
         .map_err(|e| Error::io("fsync", layout.wal_dir(), e))?;
