@@ -14,7 +14,6 @@
 //! `SESSIONDB_SWARM_SEEDS=<n>` runs more, `SESSIONDB_SEED=<s>` replays one.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
