@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
-use crate::index::{Entries, Entry, FileId, Index, Loc, Source};
+use crate::index::{Entries, Entry, FileId, Index, Loc, Slot, Source};
 
 /// Keys with the sequence number of the entry they had.
 type KeySeqs = Vec<(Box<[u8]>, u64)>;
@@ -45,6 +45,7 @@ pub(crate) fn load_snapshot(
     path: &Path,
     base_seq: u64,
     now_ms: u64,
+    slot: Slot,
 ) -> Result<(LoadedSnapshot, Entries)> {
     let file = storage
         .open(path, OpenMode::Read)
@@ -96,7 +97,7 @@ pub(crate) fn load_snapshot(
                     .map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))
             })
         });
-        let decoded = decode_entries(b, end, &frames, path, base_seq, now_ms);
+        let decoded = decode_entries(b, end, &frames, path, slot, now_ms);
         let verified = verifier
             .join()
             .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot verifier panicked")));
@@ -127,7 +128,7 @@ fn decode_entries(
     end: usize,
     frames: &[(usize, format::BlockFrame)],
     path: &Path,
-    base_seq: u64,
+    slot: Slot,
     now_ms: u64,
 ) -> Result<(Entries, u64)> {
     let mut out: Entries = Vec::new();
@@ -151,8 +152,8 @@ fn decode_entries(
                 continue;
             }
             let loc = Loc {
-                file: FileId::Snapshot(base_seq),
                 offset: (at + d.value_at) as u64,
+                slot,
                 // NOTE: cannot truncate: decode_block_entries bounds value_len by VALUE_SIZE_MAX_LIMIT.
                 len: e.value.len() as u32,
             };
@@ -238,10 +239,10 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
         let (chunk, applied) = {
             let index = engine.index.read();
             let chunk = index.range_chunk(lower.as_ref().map(|k| &**k), Bound::Unbounded, COPY_CHUNK);
-            let with_sources: Vec<(Box<[u8]>, Entry, Option<Source>)> = chunk
+            let with_sources: Vec<(Box<[u8]>, Entry, Result<Source>)> = chunk
                 .into_iter()
                 .map(|(k, e)| {
-                    let s = index.source(e.loc.file).cloned();
+                    let s = engine.source_of(&index, e.loc);
                     (k, e, s)
                 })
                 .collect();
@@ -256,13 +257,7 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
                 expired.push((key, entry.seq));
                 continue;
             }
-            let source = source.ok_or_else(|| {
-                Error::corruption(
-                    engine.file_path(entry.loc.file),
-                    0,
-                    "index points into a file that is not open",
-                )
-            })?;
+            let source = source?;
             let value = engine.read_value(&source, entry.loc)?;
             block.push(SnapshotEntry {
                 key: &key,
@@ -309,10 +304,10 @@ fn repoint_index(
     let b = bytes.bytes();
     let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;
     let end = footer.footer_offset as usize;
-    engine
+    let slot = engine
         .index
         .write()
-        .set_source(FileId::Snapshot(base_seq), Source::Bytes(bytes.clone()));
+        .set_source(Source::bytes(FileId::Snapshot(base_seq), bytes.clone()));
     let mut at = SNAPSHOT_HEADER_SIZE;
     while at < end {
         // Pair the checks: the snapshot is read back and verified before the log it replaces
@@ -322,8 +317,8 @@ fn repoint_index(
         let mut index = engine.index.write();
         for d in entries {
             let loc = Loc {
-                file: FileId::Snapshot(base_seq),
                 offset: (at + d.value_at) as u64,
+                slot,
                 // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
                 len: d.entry.value.len() as u32,
             };
@@ -389,8 +384,9 @@ fn index_has_no_entry_in(index: &Index, segments: &[u64], snapshots: &[u64]) -> 
     index
         .range_chunk(Bound::Unbounded, Bound::Unbounded, usize::MAX)
         .iter()
-        .all(|(_, e)| match e.loc.file {
-            FileId::Segment(id) => !segments.contains(&id),
-            FileId::Snapshot(seq) => !snapshots.contains(&seq),
+        .all(|(_, e)| match index.file_of(e.loc.slot) {
+            Some(FileId::Segment(id)) => !segments.contains(&id),
+            Some(FileId::Snapshot(seq)) => !snapshots.contains(&seq),
+            None => false,
         })
 }

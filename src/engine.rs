@@ -9,7 +9,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
-use crate::index::{Entry, FileId, Index, Loc, Source};
+use crate::index::{Entry, FileId, Index, Loc, Source, SourceData};
 use crate::layout::Layout;
 use crate::options::{Options, SyncMode};
 use crate::stats::{RecoveryReport, Stats};
@@ -338,8 +338,8 @@ impl Engine {
                 self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.durable_seq.fetch_max(base, Ordering::AcqRel);
                 let mut index = self.index.write();
-                index.set_source(FileId::Segment(sealed.id), sealed_source(&sealed));
-                index.set_source(FileId::Segment(active.id), Source::File(active.file.clone()));
+                index.set_source(sealed_source(&sealed));
+                index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
             }
             debug_assert_eq!(self.index.read().applied_seq, base, "no group is in flight");
             Ok(base)
@@ -353,13 +353,14 @@ impl Engine {
         debug_assert_eq!(records.len(), placement.records.len());
         let mut index = self.index.write();
         for seg in placement.sealed {
-            index.set_source(FileId::Segment(seg.id), sealed_source(&seg));
+            index.set_source(sealed_source(&seg));
         }
         for seg in placement.activated {
-            index.set_source(FileId::Segment(seg.id), Source::File(seg.file.clone()));
+            index.set_source(Source::file(FileId::Segment(seg.id), seg.file.clone()));
         }
         for ((rec, ops), (segment, offset)) in records.iter().zip(applies).zip(placement.records) {
             let payload_at = offset + RECORD_HEADER_SIZE as u64;
+            let slot = index.slot(FileId::Segment(segment));
             for op in ops {
                 match op {
                     Apply::Put {
@@ -369,8 +370,8 @@ impl Engine {
                         expires_at_ms,
                     } => {
                         let loc = Loc {
-                            file: FileId::Segment(segment),
                             offset: payload_at + value_at as u64,
+                            slot,
                             len: value_len,
                         };
                         index.put(
@@ -444,7 +445,7 @@ impl Engine {
         let found = {
             let index = self.index.read();
             match index.get(key) {
-                Some(e) if e.is_live(now) => Some((*e, self.source_of(&index, e.loc.file)?)),
+                Some(e) if e.is_live(now) => Some((*e, self.source_of(&index, e.loc)?)),
                 _ => None,
             }
         };
@@ -454,13 +455,15 @@ impl Engine {
         }
     }
 
-    fn source_of(&self, index: &Index, file: FileId) -> Result<Source> {
+    pub(crate) fn source_of(&self, index: &Index, loc: Loc) -> Result<Source> {
         // NOTE: every entry's file is in the table (apply and recovery add it first); a miss is
         // a bug of ours, reported rather than panicking.
-        index
-            .source(file)
-            .cloned()
-            .ok_or_else(|| Error::corruption(self.file_path(file), 0, "index points into a file that is not open"))
+        index.source(loc.slot).cloned().ok_or_else(|| {
+            let path = index
+                .file_of(loc.slot)
+                .map_or_else(|| self.layout.dir().to_path_buf(), |f| self.file_path(f));
+            Error::corruption(path, loc.offset, "index points into a file that is not open")
+        })
     }
 
     pub(crate) fn file_path(&self, file: FileId) -> std::path::PathBuf {
@@ -472,23 +475,23 @@ impl Engine {
 
     pub(crate) fn read_value(&self, source: &Source, loc: Loc) -> Result<Vec<u8>> {
         let len = loc.len as usize;
-        match source {
-            Source::Bytes(bytes) => {
+        match &source.data {
+            SourceData::Bytes(bytes) => {
                 let b = bytes.bytes();
                 let start = usize::try_from(loc.offset).unwrap_or(usize::MAX);
                 match start.checked_add(len).and_then(|end| b.get(start..end)) {
                     Some(v) => Ok(v.to_vec()),
                     None => Err(Error::corruption(
-                        self.file_path(loc.file),
+                        self.file_path(source.file),
                         loc.offset,
                         "value lies past the end of the file",
                     )),
                 }
             }
-            Source::File(file) => {
+            SourceData::File(file) => {
                 let mut v = vec![0u8; len];
                 read_exact_at(file.as_ref(), &mut v, loc.offset)
-                    .map_err(|e| Error::io("read", self.file_path(loc.file), e))?;
+                    .map_err(|e| Error::io("read", self.file_path(source.file), e))?;
                 Ok(v)
             }
         }
@@ -500,7 +503,7 @@ impl Engine {
         index
             .range_chunk(lower, upper, SCAN_CHUNK)
             .into_iter()
-            .map(|(k, e)| Ok((k, e, self.source_of(&index, e.loc.file)?)))
+            .map(|(k, e)| Ok((k, e, self.source_of(&index, e.loc)?)))
             .collect()
     }
 
@@ -547,8 +550,9 @@ impl Engine {
 
 /// How values in a segment that no longer changes are read: mapped when the storage can.
 pub(crate) fn sealed_source(seg: &SegmentFile) -> Source {
+    let file = FileId::Segment(seg.id);
     match seg.file.map() {
-        Ok(Some(map)) => Source::Bytes(Arc::new(crate::storage::FileBytes::Mapped(map))),
-        _ => Source::File(seg.file.clone()),
+        Ok(Some(map)) => Source::bytes(file, Arc::new(crate::storage::FileBytes::Mapped(map))),
+        _ => Source::file(file, seg.file.clone()),
     }
 }

@@ -16,11 +16,17 @@ pub(crate) enum FileId {
     Snapshot(u64),
 }
 
+/// A file's place in the index's file table: 4 bytes in every entry instead of a 16-byte
+/// [`FileId`]. Slots of removed files are reused; no entry points at a removed file (checked in
+/// debug builds when a checkpoint removes files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot(u32);
+
 /// Where a value's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
-    pub file: FileId,
     pub offset: u64,
+    pub slot: Slot,
     pub len: u32,
 }
 
@@ -34,26 +40,54 @@ pub(crate) struct Entry {
     pub loc: Loc,
 }
 
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+
 impl Entry {
     pub(crate) fn is_live(&self, now_ms: u64) -> bool {
         self.expires_at_ms == 0 || self.expires_at_ms > now_ms
     }
 }
 
+/// A file values are read from, and how.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub file: FileId,
+    pub data: SourceData,
+}
+
 /// How a file's values are read.
 #[derive(Clone)]
-pub(crate) enum Source {
+pub(crate) enum SourceData {
     /// The whole file in memory or mapped (sealed segments, snapshots).
     Bytes(Arc<FileBytes>),
     /// Positioned reads (the active segment).
     File(Arc<dyn StorageFile>),
 }
 
+impl Source {
+    pub(crate) fn bytes(file: FileId, bytes: Arc<FileBytes>) -> Source {
+        Source {
+            file,
+            data: SourceData::Bytes(bytes),
+        }
+    }
+
+    pub(crate) fn file(file: FileId, handle: Arc<dyn StorageFile>) -> Source {
+        Source {
+            file,
+            data: SourceData::File(handle),
+        }
+    }
+}
+
 /// The ordered map plus the table of files its entries point into.
 #[derive(Default)]
 pub(crate) struct Index {
     map: BTreeMap<Box<[u8]>, Entry>,
-    files: HashMap<FileId, Source>,
+    /// Slot → the file in it and, once known, how to read it.
+    files: Vec<Option<(FileId, Option<Source>)>>,
+    slots: HashMap<FileId, Slot>,
+    free: Vec<Slot>,
     live_bytes: u64,
     /// Sequence number of the last write applied.
     pub applied_seq: u64,
@@ -72,16 +106,45 @@ impl Index {
         self.map.get(key)
     }
 
-    pub(crate) fn source(&self, file: FileId) -> Option<&Source> {
-        self.files.get(&file)
+    /// The file in `slot` and how to read it.
+    pub(crate) fn source(&self, slot: Slot) -> Option<&Source> {
+        self.files.get(slot.0 as usize)?.as_ref()?.1.as_ref()
     }
 
-    pub(crate) fn set_source(&mut self, file: FileId, source: Source) {
-        self.files.insert(file, source);
+    /// The file in `slot`.
+    pub(crate) fn file_of(&self, slot: Slot) -> Option<FileId> {
+        self.files.get(slot.0 as usize)?.as_ref().map(|f| f.0)
     }
 
+    /// The slot of `file`, given one if it has none yet.
+    pub(crate) fn slot(&mut self, file: FileId) -> Slot {
+        if let Some(&s) = self.slots.get(&file) {
+            return s;
+        }
+        let s = self.free.pop().unwrap_or_else(|| {
+            // NOTE: slots are reused, so their number is bounded by the files open at once.
+            assert!(self.files.len() < u32::MAX as usize, "file table full");
+            self.files.push(None);
+            Slot((self.files.len() - 1) as u32)
+        });
+        self.files[s.0 as usize] = Some((file, None));
+        self.slots.insert(file, s);
+        s
+    }
+
+    /// Sets how `source.file` is read; returns its slot.
+    pub(crate) fn set_source(&mut self, source: Source) -> Slot {
+        let s = self.slot(source.file);
+        self.files[s.0 as usize] = Some((source.file, Some(source)));
+        s
+    }
+
+    /// Forgets `file`; its slot may be given to another file.
     pub(crate) fn remove_source(&mut self, file: FileId) {
-        self.files.remove(&file);
+        if let Some(s) = self.slots.remove(&file) {
+            self.files[s.0 as usize] = None;
+            self.free.push(s);
+        }
     }
 
     pub(crate) fn put(&mut self, key: Box<[u8]>, entry: Entry) {

@@ -121,20 +121,20 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let mut segs = open_segments(storage, layout, &listing.segments)?;
     let now = opts.clock.now_ms();
     let log_first_seq = segs.iter().find_map(|s| s.first_seq);
+    let mut index = Index::default();
     let (snapshot, entries) = choose_snapshot(
-        storage,
         layout,
         opts,
         &listing.snapshots,
         log_first_seq,
         now,
+        &mut index,
         &mut report,
     )?;
     let base = snapshot.as_ref().map_or(0, |s| s.base_seq);
 
-    let mut index = Index::default();
     if let Some(s) = &snapshot {
-        index.set_source(FileId::Snapshot(s.base_seq), Source::Bytes(s.bytes.clone()));
+        index.set_source(Source::bytes(FileId::Snapshot(s.base_seq), s.bytes.clone()));
         report.snapshot_seq = Some(s.base_seq);
         report.snapshot_entries = s.entries;
     }
@@ -199,7 +199,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
                     );
                     log_bytes += info.valid_end;
                 }
-                index.set_source(FileId::Segment(file.id), Source::File(file.file.clone()));
+                index.set_source(Source::file(FileId::Segment(file.id), file.file.clone()));
                 active = Some((file, info.valid_end, info.first_seq.is_some()));
                 continue;
             }
@@ -230,7 +230,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
                 Some(seg) => seg,
                 None => writer::create_segment(storage, layout, id, opts.segment_size)?,
             };
-            index.set_source(FileId::Segment(id), Source::File(seg.file.clone()));
+            index.set_source(Source::file(FileId::Segment(id), seg.file.clone()));
             (seg, 0, false)
         }
     };
@@ -310,18 +310,24 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
 /// Picks the newest snapshot that verifies, falling back to an older one only when the log
 /// still covers the gap after it.
 fn choose_snapshot(
-    storage: &dyn Storage,
     layout: &Layout,
     opts: &Options,
     snapshots: &[u64],
     log_first_seq: Option<u64>,
     now: u64,
+    index: &mut Index,
     report: &mut RecoveryReport,
 ) -> Result<(Option<LoadedSnapshot>, Entries)> {
+    let storage = opts.storage.as_ref();
     let mut newest_err: Option<Error> = None;
     for &seq in snapshots.iter().rev() {
         let path = layout.snapshot(seq);
-        match checkpoint::load_snapshot(storage, &path, seq, now) {
+        let slot = index.slot(FileId::Snapshot(seq));
+        let loaded = checkpoint::load_snapshot(storage, &path, seq, now, slot);
+        if loaded.is_err() {
+            index.remove_source(FileId::Snapshot(seq));
+        }
+        match loaded {
             Ok((loaded, entries)) => {
                 let covered = log_first_seq.is_some_and(|f| f <= seq + 1);
                 match newest_err {
@@ -441,7 +447,7 @@ fn replay(opts: &Options, segs: &[Seg], base: u64, index: &mut Index, report: &m
         if let Some(l) = last {
             out.last_seq = Some(out.last_seq.map_or(l, |p: u64| p.max(l)));
         }
-        index.set_source(FileId::Segment(seg.file.id), Source::Bytes(bytes.clone()));
+        index.set_source(Source::bytes(FileId::Segment(seg.file.id), bytes.clone()));
         expected = last.map(|l| l + 1).or(expected);
         out.per_segment.push(Scanned {
             first_seq: scan.header.map(|h| h.first_seq),
@@ -475,6 +481,7 @@ fn apply_record(
     };
     let payload_at = offset + RECORD_HEADER_SIZE as u64;
     let base = rec.payload.as_ptr() as usize;
+    let slot = index.slot(FileId::Segment(segment_id));
     for op in ops {
         match op {
             Op::Put {
@@ -483,7 +490,7 @@ fn apply_record(
                 expires_at_ms,
             } => {
                 let loc = Loc {
-                    file: FileId::Segment(segment_id),
+                    slot,
                     offset: payload_at + (value.as_ptr() as usize - base) as u64,
                     // NOTE: cannot truncate: value.len() < payload length, a u32.
                     len: value.len() as u32,
