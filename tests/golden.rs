@@ -9,8 +9,9 @@
 //! offset and width the tables in `docs/format.md` give, and each checksum is recomputed with
 //! `crc32fast` over exactly the bytes the tables say it covers. Every frame is checked to be as
 //! long as its table says, every decoder round-trips its encoder, and hostile bytes (impossible
-//! counts and lengths, zeros, a future version, single flipped bytes) are shown to come back as
-//! damage rather than a panic. The worked examples in `docs/format.md` (the hex blocks marked
+//! counts and lengths, zeros, single flipped bytes, a garbled version field) are shown to come
+//! back as damage rather than a panic; only a future version with an intact preamble checksum
+//! reads as that version. The worked examples in `docs/format.md` (the hex blocks marked
 //! `<!-- example: NAME -->`) are parsed and compared with the encoder's output.
 //!
 //! Invariant: the bytes sessiondb writes do not change unless the format version changes, and
@@ -360,7 +361,11 @@ fn segment_header_fields_sit_where_the_table_says() {
     assert_eq!(b.len(), 40);
     assert_eq!(&b[0..8], b"SDB-WAL\0", "magic");
     assert_eq!(le_u32(&b, 8), 1, "version");
-    assert_eq!(le_u32(&b, 12), 0, "reserved");
+    assert_eq!(
+        le_u32(&b, 12),
+        crc32fast::hash(&b[0..12]),
+        "preamble crc of bytes 0..12"
+    );
     assert_eq!(le_u64(&b, 16), SEGMENT_ID, "segment_id");
     assert_eq!(le_u64(&b, 24), FIRST_SEQ, "first_seq");
     assert_eq!(le_u32(&b, 32), crc32fast::hash(&b[0..32]), "crc of bytes 0..32");
@@ -481,7 +486,11 @@ fn snapshot_header_fields_sit_where_the_table_says() {
     assert_eq!(b.len(), 32);
     assert_eq!(&b[0..8], b"SDB-SNP\0", "magic");
     assert_eq!(le_u32(&b, 8), 1, "version");
-    assert_eq!(le_u32(&b, 12), 0, "reserved");
+    assert_eq!(
+        le_u32(&b, 12),
+        crc32fast::hash(&b[0..12]),
+        "preamble crc of bytes 0..12"
+    );
     assert_eq!(le_u64(&b, 16), BASE_SEQ, "base_seq");
     assert_eq!(le_u32(&b, 24), crc32fast::hash(&b[0..24]), "crc of bytes 0..24");
     assert_eq!(le_u32(&b, 28), 0, "pad");
@@ -740,6 +749,18 @@ fn hostile_records_are_damage_or_end() {
     }
 }
 
+/// `header` with its version field set to `version`; with `fix_preamble`, the preamble checksum
+/// (bytes 12..16) is rewritten to match, as a genuine header of that version would carry it.
+fn with_version<const N: usize>(header: &[u8; N], version: u32, fix_preamble: bool) -> [u8; N] {
+    let mut b = *header;
+    b[8..12].copy_from_slice(&version.to_le_bytes());
+    if fix_preamble {
+        let crc = crc32fast::hash(&b[0..12]);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+    }
+    b
+}
+
 #[test]
 fn hostile_segment_headers() {
     assert_eq!(decode_segment_header(&[0u8; 40]), HeaderState::Zero);
@@ -750,13 +771,20 @@ fn hostile_segment_headers() {
     let h = segment_header();
     assert!(matches!(decode_segment_header(&h[..39]), HeaderState::Damaged(_)));
 
-    let mut v2 = h;
-    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(decode_segment_header(&v2), HeaderState::UnsupportedVersion(2));
+    // A genuine newer version keeps the preamble intact: it reads as that version.
+    assert_eq!(
+        decode_segment_header(&with_version(&h, 2, true)),
+        HeaderState::UnsupportedVersion(2)
+    );
+    // The same version with the old preamble checksum is damage, not a newer format.
+    assert!(matches!(
+        decode_segment_header(&with_version(&h, 2, false)),
+        HeaderState::Damaged(_)
+    ));
 
-    // Every byte before the checksum's end is covered; the version field is read before the
-    // checksum, so a changed version reads as another version.
-    for i in (0..36).filter(|i| !(8..12).contains(i)) {
+    // Every byte before the checksum's end is covered, and the preamble checksum is checked
+    // before the version, so no single flipped byte reads as another version.
+    for i in 0..36 {
         let mut flipped = h;
         flipped[i] ^= 0x01;
         assert!(
@@ -775,16 +803,50 @@ fn hostile_snapshot_headers() {
     let h = encode_snapshot_header(BASE_SEQ);
     assert!(matches!(decode_snapshot_header(&[0u8; 32]), HeaderState::Damaged(_)));
     assert!(matches!(decode_snapshot_header(&h[..31]), HeaderState::Damaged(_)));
-    let mut v2 = h;
-    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(decode_snapshot_header(&v2), HeaderState::UnsupportedVersion(2));
-    for i in (0..28).filter(|i| !(8..12).contains(i)) {
+    assert_eq!(
+        decode_snapshot_header(&with_version(&h, 2, true)),
+        HeaderState::UnsupportedVersion(2)
+    );
+    assert!(matches!(
+        decode_snapshot_header(&with_version(&h, 2, false)),
+        HeaderState::Damaged(_)
+    ));
+    for i in 0..28 {
         let mut flipped = h;
         flipped[i] ^= 0x01;
         assert!(
             matches!(decode_snapshot_header(&flipped), HeaderState::Damaged(_)),
             "byte {i} flipped"
         );
+    }
+}
+
+#[test]
+fn a_damaged_version_field_is_never_another_version() {
+    // Every single-byte corruption of the version field (bytes 8..12) of a valid header, the
+    // preamble checksum left as written: a torn or garbled version must read as damage.
+    let seg = segment_header();
+    let snap = encode_snapshot_header(BASE_SEQ);
+    for i in 8..12 {
+        for x in 0..=255u8 {
+            if x == seg[i] {
+                continue;
+            }
+            let mut b = seg;
+            b[i] = x;
+            assert!(
+                matches!(decode_segment_header(&b), HeaderState::Damaged(_)),
+                "segment header byte {i} set to {x:#04x}: {:?}",
+                decode_segment_header(&b)
+            );
+            let mut b = snap;
+            b[i] = x;
+            assert!(
+                matches!(decode_snapshot_header(&b), HeaderState::Damaged(_)),
+                "snapshot header byte {i} set to {x:#04x}: {:?}",
+                decode_snapshot_header(&b)
+            );
+        }
     }
 }
 

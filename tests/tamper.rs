@@ -395,6 +395,17 @@ fn foreign_files_are_ignored_and_snapshot_tmp_removed() {
     assert_eq!(db.get(b"more").unwrap().as_deref(), Some(&b"data"[..]));
 }
 
+/// Sets the version field of the segment header in `bytes` to `version`; with `fix_preamble`,
+/// also rewrites the preamble checksum (crc32 of bytes 0..12, at offset 12) to match, as a
+/// genuine header of that version would carry it.
+fn patch_segment_version(bytes: &mut [u8], version: u32, fix_preamble: bool) {
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    if fix_preamble {
+        let crc = crc32fast::hash(&bytes[0..12]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 #[test]
 fn newer_segment_version_is_unsupported_format() {
     let store = make_store();
@@ -403,7 +414,7 @@ fn newer_segment_version_is_unsupported_format() {
         let copy = fresh_copy(store.path());
         let seg: PathBuf = copy.path().join(seg_path.strip_prefix(store.path()).unwrap());
         let mut bytes = fs::read(&seg).unwrap();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        patch_segment_version(&mut bytes, 2, true);
         fs::write(&seg, &bytes).unwrap();
         match Db::open_with(copy.path(), opts(RecoveryMode::TolerateTornTail)) {
             Err(Error::UnsupportedFormat { path, found, supported }) => {
@@ -412,6 +423,33 @@ fn newer_segment_version_is_unsupported_format() {
             }
             Err(e) => panic!("expected UnsupportedFormat, got {e:?}"),
             Ok(_) => panic!("a segment of format version 2 was accepted"),
+        }
+    }
+}
+
+#[test]
+fn damaged_segment_version_is_not_unsupported_format() {
+    // The version changed but the preamble checksum still covers the old one: a garbled
+    // version field (a torn write, a bit flip), not a newer format. What recovery makes of the
+    // damage depends on where it is (a torn activation on the last segment, corruption
+    // elsewhere); it must never be reported as an unsupported format, nor panic.
+    let store = make_store();
+    let segs = segments_with_records(store.path());
+    for (seg_path, _) in [segs.first().unwrap(), segs.last().unwrap()] {
+        for mode in [
+            RecoveryMode::TolerateTornTail,
+            RecoveryMode::Strict,
+            RecoveryMode::Salvage,
+        ] {
+            let what = format!("{} with version 2 and a stale preamble, {mode:?}", seg_path.display());
+            let copy = fresh_copy(store.path());
+            let seg: PathBuf = copy.path().join(seg_path.strip_prefix(store.path()).unwrap());
+            let mut bytes = fs::read(&seg).unwrap();
+            patch_segment_version(&mut bytes, 2, false);
+            fs::write(&seg, &bytes).unwrap();
+            if let Err(e @ Error::UnsupportedFormat { .. }) = Db::open_with(copy.path(), opts(mode)) {
+                panic!("{what}: damage read as a newer format: {e}");
+            }
         }
     }
 }
