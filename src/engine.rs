@@ -77,6 +77,9 @@ struct CommitState {
     applies: Vec<Vec<Apply>>,
     group: Option<Arc<GroupWait>>,
     leader_active: bool,
+    /// Emptied buffers of the last group, reused for the next (no allocation per group).
+    spare_records: Vec<PendingRecord>,
+    spare_applies: Vec<Vec<Apply>>,
 }
 
 /// Counters for [`Stats`].
@@ -268,13 +271,22 @@ impl Engine {
         self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
         st.leader_active = true;
         st.group = None;
-        let records = std::mem::take(&mut st.records);
-        let applies = std::mem::take(&mut st.applies);
+        let spare_records = std::mem::take(&mut st.spare_records);
+        let spare_applies = std::mem::take(&mut st.spare_applies);
+        let mut records = std::mem::replace(&mut st.records, spare_records);
+        let mut applies = std::mem::replace(&mut st.applies, spare_applies);
         drop(st);
 
-        let result = self.lead(&records, applies);
+        let result = self.lead(&records, &mut applies);
+        records.clear();
+        applies.clear();
         // Hand over leadership before waking this group: the next group starts its I/O at once.
-        self.commit.lock().leader_active = false;
+        {
+            let mut st = self.commit.lock();
+            st.leader_active = false;
+            st.spare_records = records;
+            st.spare_applies = applies;
+        }
         self.leader_cv.notify_all();
         group.complete(&result);
         result.map(|()| seq)
@@ -282,7 +294,7 @@ impl Engine {
 
     /// The leader's work: one write (per segment touched), one fsync in `Always` mode, then the
     /// index. Any failure poisons the store; the group's writers all get the error.
-    fn lead(&self, records: &[PendingRecord], applies: Vec<Vec<Apply>>) -> Result<()> {
+    fn lead(&self, records: &[PendingRecord], applies: &mut Vec<Vec<Apply>>) -> Result<()> {
         self.check_poison()?;
         let last_seq = records.last().map_or(0, |r| r.seq);
         let (placement, active) = {
@@ -298,15 +310,16 @@ impl Engine {
             self.counters
                 .log_bytes_since_checkpoint
                 .fetch_add(written, Ordering::Relaxed);
-            (placement, log.active().clone())
+            (placement, (log.active().id, log.active().file.clone()))
         };
         self.count_group(records.len());
         // NOTE: the fsync runs without the log mutex, so stats() and sync() never wait behind a
         // slow disk; leadership alone keeps groups in order, and a segment is only ever sealed
         // by the leader.
         if self.opts.sync_mode == SyncMode::Always {
-            if let Err(e) = active.file.sync_data() {
-                let e = Error::io("fdatasync", &active.path, e);
+            let (active_id, active_file) = active;
+            if let Err(e) = active_file.sync_data() {
+                let e = Error::io("fdatasync", self.layout.segment(active_id), e);
                 self.poison(&e);
                 return Err(e);
             }
@@ -349,7 +362,7 @@ impl Engine {
         result
     }
 
-    fn apply(&self, records: &[PendingRecord], applies: Vec<Vec<Apply>>, placement: Placement) {
+    fn apply(&self, records: &[PendingRecord], applies: &mut Vec<Vec<Apply>>, placement: Placement) {
         debug_assert_eq!(records.len(), placement.records.len());
         let mut index = self.index.write();
         for seg in placement.sealed {
@@ -358,7 +371,7 @@ impl Engine {
         for seg in placement.activated {
             index.set_source(Source::file(FileId::Segment(seg.id), seg.file.clone()));
         }
-        for ((rec, ops), (segment, offset)) in records.iter().zip(applies).zip(placement.records) {
+        for ((rec, ops), (segment, offset)) in records.iter().zip(applies.drain(..)).zip(placement.records) {
             let payload_at = offset + RECORD_HEADER_SIZE as u64;
             let slot = index.slot(FileId::Segment(segment));
             for op in ops {
