@@ -214,31 +214,37 @@ impl Engine {
     pub(crate) fn write_ops(&self, ops: &[Op<'_>]) -> Result<u64> {
         let mut payload = Vec::new();
         format::encode_ops(&mut payload, ops);
-        let applies = {
-            // Pair the checks: the payload must decode to what was asked before it is appended;
-            // the decoded slices also give each value's offset within the payload.
-            let decoded =
-                format::decode_ops(&payload).map_err(|d| Error::corruption("<encoder>", d.offset, d.reason))?;
-            assert_eq!(decoded.len(), ops.len(), "payload encodes every op");
-            let base = payload.as_ptr() as usize;
-            decoded
-                .iter()
-                .map(|op| match *op {
-                    Op::Put {
-                        key,
-                        value,
-                        expires_at_ms,
-                    } => Apply::Put {
+        // Each value's offset within the payload follows from the layout (format.rs).
+        let mut at = format::PAYLOAD_COUNT_SIZE;
+        let applies: Vec<Apply> = ops
+            .iter()
+            .map(|op| match *op {
+                Op::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
+                    let value_at = format::put_value_offset(at, key.len());
+                    at += format::put_encoded_size(key.len(), value.len());
+                    Apply::Put {
                         key: key.into(),
-                        value_at: value.as_ptr() as usize - base,
+                        value_at,
                         // NOTE: cannot truncate: value_len <= VALUE_SIZE_MAX_LIMIT (limits.rs).
                         value_len: value.len() as u32,
                         expires_at_ms,
-                    },
-                    Op::Delete { key } => Apply::Delete { key: key.into() },
-                })
-                .collect()
-        };
+                    }
+                }
+                Op::Delete { key } => {
+                    at += format::delete_encoded_size(key.len());
+                    Apply::Delete { key: key.into() }
+                }
+            })
+            .collect();
+        debug_assert_eq!(at, payload.len(), "the payload is as long as its layout says");
+        debug_assert!(
+            payload_decodes_to(&payload, ops),
+            "the payload decodes to what was asked"
+        );
         self.commit(Prepared { payload, applies })
     }
 
@@ -559,6 +565,31 @@ impl Engine {
             recovery: self.recovery.clone(),
         }
     }
+}
+
+/// Pair the checks (debug builds; the hot path skips it): an encoded payload decodes back to the
+/// operations it was made from, each value where the layout puts it.
+fn payload_decodes_to(payload: &[u8], ops: &[Op<'_>]) -> bool {
+    let Ok(decoded) = format::decode_ops(payload) else {
+        return false;
+    };
+    let mut at = format::PAYLOAD_COUNT_SIZE;
+    decoded.len() == ops.len()
+        && decoded.iter().zip(ops).all(|(d, o)| {
+            let value_ok = match d {
+                Op::Put { key, value, .. } => {
+                    let ok =
+                        value.as_ptr() as usize - payload.as_ptr() as usize == format::put_value_offset(at, key.len());
+                    at += format::put_encoded_size(key.len(), value.len());
+                    ok
+                }
+                Op::Delete { key } => {
+                    at += format::delete_encoded_size(key.len());
+                    true
+                }
+            };
+            value_ok && d == o
+        })
 }
 
 /// How values in a segment that no longer changes are read: mapped when the storage can.

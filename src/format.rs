@@ -290,6 +290,12 @@ pub fn put_encoded_size(key_len: usize, value_len: usize) -> usize {
     4 + 8 + key_len + 8 + value_len + 8
 }
 
+/// Offset of a put's value within the payload, given the offset where the put's encoding starts:
+/// after its tag (u32), the key's length (u64), the key and the value's length (u64).
+pub fn put_value_offset(op_start: usize, key_len: usize) -> usize {
+    op_start + 4 + 8 + key_len + 8
+}
+
 /// Bytes a delete of this key adds to a payload.
 pub fn delete_encoded_size(key_len: usize) -> usize {
     4 + 8 + key_len
