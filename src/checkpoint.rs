@@ -19,10 +19,10 @@ use std::sync::Arc;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
-use crate::index::{Entries, Entry, FileId, Index, Loc, Slot, Source};
+use crate::index::{Entries, Entry, FileId, Index, Key, Loc, Slot, Source};
 
 /// Keys with the sequence number of the entry they had.
-type KeySeqs = Vec<(Box<[u8]>, u64)>;
+type KeySeqs = Vec<(Key, u64)>;
 use crate::limits;
 use crate::storage::{write_all_at, FileBytes, OpenMode, Storage};
 
@@ -265,14 +265,14 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
     let mut block = BlockBuilder::new();
     let mut count = 0u64;
     let mut expired = Vec::new();
-    let mut lower: Bound<Box<[u8]>> = Bound::Unbounded;
+    let mut lower: Bound<Key> = Bound::Unbounded;
     let now = engine.now_ms();
     let mut end_seq;
     loop {
         let (chunk, applied) = {
             let index = engine.index.read();
             let chunk = index.range_chunk(lower.as_ref().map(|k| &**k), Bound::Unbounded, COPY_CHUNK);
-            let with_sources: Vec<(Box<[u8]>, Entry, Result<Source>)> = chunk
+            let with_sources: Vec<(Key, Entry, Result<Source>)> = chunk
                 .into_iter()
                 .map(|(k, e)| {
                     let s = engine.source_of(&index, e.loc);
@@ -332,7 +332,7 @@ fn repoint_index(
     path: &Path,
     base_seq: u64,
     bytes: &Arc<FileBytes>,
-    expired: &[(Box<[u8]>, u64)],
+    expired: &[(Key, u64)],
 ) -> Result<()> {
     let b = bytes.bytes();
     let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;

@@ -373,7 +373,7 @@ impl Iterator for Iter<'_> {
                 if !entry.is_live(self.engine.now_ms()) {
                     continue;
                 }
-                return Some(self.engine.read_value(&source, entry.loc).map(|v| (key.into_vec(), v)));
+                return Some(self.engine.read_value(&source, entry.loc).map(|v| (key.to_vec(), v)));
             }
             if self.done {
                 return None;

@@ -9,7 +9,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
-use crate::index::{Entry, FileId, Index, Loc, Source, SourceData};
+use crate::index::{Entry, FileId, Index, Key, Loc, Source, SourceData};
 use crate::layout::Layout;
 use crate::options::{Options, SyncMode};
 use crate::stats::{RecoveryReport, Stats};
@@ -19,14 +19,14 @@ use crate::wal::writer::{LogWriter, PendingRecord, Placement, SegmentFile, Spare
 /// An index change a record makes once durable.
 enum Apply {
     Put {
-        key: Box<[u8]>,
+        key: Key,
         /// Offset of the value within the record's payload.
         value_at: usize,
         value_len: u32,
         expires_at_ms: u64,
     },
     Delete {
-        key: Box<[u8]>,
+        key: Key,
     },
 }
 
@@ -144,7 +144,7 @@ pub(crate) struct Engine {
 }
 
 /// An entry of a scan with the file to read its value from.
-pub(crate) type ScanItem = (Box<[u8]>, Entry, Source);
+pub(crate) type ScanItem = (Key, Entry, Source);
 
 /// Entries fetched per index lock hold in scans.
 const SCAN_CHUNK: usize = 256;

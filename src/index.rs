@@ -1,5 +1,7 @@
 //! The in-memory ordered index: key → where the current value lives. No I/O here.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -7,7 +9,84 @@ use std::sync::Arc;
 use crate::storage::{FileBytes, StorageFile};
 
 /// Index entries with their keys, in key order.
-pub(crate) type Entries = Vec<(Box<[u8]>, Entry)>;
+pub(crate) type Entries = Vec<(Key, Entry)>;
+
+/// Keys up to this long are stored inside the index entry, with no heap allocation of their own.
+/// Session ids and most keys fit; a million of them load without a million `malloc`s.
+const KEY_INLINE_MAX: usize = 22;
+
+/// A key as the index holds it.
+#[derive(Clone)]
+pub(crate) enum Key {
+    Inline { len: u8, bytes: [u8; KEY_INLINE_MAX] },
+    Heap(Box<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<Key>() == 24);
+
+impl Key {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..*len as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(k: &[u8]) -> Key {
+        if k.len() <= KEY_INLINE_MAX {
+            let mut bytes = [0u8; KEY_INLINE_MAX];
+            bytes[..k.len()].copy_from_slice(k);
+            // NOTE: cannot truncate: k.len() <= KEY_INLINE_MAX < 256.
+            Key::Inline {
+                len: k.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(k.into())
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_bytes())
+    }
+}
 
 /// A file values are read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,7 +162,7 @@ impl Source {
 /// The ordered map plus the table of files its entries point into.
 #[derive(Default)]
 pub(crate) struct Index {
-    map: BTreeMap<Box<[u8]>, Entry>,
+    map: BTreeMap<Key, Entry>,
     /// Slot → the file in it and, once known, how to read it.
     files: Vec<Option<(FileId, Option<Source>)>>,
     slots: HashMap<FileId, Slot>,
@@ -147,7 +226,7 @@ impl Index {
         }
     }
 
-    pub(crate) fn put(&mut self, key: Box<[u8]>, entry: Entry) {
+    pub(crate) fn put(&mut self, key: Key, entry: Entry) {
         let key_len = key.len() as u64;
         if let Some(old) = self.map.insert(key, entry) {
             self.live_bytes -= key_len + u64::from(old.loc.len);
@@ -162,7 +241,7 @@ impl Index {
     }
 
     /// Builds the map from entries in strictly ascending key order (snapshot load).
-    pub(crate) fn extend_sorted(&mut self, entries: impl IntoIterator<Item = (Box<[u8]>, Entry)>) {
+    pub(crate) fn extend_sorted(&mut self, entries: impl IntoIterator<Item = (Key, Entry)>) {
         debug_assert!(self.map.is_empty(), "bulk load into an empty index only");
         let mut live = 0u64;
         self.map = entries
@@ -173,7 +252,7 @@ impl Index {
     }
 
     /// Up to `max` entries with keys in `(lower, upper)`, in order.
-    pub(crate) fn range_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, max: usize) -> Vec<(Box<[u8]>, Entry)> {
+    pub(crate) fn range_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, max: usize) -> Entries {
         self.map
             .range::<[u8], _>((lower, upper))
             .take(max)
