@@ -50,7 +50,7 @@ pub(crate) fn load_snapshot(
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
-    let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::io("read", path, e))?);
+    let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(path, e))?);
     let b = bytes.bytes();
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base_seq => {}
@@ -233,7 +233,7 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     let file = storage
         .open(&path, OpenMode::Read)
         .map_err(|e| Error::io("open", &path, e))?;
-    let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::io("read", &path, e))?);
+    let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(&path, e))?);
     repoint_index(engine, &path, base_seq, &bytes, &expired)?;
     let old: Vec<u64> = {
         let mut snapshots = engine.snapshots.lock();

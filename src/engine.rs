@@ -354,7 +354,7 @@ impl Engine {
             let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
             drop(log);
             if let Some((sealed, active)) = rolled {
-                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
                 self.durable_seq.fetch_max(base, Ordering::AcqRel);
                 let mut index = self.index.write();
                 index.set_source(sealed_source(&sealed));
@@ -510,7 +510,7 @@ impl Engine {
             SourceData::File(file) => {
                 let mut v = vec![0u8; len];
                 read_exact_at(file.as_ref(), &mut v, loc.offset)
-                    .map_err(|e| Error::io("read", self.file_path(source.file), e))?;
+                    .map_err(|e| Error::read(self.file_path(source.file), e))?;
                 Ok(v)
             }
         }

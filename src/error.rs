@@ -11,12 +11,14 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system I/O call failed.
-    #[error("{}: {op} failed: {source}", path.display())]
+    #[error("{}: {op} failed{}: {source}", path.display(), at_offset(*offset))]
     Io {
         /// The file or directory the call was about.
         path: PathBuf,
         /// The storage operation, e.g. `fdatasync`.
         op: &'static str,
+        /// Where in the file a read failed, when it was a positioned read.
+        offset: Option<u64>,
         /// The error from the operating system.
         #[source]
         source: io::Error,
@@ -81,12 +83,27 @@ pub enum Error {
 /// `Result` with sessiondb's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn at_offset(offset: Option<u64>) -> String {
+    offset.map(|o| format!(" at offset {o}")).unwrap_or_default()
+}
+
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),
             op,
+            offset: None,
             source,
+        }
+    }
+
+    /// A failed read of `path`, at the offset where it failed.
+    pub(crate) fn read(path: impl Into<PathBuf>, e: crate::storage::ReadError) -> Error {
+        Error::Io {
+            path: path.into(),
+            op: "read",
+            offset: Some(e.offset),
+            source: e.source,
         }
     }
 
@@ -102,9 +119,15 @@ impl Error {
     /// `Clone`; the copy keeps the path, the operation, the kind and the message).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Io { path, op, source } => Error::Io {
+            Error::Io {
+                path,
+                op,
+                offset,
+                source,
+            } => Error::Io {
                 path: path.clone(),
                 op,
+                offset: *offset,
                 source: io::Error::new(source.kind(), source.to_string()),
             },
             Error::Poisoned { cause } => Error::Poisoned { cause: cause.clone() },

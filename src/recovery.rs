@@ -87,7 +87,7 @@ fn open_segments(storage: &dyn Storage, layout: &Layout, ids: &[u64]) -> Result<
                 .map_err(|e| Error::io("open", &path, e))?;
             let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
             let mut head = vec![0u8; SEGMENT_HEADER_SIZE.min(len as usize)];
-            read_exact_at(file.as_ref(), &mut head, 0).map_err(|e| Error::io("read", &path, e))?;
+            read_exact_at(file.as_ref(), &mut head, 0).map_err(|e| Error::read(&path, e))?;
             let (first_seq, zero_header) = match format::decode_segment_header(&head) {
                 format::HeaderState::Valid(h) if h.segment_id == id => (Some(h.first_seq), false),
                 format::HeaderState::Zero => (None, true),
@@ -242,6 +242,17 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
             .filter(|s| s.file.id != active.id)
             .map(|s| s.file.path.clone()),
     );
+    // Snapshots older than the one loaded are left by a crash between a checkpoint's rename and
+    // its deletions; the loaded one (with the log after it) supersedes them.
+    if let Some(s) = &snapshot {
+        doomed.extend(
+            listing
+                .snapshots
+                .iter()
+                .filter(|&&q| q < s.base_seq)
+                .map(|&q| layout.snapshot(q)),
+        );
+    }
     report.torn_tail_bytes = replay.torn_tail_bytes;
     for p in &doomed {
         storage.remove(p).map_err(|e| Error::io("remove", p, e))?;
@@ -300,7 +311,7 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
     if !seg.zero_header || seg.file.capacity < opts.segment_size {
         return Ok(None);
     }
-    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::io("read", &seg.file.path, e))?;
+    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(&seg.file.path, e))?;
     if reader::nonzero_end(bytes.bytes()) != 0 {
         return Ok(None);
     }
@@ -392,14 +403,22 @@ fn replay(opts: &Options, segs: &[Seg], base: u64, index: &mut Index, report: &m
     let mut expected: Option<u64> = None;
     // NOTE: not opts.record_payload_max(): the store may have been written with larger limits.
     let payload_max = crate::limits::RECORD_PAYLOAD_MAX;
+    // Whether the log read so far lies wholly at or below the snapshot's base: then a gap in
+    // the segment ids after it is segments a checkpoint deleted (with some of its unlinks lost
+    // in a crash, F4), and the log starts afresh after the gap.
+    let mut covered_so_far = true;
     for (i, seg) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
         let path = &seg.file.path;
-        if i > 0 && seg.file.id != segs[i - 1].file.id + 1 && opts.recovery_mode != RecoveryMode::Salvage {
+        let after_gap = i > 0 && seg.file.id != segs[i - 1].file.id + 1;
+        if after_gap && !covered_so_far && opts.recovery_mode != RecoveryMode::Salvage {
             let reason = format!("segment {} is missing", segs[i - 1].file.id + 1);
             return Err(Error::corruption(path, 0, reason));
         }
-        let bytes = Arc::new(FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::io("read", path, e))?);
+        if after_gap {
+            expected = None;
+        }
+        let bytes = Arc::new(FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(path, e))?);
         let b = bytes.bytes();
         let input = ScanInput {
             bytes: b,
@@ -421,7 +440,7 @@ fn replay(opts: &Options, segs: &[Seg], base: u64, index: &mut Index, report: &m
         })?;
         report.records_replayed += replayed;
         report.skipped.extend(scan.skipped.iter().cloned());
-        if i == 0 {
+        if i == 0 || after_gap {
             if let Some(h) = scan.header {
                 if h.first_seq > base + 1 && opts.recovery_mode != RecoveryMode::Salvage {
                     let reason = format!(
@@ -444,6 +463,7 @@ fn replay(opts: &Options, segs: &[Seg], base: u64, index: &mut Index, report: &m
             }
         }
         let last = scan.last_seq.or_else(|| scan.header.map(|h| h.first_seq - 1));
+        covered_so_far &= last.is_none_or(|l| l <= base);
         if let Some(l) = last {
             out.last_seq = Some(out.last_seq.map_or(l, |p: u64| p.max(l)));
         }

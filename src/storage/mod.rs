@@ -76,18 +76,28 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
 }
 
+/// A failed read and the offset it failed at.
+#[derive(Debug)]
+pub(crate) struct ReadError {
+    pub offset: u64,
+    pub source: io::Error,
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`, retrying short reads. A file that ends first is
 /// `UnexpectedEof`.
-pub(crate) fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+pub(crate) fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut offset: u64) -> Result<(), ReadError> {
     while !buf.is_empty() {
         match file.read_at(buf, offset) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ends early")),
+            Ok(0) => {
+                let source = io::Error::new(io::ErrorKind::UnexpectedEof, "file ends early");
+                return Err(ReadError { offset, source });
+            }
             Ok(n) => {
                 buf = &mut buf[n..];
                 offset += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(source) => return Err(ReadError { offset, source }),
         }
     }
     Ok(())
@@ -117,12 +127,13 @@ pub(crate) enum FileBytes {
 }
 
 impl FileBytes {
-    pub(crate) fn load(file: &dyn StorageFile) -> io::Result<FileBytes> {
-        if let Some(map) = file.map()? {
+    pub(crate) fn load(file: &dyn StorageFile) -> Result<FileBytes, ReadError> {
+        let at0 = |source| ReadError { offset: 0, source };
+        if let Some(map) = file.map().map_err(at0)? {
             return Ok(FileBytes::Mapped(map));
         }
-        let len = file.len()?;
-        let len = usize::try_from(len).map_err(|_| io::Error::other("file too large to read"))?;
+        let len = file.len().map_err(at0)?;
+        let len = usize::try_from(len).map_err(|_| at0(io::Error::other("file too large to read")))?;
         let mut buf = vec![0u8; len];
         read_exact_at(file, &mut buf, 0)?;
         Ok(FileBytes::Owned(buf))

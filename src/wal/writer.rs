@@ -353,9 +353,12 @@ impl LogWriter {
             segment_id: self.active.id,
             first_seq,
         });
-        // NOTE: no fsync needed here: if this header is lost, the segment reads as an unused
-        // spare; the first group written after it fsyncs it along with its records.
+        // The header must be durable before the checkpoint deletes the segments before it:
+        // recovery tells a segment that reappears after a lost unlink (F4) from a live one by the
+        // first sequence number of the segment after it. A torn, unsynced header here once left
+        // a store that could not be opened (tests/faults_checkpoint.rs).
         write_all_at(self.active.file.as_ref(), &header, 0).map_err(|e| Error::io("write", &self.active.path, e))?;
+        self.sync()?;
         self.write_offset = SEGMENT_HEADER_SIZE as u64;
         self.bytes_written += SEGMENT_HEADER_SIZE as u64;
         self.activated = true;
