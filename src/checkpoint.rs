@@ -184,6 +184,8 @@ fn decode_entries<'a>(
                 slot,
                 // NOTE: cannot truncate: decode_block_entries bounds value_len by VALUE_SIZE_MAX_LIMIT.
                 len: e.value.len() as u32,
+                record_back: 0,
+                record_len: 0,
             };
             out.push((
                 e.key.into(),
@@ -354,6 +356,8 @@ fn repoint_index(
                 slot,
                 // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
                 len: d.entry.value.len() as u32,
+                record_back: 0,
+                record_len: 0,
             };
             index.repoint(d.entry.key, d.entry.seq, loc);
         }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Op, PAYLOAD_COUNT_SIZE};
 use crate::layout::Layout;
 use crate::limits;
-use crate::options::{Options, SyncMode};
+use crate::options::{Options, RecoveryMode, SyncMode};
 use crate::recovery;
 use crate::stats::Stats;
 use crate::wal::writer::SpareSlot;
@@ -51,6 +51,13 @@ impl Db {
         let spare = Arc::new(SpareSlot::default());
         let recovered = recovery::recover(&layout, &options, &spare)?;
         let engine = Arc::new(Engine::new(layout, options, spare, guard, recovered));
+        if engine.opts.recovery_mode == RecoveryMode::Salvage && !engine.recovery.skipped.is_empty() {
+            // What salvage recovered becomes the new truth before anyone reads it: a later open
+            // loads this snapshot instead of judging the damaged log again (cutting a torn tail
+            // can erase the later records that made salvage skip, rather than cut, earlier
+            // damage, and the next reading would then differ).
+            checkpoint::run(&engine)?;
+        }
         let threads = start_background(&engine)?;
         Ok(Db { engine, threads, path })
     }

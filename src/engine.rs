@@ -388,10 +388,13 @@ impl Engine {
                         value_len,
                         expires_at_ms,
                     } => {
+                        // NOTE: cannot truncate: records are bounded by RECORD_PAYLOAD_MAX < 1 GiB.
                         let loc = Loc {
                             offset: payload_at + value_at as u64,
                             slot,
                             len: value_len,
+                            record_back: (RECORD_HEADER_SIZE + value_at) as u32,
+                            record_len: (RECORD_HEADER_SIZE + rec.payload.len()) as u32,
                         };
                         index.put(
                             key,
@@ -493,23 +496,54 @@ impl Engine {
     }
 
     pub(crate) fn read_value(&self, source: &Source, loc: Loc) -> Result<Vec<u8>> {
-        let len = loc.len as usize;
+        if loc.record_len == 0 {
+            return self.read_bytes(source, loc.offset, loc.len as usize);
+        }
+        // A value in a log record: read the whole record and check it before trusting a byte.
+        let path = || self.file_path(source.file);
+        let start = loc.offset.checked_sub(u64::from(loc.record_back));
+        let (FileId::Segment(segment_id), Some(start)) = (source.file, start) else {
+            return Err(Error::corruption(path(), loc.offset, "index entry names no log record"));
+        };
+        let owned;
+        let record: &[u8] = match &source.data {
+            SourceData::Bytes(bytes) => {
+                let at = usize::try_from(start).unwrap_or(usize::MAX);
+                at.checked_add(loc.record_len as usize)
+                    .and_then(|end| bytes.bytes().get(at..end))
+                    .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?
+            }
+            SourceData::File(_) => {
+                owned = self.read_bytes(source, start, loc.record_len as usize)?;
+                &owned
+            }
+        };
+        let back = loc.record_back as usize;
+        match format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX) {
+            format::RecordState::Valid(r) if r.len == record.len() && back + loc.len as usize <= record.len() => {
+                Ok(record[back..back + loc.len as usize].to_vec())
+            }
+            _ => Err(Error::corruption(path(), start, "record read back does not verify")),
+        }
+    }
+
+    fn read_bytes(&self, source: &Source, offset: u64, len: usize) -> Result<Vec<u8>> {
         match &source.data {
             SourceData::Bytes(bytes) => {
                 let b = bytes.bytes();
-                let start = usize::try_from(loc.offset).unwrap_or(usize::MAX);
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 match start.checked_add(len).and_then(|end| b.get(start..end)) {
                     Some(v) => Ok(v.to_vec()),
                     None => Err(Error::corruption(
                         self.file_path(source.file),
-                        loc.offset,
+                        offset,
                         "value lies past the end of the file",
                     )),
                 }
             }
             SourceData::File(file) => {
                 let mut v = vec![0u8; len];
-                read_exact_at(file.as_ref(), &mut v, loc.offset)
+                read_exact_at(file.as_ref(), &mut v, offset)
                     .map_err(|e| Error::read(self.file_path(source.file), e))?;
                 Ok(v)
             }

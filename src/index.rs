@@ -104,9 +104,18 @@ pub(crate) struct Slot(u32);
 /// Where a value's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
+    /// Offset of the value in the file.
     pub offset: u64,
     pub slot: Slot,
+    /// Length of the value.
     pub len: u32,
+    /// For a value in a log record: how far before the value the record starts. A read checks
+    /// the whole record's checksum first, so bytes that never landed where the index says (a
+    /// misdirected write, faults.md F10) are an error, never a value. 0 for snapshot values,
+    /// whose blocks were verified when the snapshot was written or loaded.
+    pub record_back: u32,
+    /// Length of that record (header and payload); 0 for snapshot values.
+    pub record_len: u32,
 }
 
 /// An index entry.
@@ -119,7 +128,7 @@ pub(crate) struct Entry {
     pub loc: Loc,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+const _: () = assert!(std::mem::size_of::<Entry>() == 40);
 
 impl Entry {
     pub(crate) fn is_live(&self, now_ms: u64) -> bool {

@@ -34,7 +34,9 @@ pub enum RecoveryMode {
     /// Refuse any damage, a torn tail included.
     Strict,
     /// Recover every record that verifies, skipping damage; never return a wrong value.
-    /// What was skipped is reported in [`crate::Stats::recovery`].
+    /// What was skipped is reported in [`crate::Stats::recovery`]; when anything was, the
+    /// recovered state is written as a new snapshot before the open returns, so later opens
+    /// agree with it.
     Salvage,
 }
 

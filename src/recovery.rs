@@ -509,11 +509,14 @@ fn apply_record(
                 value,
                 expires_at_ms,
             } => {
+                let value_at = value.as_ptr() as usize - base;
+                // NOTE: cannot truncate: value.len() < rec.len <= RECORD_PAYLOAD_MAX + header < 1 GiB.
                 let loc = Loc {
                     slot,
-                    offset: payload_at + (value.as_ptr() as usize - base) as u64,
-                    // NOTE: cannot truncate: value.len() < payload length, a u32.
+                    offset: payload_at + value_at as u64,
                     len: value.len() as u32,
+                    record_back: (RECORD_HEADER_SIZE + value_at) as u32,
+                    record_len: rec.len as u32,
                 };
                 index.put(
                     key.into(),

@@ -1,24 +1,31 @@
 //! A seeded swarm: random workloads under random mixes of faults, crashes and reopens.
 //!
-//! Scenario: for each seed, pick fault rates (short writes, ENOSPC, fsync EIO, read EIO), a sync
-//! mode and a segment size, then run random puts, TTL puts, deletes, batches, checkpoints, clean
-//! reopens and power losses (dropping unsynced data, or tearing it at 512- or 4096-byte sectors).
-//! After a failed write the machine loses power, as a crashed service would.
+//! Scenario: for each seed, pick fault rates (short writes, ENOSPC, fsync EIO, read EIO, and for
+//! some seeds misdirected writes), a sync mode and a segment size, then run random puts, TTL puts,
+//! deletes, batches, checkpoints, clean reopens, bursts of concurrent writers and power losses
+//! (dropping unsynced data, or tearing it at 512- or 4096-byte sectors, sometimes with a bit
+//! flipped in a stored file). After a failed write the machine loses power, as a crashed service
+//! would.
 //! Method: the real engine on `SimStorage`, single-threaded and deterministic per seed; a
 //! `BTreeMap` model of every issued operation.
 //! Invariant (faults.md oracle): after every recovery the contents equal the model after some
 //! prefix of the issued operations that includes every acknowledged one; in `Always` mode every
 //! acknowledged operation, in the lazy modes every one acknowledged before the last successful
 //! `sync()`; no value that was never written; a second reopen gives the same contents; open
-//! never fails except with a read error the swarm injected. Default 2,000 seeds;
-//! `SESSIONDB_SWARM_SEEDS=<n>` runs more, `SESSIONDB_SEED=<s>` replays one.
+//! never fails except with a read error the swarm injected. Concurrent writers use disjoint keys:
+//! each one's keys hold a prefix of its own operations. After a misdirected write or a bit flip,
+//! acknowledged writes may be lost (the fault model allows it for damage that nothing vouches
+//! for), so the floor drops to any prefix, and open may refuse with `Corruption`: then salvage
+//! must open and return only values that were written. Default 2,000 seeds;
+//! `SESSIONDB_SWARM_SEEDS=<n>` runs more, `SESSIONDB_SEED=<s>` replays one. The seeds that found
+//! bugs replay in `regressions` exactly as they ran then (bursts and hostile faults off).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
-use sessiondb::{Batch, Db, Error, ManualClock, Options, SyncMode};
+use sessiondb::{Batch, Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
 mod common;
 use common::Rng;
@@ -59,8 +66,31 @@ fn visible(state: &State, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .collect()
 }
 
+/// Which kinds of steps a seed may take. Seeds that found bugs replay with the kinds they had.
+#[derive(Clone, Copy)]
+struct Features {
+    bursts: bool,
+    hostile: bool,
+}
+
+const ORIGINAL: Features = Features {
+    bursts: false,
+    hostile: false,
+};
+const ALL: Features = Features {
+    bursts: true,
+    hostile: true,
+};
+
 struct Run {
     rng: Rng,
+    /// Draws for the newer kinds of steps, apart from `rng` so older seeds replay unchanged.
+    extra: Rng,
+    /// Every value ever issued per key (what salvage may return).
+    written: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// A misdirected write or a bit flip happened: damage nothing may vouch for.
+    damaged: bool,
+    features: Features,
     sim: SimStorage,
     clock: ManualClock,
     opts: Options,
@@ -96,6 +126,10 @@ impl Run {
             .storage(Arc::new(sim.clone()));
         Run {
             rng,
+            extra: Rng::new(seed ^ 0x005e_ed0f_5a1d),
+            written: HashMap::new(),
+            damaged: false,
+            features: ORIGINAL,
             sim,
             clock,
             opts,
@@ -158,6 +192,22 @@ impl Run {
         }
     }
 
+    fn remember(&mut self, op: &Op) {
+        match op {
+            Op::Put(k, v, _) => {
+                self.written.entry(k.clone()).or_default().insert(v.clone());
+            }
+            Op::Delete(_) => {}
+            Op::Batch(ops) => {
+                for (k, v) in ops {
+                    if let Some(v) = v {
+                        self.written.entry(k.clone()).or_default().insert(v.clone());
+                    }
+                }
+            }
+        }
+    }
+
     fn issue(&self, db: &Db, op: &Op) -> sessiondb::Result<()> {
         match op {
             Op::Put(k, v, None) => db.put(k, v),
@@ -174,6 +224,44 @@ impl Run {
                 db.write(b)
             }
         }
+    }
+
+    /// After a misdirected write or a bit flip: open may refuse with `Corruption` (then salvage
+    /// must open); whatever opens holds only values that were written, and a second open agrees.
+    fn check_damaged(&mut self, what: &str) {
+        self.sim.set_faults(Faults::default());
+        let opts = match Db::open_with("/swarm", self.opts.clone()) {
+            Ok(db) => {
+                drop(db);
+                self.opts.clone()
+            }
+            Err(Error::Corruption { .. }) => self.opts.clone().recovery_mode(RecoveryMode::Salvage),
+            Err(e) => panic!("{what}: open after damage failed with {e}"),
+        };
+        let first = self.written_only(&opts, what);
+        let second = self.written_only(&opts, what);
+        assert_eq!(first, second, "{what}: a second open after damage agrees");
+    }
+
+    fn written_only(&self, opts: &Options, what: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let db = Db::open_with("/swarm", opts.clone()).unwrap_or_else(|e| panic!("{what}: reopen after damage: {e}"));
+
+        let got: BTreeMap<Vec<u8>, Vec<u8>> = db
+            .range::<&[u8], _>(..)
+            .map(|r| r.unwrap_or_else(|e| panic!("{what}: scan after damage: {e}")))
+            .collect();
+        for (k, v) in &got {
+            let ok = self.written.get(k).is_some_and(|vs| vs.contains(v));
+            assert!(
+                ok,
+                "{what}: a value never written for {k:?}: {} bytes, tail {:?}; opts {:?}; counts {:?}",
+                v.len(),
+                &v[v.len().saturating_sub(8)..],
+                opts,
+                self.sim.counts()
+            );
+        }
+        got
     }
 
     /// Opens the store, retrying while injected read errors make recovery fail.
@@ -248,43 +336,208 @@ impl NowForTests for ManualClock {
     }
 }
 
-fn one_seed(seed: u64) -> FaultCounts {
+/// A power loss (or, when `clean`, a close) and a verified reopen. `None` when the seed ends:
+/// damage was injected and checked.
+fn reopen(run: &mut Run, db: Db, crash: Option<CrashMode>, what: &str) -> Option<Db> {
+    match crash {
+        None => {
+            let closed = db.close();
+            if closed.is_ok() {
+                run.must_survive = run.acked;
+            } else {
+                run.sim.crash(CrashMode::DropUnsynced);
+            }
+        }
+        Some(mode) => {
+            run.sim.crash(mode);
+            drop(db);
+            if run.hostile_flip() {
+                run.damaged = true;
+            }
+        }
+    }
+    run.sim.set_faults(Faults::default());
+    if run.damaged {
+        run.check_damaged(what);
+        return None;
+    }
+    let db = run.open(what);
+    run.verify(&db, what);
+    Some(db)
+}
+
+impl Run {
+    /// In hostile seeds, sometimes flips one bit of a stored file after a power loss (F8).
+    fn hostile_flip(&mut self) -> bool {
+        if !self.features.hostile || !self.extra.chance(8) {
+            return false;
+        }
+        let files = self.sim.files();
+        if files.is_empty() {
+            return false;
+        }
+        let f = &files[self.extra.below(files.len() as u64) as usize];
+        let len = self.sim.read_file(f).map_or(0, |b| b.len() as u64);
+        if len == 0 {
+            return false;
+        }
+        let at = self.extra.below(len);
+        let bit = self.extra.below(8) as u8;
+        self.sim.flip_bit(f, at, bit).is_ok()
+    }
+
+    fn crash_mode(&mut self) -> CrashMode {
+        match self.rng.below(3) {
+            0 => CrashMode::DropUnsynced,
+            1 => CrashMode::Torn { sector: 512 },
+            _ => CrashMode::Torn { sector: 4096 },
+        }
+    }
+}
+
+/// Concurrent writers on disjoint keys, then a power loss or a close, then a check that each
+/// writer's keys hold a prefix of its operations (every acknowledged one in `Always` mode or after
+/// a clean close). Starts from a verified clean state so the model is exact.
+fn burst(run: &mut Run, db: Db, faults: Faults, what: &str) -> Option<Db> {
+    let db = reopen(run, db, None, what)?;
+    run.sim.set_faults(faults);
+    let threads = run.extra.range(2, 5) as usize;
+    let now = run.clock.now_ms_for_tests();
+    let plans: Vec<Vec<Op>> = (0..threads)
+        .map(|t| {
+            (0..run.extra.range(2, 9))
+                .map(|_| {
+                    let k = format!("c{t}:{}", run.extra.below(4)).into_bytes();
+                    match run.extra.below(4) {
+                        0 => Op::Delete(k),
+                        _ => {
+                            let n = run.extra.range(0, 200) as usize;
+                            let mut v = run.extra.bytes(n);
+                            v.extend_from_slice(&run.extra.next_u64().to_le_bytes());
+                            Op::Put(k, v, None)
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for plan in &plans {
+        for op in plan {
+            run.remember(op);
+        }
+    }
+    let db = Arc::new(db);
+    let acked: Vec<usize> = std::thread::scope(|scope| {
+        let handles: Vec<_> = plans
+            .iter()
+            .map(|plan| {
+                let db = db.clone();
+                let run = &*run;
+                scope.spawn(move || plan.iter().take_while(|op| run.issue(&db, op).is_ok()).count())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
+    });
+    let db = Arc::try_unwrap(db).unwrap_or_else(|_| panic!("{what}: writers still hold the store"));
+    let clean = run.extra.chance(30);
+    let closed_ok = if clean {
+        let ok = db.close().is_ok();
+        if !ok {
+            run.sim.crash(CrashMode::DropUnsynced);
+        }
+        ok
+    } else {
+        let mode = run.crash_mode();
+        run.sim.crash(mode);
+        drop(db);
+        false
+    };
+    run.sim.set_faults(Faults::default());
+    let db = run.open(what);
+    let got: BTreeMap<Vec<u8>, Vec<u8>> = db.range::<&[u8], _>(..).map(|r| r.expect("scan")).collect();
+    let mut base = run.base.clone();
+    for (t, plan) in plans.iter().enumerate() {
+        let prefix = format!("c{t}:").into_bytes();
+        let mine = |m: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let floor = if run.mode == SyncMode::Always || closed_ok {
+            acked[t]
+        } else {
+            0
+        };
+        let mut state = run.base.clone();
+        let mut found = None;
+        for k in 0..=plan.len() {
+            if k > 0 {
+                apply(&mut state, &plan[k - 1], now);
+            }
+            if k >= floor && mine(&visible(&state, now)) == mine(&got) {
+                found = Some(k);
+            }
+        }
+        let k = found.unwrap_or_else(|| {
+            panic!(
+                "{what}: writer {t}'s keys hold no prefix of its {} operations with ≥ {floor}",
+                plan.len()
+            )
+        });
+        for op in &plan[..k] {
+            apply(&mut base, op, now);
+        }
+    }
+    assert_eq!(
+        visible(&base, now),
+        got,
+        "{what}: keys outside the writers' are unchanged"
+    );
+    run.base = base;
+    run.sim.set_faults(faults);
+    Some(db)
+}
+
+fn one_seed(seed: u64, features: Features) -> FaultCounts {
     let mut run = Run::new(seed);
-    let faults = run.faults();
+    run.features = features;
+    let mut faults = run.faults();
+    if features.hostile && run.extra.chance(5) {
+        // F10: a write that lands elsewhere and reports success.
+        faults.misdirect = 0.02;
+        run.damaged = true;
+    }
     let steps = run.rng.range(20, 80);
     let mut db = run.open("first open");
     run.sim.set_faults(faults);
     for step in 0..steps {
         let what = format!("seed {seed} step {step}");
+        if features.bursts && run.extra.chance(4) {
+            match burst(&mut run, db, faults, &what) {
+                Some(d) => db = d,
+                None => return run.sim.counts(),
+            }
+            continue;
+        }
         match run.rng.below(20) {
             0 => {
                 let _ = db.checkpoint();
             }
             1 => {
                 // A clean close, then reopen: everything acknowledged survives.
-                let closed = db.close();
-                if closed.is_ok() {
-                    run.must_survive = run.acked;
+                match reopen(&mut run, db, None, &what) {
+                    Some(d) => db = d,
+                    None => return run.sim.counts(),
                 }
-                run.sim.set_faults(Faults::default());
-                if closed.is_err() {
-                    run.sim.crash(CrashMode::DropUnsynced);
-                }
-                db = run.open(&what);
-                run.verify(&db, &what);
                 run.sim.set_faults(faults);
             }
             2 | 3 => {
-                let mode = match run.rng.below(3) {
-                    0 => CrashMode::DropUnsynced,
-                    1 => CrashMode::Torn { sector: 512 },
-                    _ => CrashMode::Torn { sector: 4096 },
-                };
-                run.sim.crash(mode);
-                drop(db);
-                run.sim.set_faults(Faults::default());
-                db = run.open(&what);
-                run.verify(&db, &what);
+                let mode = run.crash_mode();
+                match reopen(&mut run, db, Some(mode), &what) {
+                    Some(d) => db = d,
+                    None => return run.sim.counts(),
+                }
                 // A second reopen gives the same contents.
                 drop(db);
                 db = run.open(&what);
@@ -299,6 +552,7 @@ fn one_seed(seed: u64) -> FaultCounts {
             }
             _ => {
                 let op = run.random_op();
+                run.remember(&op);
                 let at = run.clock.now_ms_for_tests();
                 let result = run.issue(&db, &op);
                 run.issued.push((op, at));
@@ -311,11 +565,10 @@ fn one_seed(seed: u64) -> FaultCounts {
                     }
                     Err(Error::Io { .. } | Error::Poisoned { .. }) => {
                         // The service dies with its store: a power loss, then recovery.
-                        run.sim.crash(CrashMode::Torn { sector: 512 });
-                        drop(db);
-                        run.sim.set_faults(Faults::default());
-                        db = run.open(&what);
-                        run.verify(&db, &what);
+                        match reopen(&mut run, db, Some(CrashMode::Torn { sector: 512 }), &what) {
+                            Some(d) => db = d,
+                            None => return run.sim.counts(),
+                        }
                         run.sim.set_faults(faults);
                     }
                     Err(e) => panic!("{what}: unexpected error {e}"),
@@ -323,12 +576,33 @@ fn one_seed(seed: u64) -> FaultCounts {
             }
         }
     }
-    run.sim.set_faults(Faults::default());
-    run.sim.crash(CrashMode::Torn { sector: 4096 });
-    drop(db);
-    let db = run.open(&format!("seed {seed} final"));
-    run.verify(&db, &format!("seed {seed} final"));
+    let what = format!("seed {seed} final");
+    let _ = reopen(&mut run, db, Some(CrashMode::Torn { sector: 4096 }), &what);
     run.sim.counts()
+}
+
+/// Seeds that found bugs, replayed as they first ran.
+#[test]
+fn regressions() {
+    for seed in [
+        // A damaged first-segment header counted as vouched by any durable record.
+        1621071163199920188,
+        // A segment torn while being zero-filled read as a foreign file.
+        6623995608238488258,
+        // A torn header with an intact magic read as a newer format version.
+        11827624910985751299,
+    ] {
+        one_seed(seed, ORIGINAL);
+    }
+    for seed in [
+        // A misdirected write was read back as a value and copied into a snapshot.
+        9108680194353185753,
+        // Two salvage opens disagreed: cutting a torn tail erased the record that had vouched
+        // for earlier damage.
+        4549507823450706146,
+    ] {
+        one_seed(seed, ALL);
+    }
 }
 
 #[test]
@@ -343,7 +617,7 @@ fn swarm() {
     let mut total = FaultCounts::default();
     for i in 0..count {
         let seed = first.wrapping_add(i);
-        let outcome = std::panic::catch_unwind(|| one_seed(seed));
+        let outcome = std::panic::catch_unwind(|| one_seed(seed, ALL));
         let c = outcome.unwrap_or_else(|_| panic!("swarm seed failed; replay with SESSIONDB_SEED={seed}"));
         total.short_writes += c.short_writes;
         total.enospc += c.enospc;
@@ -353,10 +627,16 @@ fn swarm() {
         total.writes_lost += c.writes_lost;
         total.sectors_torn += c.sectors_torn;
         total.dir_changes_lost += c.dir_changes_lost;
+        total.misdirects += c.misdirects;
+        total.bit_flips += c.bit_flips;
     }
     println!("swarm: {count} seeds from {first}; faults injected: {total:?}");
     if count >= 100 {
         assert!(total.short_writes > 0 && total.enospc > 0 && total.sync_eio > 0 && total.read_eio > 0);
         assert!(total.sectors_torn > 0 && total.writes_lost > 0 && total.dir_changes_lost > 0);
+        assert!(
+            total.misdirects > 0 && total.bit_flips > 0,
+            "hostile faults were injected"
+        );
     }
 }

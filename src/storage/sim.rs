@@ -84,6 +84,8 @@ pub struct FaultCounts {
     pub sectors_torn: u64,
     /// Directory entry changes lost in crashes.
     pub dir_changes_lost: u64,
+    /// Bits flipped by [`SimStorage::flip_bit`].
+    pub bit_flips: u64,
 }
 
 /// A change to a file that a crash may or may not keep.
@@ -333,6 +335,7 @@ impl SimStorage {
 
     /// Flips one bit of a file, in what is durable and what reads see (F8).
     pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> io::Result<()> {
+        self.state.lock().counts.bit_flips += 1;
         self.edit(path, |data| {
             if let Some(b) = data.get_mut(offset as usize) {
                 *b ^= 1 << (bit % 8);
