@@ -190,14 +190,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
             };
             if usable {
                 if let Some(f) = info.first_seq {
-                    segments.insert(
-                        file.id,
-                        SegInfo {
-                            first_seq: f,
-                            bytes: info.valid_end,
-                        },
-                    );
-                    log_bytes += info.valid_end;
+                    keep_segment(&mut segments, &mut log_bytes, file.id, f, info.valid_end);
                 }
                 index.set_source(Source::file(FileId::Segment(file.id), file.file.clone()));
                 active = Some((file, info.valid_end, info.first_seq.is_some()));
@@ -206,14 +199,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
         }
         match info.first_seq {
             Some(f) if info.last_seq.is_some_and(|l| l > base) => {
-                segments.insert(
-                    file.id,
-                    SegInfo {
-                        first_seq: f,
-                        bytes: info.valid_end,
-                    },
-                );
-                log_bytes += info.valid_end;
+                keep_segment(&mut segments, &mut log_bytes, file.id, f, info.valid_end);
             }
             _ => {
                 index.remove_source(FileId::Segment(file.id));
@@ -299,6 +285,12 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
         log_bytes_since_checkpoint: log_bytes,
         report,
     })
+}
+
+/// Records a segment that stays: its first sequence number and the bytes written in it.
+fn keep_segment(segments: &mut BTreeMap<u64, SegInfo>, log_bytes: &mut u64, id: u64, first_seq: u64, bytes: u64) {
+    segments.insert(id, SegInfo { first_seq, bytes });
+    *log_bytes += bytes;
 }
 
 /// Removes and returns spare `id` if it is full size and entirely zero (a spare with data in it
