@@ -212,7 +212,11 @@ impl Engine {
     /// Writes `ops` as one record and returns its sequence number once it is durable (per the
     /// sync mode) and applied to the index. Limits are checked by the caller.
     pub(crate) fn write_ops(&self, ops: &[Op<'_>]) -> Result<u64> {
-        let mut payload = Vec::new();
+        let size = ops.iter().fold(format::PAYLOAD_COUNT_SIZE, |n, op| match op {
+            Op::Put { key, value, .. } => n + format::put_encoded_size(key.len(), value.len()),
+            Op::Delete { key } => n + format::delete_encoded_size(key.len()),
+        });
+        let mut payload = Vec::with_capacity(size);
         format::encode_ops(&mut payload, ops);
         // Each value's offset within the payload follows from the layout (format.rs).
         let mut at = format::PAYLOAD_COUNT_SIZE;

@@ -72,6 +72,10 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
 }
 
 /// The hand-off between the writer and the background preparer of the next segment.
+///
+/// Invariant: once the writer has taken segment `n` (prepared, or to create itself), nobody
+/// creates any segment with an id at or below `n` again. Creating an id twice could rename a
+/// fresh file over a segment already in use.
 #[derive(Default)]
 pub(crate) struct SpareSlot {
     state: Mutex<Spare>,
@@ -79,56 +83,51 @@ pub(crate) struct SpareSlot {
 }
 
 #[derive(Default)]
-enum Spare {
-    /// Nothing asked for.
-    #[default]
-    Idle,
-    /// The preparer should create this id.
-    Wanted(u64),
-    /// The preparer is creating this id.
-    Preparing(u64),
-    /// Ready for use.
-    Ready(SegmentFile),
-    /// The store is closing.
-    Shutdown,
+struct Spare {
+    /// The id the writer will need next, if the preparer should make it.
+    wanted: Option<u64>,
+    /// The id the preparer is creating now.
+    preparing: Option<u64>,
+    /// A prepared segment.
+    ready: Option<SegmentFile>,
+    /// The highest id the writer has taken or created itself.
+    taken: u64,
+    shutdown: bool,
 }
 
 impl SpareSlot {
-    /// Asks the preparer for segment `id` (unless it is already prepared).
+    /// Asks the preparer for segment `id` (ignored if it is taken, prepared or being prepared).
     pub(crate) fn want(&self, id: u64) {
         let mut s = self.state.lock();
-        let ready = matches!(&*s, Spare::Ready(seg) if seg.id == id);
-        if !ready && !matches!(*s, Spare::Shutdown) {
-            *s = Spare::Wanted(id);
+        let known = s.ready.as_ref().is_some_and(|r| r.id == id) || s.preparing == Some(id);
+        if !known && id > s.taken && !s.shutdown {
+            s.wanted = Some(id);
             self.cv.notify_all();
         }
     }
 
     /// Takes segment `id` if it is prepared or being prepared (waiting for it); `None` when the
-    /// caller must create it itself.
+    /// caller must create it itself. Either way, no one else will create it.
     pub(crate) fn take(&self, id: u64) -> Option<SegmentFile> {
         let mut s = self.state.lock();
-        loop {
-            match std::mem::take(&mut *s) {
-                Spare::Ready(seg) if seg.id == id => return Some(seg),
-                Spare::Preparing(p) if p == id => {
-                    *s = Spare::Preparing(p);
-                    self.cv.wait(&mut s);
-                }
-                Spare::Shutdown => {
-                    *s = Spare::Shutdown;
-                    return None;
-                }
-                // A spare with another id (cannot happen: ids only grow) or nothing: the caller
-                // creates it; the slot stays idle so the preparer does not race it.
-                _ => return None,
-            }
+        while s.preparing == Some(id) {
+            self.cv.wait(&mut s);
+        }
+        s.taken = s.taken.max(id);
+        if s.wanted.is_some_and(|w| w <= id) {
+            s.wanted = None;
+        }
+        match s.ready.take() {
+            Some(seg) if seg.id == id => Some(seg),
+            // A spare with a lower id is stale: its file stays as an unused spare on disk, which
+            // recovery removes. (A higher id cannot be ready: ids are wanted in order.)
+            _ => None,
         }
     }
 
     /// Stops the preparer.
     pub(crate) fn shutdown(&self) {
-        *self.state.lock() = Spare::Shutdown;
+        self.state.lock().shutdown = true;
         self.cv.notify_all();
     }
 
@@ -136,25 +135,29 @@ impl SpareSlot {
     pub(crate) fn run_preparer(&self, storage: &dyn Storage, layout: &Layout, size: u64) {
         let mut s = self.state.lock();
         loop {
-            match *s {
-                Spare::Shutdown => return,
-                Spare::Wanted(id) => {
-                    *s = Spare::Preparing(id);
-                    drop(s);
-                    let made = create_segment(storage, layout, id, size);
-                    s = self.state.lock();
-                    if let Spare::Preparing(p) = *s {
-                        debug_assert_eq!(p, id);
-                        // On failure the writer creates the segment itself and reports the error.
-                        *s = made.map_or(Spare::Idle, Spare::Ready);
-                    } else if let Ok(seg) = made {
-                        // Shut down meanwhile; the file stays as an unused, zeroed segment.
-                        drop(seg);
-                    }
-                    self.cv.notify_all();
-                }
-                _ => self.cv.wait(&mut s),
+            if s.shutdown {
+                return;
             }
+            let Some(id) = s.wanted.take().filter(|&id| id > s.taken) else {
+                self.cv.wait(&mut s);
+                continue;
+            };
+            s.preparing = Some(id);
+            drop(s);
+            let made = create_segment(storage, layout, id, size);
+            s = self.state.lock();
+            s.preparing = None;
+            // On failure the writer creates the segment itself and reports the error.
+            if let Ok(seg) = made {
+                if id > s.taken {
+                    s.ready = Some(seg);
+                } else {
+                    // NOTE: cannot happen while ids are wanted in order; if it did, a stray
+                    // zero segment below the active one must not stay on disk.
+                    let _ = storage.remove(&seg.path);
+                }
+            }
+            self.cv.notify_all();
         }
     }
 }
