@@ -9,21 +9,17 @@
 //! Invariant (faults.md oracle): the recovered contents equal the model after the first k
 //! operations for some k ≥ the number acknowledged; a second reopen gives the same contents.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use sessiondb::storage::sim::{CrashMode, SimStorage};
-use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
+use sessiondb::{Db, SyncMode};
 
 mod common;
+mod faults_support;
+use faults_support::{apply, check_oracle, issue, options, Op, State, DIR};
 
-type State = BTreeMap<Vec<u8>, Vec<u8>>;
-
+/// A workload step: an operation of the model, or a checkpoint.
 #[derive(Clone, Debug)]
 enum Step {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Op(Op),
     Checkpoint,
 }
 
@@ -32,15 +28,16 @@ fn workload() -> Vec<Step> {
     for i in 0..170u32 {
         let key = format!("k{:02}", i % 23).into_bytes();
         let value = vec![(i % 251) as u8; 600 + (i as usize * 37) % 900];
-        match i % 10 {
-            3 => steps.push(Step::Delete(key)),
-            7 => steps.push(Step::Batch(vec![
+        let op = match i % 10 {
+            3 => Op::Delete(key),
+            7 => Op::Batch(vec![
                 (key.clone(), Some(format!("batch-{i}").into_bytes())),
                 (format!("k{:02}", (i + 5) % 23).into_bytes(), None),
                 (format!("b{i}").into_bytes(), Some(value.clone())),
-            ])),
-            _ => steps.push(Step::Put(key, value)),
-        }
+            ]),
+            _ => Op::Put(key, value),
+        };
+        steps.push(Step::Op(op));
         if i == 60 || i == 130 {
             steps.push(Step::Checkpoint);
         }
@@ -48,94 +45,28 @@ fn workload() -> Vec<Step> {
     steps
 }
 
+/// The model after each prefix of the steps (a checkpoint changes nothing).
 fn model_states(steps: &[Step]) -> Vec<State> {
     let mut states = vec![State::new()];
     let mut s = State::new();
     for step in steps {
-        match step {
-            Step::Put(k, v) => {
-                s.insert(k.clone(), v.clone());
-            }
-            Step::Delete(k) => {
-                s.remove(k);
-            }
-            Step::Batch(ops) => {
-                for (k, v) in ops {
-                    match v {
-                        Some(v) => s.insert(k.clone(), v.clone()),
-                        None => s.remove(k),
-                    };
-                }
-            }
-            Step::Checkpoint => {}
+        if let Step::Op(op) = step {
+            apply(&mut s, op);
         }
         states.push(s.clone());
     }
     states
 }
 
-fn options(sim: &SimStorage) -> Options {
-    Options::new()
-        .sync_mode(SyncMode::Always)
-        .segment_size(64 * 1024)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .clock(Arc::new(ManualClock::new(1_000_000)))
-        .storage(Arc::new(sim.clone()))
-}
-
 /// Runs the workload until an operation fails; returns how many were acknowledged.
 fn run(db: &Db, steps: &[Step]) -> usize {
-    for (i, step) in steps.iter().enumerate() {
-        let r = match step {
-            Step::Put(k, v) => db.put(k, v),
-            Step::Delete(k) => db.delete(k),
-            Step::Batch(ops) => {
-                let mut b = Batch::new();
-                for (k, v) in ops {
-                    match v {
-                        Some(v) => b.put(k, v),
-                        None => b.delete(k),
-                    };
-                }
-                db.write(b)
-            }
-            Step::Checkpoint => db.checkpoint(),
-        };
-        if r.is_err() {
-            return i;
-        }
-    }
-    steps.len()
-}
-
-fn contents(db: &Db) -> State {
-    db.range::<&[u8], _>(..)
-        .map(|r| r.expect("scan after recovery"))
-        .collect()
-}
-
-/// Returns (recovered k, torn tail bytes cut).
-fn check(
-    dir: &std::path::Path,
-    sim: &SimStorage,
-    states: &[State],
-    acked: usize,
-    issued: usize,
-    what: &str,
-) -> (usize, u64) {
-    let db = Db::open_with(dir, options(sim)).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
-    let got = contents(&db);
-    let k = (acked..=issued.min(states.len() - 1))
-        .find(|&k| states[k] == got)
-        .unwrap_or_else(|| panic!("{what}: recovered state is no prefix with ≥ {acked} ops (issued {issued})"));
-    let torn = db.stats().recovery.torn_tail_bytes;
-    drop(db);
-    let db = Db::open_with(dir, options(sim)).unwrap();
-    assert_eq!(contents(&db), states[k], "{what}: a second reopen gives the same state");
-    (k, torn)
+    steps
+        .iter()
+        .take_while(|step| match step {
+            Step::Op(op) => issue(db, op).is_ok(),
+            Step::Checkpoint => db.checkpoint().is_ok(),
+        })
+        .count()
 }
 
 #[test]
@@ -143,11 +74,10 @@ fn crash_at_every_io_op() {
     let (seed, _guard) = common::seeded("crash_at_every_io_op");
     let steps = workload();
     let states = model_states(&steps);
-    let dir = std::path::Path::new("/store");
 
     // Count the workload's storage operations in a run without a crash.
     let sim = SimStorage::new(seed);
-    let db = Db::open_with(dir, options(&sim)).unwrap();
+    let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
     let opened = sim.ops();
     assert_eq!(run(&db, &steps), steps.len());
     let total = sim.ops();
@@ -169,20 +99,21 @@ fn crash_at_every_io_op() {
     for n in opened..=total {
         for (m, mode) in modes.iter().enumerate() {
             let sim = SimStorage::new(seed ^ (n << 8) ^ m as u64);
-            let db = Db::open_with(dir, options(&sim)).unwrap();
+            let opts = options(&sim, SyncMode::Always);
+            let db = Db::open_with(DIR, opts.clone()).unwrap();
             sim.halt_after(Some(n));
             let acked = run(&db, &steps);
             let issued = (acked + 1).min(steps.len());
             sim.crash(*mode);
             drop(db);
-            let (k, torn) = check(
-                dir,
-                &sim,
-                &states,
-                acked,
-                issued,
-                &format!("halt after op {n}, {mode:?}"),
-            );
+            let what = format!("halt after op {n}, {mode:?}");
+            // The first open cuts what is torn (counted here); the oracle then checks it.
+            let torn = Db::open_with(DIR, opts.clone())
+                .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"))
+                .stats()
+                .recovery
+                .torn_tail_bytes;
+            let k = check_oracle(&opts, &states, acked, issued, &what);
             points += 1;
             torn_cuts += u64::from(torn > 0);
             unacked_kept += u64::from(k > acked);

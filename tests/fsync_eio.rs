@@ -27,13 +27,11 @@ fn options(sim: &SimStorage) -> Options {
         .storage(Arc::new(sim.clone()))
 }
 
-#[test]
-fn fsync_eio_fails_the_whole_group_and_poisons() {
-    let sim = SimStorage::new(7);
-    let dir = std::path::Path::new("/eio");
-    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
-    db.put("before", "acknowledged").unwrap();
+type Writer = thread::JoinHandle<sessiondb::Result<()>>;
 
+/// Holds fsyncs at the gate; one writer ("first") goes into its fsync and waits there; then
+/// `WRITERS` more start, and line up in the next commit group behind it.
+fn line_up(sim: &SimStorage, db: &Arc<Db>) -> (Writer, Vec<Writer>) {
     sim.hold_syncs(true);
     let first = {
         let db = db.clone();
@@ -42,12 +40,23 @@ fn fsync_eio_fails_the_whole_group_and_poisons() {
     while sim.syncs_waiting() == 0 {
         thread::yield_now();
     }
-    let writers: Vec<_> = (0..WRITERS)
+    let writers = (0..WRITERS)
         .map(|i| {
             let db = db.clone();
             thread::spawn(move || db.put(format!("w{i}"), format!("v{i}")))
         })
         .collect();
+    (first, writers)
+}
+
+#[test]
+fn fsync_eio_fails_the_whole_group_and_poisons() {
+    let sim = SimStorage::new(7);
+    let dir = std::path::Path::new("/eio");
+    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
+    db.put("before", "acknowledged").unwrap();
+
+    let (first, writers) = line_up(&sim, &db);
     // The first writer is in its fsync; the other 16 wait in the next group (its leader-to-be
     // included).
     while db.stats().writers_waiting < WRITERS as u64 {
@@ -113,20 +122,7 @@ fn sixteen_writers_share_one_failing_group() {
     let sim = SimStorage::new(11);
     let dir = std::path::Path::new("/eio16");
     let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
-    sim.hold_syncs(true);
-    let first = {
-        let db = db.clone();
-        thread::spawn(move || db.put("first", "x"))
-    };
-    while sim.syncs_waiting() == 0 {
-        thread::yield_now();
-    }
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let db = db.clone();
-            thread::spawn(move || db.put(format!("w{i}"), format!("v{i}")))
-        })
-        .collect();
+    let (first, writers) = line_up(&sim, &db);
     while db.stats().writers_waiting < WRITERS as u64 {
         thread::yield_now();
     }
