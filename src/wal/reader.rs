@@ -14,6 +14,10 @@ use crate::limits;
 use crate::options::RecoveryMode;
 use crate::stats::Skipped;
 
+/// Bytes at the end of a file that must be zero for a damaged header to count as a torn
+/// activation of one of our preallocated segments.
+const ZERO_TAIL_MIN: usize = 4096;
+
 /// What to scan and how.
 pub(crate) struct ScanInput<'a> {
     pub bytes: &'a [u8],
@@ -130,8 +134,11 @@ pub(crate) fn scan_segment(
             // A torn activation (the header and the first records were one unsynced write) can
             // only leave a preallocated segment: full size, zeros after what was written. Any
             // other file with a bad header is not a segment of ours and is refused, not erased.
+            // "Zeros after what was written" means at least the last page: random bytes end in a
+            // zero byte often enough (1 in 256) to be mistaken for one otherwise. A segment written
+            // to its last page with a torn header is refused, never erased.
             let dirty_end = nonzero_end(b);
-            let preallocated = b.len() as u64 >= limits::SEGMENT_SIZE_MIN && dirty_end < b.len();
+            let preallocated = b.len() as u64 >= limits::SEGMENT_SIZE_MIN && dirty_end + ZERO_TAIL_MIN <= b.len();
             if input.is_last && !vouched && preallocated && input.mode != RecoveryMode::Strict {
                 scan.dirty_end = dirty_end as u64;
                 return Ok(scan);
