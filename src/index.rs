@@ -169,9 +169,17 @@ impl Source {
 }
 
 /// The ordered map plus the table of files its entries point into.
+///
+/// Two layers: `base`, the snapshot's entries as loaded at open (a sorted `Vec`, built without a
+/// tree, so a million keys load quickly), and `overlay`, every change since (`None` hides a base
+/// entry that was deleted). A key's entry is the overlay's if it has one, else the base's. The
+/// base is never grown; stale base entries stay until the next open.
 #[derive(Default)]
 pub(crate) struct Index {
-    map: BTreeMap<Key, Entry>,
+    base: Vec<(Key, Entry)>,
+    overlay: BTreeMap<Key, Option<Entry>>,
+    /// Keys present (overlay and base together).
+    live: usize,
     /// Slot → the file in it and, once known, how to read it.
     files: Vec<Option<(FileId, Option<Source>)>>,
     slots: HashMap<FileId, Slot>,
@@ -183,15 +191,22 @@ pub(crate) struct Index {
 
 impl Index {
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.live
     }
 
     pub(crate) fn live_bytes(&self) -> u64 {
         self.live_bytes
     }
 
+    fn base_find(&self, key: &[u8]) -> Result<usize, usize> {
+        self.base.binary_search_by(|(k, _)| k.as_bytes().cmp(key))
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.map.get(key)
+        match self.overlay.get(key) {
+            Some(over) => over.as_ref(),
+            None => self.base_find(key).ok().map(|i| &self.base[i].1),
+        }
     }
 
     /// The file in `slot` and how to read it.
@@ -237,41 +252,101 @@ impl Index {
 
     pub(crate) fn put(&mut self, key: Key, entry: Entry) {
         let key_len = key.len() as u64;
-        if let Some(old) = self.map.insert(key, entry) {
-            self.live_bytes -= key_len + u64::from(old.loc.len);
+        let in_base = if self.base.is_empty() {
+            None
+        } else {
+            self.base_find(&key).ok().map(|i| self.base[i].1)
+        };
+        // One search of the overlay: the entry it replaces comes back from the insert (`None`
+        // inside: a base key that was deleted).
+        let replaced = match self.overlay.insert(key, Some(entry)) {
+            Some(over) => over,
+            None => in_base,
+        };
+        match replaced {
+            Some(old) => self.live_bytes -= key_len + u64::from(old.loc.len),
+            None => self.live += 1,
         }
         self.live_bytes += key_len + u64::from(entry.loc.len);
     }
 
     pub(crate) fn delete(&mut self, key: &[u8]) {
-        if let Some(old) = self.map.remove(key) {
-            self.live_bytes -= key.len() as u64 + u64::from(old.loc.len);
+        let Some(old) = self.get(key) else { return };
+        self.live_bytes -= key.len() as u64 + u64::from(old.loc.len);
+        self.live -= 1;
+        if self.base_find(key).is_ok() {
+            self.overlay.insert(Key::from(key), None);
+        } else {
+            self.overlay.remove(key);
         }
     }
 
-    /// Builds the map from entries in strictly ascending key order (snapshot load).
+    /// Makes entries in strictly ascending key order the base (snapshot load, empty index only).
     pub(crate) fn extend_sorted(&mut self, entries: impl IntoIterator<Item = (Key, Entry)>) {
-        debug_assert!(self.map.is_empty(), "bulk load into an empty index only");
-        let mut live = 0u64;
-        self.map = entries
-            .into_iter()
-            .inspect(|(k, e)| live += k.len() as u64 + u64::from(e.loc.len))
-            .collect();
-        self.live_bytes = live;
+        debug_assert!(
+            self.base.is_empty() && self.overlay.is_empty(),
+            "bulk load into an empty index only"
+        );
+        self.base = entries.into_iter().collect();
+        debug_assert!(self.base.windows(2).all(|w| w[0].0 < w[1].0), "base keys ascend");
+        self.live = self.base.len();
+        self.live_bytes = self
+            .base
+            .iter()
+            .map(|(k, e)| k.len() as u64 + u64::from(e.loc.len))
+            .sum();
     }
 
-    /// Up to `max` entries with keys in `(lower, upper)`, in order.
+    /// Up to `max` entries with keys in `(lower, upper)`, in order: the two layers merged, the
+    /// overlay winning on equal keys.
     pub(crate) fn range_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, max: usize) -> Entries {
-        self.map
-            .range::<[u8], _>((lower, upper))
-            .take(max)
-            .map(|(k, e)| (k.clone(), *e))
-            .collect()
+        let mut bi = match lower {
+            Bound::Unbounded => 0,
+            Bound::Included(l) => self.base.partition_point(|(k, _)| k.as_bytes() < l),
+            Bound::Excluded(l) => self.base.partition_point(|(k, _)| k.as_bytes() <= l),
+        };
+        let below_upper = |k: &[u8]| match upper {
+            Bound::Unbounded => true,
+            Bound::Included(u) => k <= u,
+            Bound::Excluded(u) => k < u,
+        };
+        let mut over = self.overlay.range::<[u8], _>((lower, upper)).peekable();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let base = self.base.get(bi).filter(|(k, _)| below_upper(k));
+            let take_base = match (base, over.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((bk, _)), Some((ok, _))) => {
+                    if bk == *ok {
+                        bi += 1; // shadowed by the overlay
+                    }
+                    bk < *ok
+                }
+            };
+            if take_base {
+                if let Some((k, e)) = base {
+                    out.push((k.clone(), *e));
+                }
+                bi += 1;
+            } else if let Some((k, Some(e))) = over.next() {
+                out.push((k.clone(), *e));
+            }
+        }
+        out
     }
 
     /// Points `key` at `loc` if its entry is still the one written at `seq`.
     pub(crate) fn repoint(&mut self, key: &[u8], seq: u64, loc: Loc) -> bool {
-        match self.map.get_mut(key) {
+        let entry = match self.overlay.get_mut(key) {
+            Some(over) => over.as_mut(),
+            None => match self.base_find(key) {
+                Ok(i) => Some(&mut self.base[i].1),
+                Err(_) => None,
+            },
+        };
+        match entry {
             Some(e) if e.seq == seq => {
                 debug_assert_eq!(e.loc.len, loc.len, "same write, same value length");
                 e.loc = loc;
@@ -283,7 +358,7 @@ impl Index {
 
     /// Removes `key` if its entry is still the one written at `seq`.
     pub(crate) fn remove_if_seq(&mut self, key: &[u8], seq: u64) {
-        if self.map.get(key).is_some_and(|e| e.seq == seq) {
+        if self.get(key).is_some_and(|e| e.seq == seq) {
             self.delete(key);
         }
     }
