@@ -11,6 +11,7 @@
 //! A crash before 4 leaves the old snapshot and the whole log; after 4, the new snapshot and
 //! every record after `S` (docs/design.md, "Checkpoint").
 
+use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -179,6 +180,9 @@ fn decode_entries<'a>(
             if e.expires_at_ms != 0 && e.expires_at_ms <= now_ms {
                 continue;
             }
+            let Some(seq) = NonZeroU64::new(e.seq) else {
+                return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
+            };
             let loc = Loc {
                 offset,
                 slot,
@@ -190,7 +194,7 @@ fn decode_entries<'a>(
             out.push((
                 e.key.into(),
                 Entry {
-                    seq: e.seq,
+                    seq,
                     expires_at_ms: e.expires_at_ms,
                     loc,
                 },
@@ -289,7 +293,7 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
         };
         for (key, entry, source) in chunk {
             if !entry.is_live(now) {
-                expired.push((key, entry.seq));
+                expired.push((key, entry.seq.get()));
                 continue;
             }
             let source = source?;
@@ -297,7 +301,7 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
             block.push(SnapshotEntry {
                 key: &key,
                 value: &value,
-                seq: entry.seq,
+                seq: entry.seq.get(),
                 expires_at_ms: entry.expires_at_ms,
             });
             count += 1;

@@ -9,7 +9,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
-use crate::index::{Entry, FileId, Index, Key, Loc, Source, SourceData};
+use crate::index::{entry_seq, Entry, FileId, Index, Key, Loc, Source, SourceData};
 use crate::layout::Layout;
 use crate::options::{Options, SyncMode};
 use crate::stats::{RecoveryReport, Stats};
@@ -403,7 +403,7 @@ impl Engine {
                         index.put(
                             key,
                             Entry {
-                                seq: rec.seq,
+                                seq: entry_seq(rec.seq),
                                 expires_at_ms,
                                 loc,
                             },

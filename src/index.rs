@@ -3,6 +3,7 @@
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -121,14 +122,23 @@ pub(crate) struct Loc {
 /// An index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
-    /// Sequence number of the write that set the value.
-    pub seq: u64,
+    /// Sequence number of the write that set the value. Never 0 (sequence numbers start at 1),
+    /// which lets `Option<Entry>`, the overlay's value, be as small as `Entry`.
+    pub seq: NonZeroU64,
     /// Expiry deadline (ms since the epoch), 0 for none.
     pub expires_at_ms: u64,
     pub loc: Loc,
 }
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 40);
+const _: () = assert!(std::mem::size_of::<Option<Entry>>() == 40);
+
+/// A sequence number as an entry holds it. Sequence numbers start at 1 (the log and the
+/// snapshot reader never produce 0), so this is the number itself.
+pub(crate) fn entry_seq(seq: u64) -> NonZeroU64 {
+    debug_assert!(seq > 0, "sequence numbers start at 1");
+    NonZeroU64::MIN.saturating_add(seq.saturating_sub(1))
+}
 
 impl Entry {
     pub(crate) fn is_live(&self, now_ms: u64) -> bool {
@@ -347,7 +357,7 @@ impl Index {
             },
         };
         match entry {
-            Some(e) if e.seq == seq => {
+            Some(e) if e.seq.get() == seq => {
                 debug_assert_eq!(e.loc.len, loc.len, "same write, same value length");
                 e.loc = loc;
                 true
@@ -358,7 +368,7 @@ impl Index {
 
     /// Removes `key` if its entry is still the one written at `seq`.
     pub(crate) fn remove_if_seq(&mut self, key: &[u8], seq: u64) {
-        if self.get(key).is_some_and(|e| e.seq == seq) {
+        if self.get(key).is_some_and(|e| e.seq.get() == seq) {
             self.delete(key);
         }
     }

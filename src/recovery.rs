@@ -10,7 +10,7 @@ use crate::checkpoint::{self, LoadedSnapshot};
 use crate::engine::Recovered;
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RecordRef, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use crate::index::{Entries, Entry, FileId, Index, Loc, Source};
+use crate::index::{entry_seq, Entries, Entry, FileId, Index, Loc, Source};
 use crate::layout::{self, FileKind, Layout};
 use crate::options::{Options, RecoveryMode};
 use crate::stats::{RecoveryReport, Skipped};
@@ -513,7 +513,7 @@ fn apply_record(
                 index.put(
                     key.into(),
                     Entry {
-                        seq: rec.seq,
+                        seq: entry_seq(rec.seq),
                         expires_at_ms,
                         loc,
                     },
