@@ -212,6 +212,7 @@ fn decode_entries<'a>(
 /// Runs one checkpoint. Returns when the snapshot is durable and the files it covers are gone.
 pub(crate) fn run(engine: &Engine) -> Result<()> {
     let _one_at_a_time = engine.checkpoint_lock.lock();
+    let started = std::time::Instant::now();
     engine.check_poison()?;
     let applied = engine.index.read().applied_seq;
     let last = engine.snapshots.lock().last().map(|s| s.0);
@@ -249,6 +250,8 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     };
     remove_covered(engine, base_seq, &old)?;
     engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    let snapshot_bytes = bytes.bytes().len() as u64;
+    engine.counters.telemetry.checkpoint(started.elapsed(), snapshot_bytes);
     engine
         .counters
         .log_bytes_since_checkpoint

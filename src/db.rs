@@ -50,6 +50,7 @@ impl Db {
         let guard = recovery::lock(options.storage.as_ref(), &layout)?;
         let spare = Arc::new(SpareSlot::default());
         let recovered = recovery::recover(&layout, &options, &spare)?;
+        crate::telemetry::recovered(recovered.report.duration);
         let engine = Arc::new(Engine::new(layout, options, spare, guard, recovered));
         if engine.opts.recovery_mode == RecoveryMode::Salvage && !engine.recovery.skipped.is_empty() {
             // What salvage recovered becomes the new truth before anyone reads it: a later open

@@ -14,6 +14,7 @@ use crate::layout::Layout;
 use crate::options::{Options, SyncMode};
 use crate::stats::{RecoveryReport, Stats};
 use crate::storage::{read_exact_at, LockGuard, Storage};
+use crate::telemetry::Telemetry;
 use crate::wal::writer::{LogWriter, PendingRecord, Placement, SegmentFile, SpareSlot};
 
 /// An index change a record makes once durable.
@@ -93,6 +94,8 @@ pub(crate) struct Counters {
     pub checkpoints: AtomicU64,
     pub log_bytes_since_checkpoint: AtomicU64,
     pub writers_waiting: AtomicU64,
+    /// fsync latency, checkpoint durations and bytes, expired entries swept.
+    pub telemetry: Telemetry,
 }
 
 /// Signals to the background threads.
@@ -328,12 +331,14 @@ impl Engine {
         // by the leader.
         if self.opts.sync_mode == SyncMode::Always {
             let (active_id, active_file) = active;
+            let started = std::time::Instant::now();
             if let Err(e) = active_file.sync_data() {
                 let e = Error::io("fdatasync", self.layout.segment(active_id), e);
                 self.poison(&e);
                 return Err(e);
             }
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.counters.telemetry.fsync(started.elapsed());
             self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
         }
         self.apply(records, applies, placement);
@@ -424,6 +429,7 @@ impl Engine {
         c.commit_group_size_max.fetch_max(size as u64, Ordering::Relaxed);
         let bucket = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
         c.commit_group_sizes[bucket.min(7)].fetch_add(1, Ordering::Relaxed);
+        c.telemetry.commit_group(size);
     }
 
     fn maybe_request_checkpoint(&self) {
@@ -453,12 +459,14 @@ impl Engine {
         }
         // NOTE: no lock is held across the fsync; a segment sealed meanwhile was fsynced by the
         // roll, so syncing the segment that was active covers everything up to `target`.
+        let started = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
             let e = Error::io("fdatasync", path, e);
             self.poison(&e);
             return Err(e);
         }
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.telemetry.fsync(started.elapsed());
         self.durable_seq.fetch_max(target, Ordering::AcqRel);
         Ok(())
     }
@@ -584,7 +592,7 @@ impl Engine {
         for (s, a) in sizes.iter_mut().zip(&c.commit_group_sizes) {
             *s = load(a);
         }
-        Stats {
+        let mut stats = Stats {
             keys,
             live_bytes,
             dead_bytes: (log_bytes + snapshot_bytes).saturating_sub(live_bytes),
@@ -601,7 +609,10 @@ impl Engine {
             commit_group_sizes: sizes,
             checkpoints: load(&c.checkpoints),
             recovery: self.recovery.clone(),
-        }
+            ..Stats::default()
+        };
+        c.telemetry.fill(&mut stats);
+        stats
     }
 }
 

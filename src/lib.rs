@@ -16,6 +16,7 @@ mod options;
 mod recovery;
 mod stats;
 pub mod storage;
+pub mod telemetry;
 mod wal;
 
 pub use batch::Batch;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::telemetry::LatencyHistogram;
+
 /// Counters and sizes of an open store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -38,6 +40,19 @@ pub struct Stats {
     pub commit_group_sizes: [u64; 8],
     /// Checkpoints completed since open.
     pub checkpoints: u64,
+    /// Latency of the fsyncs on the commit path (each commit group's in `SyncMode::Always`, and
+    /// each [`crate::Db::sync`]'s) since open.
+    pub fsync_latency: LatencyHistogram,
+    /// Time the last checkpoint took, from its start until the log it covers was deleted.
+    pub checkpoint_duration_last: Duration,
+    /// Time all checkpoints since open took together.
+    pub checkpoint_duration_total: Duration,
+    /// Bytes of the snapshot the last checkpoint wrote.
+    pub checkpoint_bytes_last: u64,
+    /// Bytes of snapshots written by checkpoints since open.
+    pub checkpoint_bytes_total: u64,
+    /// Expired entries removed from the index by the expiry sweeper since open.
+    pub expired_swept: u64,
     /// What the last open found and did.
     pub recovery: RecoveryReport,
 }
