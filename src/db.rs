@@ -204,6 +204,10 @@ impl Db {
         self.engine.stats()
     }
 
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Syncs, stops the background threads, checkpoints if automatic checkpoints are on and
     /// enough log was written, and releases the lock.
     pub fn close(mut self) -> Result<()> {
@@ -249,7 +253,7 @@ impl Drop for Db {
 }
 
 /// The smallest key greater than every key starting with `prefix`, if any.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut p = prefix.to_vec();
     while let Some(last) = p.pop() {
         if last < u8::MAX {

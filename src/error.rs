@@ -78,6 +78,17 @@ pub enum Error {
     /// The store was closed (or is closing).
     #[error("the store is closed")]
     Closed,
+
+    /// A path cannot be used for what it was given for: a directory given as a store holds no
+    /// store (no lock file, log directory or snapshot), or a destination that must not exist yet
+    /// (a backup's, a restore's) does.
+    #[error("{}: {reason}", path.display())]
+    InvalidPath {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it, e.g. `not a sessiondb store`.
+        reason: String,
+    },
 }
 
 /// `Result` with sessiondb's [`Error`].

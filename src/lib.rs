@@ -10,6 +10,7 @@ mod engine;
 mod error;
 pub mod format;
 mod index;
+pub mod inspect;
 pub mod layout;
 pub mod limits;
 mod options;

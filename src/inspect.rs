@@ -1,0 +1,901 @@
+//! Looking inside a store without changing it: its files, their records and entries, its
+//! statistics, its live entries, and [`verify`], which lists every problem it finds.
+//!
+//! Nothing here writes a byte, removes a file or takes the store's lock, so all of it works on
+//! a store that another process has open. Two tools:
+//!
+//! - **A read-only view** ([`View`]): the real recovery (`recovery.rs`) runs on a copy-on-write
+//!   overlay of the store's files (`storage/overlay.rs`), so the view sees exactly what an open
+//!   would, while whatever recovery would change (a torn tail cut, temp files removed) changes
+//!   only in memory. Segments are copied into memory as they are read, so a segment another
+//!   process appends to is judged on one consistent copy.
+//! - **A file-by-file check** (part of [`verify`]): every snapshot block and every log record is
+//!   read and checked, and damage is reported with the file, the offset, the bytes it covers
+//!   and, where the log shows it, the records lost, instead of stopping at the first error.
+//!
+//! **A store that is open elsewhere** keeps changing: a checkpoint adds a snapshot and deletes
+//! segments, a roll starts a segment. Each pass reads the file list, then the files; a pass that
+//! fails (or, in `verify`, finds problems) while the file list changed under it is repeated, so
+//! what is reported is a consistent prefix of the store, not an artefact of reading it while
+//! it moved. Values are read from files that are never truncated, so no read sees a hole.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::db::{prefix_successor, Db};
+use crate::engine::ScanItem;
+use crate::error::{Error, Result};
+use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
+use crate::layout::{self, FileKind, Layout};
+use crate::limits;
+use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::stats::Stats;
+use crate::storage::overlay::Overlay;
+use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
+use crate::wal::reader::{self, ScanInput};
+
+/// Passes over a store that changed while it was read, before the last result stands.
+const PASSES_MAX: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// The files of a store, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Inventory {
+    /// Log segments `(id, path, size)`, in log order.
+    pub segments: Vec<(u64, PathBuf, u64)>,
+    /// Snapshots `(base sequence number, path, size)`, oldest first.
+    pub snapshots: Vec<(u64, PathBuf, u64)>,
+    /// Temporary files of an interrupted or running checkpoint or segment creation (an open
+    /// removes them).
+    pub temp_files: Vec<PathBuf>,
+    /// Damaged files set aside by [`crate::repair`] (`*.broken`).
+    pub broken_files: Vec<PathBuf>,
+    /// The format version in the headers of the store's segments and snapshots (the highest
+    /// one, if they differ); `None` if no file has a readable header yet.
+    pub format_version: Option<u32>,
+}
+
+impl Inventory {
+    /// Bytes in segments and snapshots.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().chain(&self.snapshots).map(|f| f.2).sum()
+    }
+}
+
+/// Every name in the store's directory and its `wal/` directory (`wal/` names prefixed), sorted:
+/// two equal listings mean no file was created, renamed or removed in between.
+fn listing(storage: &dyn Storage, layout: &Layout) -> Result<Vec<OsString>> {
+    let dir = layout.dir();
+    let mut names = storage.list(dir).map_err(|e| Error::io("list", dir, e))?;
+    match storage.list(layout.wal_dir()) {
+        Ok(wal) => names.extend(wal.into_iter().map(|n| {
+            let mut p = OsString::from("wal/");
+            p.push(n);
+            p
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("list", layout.wal_dir(), e)),
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Refuses a directory that holds no store (so nothing reads an empty or unrelated directory
+/// as an empty store).
+pub(crate) fn check_is_store(storage: &dyn Storage, layout: &Layout) -> Result<()> {
+    let dir = layout.dir();
+    let not_a_store = |reason: &str| Error::InvalidPath {
+        path: dir.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let names = match storage.list(dir) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_a_store("no such directory")),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Err(not_a_store("not a directory")),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let ours = names.iter().any(|n| {
+        n == layout::LOCK_FILE || n == layout::WAL_DIR || matches!(layout::classify(n), Some(FileKind::Snapshot(_)))
+    });
+    if !ours {
+        return Err(not_a_store(
+            "not a sessiondb store (no LOCK file, wal/ directory or snapshot)",
+        ));
+    }
+    Ok(())
+}
+
+/// The store's files. Reads 16 bytes of each segment and snapshot (the format version).
+pub fn inventory(dir: impl AsRef<Path>) -> Result<Inventory> {
+    inventory_in(&FsStorage, &Layout::new(dir.as_ref()))
+}
+
+pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inventory> {
+    check_is_store(storage, layout)?;
+    let mut inv = Inventory::default();
+    for name in listing(storage, layout)? {
+        let (path, name) = match name.to_str().and_then(|n| n.strip_prefix("wal/")) {
+            Some(n) => (layout.wal_dir().join(n), OsString::from(n)),
+            None => (layout.dir().join(&name), name),
+        };
+        let size = || file_size(storage, &path);
+        match layout::classify(&name) {
+            Some(FileKind::Segment(id)) => inv.segments.push((id, path.clone(), size()?)),
+            Some(FileKind::Snapshot(seq)) => inv.snapshots.push((seq, path.clone(), size()?)),
+            Some(FileKind::SnapshotTmp(_) | FileKind::SegmentTmp(_)) => inv.temp_files.push(path),
+            None if name.to_str().is_some_and(|n| n.ends_with(BROKEN_SUFFIX)) => inv.broken_files.push(path),
+            None => {}
+        }
+    }
+    inv.segments.sort();
+    inv.snapshots.sort();
+    for (_, path, _) in inv.segments.iter().chain(&inv.snapshots) {
+        if let Some(v) = preamble_version(storage, path)? {
+            inv.format_version = Some(inv.format_version.map_or(v, |w: u32| w.max(v)));
+        }
+    }
+    Ok(inv)
+}
+
+/// The suffix [`crate::repair`] gives a damaged file it sets aside.
+pub(crate) const BROKEN_SUFFIX: &str = ".broken";
+
+/// Size of a file; 0 if it vanished since it was listed (a store open elsewhere).
+fn file_size(storage: &dyn Storage, path: &Path) -> Result<u64> {
+    match storage.open(path, OpenMode::Read) {
+        Ok(f) => f.len().map_err(|e| Error::io("stat", path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io("open", path, e)),
+    }
+}
+
+/// The version in a header's preamble, if the preamble verifies (never trusting a damaged one).
+fn preamble_version(storage: &dyn Storage, path: &Path) -> Result<Option<u32>> {
+    let file = match storage.open(path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let mut b = [0u8; 16];
+    if file.len().map_err(|e| Error::io("stat", path, e))? < 16 {
+        return Ok(None);
+    }
+    read_exact_at(file.as_ref(), &mut b, 0).map_err(|e| Error::read(path, e))?;
+    let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    let crc = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
+    let ours = b[..8] == format::SEGMENT_MAGIC || b[..8] == format::SNAPSHOT_MAGIC;
+    Ok((ours && crc32fast::hash(&b[..12]) == crc).then_some(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The read-only view
+
+/// A store opened read-only: the state an open would recover, computed without changing a byte
+/// of the store or taking its lock (see the module docs).
+#[derive(Debug)]
+pub struct View {
+    db: Db,
+}
+
+/// A live entry, as [`View::entries`] yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LiveEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Sequence number of the write that set the value.
+    pub seq: u64,
+    /// Expiry deadline in milliseconds since the Unix epoch, if the entry expires.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Options for running recovery on an overlay: no background threads, no automatic checkpoint,
+/// and small segments, so the segment an open may create costs 64 KiB of memory, not 64 MiB.
+/// (Replay bounds lengths by the format, not by these options: `recovery.rs`.)
+fn view_options(overlay: Arc<Overlay>, mode: RecoveryMode) -> Options {
+    Options::new()
+        .storage(overlay)
+        .recovery_mode(mode)
+        .auto_checkpoint(false)
+        .preallocate_ahead(false)
+        .sync_mode(SyncMode::Never)
+        .segment_size(limits::SEGMENT_SIZE_MIN)
+        .value_size_max(4096)
+        .batch_size_max(16 * 1024)
+}
+
+impl View {
+    /// Opens the store in `dir` read-only, as a default open would recover it (a torn tail is
+    /// cut in the view; other damage is an error).
+    pub fn open(dir: impl AsRef<Path>) -> Result<View> {
+        View::open_in(Arc::new(FsStorage), dir.as_ref(), RecoveryMode::TolerateTornTail)
+    }
+
+    pub(crate) fn open_in(storage: Arc<dyn Storage>, dir: &Path, mode: RecoveryMode) -> Result<View> {
+        let layout = Layout::new(dir);
+        check_is_store(storage.as_ref(), &layout)?;
+        let mut pass = 0;
+        loop {
+            pass += 1;
+            let before = listing(storage.as_ref(), &layout)?;
+            let overlay = Arc::new(Overlay::new(storage.clone()));
+            let err = match View::open_on(overlay, dir, mode) {
+                Ok(view) => return Ok(view),
+                Err(e) => e,
+            };
+            // A store open elsewhere may have checkpointed or rolled while it was read: a file
+            // gone, or a snapshot and a log listed at different moments. Read it again.
+            let vanished = matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
+            let changed = listing(storage.as_ref(), &layout)? != before;
+            if pass >= PASSES_MAX || !(vanished || changed) {
+                return Err(err);
+            }
+        }
+    }
+
+    /// One pass of [`View::open_in`], on an overlay the caller may have changed first (repair
+    /// puts salvaged snapshots in it).
+    pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode) -> Result<View> {
+        Db::open_with(dir, view_options(overlay, mode)).map(|db| View { db })
+    }
+
+    /// The store's statistics as an open would start with them. `recovery.duration` is the
+    /// time this view's recovery took: about what opening the store would take.
+    pub fn stats(&self) -> Stats {
+        self.db.stats()
+    }
+
+    /// The value of `key`, or `None` if absent or expired.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.db.get(key)
+    }
+
+    /// Live entries whose keys start with `prefix`, in key order, with their expiry.
+    pub fn entries(&self, prefix: impl AsRef<[u8]>) -> Entries<'_> {
+        let prefix = prefix.as_ref().to_vec();
+        let upper = prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        Entries {
+            view: self,
+            lower: Bound::Included(prefix),
+            upper,
+            buffer: Default::default(),
+            done: false,
+        }
+    }
+}
+
+/// Live entries of a [`View`], in key order.
+pub struct Entries<'a> {
+    view: &'a View,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    buffer: std::collections::VecDeque<ScanItem>,
+    done: bool,
+}
+
+fn as_ref_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<LiveEntry>;
+
+    fn next(&mut self) -> Option<Result<LiveEntry>> {
+        let engine = self.view.db.engine();
+        loop {
+            if let Some((key, entry, source)) = self.buffer.pop_front() {
+                if !entry.is_live(engine.now_ms()) {
+                    continue;
+                }
+                let value = match engine.read_value(&source, entry.loc) {
+                    Ok(v) => v,
+                    Err(e) => return Some(Err(e)),
+                };
+                return Some(Ok(LiveEntry {
+                    key: key.to_vec(),
+                    value,
+                    seq: entry.seq.get(),
+                    expires_at_ms: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
+                }));
+            }
+            if self.done {
+                return None;
+            }
+            match engine.scan_chunk(as_ref_bound(&self.lower), as_ref_bound(&self.upper)) {
+                Ok(chunk) => {
+                    match chunk.last() {
+                        Some((k, _, _)) => self.lower = Bound::Excluded(k.to_vec()),
+                        None => self.done = true,
+                    }
+                    self.buffer.extend(chunk);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verify
+
+/// A problem [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The file.
+    pub path: PathBuf,
+    /// Where the problem starts in it.
+    pub offset: u64,
+    /// What is wrong.
+    pub reason: String,
+    /// Bytes the damage covers (up to the next thing that verifies), where known.
+    pub bytes: Option<u64>,
+    /// Log records lost in the damage (the gap in sequence numbers around it), where known.
+    pub records_lost: Option<u64>,
+}
+
+/// One log segment as [`verify`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SegmentCheck {
+    /// The file.
+    pub path: PathBuf,
+    /// Its id.
+    pub id: u64,
+    /// Its size.
+    pub size: u64,
+    /// What it is to the log.
+    pub state: SegmentState,
+    /// Sequence numbers of its first and last valid record.
+    pub seqs: Option<(u64, u64)>,
+    /// Valid records read.
+    pub records: u64,
+    /// End of its last valid record.
+    pub valid_end: u64,
+}
+
+/// What a segment is to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SegmentState {
+    /// Part of the log after the newest snapshot: read and checked.
+    Live,
+    /// Wholly covered by the newest snapshot (deleted at the next open): not read.
+    Covered,
+    /// Preallocated and never written.
+    Spare,
+}
+
+/// One snapshot as [`verify`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotCheck {
+    /// The file.
+    pub path: PathBuf,
+    /// Its base sequence number.
+    pub base_seq: u64,
+    /// Its size.
+    pub size: u64,
+    /// Entries read from blocks that verify.
+    pub entries: u64,
+    /// Whether every byte of it verifies.
+    pub intact: bool,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// Every problem, by file and offset. Empty when the store is intact.
+    pub problems: Vec<Problem>,
+    /// Things worth knowing that are not damage: a torn tail the next open cuts (writes never
+    /// acknowledged as durable), leftover temp files, files set aside by repair.
+    pub notes: Vec<String>,
+    /// The segments, in log order.
+    pub segments: Vec<SegmentCheck>,
+    /// The snapshots, oldest first.
+    pub snapshots: Vec<SnapshotCheck>,
+    /// Live keys an open would find (when it succeeds).
+    pub keys: Option<u64>,
+    /// The last sequence number an open would find (when it succeeds).
+    pub last_seq: Option<u64>,
+    /// Passes over the store (more than one when it changed while being read, or when problems
+    /// were found and checked again).
+    pub passes: usize,
+}
+
+impl VerifyReport {
+    /// True when nothing is damaged: an open succeeds and every byte verifies.
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks every file of the store in `dir` without changing anything or taking its lock, and
+/// lists every problem by file and offset. Works on a store another process has open (reading a
+/// consistent prefix of it). `Err` only when `dir` is not a store or cannot be listed; damage,
+/// unreadable files included, is reported in [`VerifyReport::problems`].
+pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+    verify_in(Arc::new(FsStorage), dir.as_ref())
+}
+
+pub(crate) fn verify_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyReport> {
+    let layout = Layout::new(dir);
+    check_is_store(storage.as_ref(), &layout)?;
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        let before = listing(storage.as_ref(), &layout)?;
+        let mut report = verify_once(&storage, &layout)?;
+        report.passes = pass;
+        if report.is_intact() || pass >= PASSES_MAX {
+            return Ok(report);
+        }
+        // Problems: real damage stays; what a concurrent writer caused (a file list that moved,
+        // a record read while it was being written) does not. One more pass always, more while
+        // the file list keeps changing.
+        let changed = listing(storage.as_ref(), &layout)? != before;
+        if !changed && pass >= 2 {
+            return Ok(report);
+        }
+    }
+}
+
+fn verify_once(storage: &Arc<dyn Storage>, layout: &Layout) -> Result<VerifyReport> {
+    let inv = inventory_in(storage.as_ref(), layout)?;
+    let mut report = VerifyReport {
+        dir: layout.dir().to_path_buf(),
+        ..VerifyReport::default()
+    };
+    for p in &inv.temp_files {
+        report.notes.push(format!(
+            "{}: temporary file of a checkpoint or segment creation in progress or interrupted (an open removes it)",
+            p.display()
+        ));
+    }
+    for p in &inv.broken_files {
+        report
+            .notes
+            .push(format!("{}: a damaged file set aside by repair", p.display()));
+    }
+    let mut newest_intact = None;
+    for (base, path, size) in &inv.snapshots {
+        let check = check_snapshot_file(storage.as_ref(), path, *base, *size, &mut report.problems);
+        if check.intact {
+            newest_intact = Some(*base);
+        }
+        report.snapshots.push(check);
+    }
+    check_segments(storage.as_ref(), &inv, newest_intact.unwrap_or(0), &mut report);
+    // The open an application would do, on a read-only view: catches what no single file shows
+    // (a missing segment, a log that does not reach a snapshot's end).
+    match View::open_in(storage.clone(), layout.dir(), RecoveryMode::TolerateTornTail) {
+        Ok(view) => {
+            let s = view.stats();
+            report.keys = Some(s.keys);
+            report.last_seq = Some(s.last_seq);
+        }
+        Err(e) => {
+            let p = problem_of(layout.dir(), &e);
+            if !report.problems.iter().any(|q| q.path == p.path) {
+                report.problems.push(p);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// An error as a problem of the file it names.
+fn problem_of(dir: &Path, e: &Error) -> Problem {
+    let (path, offset) = match e {
+        Error::Corruption { path, offset, .. } => (path.clone(), *offset),
+        Error::Io { path, offset, .. } => (path.clone(), offset.unwrap_or(0)),
+        Error::UnsupportedFormat { path, .. } => (path.clone(), 0),
+        _ => (dir.to_path_buf(), 0),
+    };
+    let reason = match e {
+        Error::Corruption { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    Problem {
+        path,
+        offset,
+        reason,
+        bytes: None,
+        records_lost: None,
+    }
+}
+
+fn problem(path: &Path, offset: u64, reason: impl Into<String>) -> Problem {
+    Problem {
+        path: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+        bytes: None,
+        records_lost: None,
+    }
+}
+
+/// Reads a whole file (a copy: a segment may be appended to while it is checked).
+pub(crate) fn read_whole(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open", path, e))?;
+    let len = file.len().map_err(|e| Error::io("stat", path, e))?;
+    let len = usize::try_from(len).map_err(|_| Error::io("read", path, io::Error::other("file too large")))?;
+    let mut buf = vec![0u8; len];
+    read_exact_at(file.as_ref(), &mut buf, 0).map_err(|e| Error::read(path, e))?;
+    Ok(buf)
+}
+
+/// Checks a snapshot block by block, going on past a block whose checksum fails.
+fn check_snapshot_file(
+    storage: &dyn Storage,
+    path: &Path,
+    base: u64,
+    size: u64,
+    problems: &mut Vec<Problem>,
+) -> SnapshotCheck {
+    let mut check = SnapshotCheck {
+        path: path.to_path_buf(),
+        base_seq: base,
+        size,
+        entries: 0,
+        intact: false,
+    };
+    let loaded = storage
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open", path, e))
+        .and_then(|f| FileBytes::load(f.as_ref()).map_err(|e| Error::read(path, e)));
+    let bytes = match loaded {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(problem_of(path, &e));
+            return check;
+        }
+    };
+    let found_before = problems.len();
+    check.entries = walk_snapshot(bytes.bytes(), path, base, problems).entries;
+    check.intact = problems.len() == found_before;
+    check
+}
+
+/// What a walk over a snapshot's blocks found.
+struct SnapshotWalk {
+    /// Entries in blocks that verify.
+    entries: u64,
+    /// Byte ranges of the blocks that verify, in file order.
+    verified_blocks: Vec<std::ops::Range<usize>>,
+    /// The footer, if it verifies.
+    footer: Option<format::SnapshotFooter>,
+    /// The version in the header, if it is not ours (nothing else is read then).
+    unsupported: bool,
+}
+
+/// Checks a snapshot's bytes (docs/format.md, "What a reader checks"), going on past a block
+/// whose checksum fails.
+fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> SnapshotWalk {
+    let mut walk = SnapshotWalk {
+        entries: 0,
+        verified_blocks: Vec::new(),
+        footer: None,
+        unsupported: false,
+    };
+    match format::decode_snapshot_header(b) {
+        HeaderState::Valid(seq) if seq == base => {}
+        HeaderState::Valid(seq) => problems.push(problem(path, 0, format!("snapshot header says base sequence {seq}"))),
+        HeaderState::UnsupportedVersion(v) => {
+            problems.push(problem(
+                path,
+                0,
+                format!(
+                    "format version {v} is not supported (this build reads version {})",
+                    format::FORMAT_VERSION
+                ),
+            ));
+            walk.unsupported = true;
+            return walk;
+        }
+        HeaderState::Zero => problems.push(problem(path, 0, "snapshot header is zero")),
+        HeaderState::Damaged(d) => problems.push(problem(path, d.offset, d.reason)),
+    }
+    walk.footer = match format::decode_snapshot_footer(b) {
+        Ok(f) => {
+            if f.base_seq != base {
+                problems.push(problem(
+                    path,
+                    f.footer_offset,
+                    "snapshot footer disagrees with its header",
+                ));
+            }
+            Some(f)
+        }
+        Err(d) => {
+            problems.push(problem(path, d.offset, d.reason));
+            None
+        }
+    };
+    // Without a footer, walk the blocks to where the footer would be.
+    let end = walk
+        .footer
+        .map_or(b.len().saturating_sub(format::SNAPSHOT_FOOTER_SIZE), |f| {
+            f.footer_offset as usize
+        });
+    let mut at = SNAPSHOT_HEADER_SIZE.min(end);
+    let mut all_verified = true;
+    let mut prev_key: Option<&[u8]> = None;
+    while at < end {
+        let frame = match format::block_frame(&b[at..end]) {
+            Ok(f) => f,
+            Err(d) => {
+                // The length is damaged: where the next block starts is unknown.
+                let mut p = problem(path, at as u64 + d.offset, d.reason);
+                p.bytes = Some((end - at) as u64);
+                problems.push(p);
+                return walk;
+            }
+        };
+        let verified =
+            format::verify_block(&b[at..end], frame).and_then(|()| format::decode_block_entries(&b[at..end], frame));
+        match verified {
+            Ok(decoded) => {
+                let before = problems.len();
+                for d in &decoded {
+                    let offset = (at + d.value_at) as u64;
+                    if prev_key.is_some_and(|p| p >= d.entry.key) {
+                        problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
+                    }
+                    if d.entry.seq == 0 {
+                        problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
+                    }
+                    prev_key = Some(d.entry.key);
+                }
+                if problems.len() == before {
+                    walk.entries += decoded.len() as u64;
+                    walk.verified_blocks.push(at..at + frame.len);
+                } else {
+                    all_verified = false;
+                }
+            }
+            Err(d) => {
+                all_verified = false;
+                let mut p = problem(path, at as u64 + d.offset, d.reason);
+                p.bytes = Some(frame.len as u64);
+                problems.push(p);
+                // Its keys are unknown: the order check starts again after it.
+                prev_key = None;
+            }
+        }
+        at += frame.len;
+    }
+    if let Some(f) = walk.footer {
+        if all_verified && walk.entries != f.entry_count {
+            problems.push(problem(
+                path,
+                f.footer_offset,
+                format!(
+                    "snapshot holds {} entries, its footer says {}",
+                    walk.entries, f.entry_count
+                ),
+            ));
+        }
+    }
+    walk
+}
+
+/// A damaged snapshot rebuilt from its blocks that verify, for [`crate::repair`]: a valid
+/// snapshot with the same base sequence number holding every entry that could be read. Returns
+/// its bytes, the entries it holds, and the entries the footer says the original held (when the
+/// footer verifies). `None` if nothing of it can be used (another format version).
+pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<u8>, u64, Option<u64>)> {
+    let walk = walk_snapshot(b, path, base, &mut Vec::new());
+    if walk.unsupported {
+        return None;
+    }
+    let mut out = format::encode_snapshot_header(base).to_vec();
+    for r in &walk.verified_blocks {
+        out.extend_from_slice(&b[r.clone()]);
+    }
+    // The entries kept were written no later than the original's end_seq, which recovery then
+    // expects the log to reach; without a footer, the base is all that is known.
+    let end_seq = walk.footer.map_or(base, |f| f.end_seq.max(base));
+    let footer = format::encode_snapshot_footer(format::SnapshotFooter {
+        entry_count: walk.entries,
+        base_seq: base,
+        end_seq,
+        footer_offset: out.len() as u64,
+    });
+    out.extend_from_slice(&footer);
+    Some((out, walk.entries, walk.footer.map(|f| f.entry_count)))
+}
+
+/// What a segment's header says, read from its first bytes.
+fn header_first_seq(storage: &dyn Storage, path: &Path, id: u64) -> (Option<u64>, bool) {
+    let Ok(file) = storage.open(path, OpenMode::Read) else {
+        return (None, false);
+    };
+    let len = file.len().unwrap_or(0);
+    let mut head = vec![0u8; SEGMENT_HEADER_SIZE.min(len as usize)];
+    if read_exact_at(file.as_ref(), &mut head, 0).is_err() {
+        return (None, false);
+    }
+    match format::decode_segment_header(&head) {
+        HeaderState::Valid(h) if h.segment_id == id => (Some(h.first_seq), false),
+        HeaderState::Zero => (None, true),
+        _ => (None, false),
+    }
+}
+
+/// Scans every segment of the live log (as recovery chooses them: after the covered ones, up to
+/// the last one written), listing damage with the bytes and records it covers.
+fn check_segments(storage: &dyn Storage, inv: &Inventory, base: u64, report: &mut VerifyReport) {
+    let heads: Vec<(Option<u64>, bool)> = inv
+        .segments
+        .iter()
+        .map(|(id, path, _)| header_first_seq(storage, path, *id))
+        .collect();
+    let last_used = heads.iter().rposition(|h| !h.1);
+    let mut covered = 0;
+    while covered + 1 < heads.len() && heads[covered + 1].0.is_some_and(|f| f <= base + 1) {
+        covered += 1;
+    }
+    let mut expected: Option<u64> = None;
+    for (i, (id, path, size)) in inv.segments.iter().enumerate() {
+        let state = if i < covered {
+            SegmentState::Covered
+        } else if last_used.is_none_or(|l| i > l) {
+            SegmentState::Spare
+        } else {
+            SegmentState::Live
+        };
+        let mut check = SegmentCheck {
+            path: path.clone(),
+            id: *id,
+            size: *size,
+            state,
+            seqs: None,
+            records: 0,
+            valid_end: 0,
+        };
+        if state == SegmentState::Live {
+            if i > 0 && inv.segments[i - 1].0 + 1 != *id {
+                // A gap in the ids: recovery judges whether it is a checkpoint's leftover.
+                expected = None;
+            }
+            let is_last = last_used == Some(i);
+            expected = scan_one(path, *id, is_last, expected, storage, &mut check, report);
+        }
+        report.segments.push(check);
+    }
+}
+
+/// Scans one segment in salvage mode (which goes on past damage and lists it); returns the
+/// sequence number the next segment must start at.
+fn scan_one(
+    path: &Path,
+    id: u64,
+    is_last: bool,
+    expected: Option<u64>,
+    storage: &dyn Storage,
+    check: &mut SegmentCheck,
+    report: &mut VerifyReport,
+) -> Option<u64> {
+    let bytes = match read_whole(storage, path) {
+        Ok(b) => b,
+        Err(e) => {
+            report.problems.push(problem_of(path, &e));
+            return None;
+        }
+    };
+    let input = ScanInput {
+        bytes: &bytes,
+        segment_id: id,
+        path,
+        payload_max: limits::RECORD_PAYLOAD_MAX,
+        is_last,
+        mode: RecoveryMode::Salvage,
+        expected_seq: expected,
+    };
+    // (offset, seq) of every valid record, to measure the damage between them.
+    let mut records: Vec<(u64, u64)> = Vec::new();
+    let mut undecodable = Vec::new();
+    let scanned = reader::scan_segment(&input, |offset, rec| {
+        records.push((offset, rec.seq));
+        if let Err(d) = format::decode_ops(rec.payload) {
+            undecodable.push(problem(
+                path,
+                offset + format::RECORD_HEADER_SIZE as u64 + d.offset,
+                d.reason,
+            ));
+        }
+        Ok(())
+    });
+    let scan = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            report.problems.push(problem_of(path, &e));
+            return None;
+        }
+    };
+    check.records = records.len() as u64;
+    check.valid_end = scan.valid_end;
+    check.seqs = records.first().zip(records.last()).map(|(f, l)| (f.1, l.1));
+    let first_expected = scan.header.map(|h| h.first_seq).or(expected);
+    for s in &scan.skipped {
+        let before = records.iter().rev().find(|r| r.0 < s.offset).map(|r| r.1 + 1);
+        let after = records.iter().find(|r| r.0 > s.offset);
+        let mut p = problem(path, s.offset, s.reason.clone());
+        match after {
+            Some(&(at, seq)) => {
+                p.bytes = Some(at - s.offset);
+                p.records_lost = before.or(first_expected).map(|want| seq.saturating_sub(want));
+            }
+            None => p.bytes = Some(scan.dirty_end.saturating_sub(s.offset)),
+        }
+        report.problems.push(p);
+    }
+    report.problems.extend(undecodable);
+    if is_last && scan.dirty_end > scan.valid_end {
+        report.notes.push(format!(
+            "{}: torn tail of {} bytes at offset {} (writes never known durable; the next open cuts it)",
+            path.display(),
+            scan.dirty_end - scan.valid_end,
+            scan.valid_end
+        ));
+    }
+    scan.last_seq
+        .map(|l| l + 1)
+        .or_else(|| scan.header.map(|h| h.first_seq))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summaries used by the CLI
+
+/// A store's statistics and files, read without opening it (see [`View`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreInfo {
+    /// What an open would start with. `recovery.duration` is how long this read-only recovery
+    /// took.
+    pub stats: Stats,
+    /// The store's files.
+    pub files: Inventory,
+}
+
+/// Statistics and files of the store in `dir`, read-only.
+pub fn info(dir: impl AsRef<Path>) -> Result<StoreInfo> {
+    let dir = dir.as_ref();
+    let files = inventory(dir)?;
+    let view = View::open(dir)?;
+    Ok(StoreInfo {
+        stats: view.stats(),
+        files,
+    })
+}
+
+/// Problems grouped by file, for messages.
+pub fn problems_by_file(problems: &[Problem]) -> BTreeMap<&Path, Vec<&Problem>> {
+    let mut out: BTreeMap<&Path, Vec<&Problem>> = BTreeMap::new();
+    for p in problems {
+        out.entry(p.path.as_path()).or_default().push(p);
+    }
+    out
+}
