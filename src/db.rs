@@ -204,6 +204,13 @@ impl Db {
         self.engine.stats()
     }
 
+    /// Writes an online, consistent backup of the store to `dest`, a directory that must not
+    /// exist yet, while writers go on: one fsynced snapshot of the state at some sequence
+    /// number, which opens as a store ([`crate::restore`] copies it back). See `src/backup.rs`.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::BackupReport> {
+        crate::backup::run(&self.engine, dest.as_ref())
+    }
+
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }

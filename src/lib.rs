@@ -2,6 +2,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
+mod backup;
 mod batch;
 mod checkpoint;
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod storage;
 pub mod telemetry;
 mod wal;
 
+pub use backup::{backup_dir, restore, BackupReport, RestoreReport};
 pub use batch::Batch;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{Db, Iter};

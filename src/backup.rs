@@ -1,0 +1,364 @@
+//! Online backups ([`crate::Db::backup`]) and restoring them ([`restore`]).
+//!
+//! A backup is a store holding one snapshot and nothing else, the state after some sequence
+//! number `S`, fsynced, taken while writers go on:
+//!
+//! 1. Under the checkpoint lock (so no segment or snapshot is deleted), note each segment's
+//!    written length under the log mutex, then make the log durable through what was noted.
+//! 2. Copy the newest snapshot and the log after it into a temporary directory next to the
+//!    destination: sealed segments whole, the active one only up to its noted length (records
+//!    written after the note are not copied, so the copy ends at a record boundary: `S`).
+//!    Release the lock.
+//! 3. Open the copy as a store (the real recovery), checkpoint it into one snapshot, close it,
+//!    and delete its log and lock file.
+//! 4. fsync the directories, rename the temporary directory to the destination, fsync its
+//!    parent. A crash before the rename leaves only the temporary directory
+//!    (`.<name>.tmp-<pid>`), never a partial backup under the destination's name.
+//!
+//! All file I/O goes through the store's [`Storage`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::Db;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::format::{self, BlockBuilder, SnapshotEntry, SnapshotFooter};
+use crate::inspect::{self, Entries, View};
+use crate::layout::{self, Layout};
+use crate::limits;
+use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::storage::{read_exact_at, write_all_at, FsStorage, OpenMode, Storage};
+
+/// Bytes copied per read and write.
+const COPY_CHUNK_BYTES: usize = 1024 * 1024;
+/// Bytes buffered before a write to a snapshot file.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// What [`crate::Db::backup`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupReport {
+    /// The backup's directory.
+    pub path: PathBuf,
+    /// The backup holds the store's state after this sequence number (0: an empty store).
+    pub seq: u64,
+    /// Live keys in the backup.
+    pub keys: u64,
+    /// Bytes of the backup's snapshot.
+    pub bytes: u64,
+    /// Time the backup took.
+    pub duration: Duration,
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// The restored store's directory.
+    pub path: PathBuf,
+    /// Live keys in the restored store.
+    pub keys: u64,
+    /// Its last sequence number.
+    pub seq: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// `dest`'s parent and a temporary sibling of it; refuses a destination that exists (unless
+/// `empty_dir_ok` and it is an empty directory).
+fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(PathBuf, PathBuf)> {
+    let invalid = |reason: &str| Error::InvalidPath {
+        path: dest.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| invalid("the destination needs a UTF-8 file name"))?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let siblings = storage.list(&parent).map_err(|e| Error::io("list", &parent, e))?;
+    if siblings.iter().any(|n| n == name) {
+        let empty = storage.list(dest).is_ok_and(|names| names.is_empty());
+        if !(empty_dir_ok && empty) {
+            return Err(invalid(if empty_dir_ok {
+                "already exists and is not an empty directory"
+            } else {
+                "already exists"
+            }));
+        }
+    }
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if siblings.iter().any(|n| tmp.file_name() == Some(n.as_os_str())) {
+        return Err(Error::InvalidPath {
+            path: tmp,
+            reason: "a temporary directory of an interrupted backup or restore is in the way; remove it".into(),
+        });
+    }
+    storage
+        .create_dir_all(&tmp.join(layout::WAL_DIR))
+        .map_err(|e| Error::io("create directory", &tmp, e))?;
+    Ok((parent, tmp))
+}
+
+/// Copies `from` to a new file `to`: its first `len` bytes, or all of it. fsyncs it if `sync`.
+fn copy_file(storage: &dyn Storage, from: &Path, to: &Path, len: Option<u64>, sync: bool) -> Result<u64> {
+    let src = storage
+        .open(from, OpenMode::Read)
+        .map_err(|e| Error::io("open", from, e))?;
+    let len = match len {
+        Some(l) => l,
+        None => src.len().map_err(|e| Error::io("stat", from, e))?,
+    };
+    let dst = storage
+        .open(to, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create", to, e))?;
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(COPY_CHUNK_BYTES as u64) as usize;
+        read_exact_at(src.as_ref(), &mut buf[..n], at).map_err(|e| Error::read(from, e))?;
+        write_all_at(dst.as_ref(), &buf[..n], at).map_err(|e| Error::io("write", to, e))?;
+        at += n as u64;
+    }
+    if sync {
+        dst.sync_all().map_err(|e| Error::io("fsync", to, e))?;
+    }
+    Ok(len)
+}
+
+fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    storage.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))
+}
+
+/// Options to open a copy with: nothing in the background, small segments (the copy is only
+/// checkpointed), the source's storage and clock (expiry is judged by the same time).
+fn copy_options(storage: Arc<dyn Storage>, source: &Options) -> Options {
+    Options::new()
+        .storage(storage)
+        .clock(source.clock.clone())
+        .auto_checkpoint(false)
+        .preallocate_ahead(false)
+        .sync_mode(SyncMode::Never)
+        .segment_size(limits::SEGMENT_SIZE_MIN)
+        .value_size_max(4096)
+        .batch_size_max(16 * 1024)
+}
+
+/// Step 1 and 2: copies the newest snapshot and the log after it into `tmp`.
+fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<()> {
+    let storage = engine.storage.as_ref();
+    // No checkpoint runs while this is held: no segment or snapshot is deleted under the copy.
+    let _no_checkpoint = engine.checkpoint_lock.lock();
+    engine.check_poison()?;
+    let (segments, snapshot) = {
+        let log = engine.log.lock();
+        let segments: Vec<(u64, u64)> = log.segments.iter().map(|(&id, s)| (id, s.bytes)).collect();
+        (segments, engine.snapshots.lock().last().map(|s| s.0))
+    };
+    // What was noted was handed to the OS; make it durable, so the backup never holds a write
+    // that the store could still lose.
+    engine.sync()?;
+    if let Some(base) = snapshot {
+        copy_file(storage, &engine.layout.snapshot(base), &tmp.snapshot(base), None, true)?;
+    }
+    for (id, bytes) in segments {
+        // A sealed segment never changes; the active one is copied only up to what was noted.
+        copy_file(
+            storage,
+            &engine.layout.segment(id),
+            &tmp.segment(id),
+            Some(bytes),
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes every file of the store in `tmp` but its snapshots: the log and the lock file.
+fn remove_log(storage: &dyn Storage, tmp: &Layout) -> Result<()> {
+    let wal = tmp.wal_dir();
+    for name in storage.list(wal).map_err(|e| Error::io("list", wal, e))? {
+        let p = wal.join(&name);
+        storage.remove(&p).map_err(|e| Error::io("remove", &p, e))?;
+    }
+    let lock = tmp.lock_file();
+    match storage.remove(&lock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &lock, e)),
+    }
+    sync_dir(storage, wal)?;
+    sync_dir(storage, tmp.dir())
+}
+
+/// [`crate::Db::backup`].
+pub(crate) fn run(engine: &Engine, dest: &Path) -> Result<BackupReport> {
+    let started = Instant::now();
+    let storage = engine.storage.clone();
+    let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
+    let tmp = Layout::new(&tmp_dir);
+    copy_consistent_prefix(engine, &tmp)?;
+
+    // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
+    let db = Db::open_with(&tmp_dir, copy_options(storage.clone(), &engine.opts))?;
+    db.checkpoint()?;
+    let stats = db.stats();
+    db.close()?;
+    remove_log(storage.as_ref(), &tmp)?;
+
+    // Step 4: in place, durably.
+    storage
+        .rename(&tmp_dir, dest)
+        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
+    sync_dir(storage.as_ref(), &parent)?;
+    let bytes = match stats.last_checkpoint_seq {
+        0 => 0,
+        seq => storage
+            .open(&Layout::new(dest).snapshot(seq), OpenMode::Read)
+            .and_then(|f| f.len())
+            .unwrap_or(0),
+    };
+    Ok(BackupReport {
+        path: dest.to_path_buf(),
+        seq: stats.last_seq,
+        keys: stats.keys,
+        bytes,
+        duration: started.elapsed(),
+    })
+}
+
+/// Writes a consistent backup of the store in `dir` to `dest` (a directory that must not exist)
+/// without opening the store: it takes no lock and changes nothing in `dir`, so it works while
+/// another process has the store open. The backup holds the state an open would recover at
+/// the moment the files were read (a prefix of the log: the state after some sequence number),
+/// as one fsynced snapshot. It may include writes that the other process had handed to the OS
+/// but not yet fsynced. In-process, prefer [`crate::Db::backup`], which makes what it copies
+/// durable first.
+pub fn backup_dir(dir: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<BackupReport> {
+    backup_dir_in(Arc::new(FsStorage), dir.as_ref(), dest.as_ref())
+}
+
+pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) -> Result<BackupReport> {
+    let started = Instant::now();
+    inspect::check_is_store(storage.as_ref(), &Layout::new(dir))?;
+    let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
+    let tmp = Layout::new(&tmp_dir);
+    let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
+    let stats = view.stats();
+    let seq = stats.last_seq;
+    let mut bytes = 0;
+    if seq > 0 {
+        bytes = write_snapshot(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
+        storage
+            .rename(&tmp.snapshot_tmp(seq), &tmp.snapshot(seq))
+            .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
+    }
+    drop(view);
+    sync_dir(storage.as_ref(), tmp.wal_dir())?;
+    sync_dir(storage.as_ref(), &tmp_dir)?;
+    storage
+        .rename(&tmp_dir, dest)
+        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
+    sync_dir(storage.as_ref(), &parent)?;
+    Ok(BackupReport {
+        path: dest.to_path_buf(),
+        seq,
+        keys: stats.keys,
+        bytes,
+        duration: started.elapsed(),
+    })
+}
+
+/// Restores the backup (or any closed, intact store) in `backup` to `dir`, which must not exist
+/// or be an empty directory. The backup is verified first and left unchanged; its files are
+/// copied and fsynced under a temporary name next to `dir`, then renamed into place.
+pub fn restore(backup: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<RestoreReport> {
+    restore_in(Arc::new(FsStorage), backup.as_ref(), dir.as_ref())
+}
+
+pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -> Result<RestoreReport> {
+    let check = inspect::verify_in(storage.clone(), backup)?;
+    if let Some(p) = check.problems.first() {
+        return Err(Error::Corruption {
+            path: p.path.clone(),
+            offset: p.offset,
+            reason: format!("the backup is damaged: {}", p.reason),
+        });
+    }
+    let files = inspect::inventory_in(storage.as_ref(), &Layout::new(backup))?;
+    let (parent, tmp_dir) = staging(storage.as_ref(), dir, true)?;
+    let tmp = Layout::new(&tmp_dir);
+    let mut bytes = 0;
+    for (seq, path, _) in &files.snapshots {
+        bytes += copy_file(storage.as_ref(), path, &tmp.snapshot(*seq), None, true)?;
+    }
+    for (id, path, _) in &files.segments {
+        bytes += copy_file(storage.as_ref(), path, &tmp.segment(*id), None, true)?;
+    }
+    sync_dir(storage.as_ref(), tmp.wal_dir())?;
+    sync_dir(storage.as_ref(), &tmp_dir)?;
+    storage
+        .rename(&tmp_dir, dir)
+        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
+    sync_dir(storage.as_ref(), &parent)?;
+    let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail)?;
+    let stats = view.stats();
+    Ok(RestoreReport {
+        path: dir.to_path_buf(),
+        keys: stats.keys,
+        seq: stats.last_seq,
+        bytes,
+    })
+}
+
+/// Writes the entries as a snapshot with base (and end) sequence number `base` to `tmp`
+/// (docs/format.md, "Snapshots"), fsynced. Returns its size.
+pub(crate) fn write_snapshot(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
+    // A leftover from an interrupted repair with the same base would make create fail.
+    let _ = storage.remove(tmp);
+    let file = storage
+        .open(tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create", tmp, e))?;
+    let mut out = Vec::with_capacity(WRITE_BUFFER_BYTES + limits::SNAPSHOT_BLOCK_BYTES_TARGET);
+    out.extend_from_slice(&format::encode_snapshot_header(base));
+    let mut written = 0u64;
+    let mut block = BlockBuilder::new();
+    let mut count = 0u64;
+    for e in entries {
+        let e = e?;
+        debug_assert!(e.seq <= base, "an entry is no newer than the state it is part of");
+        block.push(SnapshotEntry {
+            key: &e.key,
+            value: &e.value,
+            seq: e.seq,
+            expires_at_ms: e.expires_at_ms.unwrap_or(0),
+        });
+        count += 1;
+        if block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET {
+            out.extend_from_slice(&block.finish());
+        }
+        if out.len() >= WRITE_BUFFER_BYTES {
+            write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
+            written += out.len() as u64;
+            out.clear();
+        }
+    }
+    if !block.is_empty() {
+        out.extend_from_slice(&block.finish());
+    }
+    out.extend_from_slice(&format::encode_snapshot_footer(SnapshotFooter {
+        entry_count: count,
+        base_seq: base,
+        end_seq: base,
+        footer_offset: written + out.len() as u64,
+    }));
+    write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
+    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    Ok(written + out.len() as u64)
+}
