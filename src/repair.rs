@@ -1,0 +1,206 @@
+//! Repairing a damaged store ([`repair`]): what verifies is salvaged into a new snapshot, every
+//! damaged file is set aside as `<name>.broken`, and what was lost is reported.
+//!
+//! 1. Take the store's lock and hold it throughout: a store open anywhere is refused
+//!    ([`Error::Locked`]).
+//! 2. [`crate::inspect::verify`]: every problem by file and offset. An intact store is left as
+//!    it is.
+//! 3. Salvage, without writing: in a read-only view of the store (`inspect::View`), each damaged
+//!    snapshot is replaced by one rebuilt from its blocks that verify (same base sequence
+//!    number), then the real recovery runs in [`RecoveryMode::Salvage`], which keeps every log
+//!    record that verifies and skips damage. The state: the snapshot's readable entries with
+//!    the log after it applied.
+//! 4. Write that state, as of its last sequence number `S`, to `<S>.snap.tmp`; fsync it.
+//! 5. Rename each damaged file to `<name>.broken` (`<name>.<n>.broken` if that exists); fsync
+//!    the directories. Store names never end in `.broken`, so an open ignores them.
+//! 6. Rename the snapshot to `<S>.snap`; fsync the directory.
+//! 7. Delete the other segments and snapshots: everything they hold that verifies is in the new
+//!    snapshot. fsync the directories.
+//! 8. Open the repaired store read-only in the default recovery mode to check it.
+//!
+//! A crash part-way leaves either the old files (with the damaged ones possibly already set
+//! aside) or the new snapshot in place; running repair again finishes the job.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backup::write_snapshot;
+use crate::error::{Error, Result};
+use crate::inspect::{self, Problem, View, BROKEN_SUFFIX};
+use crate::layout::Layout;
+use crate::options::RecoveryMode;
+use crate::recovery;
+use crate::stats::Skipped;
+use crate::storage::overlay::Overlay;
+use crate::storage::{write_all_at, FsStorage, OpenMode, Storage};
+
+/// What [`repair`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// Whether anything was changed (false: the store verified intact).
+    pub repaired: bool,
+    /// The problems found before the repair, by file and offset.
+    pub problems: Vec<Problem>,
+    /// What salvage recovery skipped.
+    pub skipped: Vec<Skipped>,
+    /// Bytes of damage skipped, over the problems whose extent is known.
+    pub bytes_lost: u64,
+    /// Log records lost, over the problems where the log shows the gap.
+    pub records_lost: u64,
+    /// Log damage whose extent in records is not known (damage at the end of a segment loses
+    /// what followed it).
+    pub losses_unknown: usize,
+    /// Entries read from the blocks of damaged snapshots that verify, and kept.
+    pub snapshot_entries_kept: u64,
+    /// Entries of damaged snapshots that could not be read (from their footers' counts); `None`
+    /// when a damaged snapshot's footer is damaged too.
+    pub snapshot_entries_lost: Option<u64>,
+    /// Bytes of torn tail cut (writes never known durable).
+    pub torn_tail_bytes: u64,
+    /// Damaged files set aside: `(was, now)`.
+    pub broken_files: Vec<(PathBuf, PathBuf)>,
+    /// Other files of the old store deleted (their content is in the new snapshot).
+    pub removed_files: Vec<PathBuf>,
+    /// The new snapshot, if anything was recovered.
+    pub snapshot: Option<PathBuf>,
+    /// The repaired store's last sequence number.
+    pub seq: u64,
+    /// Live keys in the repaired store.
+    pub keys: u64,
+}
+
+/// Repairs the store in `dir` (see the module docs). Refuses a store that is open
+/// ([`Error::Locked`]) and a directory that holds no store ([`Error::InvalidPath`]).
+pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
+    repair_in(Arc::new(FsStorage), dir.as_ref())
+}
+
+pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairReport> {
+    let layout = Layout::new(dir);
+    inspect::check_is_store(storage.as_ref(), &layout)?;
+    let _lock = recovery::lock(storage.as_ref(), &layout)?;
+    let check = inspect::verify_in(storage.clone(), dir)?;
+    let mut report = RepairReport {
+        dir: dir.to_path_buf(),
+        ..RepairReport::default()
+    };
+    if check.is_intact() {
+        report.seq = check.last_seq.unwrap_or(0);
+        report.keys = check.keys.unwrap_or(0);
+        return Ok(report);
+    }
+    report.repaired = true;
+    let files = inspect::inventory_in(storage.as_ref(), &layout)?;
+    let is_snapshot = |p: &Path| files.snapshots.iter().any(|f| f.1 == p);
+    for p in &check.problems {
+        report.bytes_lost += p.bytes.unwrap_or(0);
+        report.records_lost += p.records_lost.unwrap_or(0);
+        if p.records_lost.is_none() && !is_snapshot(&p.path) {
+            report.losses_unknown += 1;
+        }
+    }
+    report.problems = check.problems.clone();
+    let overlay = Arc::new(Overlay::new(storage.clone()));
+    report.snapshot_entries_lost = Some(0);
+    for snap in check.snapshots.iter().filter(|s| !s.intact) {
+        let Ok(bytes) = inspect::read_whole(storage.as_ref(), &snap.path) else {
+            report.snapshot_entries_lost = None;
+            continue;
+        };
+        let Some((rebuilt, kept, total)) = inspect::salvage_snapshot(&bytes, &snap.path, snap.base_seq) else {
+            continue;
+        };
+        // In the view only: the file on disk is set aside unchanged below.
+        overlay
+            .open(&snap.path, OpenMode::ReadWrite)
+            .and_then(|f| f.set_len(0).and_then(|()| write_all_at(f.as_ref(), &rebuilt, 0)))
+            .map_err(|e| Error::io("write", &snap.path, e))?;
+        report.snapshot_entries_kept += kept;
+        report.snapshot_entries_lost = match (report.snapshot_entries_lost, total) {
+            (Some(lost), Some(total)) => Some(lost + total.saturating_sub(kept)),
+            _ => None,
+        };
+    }
+    let view = View::open_on(overlay, dir, RecoveryMode::Salvage)?;
+    let salvaged = view.stats();
+    report.skipped = salvaged.recovery.skipped.clone();
+    report.torn_tail_bytes = salvaged.recovery.torn_tail_bytes;
+    let base = salvaged.last_seq;
+    let st = storage.as_ref();
+
+    let new_snapshot = (base > 0).then(|| layout.snapshot(base));
+    if base > 0 {
+        write_snapshot(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
+    }
+    drop(view);
+    let mut damaged: Vec<PathBuf> = check.problems.iter().map(|p| p.path.clone()).collect();
+    damaged.sort();
+    damaged.dedup();
+    let is_store_file = |p: &Path| files.segments.iter().chain(&files.snapshots).any(|f| f.1 == p);
+    for path in damaged.into_iter().filter(|p| is_store_file(p)) {
+        let to = broken_name(st, &path)?;
+        st.rename(&path, &to).map_err(|e| Error::io("rename", &path, e))?;
+        report.broken_files.push((path, to));
+    }
+    sync_dirs(st, &layout)?;
+    if let Some(snap) = &new_snapshot {
+        let tmp = layout.snapshot_tmp(base);
+        st.rename(&tmp, snap).map_err(|e| Error::io("rename", &tmp, e))?;
+        // The new snapshot must be the store's durable base before the old files go.
+        st.sync_dir(layout.dir())
+            .map_err(|e| Error::io("fsync", layout.dir(), e))?;
+    }
+    let set_aside = |p: &Path| report.broken_files.iter().any(|b| b.0 == p);
+    let mut removed = Vec::new();
+    for (_, path, _) in files.segments.iter().chain(&files.snapshots) {
+        if set_aside(path) || Some(path) == new_snapshot.as_ref() {
+            continue;
+        }
+        match st.remove(path) {
+            Ok(()) => removed.push(path.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", path, e)),
+        }
+    }
+    report.removed_files = removed;
+    sync_dirs(st, &layout)?;
+    report.snapshot = new_snapshot;
+
+    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?.stats();
+    report.seq = repaired.last_seq;
+    report.keys = repaired.keys;
+    Ok(report)
+}
+
+fn sync_dirs(storage: &dyn Storage, layout: &Layout) -> Result<()> {
+    for d in [layout.wal_dir(), layout.dir()] {
+        match storage.sync_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("fsync", d, e)),
+        }
+    }
+    Ok(())
+}
+
+/// `<path>.broken`, or `<path>.<n>.broken` for the first `n` not taken.
+fn broken_name(storage: &dyn Storage, path: &Path) -> Result<PathBuf> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let names = storage.list(parent).map_err(|e| Error::io("list", parent, e))?;
+    let base = path.as_os_str().to_string_lossy().into_owned();
+    for n in 0u32.. {
+        let candidate = match n {
+            0 => format!("{base}{BROKEN_SUFFIX}"),
+            n => format!("{base}.{n}{BROKEN_SUFFIX}"),
+        };
+        let candidate = PathBuf::from(candidate);
+        if !names.iter().any(|x| candidate.file_name() == Some(x.as_os_str())) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::io("rename", path, io::Error::other("no free .broken name")))
+}
