@@ -1,65 +1,15 @@
-//! The `sessiondb` command-line tool. It only calls the library.
+//! `sessiondb demo`: the README's main job. Writes sessions durably from several threads with
+//! live progress, closes, reopens, and verifies every one.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
 use sessiondb::{Db, Options};
 
-/// sessiondb: an embedded, crash-safe key-value store for session state.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Write sessions durably from several threads, close, reopen, and verify every one.
-    Demo {
-        /// The store's directory (created if missing).
-        #[arg(default_value = "sessiondb-demo")]
-        dir: PathBuf,
-        /// Writer threads.
-        #[arg(long, default_value_t = 16)]
-        threads: usize,
-        /// Sessions to write in all.
-        #[arg(long, default_value_t = 100_000)]
-        sessions: u64,
-        /// Bytes of session data.
-        #[arg(long, default_value_t = 256)]
-        value_size: usize,
-    },
-    /// Print a store's statistics.
-    Stats {
-        /// The store's directory.
-        dir: PathBuf,
-    },
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo {
-            dir,
-            threads,
-            sessions,
-            value_size,
-        } => demo(dir, threads.max(1), sessions, value_size),
-        Command::Stats { dir } => stats(dir),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sessiondb: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
+use crate::out;
+use crate::progress;
 
 /// A session id for `n`, unique per run (`run` differs between runs so reruns add sessions).
 fn session_key(run: u64, n: u64) -> String {
@@ -82,7 +32,7 @@ fn session_value(n: u64, size: usize) -> Vec<u8> {
     v
 }
 
-fn demo(dir: PathBuf, threads: usize, sessions: u64, value_size: usize) -> sessiondb::Result<()> {
+pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sessiondb::Result<()> {
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -91,7 +41,7 @@ fn demo(dir: PathBuf, threads: usize, sessions: u64, value_size: usize) -> sessi
         dir.display()
     );
     let open_started = Instant::now();
-    let db = Arc::new(Db::open_with(&dir, Options::new())?);
+    let db = Arc::new(Db::open_with(dir, Options::new())?);
     println!("opened in {:.1} ms", open_started.elapsed().as_secs_f64() * 1e3);
 
     let done = Arc::new(AtomicU64::new(0));
@@ -111,12 +61,12 @@ fn demo(dir: PathBuf, threads: usize, sessions: u64, value_size: usize) -> sessi
             })
         })
         .collect();
+    let bar = progress::bar(sessions, "written");
     while workers.iter().any(|w| !w.is_finished()) {
-        std::thread::park_timeout(Duration::from_millis(500));
-        let d = done.load(Ordering::Relaxed);
-        eprint!("\r  written {d:>10} / {sessions} sessions");
+        std::thread::park_timeout(Duration::from_millis(100));
+        bar.set_position(done.load(Ordering::Relaxed));
     }
-    eprintln!();
+    bar.finish_and_clear();
     for w in workers {
         w.join().map_err(|_| sessiondb::Error::Closed)??;
     }
@@ -134,13 +84,24 @@ fn demo(dir: PathBuf, threads: usize, sessions: u64, value_size: usize) -> sessi
         s.commit_group_size_max
     );
     println!("group sizes (1, 2-3, 4-7, 8-15, ...): {:?}", s.commit_group_sizes);
+    let q = |p: f64| {
+        s.fsync_latency
+            .quantile(p)
+            .map_or_else(|| "-".to_string(), out::duration)
+    };
+    println!(
+        "fsync latency: p50 under {}, p99 under {}, max {}",
+        q(0.5),
+        q(0.99),
+        out::duration(s.fsync_latency.max)
+    );
     let db = Arc::try_unwrap(db).map_err(|_| sessiondb::Error::Closed)?;
     let close_started = Instant::now();
     db.close()?;
     println!("closed in {:.1} ms", close_started.elapsed().as_secs_f64() * 1e3);
 
     let reopen_started = Instant::now();
-    let db = Db::open(&dir)?;
+    let db = Db::open(dir)?;
     let reopen = reopen_started.elapsed();
     let r = &db.stats().recovery;
     println!(
@@ -163,24 +124,10 @@ fn demo(dir: PathBuf, threads: usize, sessions: u64, value_size: usize) -> sessi
     db.close()?;
     if missing > 0 {
         return Err(sessiondb::Error::Corruption {
-            path: dir,
+            path: dir.to_path_buf(),
             offset: 0,
             reason: format!("{missing} sessions did not read back"),
         });
     }
     Ok(())
-}
-
-fn stats(dir: PathBuf) -> sessiondb::Result<()> {
-    let db = Db::open_with(&dir, Options::new().auto_checkpoint(false))?;
-    let s = db.stats();
-    println!("keys: {}", s.keys);
-    println!("live bytes: {}", s.live_bytes);
-    println!("log bytes since checkpoint: {}", s.log_bytes_since_checkpoint);
-    println!("segments: {}", s.segments);
-    println!("snapshots: {}", s.snapshots);
-    println!("last checkpoint seq: {}", s.last_checkpoint_seq);
-    println!("last seq: {}", s.last_seq);
-    println!("recovery: {:?}", s.recovery);
-    db.close()
 }

@@ -1,0 +1,691 @@
+//! The `sessiondb` command-line tool: look inside a store, check it, copy it while it runs, and
+//! repair it, without writing Rust. It holds no storage logic: every subcommand calls the
+//! library (`sessiondb::inspect`, `Db`, `backup_dir`, `restore`, `repair`).
+
+mod bench;
+mod demo;
+mod out;
+mod progress;
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sessiondb::inspect::{self, Problem, SegmentState, View};
+use sessiondb::{Db, Error, Options, SyncMode};
+
+/// sessiondb: an embedded, crash-safe key-value store for session state.
+///
+/// Reading subcommands (stats, verify, dump, get, backup) never change a store and work while
+/// another process has it open. Writing subcommands (put, delete, checkpoint, repair) open it
+/// and refuse while another process has it open.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+#[command(
+    after_help = "Exit status: 0 success; 1 failure (verify: problems found; get: no such key); \
+                        2 usage error (bad arguments, or DIR is not a store)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write sessions durably from several threads, close, reopen, and verify every one.
+    ///
+    /// Prints throughput, commit-group sizes, fsyncs and their latency, the recovery time of
+    /// the reopen, and how many sessions read back. Running it again adds sessions.
+    Demo {
+        /// The store's directory (created if missing).
+        #[arg(default_value = "sessiondb-demo")]
+        dir: PathBuf,
+        /// Writer threads.
+        #[arg(long, default_value_t = 16)]
+        threads: usize,
+        /// Sessions to write in all.
+        #[arg(long, default_value_t = 100_000)]
+        sessions: u64,
+        /// Bytes of session data.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+    },
+    /// Measure writes, reads and recovery on this machine's disk; print a table.
+    ///
+    /// Workloads: concurrent puts for --seconds, random gets of what was written for
+    /// --seconds, then reopening twice (replaying the log; loading a snapshot).
+    Bench {
+        /// Where to put the store (default: a fresh directory in the system temp directory,
+        /// deleted afterwards). An existing store gets `bench:` keys added.
+        dir: Option<PathBuf>,
+        /// Client threads.
+        #[arg(long, default_value_t = 16)]
+        threads: usize,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Durability: always (fsync per commit group), interval (fsync every 100 ms), never.
+        #[arg(long, value_enum, default_value_t = SyncArg::Always)]
+        sync: SyncArg,
+        /// Seconds per timed workload.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Keys, live and dead bytes, segments, snapshots, last checkpoint, format version.
+    ///
+    /// Read-only: computed by running recovery on an in-memory view of the files, so the
+    /// "recovery" line is about what opening the store would take.
+    Stats {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every file of a store; list every problem by file and offset.
+    ///
+    /// Read-only: never changes a byte, takes no lock, removes no temp file, and works on a
+    /// store another process has open (checking a consistent prefix of it). Exit 0 when
+    /// intact, 1 when problems were found, 2 on usage errors.
+    Verify {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the live entries, in key order, with their expiry.
+    ///
+    /// jsonl: one JSON object per line, {"key", "key_encoding", "value", "value_encoding",
+    /// "seq", "expires_at_ms"}; a key or value that is valid UTF-8 is given as text
+    /// (encoding "utf8"), anything else as base64 (encoding "base64"); expires_at_ms is
+    /// milliseconds since the Unix epoch, or null. text: key, value and expiry separated by
+    /// tabs, bytes that are not printable ASCII escaped (\n, \t, \xNN). Read-only.
+    Dump {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DumpFormat::Jsonl)]
+        format: DumpFormat,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<OsString>,
+    },
+    /// Print the value of KEY (then a newline). Exit 1 if there is no such key. Read-only.
+    Get {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The key (any bytes your shell can pass).
+        key: OsString,
+    },
+    /// Set KEY to VALUE, durably ("-" reads the value from standard input).
+    Put {
+        /// The store's directory (created if missing).
+        dir: PathBuf,
+        /// The key.
+        key: OsString,
+        /// The value, or "-" for standard input.
+        value: OsString,
+        /// Expire after this long: a number with s, m, h or d (30m, 1h30m, 7d); a bare number
+        /// is seconds.
+        #[arg(long, value_parser = out::parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Remove KEY, durably (no error if it is absent).
+    Delete {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The key.
+        key: OsString,
+    },
+    /// Write a snapshot of the live data and delete the log it covers.
+    Checkpoint {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// Copy a store, consistently, while it runs: a new store holding one snapshot.
+    ///
+    /// Takes no lock and changes nothing in DIR: works while another process has the store
+    /// open. The backup holds the state after some sequence number (nothing after a hole) and
+    /// is fsynced before it appears under DEST, which must not exist.
+    Backup {
+        /// The store's directory.
+        dir: PathBuf,
+        /// Where to write the backup (must not exist).
+        dest: PathBuf,
+    },
+    /// Copy a backup (or any closed, intact store) to DIR, verified and fsynced.
+    ///
+    /// DIR must not exist or be an empty directory. The backup is left unchanged.
+    Restore {
+        /// The backup's directory.
+        backup: PathBuf,
+        /// Where to restore it.
+        dir: PathBuf,
+    },
+    /// Salvage a damaged store into a new snapshot; keep every damaged file as *.broken.
+    ///
+    /// Refuses while the store is open anywhere. Prints each problem, what was lost (bytes and
+    /// log records), the files set aside and the files removed. An intact store is left as it is.
+    Repair {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DumpFormat {
+    Jsonl,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sessiondb: {e}");
+            if let Error::Locked { .. } = e {
+                eprintln!(
+                    "sessiondb: another process has the store open; stats, verify, dump, get and backup work while it runs"
+                );
+            }
+            match e {
+                Error::InvalidPath { .. } => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(command: Command) -> sessiondb::Result<ExitCode> {
+    match command {
+        Command::Demo {
+            dir,
+            threads,
+            sessions,
+            value_size,
+        } => demo::run(&dir, threads.max(1), sessions, value_size).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            dir,
+            threads,
+            value_size,
+            sync,
+            seconds,
+        } => {
+            let sync = match sync {
+                SyncArg::Always => SyncMode::Always,
+                SyncArg::Interval => SyncMode::Interval(Duration::from_millis(100)),
+                SyncArg::Never => SyncMode::Never,
+            };
+            let b = bench::Bench {
+                dir,
+                threads: threads.max(1),
+                value_size,
+                sync,
+                seconds: if seconds.is_finite() { seconds.max(0.0) } else { 3.0 },
+            };
+            bench::run(&b).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Stats { dir, json } => stats(&dir, json),
+        Command::Verify { dir, json } => verify(&dir, json),
+        Command::Dump { dir, format, prefix } => dump(&dir, format, prefix.as_ref().map(|p| p.as_bytes())),
+        Command::Get { dir, key } => get(&dir, key.as_bytes()),
+        Command::Put { dir, key, value, ttl } => put(&dir, key.as_bytes(), &value, ttl),
+        Command::Delete { dir, key } => write_existing(&dir, |db| db.delete(key.as_bytes())),
+        Command::Checkpoint { dir } => checkpoint(&dir),
+        Command::Backup { dir, dest } => backup(&dir, &dest),
+        Command::Restore { backup, dir } => restore(&backup, &dir),
+        Command::Repair { dir } => repair(&dir),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
+    let spin = progress::spinner("reading the store");
+    let info = inspect::info(dir)?;
+    spin.finish_and_clear();
+    let s = &info.stats;
+    let f = &info.files;
+    let version = f.format_version.unwrap_or(sessiondb::format::FORMAT_VERSION);
+    if json {
+        let obj = out::Obj::new()
+            .str("dir", &dir.display().to_string())
+            .num("format_version", u64::from(version))
+            .num("keys", s.keys)
+            .num("live_bytes", s.live_bytes)
+            .num("dead_bytes", s.dead_bytes)
+            .num("segments", s.segments)
+            .num("segment_files", f.segments.len() as u64)
+            .num("snapshots", s.snapshots)
+            .opt_num(
+                "last_checkpoint_seq",
+                (s.last_checkpoint_seq > 0).then_some(s.last_checkpoint_seq),
+            )
+            .num("last_seq", s.last_seq)
+            .num("log_bytes_since_checkpoint", s.log_bytes_since_checkpoint)
+            .num("disk_bytes", f.bytes())
+            .num("temp_files", f.temp_files.len() as u64)
+            .num("broken_files", f.broken_files.len() as u64)
+            .float("recovery_seconds", s.recovery.duration.as_secs_f64())
+            .num("recovery_snapshot_entries", s.recovery.snapshot_entries)
+            .num("recovery_records_replayed", s.recovery.records_replayed)
+            .num("recovery_torn_tail_bytes", s.recovery.torn_tail_bytes)
+            .finish();
+        println!("{obj}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let last_checkpoint = match s.last_checkpoint_seq {
+        0 => "none".to_string(),
+        seq => format!("at sequence {seq}"),
+    };
+    println!("store:                  {}", dir.display());
+    println!("format version:         {version}");
+    println!("keys:                   {}", s.keys);
+    println!("live bytes:             {} ({})", s.live_bytes, out::size(s.live_bytes));
+    println!("dead bytes:             {} ({})", s.dead_bytes, out::size(s.dead_bytes));
+    println!(
+        "segments:               {} with records, {} files ({} on disk)",
+        s.segments,
+        f.segments.len(),
+        out::size(f.segments.iter().map(|x| x.2).sum())
+    );
+    println!("snapshots:              {}", s.snapshots);
+    println!("last checkpoint:        {last_checkpoint}");
+    println!("last sequence number:   {}", s.last_seq);
+    println!("log since checkpoint:   {}", out::size(s.log_bytes_since_checkpoint));
+    println!(
+        "recovery:               {} (snapshot entries {}, log records replayed {}, torn tail {} B)",
+        out::duration(s.recovery.duration),
+        s.recovery.snapshot_entries,
+        s.recovery.records_replayed,
+        s.recovery.torn_tail_bytes
+    );
+    if !f.temp_files.is_empty() || !f.broken_files.is_empty() {
+        println!(
+            "other files:            {} temporary, {} set aside by repair (*.broken)",
+            f.temp_files.len(),
+            f.broken_files.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn problem_line(p: &Problem) -> String {
+    let mut extent = Vec::new();
+    if let Some(b) = p.bytes {
+        extent.push(format!("{b} bytes"));
+    }
+    if let Some(r) = p.records_lost {
+        extent.push(format!("{r} log records lost"));
+    }
+    let extent = if extent.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", extent.join(", "))
+    };
+    format!("{} at offset {}: {}{extent}", p.path.display(), p.offset, p.reason)
+}
+
+fn problem_json(p: &Problem) -> String {
+    out::Obj::new()
+        .str("path", &p.path.display().to_string())
+        .num("offset", p.offset)
+        .str("reason", &p.reason)
+        .opt_num("bytes", p.bytes)
+        .opt_num("records_lost", p.records_lost)
+        .finish()
+}
+
+fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
+    let spin = progress::spinner("verifying");
+    let r = inspect::verify(dir)?;
+    spin.finish_and_clear();
+    let code = if r.is_intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if json {
+        let segments = r.segments.iter().map(|s| {
+            out::Obj::new()
+                .str("path", &s.path.display().to_string())
+                .num("id", s.id)
+                .num("size", s.size)
+                .str("state", segment_state(s.state))
+                .opt_num("first_seq", s.seqs.map(|x| x.0))
+                .opt_num("last_seq", s.seqs.map(|x| x.1))
+                .num("records", s.records)
+                .finish()
+        });
+        let snapshots = r.snapshots.iter().map(|s| {
+            out::Obj::new()
+                .str("path", &s.path.display().to_string())
+                .num("base_seq", s.base_seq)
+                .num("size", s.size)
+                .num("entries", s.entries)
+                .bool("intact", s.intact)
+                .finish()
+        });
+        let obj = out::Obj::new()
+            .str("dir", &dir.display().to_string())
+            .bool("intact", r.is_intact())
+            .raw("problems", &out::array(r.problems.iter().map(problem_json)))
+            .raw("notes", &out::str_array(r.notes.iter().map(String::as_str)))
+            .raw("segments", &out::array(segments))
+            .raw("snapshots", &out::array(snapshots))
+            .opt_num("keys", r.keys)
+            .opt_num("last_seq", r.last_seq)
+            .num("passes", r.passes as u64)
+            .finish();
+        println!("{obj}");
+        return Ok(code);
+    }
+    println!("sessiondb verify: {}", dir.display());
+    for s in &r.snapshots {
+        println!(
+            "  snapshot {}: base sequence {}, {} entries, {}: {}",
+            s.path.display(),
+            s.base_seq,
+            s.entries,
+            out::size(s.size),
+            if s.intact { "ok" } else { "DAMAGED" }
+        );
+    }
+    let damaged = inspect::problems_by_file(&r.problems);
+    for s in &r.segments {
+        let seqs = s
+            .seqs
+            .map_or_else(|| "no records".to_string(), |(a, b)| format!("sequence {a}..={b}"));
+        let verdict = match s.state {
+            SegmentState::Live if damaged.contains_key(s.path.as_path()) => "DAMAGED",
+            SegmentState::Live => "ok",
+            _ => "not read",
+        };
+        println!(
+            "  segment {}: {}, {seqs}, {} records: {verdict}",
+            s.path.display(),
+            segment_state(s.state),
+            s.records
+        );
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+    if r.is_intact() {
+        println!(
+            "intact: {} keys, last sequence number {}",
+            r.keys.unwrap_or(0),
+            r.last_seq.unwrap_or(0)
+        );
+    } else {
+        for p in &r.problems {
+            println!("  PROBLEM {}", problem_line(p));
+        }
+        println!(
+            "DAMAGED: {} problem(s) in {} file(s). With the store closed, `sessiondb repair {}` salvages what verifies.",
+            r.problems.len(),
+            damaged.len(),
+            dir.display()
+        );
+    }
+    Ok(code)
+}
+
+fn segment_state(s: SegmentState) -> &'static str {
+    match s {
+        SegmentState::Live => "live",
+        SegmentState::Covered => "covered by the snapshot",
+        SegmentState::Spare => "spare",
+        _ => "other",
+    }
+}
+
+/// Runs `f`, treating a closed standard output (`sessiondb dump | head`) as the end of output.
+fn output(f: impl FnOnce(&mut dyn Write) -> sessiondb::Result<io::Result<()>>) -> sessiondb::Result<ExitCode> {
+    let stdout = io::stdout();
+    let mut w = io::BufWriter::new(stdout.lock());
+    let written = f(&mut w)?.and_then(|()| w.flush());
+    match written {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(Error::Io {
+            path: PathBuf::from("<stdout>"),
+            op: "write",
+            offset: None,
+            source: e,
+        }),
+    }
+}
+
+fn dump(dir: &Path, format: DumpFormat, prefix: Option<&[u8]>) -> sessiondb::Result<ExitCode> {
+    let view = View::open(dir)?;
+    let now = now_ms();
+    output(|w| {
+        for e in view.entries(prefix.unwrap_or(b"")) {
+            let e = e?;
+            let line = match format {
+                DumpFormat::Jsonl => out::Obj::new()
+                    .bytes("key", &e.key)
+                    .bytes("value", &e.value)
+                    .num("seq", e.seq)
+                    .opt_num("expires_at_ms", e.expires_at_ms)
+                    .finish(),
+                DumpFormat::Text => {
+                    let expiry = e.expires_at_ms.map_or_else(
+                        || "never expires".to_string(),
+                        |at| format!("expires in {}", out::span(at.saturating_sub(now))),
+                    );
+                    format!("{}\t{}\t{expiry}", out::escaped(&e.key), out::escaped(&e.value))
+                }
+            };
+            if let Err(err) = writeln!(w, "{line}") {
+                return Ok(Err(err));
+            }
+        }
+        Ok(Ok(()))
+    })
+}
+
+fn get(dir: &Path, key: &[u8]) -> sessiondb::Result<ExitCode> {
+    let view = View::open(dir)?;
+    match view.get(key)? {
+        Some(v) => output(|w| Ok(w.write_all(&v).and_then(|()| w.write_all(b"\n")))),
+        None => {
+            eprintln!("sessiondb: no such key: {}", out::escaped(key));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn put(dir: &Path, key: &[u8], value: &OsString, ttl: Option<Duration>) -> sessiondb::Result<ExitCode> {
+    let value = if value == "-" {
+        let mut v = Vec::new();
+        io::stdin().read_to_end(&mut v).map_err(|e| Error::Io {
+            path: PathBuf::from("<stdin>"),
+            op: "read",
+            offset: None,
+            source: e,
+        })?;
+        v
+    } else {
+        value.as_bytes().to_vec()
+    };
+    let db = Db::open_with(dir, Options::new())?;
+    match ttl {
+        Some(ttl) => db.put_with_ttl(key, &value, ttl)?,
+        None => db.put(key, &value)?,
+    }
+    db.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens an existing store (never creating one), runs `f`, closes it.
+fn write_existing(dir: &Path, f: impl FnOnce(&Db) -> sessiondb::Result<()>) -> sessiondb::Result<ExitCode> {
+    inspect::inventory(dir)?;
+    let db = Db::open_with(dir, Options::new())?;
+    f(&db)?;
+    db.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint(dir: &Path) -> sessiondb::Result<ExitCode> {
+    let started = Instant::now();
+    let mut stats = None;
+    let spin = progress::spinner("checkpointing");
+    write_existing(dir, |db| {
+        db.checkpoint()?;
+        stats = Some(db.stats());
+        Ok(())
+    })?;
+    spin.finish_and_clear();
+    let s = stats.unwrap_or_default();
+    if s.last_checkpoint_seq == 0 {
+        println!("nothing to checkpoint: the store is empty");
+    } else if s.checkpoints == 0 {
+        println!(
+            "nothing new to checkpoint: the snapshot at sequence {} holds every write",
+            s.last_checkpoint_seq
+        );
+    } else {
+        println!(
+            "checkpoint at sequence {}: {} keys, snapshot of {}, {} segment(s) left; took {}",
+            s.last_checkpoint_seq,
+            s.keys,
+            out::size(s.checkpoint_bytes_last),
+            s.segments,
+            out::duration(started.elapsed())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup(dir: &Path, dest: &Path) -> sessiondb::Result<ExitCode> {
+    let spin = progress::spinner("backing up");
+    let r = sessiondb::backup_dir(dir, dest)?;
+    spin.finish_and_clear();
+    println!(
+        "backup of {} written to {}: state after sequence number {}, {} keys, {} snapshot, took {}",
+        dir.display(),
+        r.path.display(),
+        r.seq,
+        r.keys,
+        out::size(r.bytes),
+        out::duration(r.duration)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(backup: &Path, dir: &Path) -> sessiondb::Result<ExitCode> {
+    let spin = progress::spinner("restoring");
+    let r = sessiondb::restore(backup, dir)?;
+    spin.finish_and_clear();
+    println!(
+        "restored {} to {}: {} keys, last sequence number {}, {} copied",
+        backup.display(),
+        r.path.display(),
+        r.keys,
+        r.seq,
+        out::size(r.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
+    let spin = progress::spinner("repairing");
+    let r = match sessiondb::repair(dir) {
+        Ok(r) => r,
+        Err(e @ Error::Locked { .. }) => {
+            spin.finish_and_clear();
+            eprintln!("sessiondb: refusing to repair a store that is open: {e}");
+            eprintln!("sessiondb: close the program that has it open, then run repair again");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e),
+    };
+    spin.finish_and_clear();
+    if !r.repaired {
+        println!(
+            "{} verifies intact ({} keys, last sequence number {}): nothing to repair",
+            dir.display(),
+            r.keys,
+            r.seq
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("sessiondb repair: {}", dir.display());
+    for p in &r.problems {
+        println!("  problem: {}", problem_line(p));
+    }
+    for s in &r.skipped {
+        println!(
+            "  salvage skipped: {} at offset {}: {}",
+            s.path.display(),
+            s.offset,
+            s.reason
+        );
+    }
+    let unknown = if r.losses_unknown > 0 {
+        format!(
+            ", and whatever followed {} damaged region(s) at the end of a segment",
+            r.losses_unknown
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "lost: {} bytes of damage; {} log records{unknown}",
+        r.bytes_lost, r.records_lost
+    );
+    let snapshot_damaged = r
+        .problems
+        .iter()
+        .any(|p| p.path.extension().is_some_and(|e| e == "snap"));
+    if snapshot_damaged {
+        let lost = r
+            .snapshot_entries_lost
+            .map_or_else(|| "an unknown number of".to_string(), |n| n.to_string());
+        println!(
+            "damaged snapshot: {} entries read from blocks that verify and kept, {lost} entries lost (the log after it still applies)",
+            r.snapshot_entries_kept
+        );
+    }
+    if r.torn_tail_bytes > 0 {
+        println!(
+            "cut: {} bytes of torn tail (writes never known durable)",
+            r.torn_tail_bytes
+        );
+    }
+    for (was, now) in &r.broken_files {
+        println!("  kept damaged file: {} -> {}", was.display(), now.display());
+    }
+    for p in &r.removed_files {
+        println!("  removed (its content is in the new snapshot): {}", p.display());
+    }
+    match &r.snapshot {
+        Some(s) => println!(
+            "repaired: {} keys as of sequence number {}, in {}",
+            r.keys,
+            r.seq,
+            s.display()
+        ),
+        None => println!("repaired: nothing could be salvaged; the store is now empty"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
