@@ -1,7 +1,7 @@
 //! Measurements behind [`crate::Stats`] that are more than a counter: fsync latency, checkpoint
 //! durations and bytes, expired entries swept. With the cargo feature `metrics`, each
 //! measurement is also recorded into the [`metrics`](https://docs.rs/metrics) crate's facade as it
-//! happens, and [`Stats::export_metrics`] publishes the gauges and counters, so an application's
+//! happens, and `Stats::export_metrics` publishes the gauges and counters, so an application's
 //! recorder (Prometheus, StatsD, ...) exports them.
 //!
 //! | name (feature `metrics`)          | kind      | what                                          |
@@ -13,7 +13,7 @@
 //! | `sessiondb_recovery_seconds`      | histogram | each open's recovery                          |
 //! | `sessiondb_expired_swept_total`   | counter   | expired entries removed by the sweeper        |
 //!
-//! and from [`Stats::export_metrics`]: gauges `sessiondb_keys`, `sessiondb_live_bytes`,
+//! and from `Stats::export_metrics` (feature `metrics`): gauges `sessiondb_keys`, `sessiondb_live_bytes`,
 //! `sessiondb_dead_bytes`, `sessiondb_segments`, `sessiondb_snapshots`, `sessiondb_last_seq`,
 //! `sessiondb_log_bytes_since_checkpoint`, `sessiondb_writers_waiting`; counters
 //! `sessiondb_fsyncs_total`, `sessiondb_commit_groups_total`, `sessiondb_records_total`,
