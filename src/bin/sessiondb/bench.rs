@@ -42,8 +42,10 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Automatic checkpoints off: the recovery workload then replays the whole log the write
+/// workload left (closing would otherwise checkpoint it away), then loads a snapshot of it.
 fn options(sync: SyncMode) -> Options {
-    Options::new().sync_mode(sync)
+    Options::new().sync_mode(sync).auto_checkpoint(false)
 }
 
 /// Runs `op(thread, i)` on `threads` threads for `secs` seconds; returns the operations done per
@@ -164,20 +166,14 @@ fn workloads(dir: &Path, b: &Bench) -> sessiondb::Result<Vec<Row>> {
         notes: "random keys written above".into(),
     });
     let log_bytes = db.stats().log_bytes_since_checkpoint;
-    drop(db);
+    db.close()?;
 
     // Recovery, twice: replaying the log the write workload left, then loading a snapshot.
-    let no_close_checkpoint = options(b.sync).auto_checkpoint(false);
-    rows.push(reopen(
-        "recovery (log replay)",
-        dir,
-        no_close_checkpoint.clone(),
-        log_bytes,
-    )?);
-    let db = Db::open_with(dir, no_close_checkpoint.clone())?;
+    rows.push(reopen("recovery (log replay)", dir, options(b.sync), log_bytes)?);
+    let db = Db::open_with(dir, options(b.sync))?;
     db.checkpoint()?;
     db.close()?;
-    rows.push(reopen("recovery (snapshot)", dir, no_close_checkpoint, 0)?);
+    rows.push(reopen("recovery (snapshot)", dir, options(b.sync), 0)?);
     Ok(rows)
 }
 

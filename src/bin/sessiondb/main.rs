@@ -57,7 +57,8 @@ enum Command {
     /// Measure writes, reads and recovery on this machine's disk; print a table.
     ///
     /// Workloads: concurrent puts for --seconds, random gets of what was written for
-    /// --seconds, then reopening twice (replaying the log; loading a snapshot).
+    /// --seconds, then reopening twice (replaying the whole log the puts left, with automatic
+    /// checkpoints off; loading a snapshot of it).
     Bench {
         /// Where to put the store (default: a fresh directory in the system temp directory,
         /// deleted afterwards). An existing store gets `bench:` keys added.
@@ -410,19 +411,19 @@ fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
     }
     let damaged = inspect::problems_by_file(&r.problems);
     for s in &r.segments {
-        let seqs = s
-            .seqs
-            .map_or_else(|| "no records".to_string(), |(a, b)| format!("sequence {a}..={b}"));
+        let records = match s.seqs {
+            Some((a, b)) => format!("{} records, sequence {a}..={b}", s.records),
+            None => "no records".to_string(),
+        };
         let verdict = match s.state {
             SegmentState::Live if damaged.contains_key(s.path.as_path()) => "DAMAGED",
             SegmentState::Live => "ok",
             _ => "not read",
         };
         println!(
-            "  segment {}: {}, {seqs}, {} records: {verdict}",
+            "  segment {}: {}, {records}: {verdict}",
             s.path.display(),
-            segment_state(s.state),
-            s.records
+            segment_state(s.state)
         );
     }
     for n in &r.notes {
