@@ -182,6 +182,34 @@ fn usage_errors_exit_2() {
         ];
         expect(2, &args);
     }
+    // A directory with files but no store never gets a store written into it.
+    let occupied = dir.path().join("occupied");
+    fs::create_dir(&occupied).unwrap();
+    fs::write(occupied.join("notes.txt"), b"mine").unwrap();
+    expect(2, &[OsStr::new("put"), p(&occupied), OsStr::new("k"), OsStr::new("v")]);
+    expect(
+        2,
+        &[
+            OsStr::new("demo"),
+            p(&occupied),
+            OsStr::new("--sessions"),
+            OsStr::new("1"),
+        ],
+    );
+    expect(
+        2,
+        &[
+            OsStr::new("bench"),
+            p(&occupied),
+            OsStr::new("--seconds"),
+            OsStr::new("0"),
+        ],
+    );
+    assert_eq!(
+        fs::read_dir(&occupied).unwrap().count(),
+        1,
+        "nothing was written into it"
+    );
     assert!(!missing.exists(), "a usage error created the store");
     assert_eq!(
         fs::read_dir(&not_a_store).unwrap().count(),

@@ -210,7 +210,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Refuses a directory that holds files but no store, so that a mistyped path never gets a
+/// store's files written into it. A missing or empty directory, or a store, is fine.
+fn creatable(dir: &Path) -> sessiondb::Result<()> {
+    let occupied = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        inspect::inventory(dir)?;
+    }
+    Ok(())
+}
+
 fn run(command: Command) -> sessiondb::Result<ExitCode> {
+    if let Command::Demo { dir, .. } | Command::Bench { dir: Some(dir), .. } | Command::Put { dir, .. } = &command {
+        creatable(dir)?;
+    }
     match command {
         Command::Demo {
             dir,
