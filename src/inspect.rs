@@ -819,7 +819,9 @@ fn scan_one(
     let mut undecodable = Vec::new();
     let scanned = reader::scan_segment(&input, |offset, rec| {
         records.push((offset, rec.seq));
-        if let Err(d) = format::decode_ops(rec.payload) {
+        // Other record kinds are the reader's and recovery's to judge (R9 for this one).
+        let ops = (rec.kind == format::KIND_OPS).then(|| format::decode_ops(rec.payload));
+        if let Some(Err(d)) = ops {
             undecodable.push(problem(
                 path,
                 offset + format::RECORD_HEADER_SIZE as u64 + d.offset,
