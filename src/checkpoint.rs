@@ -2,7 +2,9 @@
 //!
 //! 1. Note `S`, the last applied sequence number, and copy the index in chunks (writers go on;
 //!    entries changed later may be copied with their newer values, up to `end_seq`).
-//! 2. Write live, unexpired entries to `S.snap.tmp` in checksummed blocks, then the footer.
+//! 2. Write the live entries to `S.snap.tmp` in checksummed blocks, then the footer. Entries
+//!    expired when `S` was fixed are left out, unless a write to them was already waiting
+//!    (a touch ordered after `S` must find its entry when the log is replayed).
 //! 3. fsync the temp file; make the log durable through `end_seq`.
 //! 4. Rename to `S.snap`; fsync the directory. From here the snapshot is the recovery base.
 //! 5. Point index entries at the snapshot; delete segments wholly at or below `S` and older
@@ -18,14 +20,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::engine::Engine;
+use crate::engine::RollPoint;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
 use crate::index::{Entries, Entry, FileId, Index, Key, Loc, Slot, Source};
-
-/// Keys with the sequence number of the entry they had.
-type KeySeqs = Vec<(Key, u64)>;
 use crate::limits;
 use crate::storage::{write_all_at, FileBytes, OpenMode, Storage};
+
+/// Entries left out of a snapshot as expired: key, sequence number and expiry they had.
+type Expired = Vec<(Key, u64, u64)>;
 
 /// Entries copied per index lock hold.
 const COPY_CHUNK: usize = 1024;
@@ -40,12 +43,13 @@ pub(crate) struct LoadedSnapshot {
     pub bytes: Arc<FileBytes>,
 }
 
-/// Reads and verifies the whole snapshot `base_seq`, returning its live entries in key order.
+/// Reads and verifies the whole snapshot `base_seq`, returning its entries in key order.
+/// Expired entries are kept: a touch later in the log may extend them (recovery drops what is
+/// still expired after the replay).
 pub(crate) fn load_snapshot(
     storage: &dyn Storage,
     path: &Path,
     base_seq: u64,
-    now_ms: u64,
     slot: Slot,
 ) -> Result<(LoadedSnapshot, Entries)> {
     let file = storage
@@ -102,8 +106,8 @@ pub(crate) fn load_snapshot(
         .map_or(frames.len(), |i| i + 1);
     let (first, second) = frames.split_at(split);
     let (a, b2) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| decode_entries(b, end, second, path, slot, now_ms));
-        let mine = decode_entries(b, end, first, path, slot, now_ms);
+        let other = scope.spawn(|| decode_entries(b, end, second, path, slot));
+        let mine = decode_entries(b, end, first, path, slot);
         let other = other
             .join()
             .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot decoder thread panicked")));
@@ -146,14 +150,13 @@ struct DecodedHalf<'a> {
     first: Option<(&'a [u8], u64)>,
 }
 
-/// Checks and decodes the framed blocks, keeping the live entries; keys must ascend.
+/// Checks and decodes the framed blocks; keys must ascend.
 fn decode_entries<'a>(
     b: &'a [u8],
     end: usize,
     frames: &[(usize, format::BlockFrame)],
     path: &Path,
     slot: Slot,
-    now_ms: u64,
 ) -> Result<DecodedHalf<'a>> {
     let mut out: Entries = Vec::with_capacity(frames.iter().map(|f| f.1.count).sum());
     let mut count = 0u64;
@@ -177,9 +180,6 @@ fn decode_entries<'a>(
             prev_key = Some(e.key);
             first.get_or_insert((e.key, offset));
             count += 1;
-            if e.expires_at_ms != 0 && e.expires_at_ms <= now_ms {
-                continue;
-            }
             let Some(seq) = NonZeroU64::new(e.seq) else {
                 return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
             };
@@ -219,12 +219,13 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
         // Nothing written since the last checkpoint (or ever).
         return Ok(());
     }
-    let base_seq = engine.roll_for_checkpoint()?;
+    let roll = engine.roll_for_checkpoint()?;
+    let base_seq = roll.base;
     let log_bytes_at_start = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
     let storage = engine.storage.as_ref();
     let tmp = engine.layout.snapshot_tmp(base_seq);
     let path = engine.layout.snapshot(base_seq);
-    let (end_seq, expired) = write_snapshot(engine, &tmp, base_seq)?;
+    let (end_seq, expired) = write_snapshot(engine, &tmp, &roll)?;
     // The snapshot may hold writes up to end_seq; they must be durable in the log before the
     // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
     if engine.durable_seq.load(Ordering::Acquire) < end_seq {
@@ -258,7 +259,8 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
 
 /// Writes the snapshot's temp file; returns `end_seq` and the (key, seq) of entries skipped as
 /// expired (they are dropped from the index afterwards).
-fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, KeySeqs)> {
+fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<(u64, Expired)> {
+    let base_seq = roll.base;
     let storage = engine.storage.as_ref();
     // A leftover from an interrupted checkpoint with the same base would make create fail.
     let _ = storage.remove(tmp);
@@ -272,7 +274,6 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
     let mut count = 0u64;
     let mut expired = Vec::new();
     let mut lower: Bound<Key> = Bound::Unbounded;
-    let now = engine.now_ms();
     let mut end_seq;
     loop {
         let (chunk, applied) = {
@@ -292,8 +293,9 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
             break;
         };
         for (key, entry, source) in chunk {
-            if !entry.is_live(now) {
-                expired.push((key, entry.seq.get()));
+            // Dropped only if expired at the roll and not about to be touched (RollPoint).
+            if !entry.is_live(roll.cut_ms) && !roll.pending.contains(&key) {
+                expired.push((key, entry.seq.get(), entry.expires_at_ms));
                 continue;
             }
             let source = source?;
@@ -338,7 +340,7 @@ fn repoint_index(
     path: &Path,
     base_seq: u64,
     bytes: &Arc<FileBytes>,
-    expired: &[(Key, u64)],
+    expired: &[(Key, u64, u64)],
 ) -> Result<()> {
     let b = bytes.bytes();
     let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;
@@ -369,8 +371,8 @@ fn repoint_index(
         at += len;
     }
     let mut index = engine.index.write();
-    for (key, seq) in expired {
-        index.remove_if_seq(key, *seq);
+    for (key, seq, expires_at_ms) in expired {
+        index.remove_if_unchanged(key, *seq, *expires_at_ms);
     }
     Ok(())
 }

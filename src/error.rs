@@ -75,6 +75,11 @@ pub enum Error {
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 
+    /// A precondition of [`crate::Db::write`] did not hold; nothing was written.
+    /// ([`crate::Db::write_if`] and the `*_if_version` methods return it as a value instead.)
+    #[error("version conflict: {0}")]
+    Conflict(crate::batch::Conflict),
+
     /// The store was closed (or is closing).
     #[error("the store is closed")]
     Closed,

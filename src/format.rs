@@ -271,6 +271,16 @@ pub enum Op<'a> {
         /// The key.
         key: &'a [u8],
     },
+    /// Set the expiry of `key` to `expires_at_ms` if its value is still the one written at
+    /// sequence number `version`; otherwise nothing. The value is not rewritten.
+    Touch {
+        /// The key.
+        key: &'a [u8],
+        /// Sequence number of the write that set the value being touched.
+        version: u64,
+        /// New expiry deadline, or 0 for none.
+        expires_at_ms: u64,
+    },
 }
 
 /// Bincode's configuration for payloads: little-endian, fixed-width integers (lengths are `u64`,
@@ -299,6 +309,20 @@ pub fn put_value_offset(op_start: usize, key_len: usize) -> usize {
 /// Bytes a delete of this key adds to a payload.
 pub fn delete_encoded_size(key_len: usize) -> usize {
     4 + 8 + key_len
+}
+
+/// Bytes a touch of this key adds to a payload: tag, key length, key, version, deadline.
+pub fn touch_encoded_size(key_len: usize) -> usize {
+    4 + 8 + key_len + 8 + 8
+}
+
+/// Bytes `op` adds to a payload.
+pub fn op_encoded_size(op: &Op<'_>) -> usize {
+    match op {
+        Op::Put { key, value, .. } => put_encoded_size(key.len(), value.len()),
+        Op::Delete { key } => delete_encoded_size(key.len()),
+        Op::Touch { key, .. } => touch_encoded_size(key.len()),
+    }
 }
 
 /// Bytes of the payload's leading op count.

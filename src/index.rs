@@ -366,10 +366,58 @@ impl Index {
         }
     }
 
-    /// Removes `key` if its entry is still the one written at `seq`.
-    pub(crate) fn remove_if_seq(&mut self, key: &[u8], seq: u64) {
-        if self.get(key).is_some_and(|e| e.seq.get() == seq) {
+    /// Sets the expiry of `key` if its entry is still the one written at `version` (a touch).
+    pub(crate) fn touch(&mut self, key: &[u8], version: u64, expires_at_ms: u64) {
+        let entry = match self.overlay.get_mut(key) {
+            Some(over) => over.as_mut(),
+            None => match self.base_find(key) {
+                Ok(i) => Some(&mut self.base[i].1),
+                Err(_) => None,
+            },
+        };
+        if let Some(e) = entry.filter(|e| e.seq.get() == version) {
+            e.expires_at_ms = expires_at_ms;
+        }
+    }
+
+    /// Removes `key` if its entry is still exactly `(seq, expires_at_ms)`: not rewritten and not
+    /// touched since it was seen expired.
+    pub(crate) fn remove_if_unchanged(&mut self, key: &[u8], seq: u64, expires_at_ms: u64) {
+        if self
+            .get(key)
+            .is_some_and(|e| e.seq.get() == seq && e.expires_at_ms == expires_at_ms)
+        {
             self.delete(key);
         }
+    }
+
+    /// Drops every entry expired at `now_ms` (the end of recovery, once every touch in the log
+    /// has been replayed).
+    pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
+        let before = self.live;
+        if self.base.iter().any(|(_, e)| !e.is_live(now_ms)) {
+            let (mut live, mut bytes) = (self.live, self.live_bytes);
+            let overlay = &self.overlay;
+            self.base.retain(|(k, e)| {
+                // A base entry the overlay shadows is not counted in `live`.
+                let keep = e.is_live(now_ms) || overlay.contains_key(k.as_bytes());
+                if !keep {
+                    live -= 1;
+                    bytes -= k.len() as u64 + u64::from(e.loc.len);
+                }
+                keep
+            });
+            (self.live, self.live_bytes) = (live, bytes);
+        }
+        let expired: Vec<Key> = self
+            .overlay
+            .iter()
+            .filter(|(_, e)| e.is_some_and(|e| !e.is_live(now_ms)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.delete(&k);
+        }
+        (before - self.live) as u64
     }
 }

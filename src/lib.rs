@@ -18,9 +18,9 @@ mod stats;
 pub mod storage;
 mod wal;
 
-pub use batch::Batch;
+pub use batch::{Batch, Conflict};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{Db, Iter};
 pub use error::{Error, Result};
-pub use options::{Options, RecoveryMode, SyncMode};
+pub use options::{Durability, Options, RecoveryMode, SyncMode};
 pub use stats::{RecoveryReport, Skipped, Stats};

@@ -7,7 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live (unexpired, undeleted) keys.
+    /// Keys in the index: undeleted, and not yet dropped after expiring (expired entries never
+    /// read back; the sweeper, checkpoints and the next open drop them).
     pub keys: u64,
     /// Bytes of live keys and values.
     pub live_bytes: u64,
@@ -38,6 +39,8 @@ pub struct Stats {
     pub commit_group_sizes: [u64; 8],
     /// Checkpoints completed since open.
     pub checkpoints: u64,
+    /// Expired entries the sweeper (or [`crate::Db::purge_expired`]) dropped since open.
+    pub expired_swept: u64,
     /// What the last open found and did.
     pub recovery: RecoveryReport,
 }
