@@ -4,13 +4,23 @@ use std::time::Duration;
 
 use crate::options::Durability;
 
+/// When a put expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    Never,
+    /// This long after the batch is written.
+    Ttl(Duration),
+    /// At this deadline (ms since the Unix epoch, never 0).
+    At(u64),
+}
+
 /// One write in a [`Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BatchOp {
     Put {
         key: Vec<u8>,
         value: Vec<u8>,
-        ttl: Option<Duration>,
+        expiry: Expiry,
     },
     Delete {
         key: Vec<u8>,
@@ -53,7 +63,7 @@ impl Batch {
         self.ops.push(BatchOp::Put {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
-            ttl: None,
+            expiry: Expiry::Never,
         });
         self
     }
@@ -63,7 +73,21 @@ impl Batch {
         self.ops.push(BatchOp::Put {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
-            ttl: Some(ttl),
+            expiry: Expiry::Ttl(ttl),
+        });
+        self
+    }
+
+    /// Sets `key` to `value`, expiring at `deadline_ms` (ms since the Unix epoch; 0: never).
+    pub(crate) fn put_expiring_at(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: u64) -> &mut Batch {
+        self.ops.push(BatchOp::Put {
+            key: key.to_vec(),
+            value,
+            expiry: if deadline_ms == 0 {
+                Expiry::Never
+            } else {
+                Expiry::At(deadline_ms)
+            },
         });
         self
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::batch::{Batch, BatchOp, Conflict};
+use crate::batch::{Batch, BatchOp, Conflict, Expiry};
 use crate::checkpoint;
 use crate::clock::deadline_ms;
 use crate::engine::{Engine, ScanItem};
@@ -19,6 +19,18 @@ use crate::options::{Durability, Options, RecoveryMode, SyncMode};
 use crate::recovery;
 use crate::stats::Stats;
 use crate::wal::writer::SpareSlot;
+
+/// A live value with its version and expiry, from [`Db::get_versioned`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Sequence number of the write that set it (see [`Db::get_with_version`]).
+    pub version: u64,
+    /// Expiry deadline in ms since the Unix epoch (on the store's clock), `None` for never.
+    pub expires_at_ms: Option<u64>,
+}
 
 /// An open store. `Send + Sync`: share it between threads as `Arc<Db>`.
 ///
@@ -92,7 +104,7 @@ impl Db {
 
     /// The value of `key`, or `None` if absent or expired.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        Ok(self.engine.get(key.as_ref())?.map(|(v, _)| v))
+        Ok(self.engine.get(key.as_ref())?.map(|(v, _, _)| v))
     }
 
     /// The value of `key` and its version, or `None` if absent or expired.
@@ -101,7 +113,24 @@ impl Db {
     /// every put of the key (and only then: a touch keeps it), survives reopening, and is what
     /// [`Db::put_if_version`] and [`Batch::expect_version`] compare against.
     pub fn get_with_version(&self, key: impl AsRef<[u8]>) -> Result<Option<(Vec<u8>, u64)>> {
-        self.engine.get(key.as_ref())
+        Ok(self.engine.get(key.as_ref())?.map(|(v, version, _)| (v, version)))
+    }
+
+    /// The live value of `key` with its version and expiry deadline.
+    pub fn get_versioned(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>> {
+        Ok(self
+            .engine
+            .get(key.as_ref())?
+            .map(|(value, version, expires_at_ms)| Versioned {
+                value,
+                version,
+                expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+            }))
+    }
+
+    /// The store's clock, in ms since the Unix epoch (what expiry deadlines are measured on).
+    pub fn now_ms(&self) -> u64 {
+        self.engine.now_ms()
     }
 
     /// Removes `key` (a no-op write if it is absent).
@@ -196,12 +225,16 @@ impl Db {
         for op in &batch.ops {
             self.check_key(op.key())?;
             let op = match op {
-                BatchOp::Put { key, value, ttl } => {
+                BatchOp::Put { key, value, expiry } => {
                     self.check_value(value)?;
                     Op::Put {
                         key,
                         value,
-                        expires_at_ms: ttl.map_or(0, |t| deadline_ms(now, t)),
+                        expires_at_ms: match *expiry {
+                            Expiry::Never => 0,
+                            Expiry::Ttl(t) => deadline_ms(now, t),
+                            Expiry::At(at) => at,
+                        },
                     }
                 }
                 BatchOp::Delete { key } => Op::Delete { key },

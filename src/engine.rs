@@ -677,8 +677,8 @@ impl Engine {
     // -----------------------------------------------------------------------------------------
     // Reads
 
-    /// The live value of `key` and its version.
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
+    /// The live value of `key`, its version and its expiry deadline (0: none).
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64, u64)>> {
         let now = self.now_ms();
         let found = {
             let index = self.index.read();
@@ -688,7 +688,11 @@ impl Engine {
             }
         };
         match found {
-            Some((entry, source)) => Ok(Some((self.read_value(&source, entry.loc)?, entry.seq.get()))),
+            Some((entry, source)) => Ok(Some((
+                self.read_value(&source, entry.loc)?,
+                entry.seq.get(),
+                entry.expires_at_ms,
+            ))),
             None => Ok(None),
         }
     }

@@ -80,6 +80,14 @@ pub enum Error {
     #[error("version conflict: {0}")]
     Conflict(crate::batch::Conflict),
 
+    /// A session id string is not one this store issues (22 URL-safe base64 characters).
+    #[error("invalid session id {0:?}")]
+    InvalidSessionId(String),
+
+    /// Session data could not be converted to or from the application's type.
+    #[error("session data: {0}")]
+    SessionData(String),
+
     /// The store was closed (or is closing).
     #[error("the store is closed")]
     Closed,

@@ -14,13 +14,14 @@ pub mod layout;
 pub mod limits;
 mod options;
 mod recovery;
+pub mod session;
 mod stats;
 pub mod storage;
 mod wal;
 
 pub use batch::{Batch, Conflict};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use db::{Db, Iter};
+pub use db::{Db, Iter, Versioned};
 pub use error::{Error, Result};
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
 pub use stats::{RecoveryReport, Skipped, Stats};
