@@ -27,9 +27,6 @@ use crate::index::{Entries, Entry, FileId, Index, Key, Loc, Slot, Source};
 use crate::limits;
 use crate::storage::{write_all_at, FileBytes, OpenMode, Storage};
 
-/// Entries left out of a snapshot as expired: key, sequence number and expiry they had.
-type Expired = Vec<(Key, u64, u64)>;
-
 /// Entries copied per index lock hold.
 const COPY_CHUNK: usize = 1024;
 /// Bytes buffered before a write to the snapshot file.
@@ -56,6 +53,11 @@ pub(crate) fn load_snapshot(
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
     let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(path, e))?);
+    decode_snapshot(bytes, path, base_seq, slot)
+}
+
+/// Verifies and decodes the whole snapshot in `bytes`, its entries pointing at `slot`.
+fn decode_snapshot(bytes: Arc<FileBytes>, path: &Path, base_seq: u64, slot: Slot) -> Result<(LoadedSnapshot, Entries)> {
     let b = bytes.bytes();
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base_seq => {}
@@ -222,10 +224,37 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     let roll = engine.roll_for_checkpoint()?;
     let base_seq = roll.base;
     let log_bytes_at_start = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+    // The index is frozen at the base until the snapshot replaces its lower layers.
+    let snapshot_bytes = match write_and_rebase(engine, &roll) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            engine.index.write().unfreeze();
+            return Err(e);
+        }
+    };
+    let old: Vec<u64> = {
+        let mut snapshots = engine.snapshots.lock();
+        let old = snapshots.drain(..).map(|s| s.0).collect();
+        snapshots.push((base_seq, snapshot_bytes));
+        old
+    };
+    remove_covered(engine, base_seq, &old)?;
+    engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    engine
+        .counters
+        .log_bytes_since_checkpoint
+        .fetch_sub(log_bytes_at_start, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Steps 2 to 5: writes the snapshot, makes it the recovery base, reads it back and makes its
+/// entries the index's base. Returns the snapshot's size.
+fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
+    let base_seq = roll.base;
     let storage = engine.storage.as_ref();
     let tmp = engine.layout.snapshot_tmp(base_seq);
     let path = engine.layout.snapshot(base_seq);
-    let (end_seq, expired) = write_snapshot(engine, &tmp, &roll)?;
+    let end_seq = write_snapshot(engine, &tmp, roll)?;
     // The snapshot may hold writes up to end_seq; they must be durable in the log before the
     // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
     if engine.durable_seq.load(Ordering::Acquire) < end_seq {
@@ -241,25 +270,19 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
         .open(&path, OpenMode::Read)
         .map_err(|e| Error::io("open", &path, e))?;
     let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(&path, e))?);
-    repoint_index(engine, &path, base_seq, &bytes, &expired)?;
-    let old: Vec<u64> = {
-        let mut snapshots = engine.snapshots.lock();
-        let old = snapshots.drain(..).map(|s| s.0).collect();
-        snapshots.push((base_seq, bytes.bytes().len() as u64));
-        old
-    };
-    remove_covered(engine, base_seq, &old)?;
-    engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-    engine
-        .counters
-        .log_bytes_since_checkpoint
-        .fetch_sub(log_bytes_at_start, Ordering::Relaxed);
-    Ok(())
+    let size = bytes.bytes().len() as u64;
+    // Pair the checks: the snapshot is read back and verified before the log it replaces goes.
+    let slot = engine
+        .index
+        .write()
+        .set_source(Source::bytes(FileId::Snapshot(base_seq), bytes.clone()));
+    let (_, entries) = decode_snapshot(bytes, &path, base_seq, slot)?;
+    engine.index.write().rebase(entries);
+    Ok(size)
 }
 
-/// Writes the snapshot's temp file; returns `end_seq` and the (key, seq) of entries skipped as
-/// expired (they are dropped from the index afterwards).
-fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<(u64, Expired)> {
+/// Writes the snapshot's temp file; returns `end_seq`.
+fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<u64> {
     let base_seq = roll.base;
     let storage = engine.storage.as_ref();
     // A leftover from an interrupted checkpoint with the same base would make create fail.
@@ -272,7 +295,6 @@ fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<(u64,
     let mut written = 0u64;
     let mut block = BlockBuilder::new();
     let mut count = 0u64;
-    let mut expired = Vec::new();
     let mut lower: Bound<Key> = Bound::Unbounded;
     let mut end_seq;
     loop {
@@ -295,7 +317,6 @@ fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<(u64,
         for (key, entry, source) in chunk {
             // Dropped only if expired at the roll and not about to be touched (RollPoint).
             if !entry.is_live(roll.cut_ms) && !roll.pending.contains(&key) {
-                expired.push((key, entry.seq.get(), entry.expires_at_ms));
                 continue;
             }
             let source = source?;
@@ -330,51 +351,7 @@ fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<(u64,
     out.extend_from_slice(&footer);
     write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
     file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
-    Ok((end_seq.max(base_seq), expired))
-}
-
-/// Points every index entry the snapshot holds (unchanged since it was copied) at the snapshot,
-/// and drops the expired entries the snapshot left out.
-fn repoint_index(
-    engine: &Engine,
-    path: &Path,
-    base_seq: u64,
-    bytes: &Arc<FileBytes>,
-    expired: &[(Key, u64, u64)],
-) -> Result<()> {
-    let b = bytes.bytes();
-    let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;
-    let end = footer.footer_offset as usize;
-    let slot = engine
-        .index
-        .write()
-        .set_source(Source::bytes(FileId::Snapshot(base_seq), bytes.clone()));
-    let mut at = SNAPSHOT_HEADER_SIZE;
-    while at < end {
-        // Pair the checks: the snapshot is read back and verified before the log it replaces
-        // goes away.
-        let (entries, len) =
-            format::decode_block(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
-        let mut index = engine.index.write();
-        for d in entries {
-            let loc = Loc {
-                offset: (at + d.value_at) as u64,
-                slot,
-                // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
-                len: d.entry.value.len() as u32,
-                record_back: 0,
-                record_len: 0,
-            };
-            index.repoint(d.entry.key, d.entry.seq, loc);
-        }
-        drop(index);
-        at += len;
-    }
-    let mut index = engine.index.write();
-    for (key, seq, expires_at_ms) in expired {
-        index.remove_if_unchanged(key, *seq, *expires_at_ms);
-    }
-    Ok(())
+    Ok(end_seq.max(base_seq))
 }
 
 /// Deletes segments wholly at or below `base_seq` (never the active one) and older snapshots.

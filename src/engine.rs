@@ -563,14 +563,17 @@ impl Engine {
             let base = log.written_seq;
             let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
             drop(log);
+            let mut index = self.index.write();
             if let Some((sealed, active)) = rolled {
                 self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
                 self.durable_seq.fetch_max(base, Ordering::AcqRel);
-                let mut index = self.index.write();
                 index.set_source(sealed_source(&sealed));
                 index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
             }
-            debug_assert_eq!(self.index.read().applied_seq, base, "no group is in flight");
+            debug_assert_eq!(index.applied_seq, base, "no group is in flight");
+            // Everything up to the base is in the index now and will be in the snapshot.
+            index.freeze();
+            drop(index);
             Ok(RollPoint { base, cut_ms, pending })
         })();
         self.commit.lock().leader_active = false;
