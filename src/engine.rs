@@ -757,25 +757,37 @@ impl Engine {
         let (FileId::Segment(segment_id), Some(start)) = (source.file, start) else {
             return Err(Error::corruption(path(), loc.offset, "index entry names no log record"));
         };
-        let owned;
-        let record: &[u8] = match &source.data {
+        let back = loc.record_back as usize;
+        let end = back + loc.len as usize;
+        let verifies = |record: &[u8]| {
+            matches!(
+                format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX),
+                format::RecordState::Valid(r) if r.len == record.len() && end <= record.len()
+            )
+        };
+        let bad = || Error::corruption(path(), start, "record read back does not verify");
+        match &source.data {
             SourceData::Bytes(bytes) => {
                 let at = usize::try_from(start).unwrap_or(usize::MAX);
-                at.checked_add(loc.record_len as usize)
+                let record = at
+                    .checked_add(loc.record_len as usize)
                     .and_then(|end| bytes.bytes().get(at..end))
-                    .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?
+                    .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?;
+                if !verifies(record) {
+                    return Err(bad());
+                }
+                Ok(record[back..end].to_vec())
             }
             SourceData::File(_) => {
-                owned = self.read_bytes(source, start, loc.record_len as usize)?;
-                &owned
+                // One allocation: the record is read, checked, then cut down to its value.
+                let mut record = self.read_bytes(source, start, loc.record_len as usize)?;
+                if !verifies(&record) {
+                    return Err(bad());
+                }
+                record.truncate(end);
+                record.drain(..back);
+                Ok(record)
             }
-        };
-        let back = loc.record_back as usize;
-        match format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX) {
-            format::RecordState::Valid(r) if r.len == record.len() && back + loc.len as usize <= record.len() => {
-                Ok(record[back..back + loc.len as usize].to_vec())
-            }
-            _ => Err(Error::corruption(path(), start, "record read back does not verify")),
         }
     }
 
