@@ -679,11 +679,20 @@ fn one_seed(seed: u64, features: Features) -> FaultCounts {
                     _ => run.mode == SyncMode::Always,
                 };
                 run.issued.push((op, at));
+                // A compare-and-swap reads first: after a misdirected write, that read may
+                // rightly find damage.
+                let read_damage = run.damaged && matches!(run.issued.last(), Some((Op::Cas(..), _)));
                 match result {
                     Ok(()) => {
                         run.acked = run.issued.len();
                         if durable {
                             run.must_survive = run.acked;
+                        }
+                    }
+                    Err(Error::Corruption { .. }) if read_damage => {
+                        match reopen(&mut run, db, Some(CrashMode::Torn { sector: 512 }), &what) {
+                            Some(d) => db = d,
+                            None => return run.sim.counts(),
                         }
                     }
                     Err(Error::Io { .. } | Error::Poisoned { .. }) => {
