@@ -2,7 +2,9 @@
 //!
 //! 1. Note `S`, the last applied sequence number, and copy the index in chunks (writers go on;
 //!    entries changed later may be copied with their newer values, up to `end_seq`).
-//! 2. Write live, unexpired entries to `S.snap.tmp` in checksummed blocks, then the footer.
+//! 2. Write the live entries to `S.snap.tmp` in checksummed blocks, then the footer. Entries
+//!    expired when `S` was fixed are left out, unless a write to them was already waiting
+//!    (a touch ordered after `S` must find its entry when the log is replayed).
 //! 3. fsync the temp file; make the log durable through `end_seq`.
 //! 4. Rename to `S.snap`; fsync the directory. From here the snapshot is the recovery base.
 //! 5. Point index entries at the snapshot; delete segments wholly at or below `S` and older
@@ -18,12 +20,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::engine::Engine;
+use crate::engine::RollPoint;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
 use crate::index::{Entries, Entry, FileId, Index, Key, Loc, Slot, Source};
-
-/// Keys with the sequence number of the entry they had.
-type KeySeqs = Vec<(Key, u64)>;
 use crate::limits;
 use crate::storage::{write_all_at, FileBytes, OpenMode, Storage};
 
@@ -40,18 +40,24 @@ pub(crate) struct LoadedSnapshot {
     pub bytes: Arc<FileBytes>,
 }
 
-/// Reads and verifies the whole snapshot `base_seq`, returning its live entries in key order.
+/// Reads and verifies the whole snapshot `base_seq`, returning its entries in key order.
+/// Expired entries are kept: a touch later in the log may extend them (recovery drops what is
+/// still expired after the replay).
 pub(crate) fn load_snapshot(
     storage: &dyn Storage,
     path: &Path,
     base_seq: u64,
-    now_ms: u64,
     slot: Slot,
 ) -> Result<(LoadedSnapshot, Entries)> {
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
     let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(path, e))?);
+    decode_snapshot(bytes, path, base_seq, slot)
+}
+
+/// Verifies and decodes the whole snapshot in `bytes`, its entries pointing at `slot`.
+fn decode_snapshot(bytes: Arc<FileBytes>, path: &Path, base_seq: u64, slot: Slot) -> Result<(LoadedSnapshot, Entries)> {
     let b = bytes.bytes();
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base_seq => {}
@@ -102,8 +108,8 @@ pub(crate) fn load_snapshot(
         .map_or(frames.len(), |i| i + 1);
     let (first, second) = frames.split_at(split);
     let (a, b2) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| decode_entries(b, end, second, path, slot, now_ms));
-        let mine = decode_entries(b, end, first, path, slot, now_ms);
+        let other = scope.spawn(|| decode_entries(b, end, second, path, slot));
+        let mine = decode_entries(b, end, first, path, slot);
         let other = other
             .join()
             .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot decoder thread panicked")));
@@ -146,14 +152,13 @@ struct DecodedHalf<'a> {
     first: Option<(&'a [u8], u64)>,
 }
 
-/// Checks and decodes the framed blocks, keeping the live entries; keys must ascend.
+/// Checks and decodes the framed blocks; keys must ascend.
 fn decode_entries<'a>(
     b: &'a [u8],
     end: usize,
     frames: &[(usize, format::BlockFrame)],
     path: &Path,
     slot: Slot,
-    now_ms: u64,
 ) -> Result<DecodedHalf<'a>> {
     let mut out: Entries = Vec::with_capacity(frames.iter().map(|f| f.1.count).sum());
     let mut count = 0u64;
@@ -177,9 +182,6 @@ fn decode_entries<'a>(
             prev_key = Some(e.key);
             first.get_or_insert((e.key, offset));
             count += 1;
-            if e.expires_at_ms != 0 && e.expires_at_ms <= now_ms {
-                continue;
-            }
             let Some(seq) = NonZeroU64::new(e.seq) else {
                 return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
             };
@@ -220,12 +222,41 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
         // Nothing written since the last checkpoint (or ever).
         return Ok(());
     }
-    let base_seq = engine.roll_for_checkpoint()?;
+    let roll = engine.roll_for_checkpoint()?;
+    let base_seq = roll.base;
     let log_bytes_at_start = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+    // The index is frozen at the base until the snapshot replaces its lower layers.
+    let snapshot_bytes = match write_and_rebase(engine, &roll) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            engine.index.write().unfreeze();
+            return Err(e);
+        }
+    };
+    let old: Vec<u64> = {
+        let mut snapshots = engine.snapshots.lock();
+        let old = snapshots.drain(..).map(|s| s.0).collect();
+        snapshots.push((base_seq, snapshot_bytes));
+        old
+    };
+    remove_covered(engine, base_seq, &old)?;
+    engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+    engine.counters.telemetry.checkpoint(started.elapsed(), snapshot_bytes);
+    engine
+        .counters
+        .log_bytes_since_checkpoint
+        .fetch_sub(log_bytes_at_start, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Steps 2 to 5: writes the snapshot, makes it the recovery base, reads it back and makes its
+/// entries the index's base. Returns the snapshot's size.
+fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
+    let base_seq = roll.base;
     let storage = engine.storage.as_ref();
     let tmp = engine.layout.snapshot_tmp(base_seq);
     let path = engine.layout.snapshot(base_seq);
-    let (end_seq, expired) = write_snapshot(engine, &tmp, base_seq)?;
+    let end_seq = write_snapshot(engine, &tmp, roll)?;
     // The snapshot may hold writes up to end_seq; they must be durable in the log before the
     // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
     if engine.durable_seq.load(Ordering::Acquire) < end_seq {
@@ -241,27 +272,20 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
         .open(&path, OpenMode::Read)
         .map_err(|e| Error::io("open", &path, e))?;
     let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(&path, e))?);
-    repoint_index(engine, &path, base_seq, &bytes, &expired)?;
-    let old: Vec<u64> = {
-        let mut snapshots = engine.snapshots.lock();
-        let old = snapshots.drain(..).map(|s| s.0).collect();
-        snapshots.push((base_seq, bytes.bytes().len() as u64));
-        old
-    };
-    remove_covered(engine, base_seq, &old)?;
-    engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-    let snapshot_bytes = bytes.bytes().len() as u64;
-    engine.counters.telemetry.checkpoint(started.elapsed(), snapshot_bytes);
-    engine
-        .counters
-        .log_bytes_since_checkpoint
-        .fetch_sub(log_bytes_at_start, Ordering::Relaxed);
-    Ok(())
+    let size = bytes.bytes().len() as u64;
+    // Pair the checks: the snapshot is read back and verified before the log it replaces goes.
+    let slot = engine
+        .index
+        .write()
+        .set_source(Source::bytes(FileId::Snapshot(base_seq), bytes.clone()));
+    let (_, entries) = decode_snapshot(bytes, &path, base_seq, slot)?;
+    engine.index.write().rebase(entries);
+    Ok(size)
 }
 
-/// Writes the snapshot's temp file; returns `end_seq` and the (key, seq) of entries skipped as
-/// expired (they are dropped from the index afterwards).
-fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, KeySeqs)> {
+/// Writes the snapshot's temp file; returns `end_seq`.
+fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<u64> {
+    let base_seq = roll.base;
     let storage = engine.storage.as_ref();
     // A leftover from an interrupted checkpoint with the same base would make create fail.
     let _ = storage.remove(tmp);
@@ -273,9 +297,7 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
     let mut written = 0u64;
     let mut block = BlockBuilder::new();
     let mut count = 0u64;
-    let mut expired = Vec::new();
     let mut lower: Bound<Key> = Bound::Unbounded;
-    let now = engine.now_ms();
     let mut end_seq;
     loop {
         let (chunk, applied) = {
@@ -295,8 +317,8 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
             break;
         };
         for (key, entry, source) in chunk {
-            if !entry.is_live(now) {
-                expired.push((key, entry.seq.get()));
+            // Dropped only if expired at the roll and not about to be touched (RollPoint).
+            if !entry.is_live(roll.cut_ms) && !roll.pending.contains(&key) {
                 continue;
             }
             let source = source?;
@@ -331,51 +353,7 @@ fn write_snapshot(engine: &Engine, tmp: &Path, base_seq: u64) -> Result<(u64, Ke
     out.extend_from_slice(&footer);
     write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
     file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
-    Ok((end_seq.max(base_seq), expired))
-}
-
-/// Points every index entry the snapshot holds (unchanged since it was copied) at the snapshot,
-/// and drops the expired entries the snapshot left out.
-fn repoint_index(
-    engine: &Engine,
-    path: &Path,
-    base_seq: u64,
-    bytes: &Arc<FileBytes>,
-    expired: &[(Key, u64)],
-) -> Result<()> {
-    let b = bytes.bytes();
-    let footer = format::decode_snapshot_footer(b).map_err(|d| Error::corruption(path, d.offset, d.reason))?;
-    let end = footer.footer_offset as usize;
-    let slot = engine
-        .index
-        .write()
-        .set_source(Source::bytes(FileId::Snapshot(base_seq), bytes.clone()));
-    let mut at = SNAPSHOT_HEADER_SIZE;
-    while at < end {
-        // Pair the checks: the snapshot is read back and verified before the log it replaces
-        // goes away.
-        let (entries, len) =
-            format::decode_block(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
-        let mut index = engine.index.write();
-        for d in entries {
-            let loc = Loc {
-                offset: (at + d.value_at) as u64,
-                slot,
-                // NOTE: cannot truncate: decode_block bounds value_len by VALUE_SIZE_MAX_LIMIT.
-                len: d.entry.value.len() as u32,
-                record_back: 0,
-                record_len: 0,
-            };
-            index.repoint(d.entry.key, d.entry.seq, loc);
-        }
-        drop(index);
-        at += len;
-    }
-    let mut index = engine.index.write();
-    for (key, seq) in expired {
-        index.remove_if_seq(key, *seq);
-    }
-    Ok(())
+    Ok(end_seq.max(base_seq))
 }
 
 /// Deletes segments wholly at or below `base_seq` (never the active one) and older snapshots.

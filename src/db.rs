@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::batch::{Batch, BatchOp};
+use crate::batch::{Batch, BatchOp, Conflict, Expiry};
 use crate::checkpoint;
 use crate::clock::deadline_ms;
 use crate::engine::{Engine, ScanItem};
@@ -15,10 +15,22 @@ use crate::error::{Error, Result};
 use crate::format::{self, Op, PAYLOAD_COUNT_SIZE};
 use crate::layout::Layout;
 use crate::limits;
-use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::options::{Durability, Options, RecoveryMode, SyncMode};
 use crate::recovery;
 use crate::stats::Stats;
 use crate::wal::writer::SpareSlot;
+
+/// A live value with its version and expiry, from [`Db::get_versioned`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Sequence number of the write that set it (see [`Db::get_with_version`]).
+    pub version: u64,
+    /// Expiry deadline in ms since the Unix epoch (on the store's clock), `None` for never.
+    pub expires_at_ms: Option<u64>,
+}
 
 /// An open store. `Send + Sync`: share it between threads as `Arc<Db>`.
 ///
@@ -82,46 +94,159 @@ impl Db {
     fn put_expiring(&self, key: &[u8], value: &[u8], expires_at_ms: u64) -> Result<()> {
         self.check_key(key)?;
         self.check_value(value)?;
-        self.engine.write_ops(&[Op::Put {
+        let op = Op::Put {
             key,
             value,
             expires_at_ms,
-        }])?;
+        };
+        self.engine.write_ops(&[op], Durability::Default)?;
         Ok(())
     }
 
     /// The value of `key`, or `None` if absent or expired.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.engine.get(key.as_ref())
+        Ok(self.engine.get(key.as_ref())?.map(|(v, _, _)| v))
+    }
+
+    /// The value of `key` and its version, or `None` if absent or expired.
+    ///
+    /// The version is the sequence number of the write that set the value: it changes with
+    /// every put of the key (and only then: a touch keeps it), survives reopening, and is what
+    /// [`Db::put_if_version`] and [`Batch::expect_version`] compare against.
+    pub fn get_with_version(&self, key: impl AsRef<[u8]>) -> Result<Option<(Vec<u8>, u64)>> {
+        Ok(self.engine.get(key.as_ref())?.map(|(v, version, _)| (v, version)))
+    }
+
+    /// The live value of `key` with its version and expiry deadline.
+    pub fn get_versioned(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>> {
+        Ok(self
+            .engine
+            .get(key.as_ref())?
+            .map(|(value, version, expires_at_ms)| Versioned {
+                value,
+                version,
+                expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+            }))
+    }
+
+    /// The store's clock, in ms since the Unix epoch (what expiry deadlines are measured on).
+    pub fn now_ms(&self) -> u64 {
+        self.engine.now_ms()
     }
 
     /// Removes `key` (a no-op write if it is absent).
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
         let key = key.as_ref();
         self.check_key(key)?;
-        self.engine.write_ops(&[Op::Delete { key }])?;
+        self.engine.write_ops(&[Op::Delete { key }], Durability::Default)?;
         Ok(())
     }
 
+    /// Sets `key` to `value` only if its version is `expected` (`None`: only if `key` is absent
+    /// or expired), expiring after `ttl` if given. Returns the new version, or the
+    /// [`Conflict`] that stopped the write. The check and the write are one step: no other
+    /// write to `key` can come between them.
+    pub fn put_if_version(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        expected: Option<u64>,
+        ttl: Option<Duration>,
+    ) -> Result<Result<u64, Conflict>> {
+        let mut batch = Batch::new();
+        match ttl {
+            Some(ttl) => batch.put_with_ttl(&key, value, ttl),
+            None => batch.put(&key, value),
+        };
+        batch.expect_version(key, expected);
+        self.write_if(batch)
+    }
+
+    /// Removes `key` only if its version is `expected`. Returns the sequence number of the
+    /// delete, or the [`Conflict`] that stopped it.
+    pub fn delete_if_version(&self, key: impl AsRef<[u8]>, expected: u64) -> Result<Result<u64, Conflict>> {
+        let mut batch = Batch::new();
+        batch.delete(&key).expect_version(key, Some(expected));
+        self.write_if(batch)
+    }
+
+    /// Makes `key` expire `ttl` from now, without rewriting its value or changing its version:
+    /// a small log record. Returns false (and writes nothing) if `key` is absent or expired.
+    /// Durable per the store's [`SyncMode`]; see [`Db::touch_with`].
+    pub fn touch(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<bool> {
+        self.touch_with(key, ttl, Durability::Default)
+    }
+
+    /// [`Db::touch`] with its own [`Durability`]: `Durability::Lazy` makes a sliding-expiry
+    /// touch cost no `fdatasync` of its own.
+    pub fn touch_with(&self, key: impl AsRef<[u8]>, ttl: Duration, durability: Durability) -> Result<bool> {
+        let mut batch = Batch::new();
+        batch.touch(key, ttl).durability(durability);
+        let ops = self.batch_ops(&batch)?;
+        let checked = self.engine.write_checked(&ops, &[], durability)?;
+        // NOTE: no preconditions, so no conflict can come back.
+        Ok(checked.is_ok_and(|c| c.touched == 1))
+    }
+
     /// Applies `batch` atomically: after any crash, all of it or none. An empty batch is a no-op.
+    /// If the batch has preconditions ([`Batch::expect_version`]) and one fails, nothing is
+    /// written and the error is [`Error::Conflict`]; [`Db::write_if`] returns it as a value.
     pub fn write(&self, batch: Batch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+        match self.write_if(batch)? {
+            Ok(_) => Ok(()),
+            Err(conflict) => Err(Error::Conflict(conflict)),
         }
+    }
+
+    /// Applies `batch` atomically if every precondition holds when it is ordered among other
+    /// writes; returns the sequence number it took effect at (the version of every key it
+    /// put), or the first precondition that failed. Touches of keys that are absent or expired
+    /// at that moment are dropped; a batch left empty writes nothing.
+    pub fn write_if(&self, batch: Batch) -> Result<Result<u64, Conflict>> {
+        if batch.is_empty() && batch.expect.is_empty() {
+            return Ok(Ok(self.engine.index.read().applied_seq));
+        }
+        let ops = self.batch_ops(&batch)?;
+        let plain = batch.expect.is_empty() && !ops.iter().any(|op| matches!(op, Op::Touch { .. }));
+        if plain && !ops.is_empty() {
+            return self.engine.write_ops(&ops, batch.durability).map(Ok);
+        }
+        for (key, _) in &batch.expect {
+            self.check_key(key)?;
+        }
+        let r = self.engine.write_checked(&ops, &batch.expect, batch.durability)?;
+        Ok(r.map(|c| c.seq))
+    }
+
+    /// Checks a batch against the limits and turns it into log operations.
+    fn batch_ops<'b>(&self, batch: &'b Batch) -> Result<Vec<Op<'b>>> {
         let now = self.engine.now_ms();
         let mut size = PAYLOAD_COUNT_SIZE;
+        let mut ops = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
-            match op {
-                BatchOp::Put { key, value, .. } => {
-                    self.check_key(key)?;
+            self.check_key(op.key())?;
+            let op = match op {
+                BatchOp::Put { key, value, expiry } => {
                     self.check_value(value)?;
-                    size += format::put_encoded_size(key.len(), value.len());
+                    Op::Put {
+                        key,
+                        value,
+                        expires_at_ms: match *expiry {
+                            Expiry::Never => 0,
+                            Expiry::Ttl(t) => deadline_ms(now, t),
+                            Expiry::At(at) => at,
+                        },
+                    }
                 }
-                BatchOp::Delete { key } => {
-                    self.check_key(key)?;
-                    size += format::delete_encoded_size(key.len());
-                }
-            }
+                BatchOp::Delete { key } => Op::Delete { key },
+                BatchOp::Touch { key, ttl } => Op::Touch {
+                    key,
+                    version: 0, // decided under the commit lock (Engine::write_checked)
+                    expires_at_ms: deadline_ms(now, *ttl),
+                },
+            };
+            size += format::op_encoded_size(&op);
+            ops.push(op);
         }
         let max = self.engine.opts.batch_size_max;
         if size > max || batch.ops.len() > limits::BATCH_OPS_MAX {
@@ -131,20 +256,25 @@ impl Db {
                 max: max as u64,
             });
         }
-        let ops: Vec<Op<'_>> = batch
-            .ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put { key, value, ttl } => Op::Put {
-                    key,
-                    value,
-                    expires_at_ms: ttl.map_or(0, |t| deadline_ms(now, t)),
-                },
-                BatchOp::Delete { key } => Op::Delete { key },
-            })
-            .collect();
-        self.engine.write_ops(&ops)?;
-        Ok(())
+        Ok(ops)
+    }
+
+    /// Drops every expired entry from memory now (the background sweeper does this a bounded
+    /// amount at a time; see [`Options::sweep_interval`]). Returns how many it dropped.
+    pub fn purge_expired(&self) -> u64 {
+        let mut dropped = 0;
+        let mut from: Option<crate::index::Key> = None;
+        loop {
+            let lower = from
+                .as_ref()
+                .map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+            let (_, d, last) = self.engine.sweep_pass(lower, limits::SWEEP_PASS_ENTRIES);
+            dropped += d as u64;
+            match last {
+                Some(k) => from = Some(k),
+                None => return dropped,
+            }
+        }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -296,7 +426,42 @@ fn start_background(engine: &Arc<Engine>) -> Result<Vec<JoinHandle<()>>> {
         let e = engine.clone();
         threads.push(spawn("sessiondb-sync", Box::new(move || sync_loop(&e, every)))?);
     }
+    if let Some(every) = engine.opts.sweep_interval {
+        let e = engine.clone();
+        threads.push(spawn("sessiondb-sweep", Box::new(move || sweep_loop(&e, every)))?);
+    }
     Ok(threads)
+}
+
+/// The expiry sweeper: every `every`, a round of bounded passes that walks the index a chunk at
+/// a time (resuming where the last pass stopped), dropping expired entries. A round goes on
+/// while a quarter or more of what a pass saw had expired, up to a bound, like Redis's active
+/// expiry; the cursor wraps at the end of the index.
+fn sweep_loop(engine: &Engine, every: Duration) {
+    let bg = &engine.background;
+    let mut cursor: Option<crate::index::Key> = None;
+    let mut st = bg.state.lock();
+    loop {
+        if st.shutdown {
+            return;
+        }
+        let timed_out = bg.cv.wait_for(&mut st, every).timed_out();
+        if !timed_out || st.shutdown || engine.is_poisoned() {
+            continue;
+        }
+        drop(st);
+        for _ in 0..limits::SWEEP_ROUND_PASSES_MAX {
+            let lower = cursor
+                .as_ref()
+                .map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+            let (examined, dropped, last) = engine.sweep_pass(lower, limits::SWEEP_PASS_ENTRIES);
+            cursor = last;
+            if cursor.is_none() || dropped * 4 < examined.max(1) {
+                break;
+            }
+        }
+        st = bg.state.lock();
+    }
 }
 
 fn checkpoint_loop(engine: &Engine) {

@@ -1,17 +1,20 @@
 //! The engine shared by a [`crate::Db`] handle and its background threads: the write path
 //! (group commit), reads, sync. Checkpoints live in `checkpoint.rs`, opening in `recovery.rs`.
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use crate::batch::Conflict;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
 use crate::index::{entry_seq, Entry, FileId, Index, Key, Loc, Source, SourceData};
 use crate::layout::Layout;
-use crate::options::{Options, SyncMode};
+use crate::options::{Durability, Options};
 use crate::stats::{RecoveryReport, Stats};
 use crate::storage::{read_exact_at, LockGuard, Storage};
 use crate::telemetry::Telemetry;
@@ -29,12 +32,58 @@ enum Apply {
     Delete {
         key: Key,
     },
+    Touch {
+        key: Key,
+        version: u64,
+        expires_at_ms: u64,
+    },
 }
 
 /// A record ready to join a commit group.
 struct Prepared {
     payload: Vec<u8>,
     applies: Vec<Apply>,
+    /// Its commit group must be synced before it returns (its [`Durability`] under the mode).
+    sync: bool,
+}
+
+/// A write ordered (given a sequence number) but not yet applied to the index: what version
+/// checks and the expiry sweeper must see besides the index.
+struct Pending {
+    seq: u64,
+    key: Key,
+    what: PendingWhat,
+}
+
+#[derive(Clone, Copy)]
+enum PendingWhat {
+    Put { expires_at_ms: u64 },
+    Delete,
+    Touch { version: u64, expires_at_ms: u64 },
+}
+
+/// A live value's version and expiry deadline.
+type VersionAndExpiry = (u64, u64);
+
+/// What a checked write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// Sequence number of its record; with nothing to write, of the last write ordered before it.
+    pub seq: u64,
+    /// Touches that found their key live (the others were dropped).
+    pub touched: usize,
+}
+
+/// Where a checkpoint's snapshot starts, and what it may drop as expired.
+pub(crate) struct RollPoint {
+    /// Every write up to here is in the index and in sealed, synced segments.
+    pub base: u64,
+    /// The clock when the base was fixed. Every touch ordered after the base was decided at or
+    /// after this, so an entry expired by then has no later touch to replay, unless one was
+    /// already waiting: those keys are in `pending`.
+    pub cut_ms: u64,
+    /// Keys with writes ordered but not yet applied at the base (the forming commit group).
+    pub pending: Vec<Key>,
 }
 
 /// The outcome every writer of a group waits for.
@@ -78,9 +127,46 @@ struct CommitState {
     applies: Vec<Vec<Apply>>,
     group: Option<Arc<GroupWait>>,
     leader_active: bool,
+    /// Whether the forming group must be synced (some record in it asked for that).
+    group_sync: bool,
+    /// Writes ordered but not yet applied, in sequence order: the forming group and the one in
+    /// flight. Version checks read it before the index; the leader drains it after applying.
+    pending: VecDeque<Pending>,
     /// Emptied buffers of the last group, reused for the next (no allocation per group).
     spare_records: Vec<PendingRecord>,
     spare_applies: Vec<Vec<Apply>>,
+}
+
+impl CommitState {
+    /// The live version of `key` and its expiry, as the writes ordered so far leave it: the
+    /// pending writes over the index.
+    fn current(&self, index: &Index, key: &[u8], now_ms: u64) -> Option<VersionAndExpiry> {
+        let live = |version: u64, expires_at_ms: u64| {
+            (expires_at_ms == 0 || expires_at_ms > now_ms).then_some((version, expires_at_ms))
+        };
+        // The newest touch seen so far (scanning newest first) applies to the value under it.
+        let mut touch: Option<VersionAndExpiry> = None;
+        for p in self.pending.iter().rev().filter(|p| p.key.as_bytes() == key) {
+            match p.what {
+                PendingWhat::Touch { version, expires_at_ms } => {
+                    touch.get_or_insert((version, expires_at_ms));
+                }
+                PendingWhat::Put { expires_at_ms } => {
+                    let expires = touch.filter(|t| t.0 == p.seq).map_or(expires_at_ms, |t| t.1);
+                    return live(p.seq, expires);
+                }
+                PendingWhat::Delete => return None,
+            }
+        }
+        let e = index.get(key)?;
+        let seq = e.seq.get();
+        let expires = touch.filter(|t| t.0 == seq).map_or(e.expires_at_ms, |t| t.1);
+        live(seq, expires)
+    }
+
+    fn is_pending(&self, key: &[u8]) -> bool {
+        self.pending.iter().any(|p| p.key.as_bytes() == key)
+    }
 }
 
 /// Counters for [`Stats`].
@@ -94,7 +180,8 @@ pub(crate) struct Counters {
     pub checkpoints: AtomicU64,
     pub log_bytes_since_checkpoint: AtomicU64,
     pub writers_waiting: AtomicU64,
-    /// fsync latency, checkpoint durations and bytes, expired entries swept.
+    pub expired_swept: AtomicU64,
+    /// fsync latency, checkpoint durations and bytes.
     pub telemetry: Telemetry,
 }
 
@@ -212,39 +299,115 @@ impl Engine {
     // -----------------------------------------------------------------------------------------
     // Write path
 
-    /// Writes `ops` as one record and returns its sequence number once it is durable (per the
-    /// sync mode) and applied to the index. Limits are checked by the caller.
-    pub(crate) fn write_ops(&self, ops: &[Op<'_>]) -> Result<u64> {
-        let size = ops.iter().fold(format::PAYLOAD_COUNT_SIZE, |n, op| match op {
-            Op::Put { key, value, .. } => n + format::put_encoded_size(key.len(), value.len()),
-            Op::Delete { key } => n + format::delete_encoded_size(key.len()),
-        });
+    /// Writes `ops` as one record and returns its sequence number once it is durable (per
+    /// `durability` and the sync mode) and applied to the index. Limits are checked by the
+    /// caller. Touches need a decision under the commit lock: they go through [`Engine::write_checked`].
+    pub(crate) fn write_ops(&self, ops: &[Op<'_>], durability: Durability) -> Result<u64> {
+        debug_assert!(!ops.iter().any(|op| matches!(op, Op::Touch { .. })));
+        let prepared = self.prepare(ops, durability);
+        let st = self.commit.lock();
+        self.check_poison()?;
+        self.join(st, prepared)
+    }
+
+    /// Writes `ops` as one record if every precondition in `expect` holds when the record is
+    /// ordered; touches (`Op::Touch`, whose `version` is filled in here) are kept only for keys
+    /// live at that moment. Decided and encoded under the commit lock, so no write can come
+    /// between the check and the record.
+    pub(crate) fn write_checked(
+        &self,
+        ops: &[Op<'_>],
+        expect: &[(Vec<u8>, Option<u64>)],
+        durability: Durability,
+    ) -> Result<Result<Checked, Conflict>> {
+        let st = self.commit.lock();
+        self.check_poison()?;
+        let now = self.now_ms();
+        let seq = st.next_seq;
+        let mut resolved: Vec<Op<'_>> = Vec::with_capacity(ops.len());
+        let mut touched = 0;
+        {
+            let index = self.index.read();
+            for (key, expected) in expect {
+                let actual = st.current(&index, key, now).map(|c| c.0);
+                if actual != *expected {
+                    return Ok(Err(Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        actual,
+                    }));
+                }
+            }
+            // Keys this batch already wrote, newest last: a touch after a put in the same batch
+            // touches that put (version = this record's sequence number).
+            let mut mine: Vec<(&[u8], Option<VersionAndExpiry>)> = Vec::new();
+            for op in ops {
+                match *op {
+                    Op::Put { key, expires_at_ms, .. } => mine.push((key, Some((seq, expires_at_ms)))),
+                    Op::Delete { key } => mine.push((key, None)),
+                    Op::Touch { key, expires_at_ms, .. } => {
+                        let before = match mine.iter().rev().find(|m| m.0 == key) {
+                            Some(m) => m.1.filter(|&(_, e)| e == 0 || e > now),
+                            None => st.current(&index, key, now),
+                        };
+                        let Some((version, _)) = before else { continue };
+                        mine.push((key, Some((version, expires_at_ms))));
+                        touched += 1;
+                        resolved.push(Op::Touch {
+                            key,
+                            version,
+                            expires_at_ms,
+                        });
+                        continue;
+                    }
+                }
+                resolved.push(*op);
+            }
+        }
+        if resolved.is_empty() {
+            return Ok(Ok(Checked { seq: seq - 1, touched }));
+        }
+        let prepared = self.prepare(&resolved, durability);
+        self.join(st, prepared).map(|seq| Ok(Checked { seq, touched }))
+    }
+
+    /// Encodes `ops` as a record payload and works out the index changes it makes.
+    fn prepare(&self, ops: &[Op<'_>], durability: Durability) -> Prepared {
+        let size = ops
+            .iter()
+            .fold(format::PAYLOAD_COUNT_SIZE, |n, op| n + format::op_encoded_size(op));
         let mut payload = Vec::with_capacity(size);
         format::encode_ops(&mut payload, ops);
         // Each value's offset within the payload follows from the layout (format.rs).
         let mut at = format::PAYLOAD_COUNT_SIZE;
         let applies: Vec<Apply> = ops
             .iter()
-            .map(|op| match *op {
-                Op::Put {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => {
-                    let value_at = format::put_value_offset(at, key.len());
-                    at += format::put_encoded_size(key.len(), value.len());
-                    Apply::Put {
+            .map(|op| {
+                let apply = match *op {
+                    Op::Put {
+                        key,
+                        value,
+                        expires_at_ms,
+                    } => Apply::Put {
                         key: key.into(),
-                        value_at,
+                        value_at: format::put_value_offset(at, key.len()),
                         // NOTE: cannot truncate: value_len <= VALUE_SIZE_MAX_LIMIT (limits.rs).
                         value_len: value.len() as u32,
                         expires_at_ms,
-                    }
-                }
-                Op::Delete { key } => {
-                    at += format::delete_encoded_size(key.len());
-                    Apply::Delete { key: key.into() }
-                }
+                    },
+                    Op::Delete { key } => Apply::Delete { key: key.into() },
+                    Op::Touch {
+                        key,
+                        version,
+                        expires_at_ms,
+                    } => Apply::Touch {
+                        key: key.into(),
+                        version,
+                        expires_at_ms,
+                    },
+                };
+                at += format::op_encoded_size(op);
+                apply
             })
             .collect();
         debug_assert_eq!(at, payload.len(), "the payload is as long as its layout says");
@@ -252,15 +415,46 @@ impl Engine {
             payload_decodes_to(&payload, ops),
             "the payload decodes to what was asked"
         );
-        self.commit(Prepared { payload, applies })
+        Prepared {
+            payload,
+            applies,
+            sync: durability.needs_sync(self.opts.sync_mode),
+        }
     }
 
-    /// Joins the forming commit group; its first writer leads it once the previous group is done.
-    fn commit(&self, prepared: Prepared) -> Result<u64> {
-        let mut st = self.commit.lock();
-        self.check_poison()?;
+    /// Orders `prepared` (gives it the next sequence number) in the forming commit group and
+    /// waits for it; the group's first writer leads it once the previous group is done.
+    fn join(&self, mut st: MutexGuard<'_, CommitState>, prepared: Prepared) -> Result<u64> {
         let seq = st.next_seq;
         st.next_seq += 1;
+        for a in &prepared.applies {
+            let (key, what) = match a {
+                Apply::Put { key, expires_at_ms, .. } => (
+                    key,
+                    PendingWhat::Put {
+                        expires_at_ms: *expires_at_ms,
+                    },
+                ),
+                Apply::Delete { key } => (key, PendingWhat::Delete),
+                Apply::Touch {
+                    key,
+                    version,
+                    expires_at_ms,
+                } => (
+                    key,
+                    PendingWhat::Touch {
+                        version: *version,
+                        expires_at_ms: *expires_at_ms,
+                    },
+                ),
+            };
+            st.pending.push_back(Pending {
+                seq,
+                key: key.clone(),
+                what,
+            });
+        }
+        st.group_sync |= prepared.sync;
         st.records.push(PendingRecord {
             seq,
             payload: prepared.payload,
@@ -284,13 +478,15 @@ impl Engine {
         self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
         st.leader_active = true;
         st.group = None;
+        let sync = std::mem::take(&mut st.group_sync);
         let spare_records = std::mem::take(&mut st.spare_records);
         let spare_applies = std::mem::take(&mut st.spare_applies);
         let mut records = std::mem::replace(&mut st.records, spare_records);
         let mut applies = std::mem::replace(&mut st.applies, spare_applies);
         drop(st);
 
-        let result = self.lead(&records, &mut applies);
+        let result = self.lead(&records, &mut applies, sync);
+        let last_seq = records.last().map_or(0, |r| r.seq);
         records.clear();
         applies.clear();
         // Hand over leadership before waking this group: the next group starts its I/O at once.
@@ -299,15 +495,22 @@ impl Engine {
             st.leader_active = false;
             st.spare_records = records;
             st.spare_applies = applies;
+            if result.is_ok() {
+                // Applied: the index now answers for these writes.
+                while st.pending.front().is_some_and(|p| p.seq <= last_seq) {
+                    st.pending.pop_front();
+                }
+            }
         }
         self.leader_cv.notify_all();
         group.complete(&result);
         result.map(|()| seq)
     }
 
-    /// The leader's work: one write (per segment touched), one fsync in `Always` mode, then the
-    /// index. Any failure poisons the store; the group's writers all get the error.
-    fn lead(&self, records: &[PendingRecord], applies: &mut Vec<Vec<Apply>>) -> Result<()> {
+    /// The leader's work: one write (per segment touched), one fsync if any record of the group
+    /// needs it (`sync`), then the index. Any failure poisons the store; the group's writers all
+    /// get the error.
+    fn lead(&self, records: &[PendingRecord], applies: &mut Vec<Vec<Apply>>, sync: bool) -> Result<()> {
         self.check_poison()?;
         let last_seq = records.last().map_or(0, |r| r.seq);
         let (placement, active) = {
@@ -329,7 +532,7 @@ impl Engine {
         // NOTE: the fsync runs without the log mutex, so stats() and sync() never wait behind a
         // slow disk; leadership alone keeps groups in order, and a segment is only ever sealed
         // by the leader.
-        if self.opts.sync_mode == SyncMode::Always {
+        if sync {
             let (active_id, active_file) = active;
             let started = std::time::Instant::now();
             if let Err(e) = active_file.sync_data() {
@@ -349,12 +552,15 @@ impl Engine {
     /// Rolls the log at a quiet point for a checkpoint and returns the sequence number it ends
     /// at, which becomes the snapshot's base. Holds leadership so no group is in flight: the
     /// index reflects exactly the writes up to the returned sequence number.
-    pub(crate) fn roll_for_checkpoint(&self) -> Result<u64> {
+    pub(crate) fn roll_for_checkpoint(&self) -> Result<RollPoint> {
         let mut st = self.commit.lock();
         while st.leader_active {
             self.leader_cv.wait(&mut st);
         }
         st.leader_active = true;
+        // With no leader, what is pending is the forming group, ordered after the base.
+        let cut_ms = self.now_ms();
+        let pending: Vec<Key> = st.pending.iter().map(|p| p.key.clone()).collect();
         drop(st);
         let result = (|| {
             self.check_poison()?;
@@ -362,15 +568,18 @@ impl Engine {
             let base = log.written_seq;
             let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
             drop(log);
+            let mut index = self.index.write();
             if let Some((sealed, active)) = rolled {
                 self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
                 self.durable_seq.fetch_max(base, Ordering::AcqRel);
-                let mut index = self.index.write();
                 index.set_source(sealed_source(&sealed));
                 index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
             }
-            debug_assert_eq!(self.index.read().applied_seq, base, "no group is in flight");
-            Ok(base)
+            debug_assert_eq!(index.applied_seq, base, "no group is in flight");
+            // Everything up to the base is in the index now and will be in the snapshot.
+            index.freeze();
+            drop(index);
+            Ok(RollPoint { base, cut_ms, pending })
         })();
         self.commit.lock().leader_active = false;
         self.leader_cv.notify_all();
@@ -415,6 +624,11 @@ impl Engine {
                         );
                     }
                     Apply::Delete { key } => index.delete(&key),
+                    Apply::Touch {
+                        key,
+                        version,
+                        expires_at_ms,
+                    } => index.touch(&key, version, expires_at_ms),
                 }
             }
             debug_assert!(rec.seq > index.applied_seq);
@@ -474,7 +688,8 @@ impl Engine {
     // -----------------------------------------------------------------------------------------
     // Reads
 
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// The live value of `key`, its version and its expiry deadline (0: none).
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64, u64)>> {
         let now = self.now_ms();
         let found = {
             let index = self.index.read();
@@ -484,9 +699,42 @@ impl Engine {
             }
         };
         match found {
-            Some((entry, source)) => self.read_value(&source, entry.loc).map(Some),
+            Some((entry, source)) => Ok(Some((
+                self.read_value(&source, entry.loc)?,
+                entry.seq.get(),
+                entry.expires_at_ms,
+            ))),
             None => Ok(None),
         }
+    }
+
+    /// One bounded pass of the expiry sweeper over up to `max` entries after `from`: drops the
+    /// expired ones from the index (their bytes go at the next checkpoint). Holds the commit
+    /// lock, so no touch can be decided meanwhile, and skips keys with a write pending, so a
+    /// touch ordered before the pass still finds its entry. Returns `(examined, dropped, last
+    /// key examined)`; `None` when the pass reached the end of the index.
+    pub(crate) fn sweep_pass(&self, from: Bound<&[u8]>, max: usize) -> (usize, usize, Option<Key>) {
+        let st = self.commit.lock();
+        let now = self.now_ms();
+        let mut index = self.index.write();
+        let chunk = index.range_chunk(from, Bound::Unbounded, max);
+        let mut dropped = 0;
+        for (key, e) in &chunk {
+            if !e.is_live(now) && !st.is_pending(key) {
+                index.delete(key);
+                dropped += 1;
+            }
+        }
+        drop(index);
+        drop(st);
+        self.counters.expired_swept.fetch_add(dropped as u64, Ordering::Relaxed);
+        let examined = chunk.len();
+        let last = if examined < max {
+            None
+        } else {
+            chunk.into_iter().next_back().map(|(k, _)| k)
+        };
+        (examined, dropped, last)
     }
 
     pub(crate) fn source_of(&self, index: &Index, loc: Loc) -> Result<Source> {
@@ -517,25 +765,37 @@ impl Engine {
         let (FileId::Segment(segment_id), Some(start)) = (source.file, start) else {
             return Err(Error::corruption(path(), loc.offset, "index entry names no log record"));
         };
-        let owned;
-        let record: &[u8] = match &source.data {
+        let back = loc.record_back as usize;
+        let end = back + loc.len as usize;
+        let verifies = |record: &[u8]| {
+            matches!(
+                format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX),
+                format::RecordState::Valid(r) if r.len == record.len() && end <= record.len()
+            )
+        };
+        let bad = || Error::corruption(path(), start, "record read back does not verify");
+        match &source.data {
             SourceData::Bytes(bytes) => {
                 let at = usize::try_from(start).unwrap_or(usize::MAX);
-                at.checked_add(loc.record_len as usize)
+                let record = at
+                    .checked_add(loc.record_len as usize)
                     .and_then(|end| bytes.bytes().get(at..end))
-                    .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?
+                    .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?;
+                if !verifies(record) {
+                    return Err(bad());
+                }
+                Ok(record[back..end].to_vec())
             }
             SourceData::File(_) => {
-                owned = self.read_bytes(source, start, loc.record_len as usize)?;
-                &owned
+                // One allocation: the record is read, checked, then cut down to its value.
+                let mut record = self.read_bytes(source, start, loc.record_len as usize)?;
+                if !verifies(&record) {
+                    return Err(bad());
+                }
+                record.truncate(end);
+                record.drain(..back);
+                Ok(record)
             }
-        };
-        let back = loc.record_back as usize;
-        match format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX) {
-            format::RecordState::Valid(r) if r.len == record.len() && back + loc.len as usize <= record.len() => {
-                Ok(record[back..back + loc.len as usize].to_vec())
-            }
-            _ => Err(Error::corruption(path(), start, "record read back does not verify")),
         }
     }
 
@@ -608,6 +868,7 @@ impl Engine {
             commit_group_size_max: load(&c.commit_group_size_max),
             commit_group_sizes: sizes,
             checkpoints: load(&c.checkpoints),
+            expired_swept: load(&c.expired_swept),
             recovery: self.recovery.clone(),
             ..Stats::default()
         };
@@ -632,8 +893,8 @@ fn payload_decodes_to(payload: &[u8], ops: &[Op<'_>]) -> bool {
                     at += format::put_encoded_size(key.len(), value.len());
                     ok
                 }
-                Op::Delete { key } => {
-                    at += format::delete_encoded_size(key.len());
+                other => {
+                    at += format::op_encoded_size(other);
                     true
                 }
             };

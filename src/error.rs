@@ -75,6 +75,19 @@ pub enum Error {
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 
+    /// A precondition of [`crate::Db::write`] did not hold; nothing was written.
+    /// ([`crate::Db::write_if`] and the `*_if_version` methods return it as a value instead.)
+    #[error("version conflict: {0}")]
+    Conflict(crate::batch::Conflict),
+
+    /// A session id string is not one this store issues (22 URL-safe base64 characters).
+    #[error("invalid session id {0:?}")]
+    InvalidSessionId(String),
+
+    /// Session data could not be converted to or from the application's type.
+    #[error("session data: {0}")]
+    SessionData(String),
+
     /// The store was closed (or is closing).
     #[error("the store is closed")]
     Closed,

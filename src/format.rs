@@ -271,6 +271,16 @@ pub enum Op<'a> {
         /// The key.
         key: &'a [u8],
     },
+    /// Set the expiry of `key` to `expires_at_ms` if its value is still the one written at
+    /// sequence number `version`; otherwise nothing. The value is not rewritten.
+    Touch {
+        /// The key.
+        key: &'a [u8],
+        /// Sequence number of the write that set the value being touched.
+        version: u64,
+        /// New expiry deadline, or 0 for none.
+        expires_at_ms: u64,
+    },
 }
 
 /// Bincode's configuration for payloads: little-endian, fixed-width integers (lengths are `u64`,
@@ -299,6 +309,20 @@ pub fn put_value_offset(op_start: usize, key_len: usize) -> usize {
 /// Bytes a delete of this key adds to a payload.
 pub fn delete_encoded_size(key_len: usize) -> usize {
     4 + 8 + key_len
+}
+
+/// Bytes a touch of this key adds to a payload: tag, key length, key, version, deadline.
+pub fn touch_encoded_size(key_len: usize) -> usize {
+    4 + 8 + key_len + 8 + 8
+}
+
+/// Bytes `op` adds to a payload.
+pub fn op_encoded_size(op: &Op<'_>) -> usize {
+    match op {
+        Op::Put { key, value, .. } => put_encoded_size(key.len(), value.len()),
+        Op::Delete { key } => delete_encoded_size(key.len()),
+        Op::Touch { key, .. } => touch_encoded_size(key.len()),
+    }
 }
 
 /// Bytes of the payload's leading op count.
@@ -649,4 +673,84 @@ pub fn peek_record(b: &[u8]) -> Option<RecordPeek> {
         seq: u64_at(b, REC_SEQ_AT),
         durable_seq: u64_at(b, REC_DURABLE_AT),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session records (docs/format.md, "Session records"): values the session layer stores
+
+/// First byte of every session record's value: the layout version of what follows.
+pub const SESSION_RECORD_VERSION: u8 = 1;
+
+/// A session as stored under its key: the user it belongs to, if any, and its data.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::BorrowDecode)]
+pub struct SessionRecord<'a> {
+    /// The user id the session was created for (`SessionStore::create_for_user`).
+    pub user: Option<&'a [u8]>,
+    /// The session's data, as the application gave it.
+    pub data: &'a [u8],
+}
+
+/// Encodes a session record: the version byte, then the record in the payload configuration.
+pub fn encode_session_record(r: &SessionRecord<'_>) -> Vec<u8> {
+    let mut out = vec![SESSION_RECORD_VERSION];
+    // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
+    if let Err(e) = bincode::encode_into_std_write(r, &mut out, bincode_config()) {
+        unreachable!("encoding into a Vec failed: {e}");
+    }
+    out
+}
+
+/// Decodes a session record; lengths are bounded by the bytes present, never trusted.
+pub fn decode_session_record(b: &[u8]) -> Result<SessionRecord<'_>, Damage> {
+    match b.first() {
+        Some(&SESSION_RECORD_VERSION) => {}
+        Some(v) => return Err(damage(0, format!("session record version {v} is not supported"))),
+        None => return Err(damage(0, "session record is empty")),
+    }
+    let body = &b[1..];
+    // Both fields borrow from `b`, so decoding allocates nothing; the decode limit bounds the
+    // lengths it reads, and each must fit in the bytes present.
+    decode_exact(body).map_err(|d| Damage {
+        offset: d.offset + 1,
+        reason: d.reason,
+    })
+}
+
+/// Map-shaped session data: entry names to their (JSON) values, in name order.
+pub type SessionMapEntries = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// Encodes map-shaped session data (a `u64` count, then name and value pairs, names ascending).
+pub fn encode_session_map(m: &SessionMapEntries) -> Vec<u8> {
+    let mut out = Vec::new();
+    // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
+    if let Err(e) = bincode::encode_into_std_write(m, &mut out, bincode_config()) {
+        unreachable!("encoding into a Vec failed: {e}");
+    }
+    out
+}
+
+/// Decodes map-shaped session data.
+pub fn decode_session_map(b: &[u8]) -> Result<SessionMapEntries, Damage> {
+    // The smallest entry is two empty byte strings: 16 bytes. A count that cannot fit is damage
+    // before the decoder sees it.
+    if b.len() < 8 {
+        return Err(damage(0, "session map is shorter than its count"));
+    }
+    let count = u64_at(b, 0);
+    if count > ((b.len() - 8) / 16) as u64 {
+        return Err(damage(0, format!("session map count {count} is impossible")));
+    }
+    match bincode::decode_from_slice::<SessionMapEntries, _>(b, bincode_config()) {
+        Ok((m, used)) if used == b.len() => Ok(m),
+        Ok((_, used)) => Err(damage(used, "session map has trailing bytes")),
+        Err(e) => Err(damage(0, format!("session map does not decode: {e}"))),
+    }
+}
+
+fn decode_exact<'a, T: bincode::BorrowDecode<'a, ()>>(b: &'a [u8]) -> Result<T, Damage> {
+    match bincode::borrow_decode_from_slice::<T, _>(b, bincode_config()) {
+        Ok((v, used)) if used == b.len() => Ok(v),
+        Ok((_, used)) => Err(damage(used, "trailing bytes")),
+        Err(e) => Err(damage(0, format!("does not decode: {e}"))),
+    }
 }

@@ -146,6 +146,18 @@ impl Entry {
     }
 }
 
+/// An entry of a tree layer, or its tombstone.
+type LayerItem<'a> = (&'a Key, Option<&'a Entry>);
+type LayerFn<'a> = fn((&'a Key, &'a Option<Entry>)) -> LayerItem<'a>;
+type LayerRange<'a> =
+    std::iter::Peekable<std::iter::Map<std::collections::btree_map::Range<'a, Key, Option<Entry>>, LayerFn<'a>>>;
+
+/// The entries of one tree layer in `(lower, upper)`, tombstones as `None`.
+fn layer<'a>(m: &'a BTreeMap<Key, Option<Entry>>, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> LayerRange<'a> {
+    let f: LayerFn<'a> = |(k, e)| (k, e.as_ref());
+    m.range::<[u8], _>((lower, upper)).map(f).peekable()
+}
+
 /// A file values are read from, and how.
 #[derive(Clone)]
 pub(crate) struct Source {
@@ -180,15 +192,23 @@ impl Source {
 
 /// The ordered map plus the table of files its entries point into.
 ///
-/// Two layers: `base`, the snapshot's entries as loaded at open (a sorted `Vec`, built without a
-/// tree, so a million keys load quickly), and `overlay`, every change since (`None` hides a base
-/// entry that was deleted). A key's entry is the overlay's if it has one, else the base's. The
-/// base is never grown; stale base entries stay until the next open.
+/// Layers, newest first: `overlay`, every change since the last checkpoint began (`None` hides
+/// an entry below that was deleted); `frozen`, the overlay as it was when that checkpoint fixed
+/// its base (empty outside a checkpoint); `base`, the entries of the newest snapshot (a sorted
+/// `Vec`, built without a tree, so a million keys load quickly). A key's entry is the one of the
+/// newest layer that has it. When a checkpoint's snapshot is durable, the snapshot's entries
+/// become the base and the frozen layer goes ([`Index::rebase`]), so memory holds each live key
+/// about once, in the compact base, plus what changed since the checkpoint began.
 #[derive(Default)]
 pub(crate) struct Index {
     base: Vec<(Key, Entry)>,
+    frozen: BTreeMap<Key, Option<Entry>>,
     overlay: BTreeMap<Key, Option<Entry>>,
-    /// Keys present (overlay and base together).
+    /// A checkpoint is between its roll ([`Index::freeze`]) and [`Index::rebase`]: the base
+    /// will be replaced by a snapshot copied fuzzily meanwhile, so changes must stay visible
+    /// in the overlay (a delete leaves a tombstone, a touch copies its entry up).
+    frozen_active: bool,
+    /// Keys present (all layers together).
     live: usize,
     /// Slot → the file in it and, once known, how to read it.
     files: Vec<Option<(FileId, Option<Source>)>>,
@@ -212,10 +232,19 @@ impl Index {
         self.base.binary_search_by(|(k, _)| k.as_bytes().cmp(key))
     }
 
+    /// The entry below the overlay: the frozen layer's, else the base's.
+    fn below(&self, key: &[u8]) -> Option<&Entry> {
+        match self.frozen.get(key) {
+            Some(f) => f.as_ref(),
+            None if self.base.is_empty() => None,
+            None => self.base_find(key).ok().map(|i| &self.base[i].1),
+        }
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
         match self.overlay.get(key) {
             Some(over) => over.as_ref(),
-            None => self.base_find(key).ok().map(|i| &self.base[i].1),
+            None => self.below(key),
         }
     }
 
@@ -262,16 +291,16 @@ impl Index {
 
     pub(crate) fn put(&mut self, key: Key, entry: Entry) {
         let key_len = key.len() as u64;
-        let in_base = if self.base.is_empty() {
+        let below = if self.base.is_empty() && self.frozen.is_empty() {
             None
         } else {
-            self.base_find(&key).ok().map(|i| self.base[i].1)
+            self.below(&key).copied()
         };
         // One search of the overlay: the entry it replaces comes back from the insert (`None`
-        // inside: a base key that was deleted).
+        // inside: a key below that was deleted).
         let replaced = match self.overlay.insert(key, Some(entry)) {
             Some(over) => over,
-            None => in_base,
+            None => below,
         };
         match replaced {
             Some(old) => self.live_bytes -= key_len + u64::from(old.loc.len),
@@ -284,7 +313,7 @@ impl Index {
         let Some(old) = self.get(key) else { return };
         self.live_bytes -= key.len() as u64 + u64::from(old.loc.len);
         self.live -= 1;
-        if self.base_find(key).is_ok() {
+        if self.frozen_active || self.below(key).is_some() {
             self.overlay.insert(Key::from(key), None);
         } else {
             self.overlay.remove(key);
@@ -294,7 +323,7 @@ impl Index {
     /// Makes entries in strictly ascending key order the base (snapshot load, empty index only).
     pub(crate) fn extend_sorted(&mut self, entries: impl IntoIterator<Item = (Key, Entry)>) {
         debug_assert!(
-            self.base.is_empty() && self.overlay.is_empty(),
+            self.base.is_empty() && self.overlay.is_empty() && self.frozen.is_empty(),
             "bulk load into an empty index only"
         );
         self.base = entries.into_iter().collect();
@@ -307,10 +336,65 @@ impl Index {
             .sum();
     }
 
-    /// Up to `max` entries with keys in `(lower, upper)`, in order: the two layers merged, the
-    /// overlay winning on equal keys.
+    /// A checkpoint fixed its base: what changed so far is frozen (the snapshot will hold it),
+    /// and later changes gather in a fresh overlay. Call with no write in flight.
+    pub(crate) fn freeze(&mut self) {
+        debug_assert!(
+            !self.frozen_active && self.frozen.is_empty(),
+            "one checkpoint at a time"
+        );
+        self.frozen = std::mem::take(&mut self.overlay);
+        self.frozen_active = true;
+    }
+
+    /// The checkpoint failed: the frozen changes go back under the overlay.
+    pub(crate) fn unfreeze(&mut self) {
+        for (k, e) in std::mem::take(&mut self.frozen) {
+            self.overlay.entry(k).or_insert(e);
+        }
+        self.frozen_active = false;
+    }
+
+    /// The checkpoint's snapshot is durable and holds `entries` (in key order, pointing into
+    /// it): they become the base and the frozen layer goes. Every change since the freeze is in
+    /// the overlay, which stays; tombstones that hide nothing any more are dropped.
+    pub(crate) fn rebase(&mut self, entries: Entries) {
+        debug_assert!(self.frozen_active, "rebase follows freeze");
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "base keys ascend");
+        self.base = entries;
+        self.frozen = BTreeMap::new();
+        self.frozen_active = false;
+        let mut live = self.base.len();
+        let mut live_bytes: u64 = self
+            .base
+            .iter()
+            .map(|(k, e)| k.len() as u64 + u64::from(e.loc.len))
+            .sum();
+        let base = &self.base;
+        let find = |k: &[u8]| base.binary_search_by(|(b, _)| b.as_bytes().cmp(k)).ok();
+        self.overlay.retain(|k, over| {
+            let under = find(k).map(|i| &base[i].1);
+            if let Some(u) = under {
+                live -= 1;
+                live_bytes -= k.len() as u64 + u64::from(u.loc.len);
+            }
+            match over {
+                Some(e) => {
+                    live += 1;
+                    live_bytes += k.len() as u64 + u64::from(e.loc.len);
+                    true
+                }
+                None => under.is_some(),
+            }
+        });
+        self.live = live;
+        self.live_bytes = live_bytes;
+    }
+
+    /// Up to `max` entries with keys in `(lower, upper)`, in order: the layers merged, the
+    /// newest winning on equal keys.
     pub(crate) fn range_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, max: usize) -> Entries {
-        let mut bi = match lower {
+        let bi = match lower {
             Bound::Unbounded => 0,
             Bound::Included(l) => self.base.partition_point(|(k, _)| k.as_bytes() < l),
             Bound::Excluded(l) => self.base.partition_point(|(k, _)| k.as_bytes() <= l),
@@ -320,56 +404,193 @@ impl Index {
             Bound::Included(u) => k <= u,
             Bound::Excluded(u) => k < u,
         };
-        let mut over = self.overlay.range::<[u8], _>((lower, upper)).peekable();
+        let mut base = self.base[bi..]
+            .iter()
+            .take_while(|(k, _)| below_upper(k))
+            .map(|(k, e)| (k, Some(e)))
+            .peekable();
+        let mut frozen = layer(&self.frozen, lower, upper);
+        let mut over = layer(&self.overlay, lower, upper);
         let mut out = Vec::new();
         while out.len() < max {
-            let base = self.base.get(bi).filter(|(k, _)| below_upper(k));
-            let take_base = match (base, over.peek()) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((bk, _)), Some((ok, _))) => {
-                    if bk == *ok {
-                        bi += 1; // shadowed by the overlay
-                    }
-                    bk < *ok
-                }
+            // The smallest key at the head of any layer; the newest layer holding it decides.
+            let heads = [over.peek(), frozen.peek(), base.peek()];
+            let Some(key) = heads.iter().flatten().map(|(k, _)| *k).min() else {
+                break;
             };
-            if take_base {
-                if let Some((k, e)) = base {
-                    out.push((k.clone(), *e));
-                }
-                bi += 1;
-            } else if let Some((k, Some(e))) = over.next() {
-                out.push((k.clone(), *e));
+            let mut winner: Option<Option<&Entry>> = None;
+            if over.peek().is_some_and(|(k, _)| *k == key) {
+                winner.get_or_insert(over.next().and_then(|(_, e)| e));
+            }
+            if frozen.peek().is_some_and(|(k, _)| *k == key) {
+                let e = frozen.next().and_then(|(_, e)| e);
+                winner.get_or_insert(e);
+            }
+            if base.peek().is_some_and(|(k, _)| *k == key) {
+                let e = base.next().and_then(|(_, e)| e);
+                winner.get_or_insert(e);
+            }
+            if let Some(Some(e)) = winner {
+                out.push((key.clone(), *e));
             }
         }
         out
     }
 
-    /// Points `key` at `loc` if its entry is still the one written at `seq`.
-    pub(crate) fn repoint(&mut self, key: &[u8], seq: u64, loc: Loc) -> bool {
-        let entry = match self.overlay.get_mut(key) {
-            Some(over) => over.as_mut(),
-            None => match self.base_find(key) {
-                Ok(i) => Some(&mut self.base[i].1),
-                Err(_) => None,
-            },
-        };
-        match entry {
-            Some(e) if e.seq.get() == seq => {
-                debug_assert_eq!(e.loc.len, loc.len, "same write, same value length");
-                e.loc = loc;
-                true
+    /// Sets the expiry of `key` if its entry is still the one written at `version` (a touch).
+    /// During a checkpoint an entry below the overlay is copied up rather than changed in place,
+    /// since the snapshot that replaces the layers below may have copied it before the touch.
+    pub(crate) fn touch(&mut self, key: &[u8], version: u64, expires_at_ms: u64) {
+        if let Some(over) = self.overlay.get_mut(key) {
+            if let Some(e) = over.as_mut().filter(|e| e.seq.get() == version) {
+                e.expires_at_ms = expires_at_ms;
             }
-            _ => false,
+            return;
+        }
+        if self.frozen_active {
+            if let Some(&e) = self.below(key).filter(|e| e.seq.get() == version) {
+                let touched = Entry { expires_at_ms, ..e };
+                self.overlay.insert(Key::from(key), Some(touched));
+            }
+            return;
+        }
+        debug_assert!(self.frozen.is_empty());
+        if let Ok(i) = self.base_find(key) {
+            let e = &mut self.base[i].1;
+            if e.seq.get() == version {
+                e.expires_at_ms = expires_at_ms;
+            }
         }
     }
 
-    /// Removes `key` if its entry is still the one written at `seq`.
-    pub(crate) fn remove_if_seq(&mut self, key: &[u8], seq: u64) {
-        if self.get(key).is_some_and(|e| e.seq.get() == seq) {
-            self.delete(key);
+    /// Drops every entry expired at `now_ms` (the end of recovery, once every touch in the log
+    /// has been replayed).
+    pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
+        let before = self.live;
+        if self.base.iter().any(|(_, e)| !e.is_live(now_ms)) {
+            let (mut live, mut bytes) = (self.live, self.live_bytes);
+            let overlay = &self.overlay;
+            self.base.retain(|(k, e)| {
+                // A base entry the overlay shadows is not counted in `live`.
+                let keep = e.is_live(now_ms) || overlay.contains_key(k.as_bytes());
+                if !keep {
+                    live -= 1;
+                    bytes -= k.len() as u64 + u64::from(e.loc.len);
+                }
+                keep
+            });
+            (self.live, self.live_bytes) = (live, bytes);
         }
+        let expired: Vec<Key> = self
+            .overlay
+            .iter()
+            .filter(|(_, e)| e.is_some_and(|e| !e.is_live(now_ms)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.delete(&k);
+        }
+        (before - self.live) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The layers around a checkpoint: what the fuzzy snapshot may hold must never undo a change
+    //! made after the freeze.
+
+    use super::*;
+
+    fn entry(seq: u64, expires_at_ms: u64, len: u32) -> Entry {
+        Entry {
+            seq: entry_seq(seq),
+            expires_at_ms,
+            loc: Loc {
+                offset: 0,
+                slot: Slot(0),
+                len,
+                record_back: 0,
+                record_len: 0,
+            },
+        }
+    }
+
+    fn keys(index: &Index) -> Vec<(Vec<u8>, u64)> {
+        index
+            .range_chunk(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .into_iter()
+            .map(|(k, e)| (k.to_vec(), e.seq.get()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_created_and_deleted_during_a_checkpoint_stays_deleted_after_the_rebase() {
+        let mut index = Index::default();
+        index.put(Key::from(&b"a"[..]), entry(1, 0, 10));
+        index.freeze();
+        index.put(Key::from(&b"k"[..]), entry(2, 0, 10));
+        // The fuzzy copy saw k; then k is deleted.
+        let snapshot = vec![
+            (Key::from(&b"a"[..]), entry(1, 0, 10)),
+            (Key::from(&b"k"[..]), entry(2, 0, 10)),
+        ];
+        index.delete(b"k");
+        index.rebase(snapshot);
+        assert!(index.get(b"k").is_none(), "the delete after the freeze holds");
+        assert_eq!(keys(&index), vec![(b"a".to_vec(), 1)]);
+        assert_eq!((index.len(), index.live_bytes()), (1, 11));
+    }
+
+    #[test]
+    fn a_touch_during_a_checkpoint_survives_a_snapshot_copied_before_it() {
+        let mut index = Index::default();
+        index.extend_sorted(vec![(Key::from(&b"s"[..]), entry(5, 1000, 10))]);
+        index.freeze();
+        let copied = vec![(Key::from(&b"s"[..]), entry(5, 1000, 10))];
+        index.touch(b"s", 5, 9000);
+        index.touch(b"s", 4, 1); // another version: ignored
+        index.rebase(copied);
+        assert_eq!(index.get(b"s").map(|e| e.expires_at_ms), Some(9000));
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn overwrites_and_deletes_on_every_layer_count_right() {
+        let mut index = Index::default();
+        index.extend_sorted(vec![
+            (Key::from(&b"a"[..]), entry(1, 0, 1)),
+            (Key::from(&b"b"[..]), entry(2, 0, 1)),
+        ]);
+        index.put(Key::from(&b"c"[..]), entry(3, 0, 1));
+        index.delete(b"a");
+        index.freeze();
+        index.put(Key::from(&b"b"[..]), entry(4, 0, 5)); // over the base
+        index.delete(b"c"); // a frozen entry
+        index.put(Key::from(&b"d"[..]), entry(5, 0, 1)); // new
+        assert_eq!(keys(&index), vec![(b"b".to_vec(), 4), (b"d".to_vec(), 5)]);
+        assert_eq!(index.len(), 2);
+        // The snapshot copied b before its overwrite, c before its delete, not d.
+        index.rebase(vec![
+            (Key::from(&b"b"[..]), entry(2, 0, 1)),
+            (Key::from(&b"c"[..]), entry(3, 0, 1)),
+        ]);
+        assert_eq!(keys(&index), vec![(b"b".to_vec(), 4), (b"d".to_vec(), 5)]);
+        assert_eq!((index.len(), index.live_bytes()), (2, 8));
+    }
+
+    #[test]
+    fn a_failed_checkpoint_unfreezes_without_losing_a_change() {
+        let mut index = Index::default();
+        index.put(Key::from(&b"a"[..]), entry(1, 0, 1));
+        index.put(Key::from(&b"b"[..]), entry(2, 0, 1));
+        index.freeze();
+        index.put(Key::from(&b"a"[..]), entry(3, 0, 1));
+        index.delete(b"b");
+        index.unfreeze();
+        assert_eq!(keys(&index), vec![(b"a".to_vec(), 3)]);
+        assert_eq!(index.len(), 1);
+        index.freeze(); // and the next checkpoint can freeze again
+        index.rebase(vec![(Key::from(&b"a"[..]), entry(3, 0, 1))]);
+        assert_eq!(keys(&index), vec![(b"a".to_vec(), 3)]);
     }
 }

@@ -53,6 +53,17 @@ pub const SNAPSHOT_BLOCK_BYTES_TARGET: usize = 64 * 1024;
 /// its own, so this is the target plus the largest entry).
 pub const SNAPSHOT_BLOCK_BYTES_MAX: usize = SNAPSHOT_BLOCK_BYTES_TARGET + VALUE_SIZE_MAX_LIMIT + KEY_SIZE_MAX + 64;
 
+/// Default pause between the expiry sweeper's rounds (`Options::sweep_interval`).
+pub const SWEEP_INTERVAL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Index entries the expiry sweeper examines per pass. It holds the commit lock while it does,
+/// so a pass is kept short (about 50 µs); writers queue behind it for no longer.
+pub const SWEEP_PASS_ENTRIES: usize = 256;
+
+/// Passes per sweeper round at most: a round goes on while a quarter or more of what a pass
+/// examined had expired (Redis's rule of thumb), up to this bound.
+pub const SWEEP_ROUND_PASSES_MAX: usize = 16;
+
 const _: () = assert!(VALUE_SIZE_MAX_DEFAULT <= VALUE_SIZE_MAX_LIMIT);
 const _: () = assert!(BATCH_SIZE_MAX_DEFAULT as u64 <= SEGMENT_SIZE_DEFAULT / 2);
 const _: () = assert!(SEGMENT_SIZE_MIN < SEGMENT_SIZE_DEFAULT);

@@ -24,6 +24,35 @@ pub enum SyncMode {
     Never,
 }
 
+/// How durable one write must be before it returns, whatever the store's [`SyncMode`].
+///
+/// Lets an application make a login durable at once while a sliding-expiry touch stays cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// As the store's [`SyncMode`] says.
+    #[default]
+    Default,
+    /// Returns once the write is handed to the OS and applied; never waits for an `fdatasync` of
+    /// its own. It becomes durable with the next one: a later durable write's commit group, the
+    /// interval sync, [`crate::Db::sync`], a segment roll, a checkpoint or close. Survives a
+    /// process crash, not a power loss before that sync. In [`SyncMode::Always`] it is visible
+    /// to readers before it is durable.
+    Lazy,
+    /// Returns after an `fdatasync` that covers it, in every [`SyncMode`].
+    Immediate,
+}
+
+impl Durability {
+    /// Whether a write of this durability needs its commit group synced under `mode`.
+    pub(crate) fn needs_sync(self, mode: SyncMode) -> bool {
+        match self {
+            Durability::Default => mode == SyncMode::Always,
+            Durability::Lazy => false,
+            Durability::Immediate => true,
+        }
+    }
+}
+
 /// What recovery does with damage it finds in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecoveryMode {
@@ -51,6 +80,7 @@ pub struct Options {
     pub(crate) value_size_max: usize,
     pub(crate) batch_size_max: usize,
     pub(crate) preallocate_ahead: bool,
+    pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) storage: Arc<dyn Storage>,
 }
@@ -66,6 +96,7 @@ impl Default for Options {
             value_size_max: limits::VALUE_SIZE_MAX_DEFAULT,
             batch_size_max: limits::BATCH_SIZE_MAX_DEFAULT,
             preallocate_ahead: true,
+            sweep_interval: Some(limits::SWEEP_INTERVAL_DEFAULT),
             clock: Arc::new(SystemClock),
             storage: Arc::new(FsStorage),
         }
@@ -83,6 +114,7 @@ impl fmt::Debug for Options {
             .field("value_size_max", &self.value_size_max)
             .field("batch_size_max", &self.batch_size_max)
             .field("preallocate_ahead", &self.preallocate_ahead)
+            .field("sweep_interval", &self.sweep_interval)
             .field("clock", &self.clock)
             .field("storage", &self.storage)
             .finish()
@@ -157,6 +189,15 @@ impl Options {
         self
     }
 
+    /// How often a background thread drops expired entries from memory, a bounded amount of
+    /// work per pass; `None` turns it off (expired entries still never read back, and are
+    /// dropped at checkpoints and by [`crate::Db::purge_expired`]). Default: every second.
+    #[must_use]
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Options {
+        self.sweep_interval = every;
+        self
+    }
+
     /// The clock behind expiry. Default: the system clock.
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Options {
@@ -213,6 +254,9 @@ impl Options {
             if d.is_zero() {
                 return bad("SyncMode::Interval needs a non-zero interval".into());
             }
+        }
+        if self.sweep_interval.is_some_and(|d| d.is_zero()) {
+            return bad("sweep_interval must be positive (None turns the sweeper off)".into());
         }
         if self.checkpoint_log_bytes == 0 {
             return bad("checkpoint_log_bytes must be positive".into());

@@ -119,18 +119,10 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
         report.files_removed += 1;
     }
     let mut segs = open_segments(storage, layout, &listing.segments)?;
-    let now = opts.clock.now_ms();
     let log_first_seq = segs.iter().find_map(|s| s.first_seq);
     let mut index = Index::default();
-    let (snapshot, entries) = choose_snapshot(
-        layout,
-        opts,
-        &listing.snapshots,
-        log_first_seq,
-        now,
-        &mut index,
-        &mut report,
-    )?;
+    let (snapshot, entries) =
+        choose_snapshot(layout, opts, &listing.snapshots, log_first_seq, &mut index, &mut report)?;
     let base = snapshot.as_ref().map_or(0, |s| s.base_seq);
 
     if let Some(s) = &snapshot {
@@ -169,6 +161,8 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     }
     let last_seq = replay.last_seq.unwrap_or(0).max(base);
     index.applied_seq = last_seq;
+    // Every touch is replayed now: what is still expired can go.
+    index.drop_expired(opts.clock.now_ms());
 
     // Decide the active segment: the last one, if it continues the log and has room; else a
     // fresh one. Segments whose records are all at or below base are covered and go.
@@ -317,7 +311,6 @@ fn choose_snapshot(
     opts: &Options,
     snapshots: &[u64],
     log_first_seq: Option<u64>,
-    now: u64,
     index: &mut Index,
     report: &mut RecoveryReport,
 ) -> Result<(Option<LoadedSnapshot>, Entries)> {
@@ -326,7 +319,7 @@ fn choose_snapshot(
     for &seq in snapshots.iter().rev() {
         let path = layout.snapshot(seq);
         let slot = index.slot(FileId::Snapshot(seq));
-        let loaded = checkpoint::load_snapshot(storage, &path, seq, now, slot);
+        let loaded = checkpoint::load_snapshot(storage, &path, seq, slot);
         if loaded.is_err() {
             index.remove_source(FileId::Snapshot(seq));
         }
@@ -520,6 +513,11 @@ fn apply_record(
                 );
             }
             Op::Delete { key } => index.delete(key),
+            Op::Touch {
+                key,
+                version,
+                expires_at_ms,
+            } => index.touch(key, version, expires_at_ms),
         }
     }
     index.applied_seq = rec.seq;

@@ -9,7 +9,8 @@ use crate::telemetry::LatencyHistogram;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live (unexpired, undeleted) keys.
+    /// Keys in the index: undeleted, and not yet dropped after expiring (expired entries never
+    /// read back; the sweeper, checkpoints and the next open drop them).
     pub keys: u64,
     /// Bytes of live keys and values.
     pub live_bytes: u64,
@@ -40,8 +41,8 @@ pub struct Stats {
     pub commit_group_sizes: [u64; 8],
     /// Checkpoints completed since open.
     pub checkpoints: u64,
-    /// Latency of the fsyncs on the commit path (each commit group's in `SyncMode::Always`, and
-    /// each [`crate::Db::sync`]'s) since open.
+    /// Latency of the fsyncs on the commit path (each commit group's that is fsynced before its
+    /// writers return, and each [`crate::Db::sync`]'s) since open.
     pub fsync_latency: LatencyHistogram,
     /// Time the last checkpoint took, from its start until the log it covers was deleted.
     pub checkpoint_duration_last: Duration,
@@ -51,7 +52,7 @@ pub struct Stats {
     pub checkpoint_bytes_last: u64,
     /// Bytes of snapshots written by checkpoints since open.
     pub checkpoint_bytes_total: u64,
-    /// Expired entries removed from the index by the expiry sweeper since open.
+    /// Expired entries the sweeper (or [`crate::Db::purge_expired`]) dropped since open.
     pub expired_swept: u64,
     /// What the last open found and did.
     pub recovery: RecoveryReport,

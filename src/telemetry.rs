@@ -1,5 +1,5 @@
 //! Measurements behind [`crate::Stats`] that are more than a counter: fsync latency, checkpoint
-//! durations and bytes, expired entries swept. With the cargo feature `metrics`, each
+//! durations and bytes. With the cargo feature `metrics`, each
 //! measurement is also recorded into the [`metrics`](https://docs.rs/metrics) crate's facade as it
 //! happens, and `Stats::export_metrics` publishes the gauges and counters, so an application's
 //! recorder (Prometheus, StatsD, ...) exports them.
@@ -11,13 +11,12 @@
 //! | `sessiondb_checkpoint_seconds`    | histogram | each checkpoint, start to covered log deleted |
 //! | `sessiondb_checkpoint_bytes`      | histogram | snapshot bytes each checkpoint wrote          |
 //! | `sessiondb_recovery_seconds`      | histogram | each open's recovery                          |
-//! | `sessiondb_expired_swept_total`   | counter   | expired entries removed by the sweeper        |
 //!
 //! and from `Stats::export_metrics` (feature `metrics`): gauges `sessiondb_keys`, `sessiondb_live_bytes`,
 //! `sessiondb_dead_bytes`, `sessiondb_segments`, `sessiondb_snapshots`, `sessiondb_last_seq`,
 //! `sessiondb_log_bytes_since_checkpoint`, `sessiondb_writers_waiting`; counters
 //! `sessiondb_fsyncs_total`, `sessiondb_commit_groups_total`, `sessiondb_records_total`,
-//! `sessiondb_checkpoints_total`.
+//! `sessiondb_checkpoints_total`, `sessiondb_expired_swept_total`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -126,7 +125,6 @@ pub(crate) struct Telemetry {
     checkpoint_ns_last: AtomicU64,
     checkpoint_bytes_total: AtomicU64,
     checkpoint_bytes_last: AtomicU64,
-    expired_swept: AtomicU64,
 }
 
 impl Telemetry {
@@ -157,14 +155,6 @@ impl Telemetry {
         }
     }
 
-    /// `n` expired entries were removed from the index by the sweeper.
-    #[allow(dead_code)] // NOTE: called by the expiry sweeper (engine), counted in Stats::expired_swept.
-    pub(crate) fn expired_swept(&self, n: u64) {
-        self.expired_swept.fetch_add(n, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        ::metrics::counter!("sessiondb_expired_swept_total").increment(n);
-    }
-
     /// Fills the fields of `stats` this measures.
     pub(crate) fn fill(&self, stats: &mut Stats) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -173,7 +163,6 @@ impl Telemetry {
         stats.checkpoint_duration_last = Duration::from_nanos(load(&self.checkpoint_ns_last));
         stats.checkpoint_bytes_total = load(&self.checkpoint_bytes_total);
         stats.checkpoint_bytes_last = load(&self.checkpoint_bytes_last);
-        stats.expired_swept = load(&self.expired_swept);
     }
 }
 
@@ -205,6 +194,7 @@ impl Stats {
         counter!("sessiondb_commit_groups_total").absolute(self.commit_groups);
         counter!("sessiondb_records_total").absolute(self.records);
         counter!("sessiondb_checkpoints_total").absolute(self.checkpoints);
+        counter!("sessiondb_expired_swept_total").absolute(self.expired_swept);
     }
 }
 

@@ -34,10 +34,10 @@ use std::path::PathBuf;
 use sessiondb::format::{
     decode_block, decode_ops, decode_record, decode_segment_header, decode_snapshot_footer, decode_snapshot_header,
     delete_encoded_size, encode_ops, encode_record, encode_segment_header, encode_snapshot_footer,
-    encode_snapshot_header, put_encoded_size, snapshot_entry_size, BlockBuilder, HeaderState, Op, RecordState,
-    SegmentHeader, SnapshotEntry, SnapshotFooter, BLOCK_HEADER_SIZE, ENTRY_HEADER_SIZE, FOOTER_MARKER, FORMAT_VERSION,
-    KIND_OPS, PAYLOAD_COUNT_SIZE, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SNAPSHOT_FOOTER_SIZE,
-    SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
+    encode_snapshot_header, put_encoded_size, snapshot_entry_size, touch_encoded_size, BlockBuilder, HeaderState, Op,
+    RecordState, SegmentHeader, SnapshotEntry, SnapshotFooter, BLOCK_HEADER_SIZE, ENTRY_HEADER_SIZE, FOOTER_MARKER,
+    FORMAT_VERSION, KIND_OPS, PAYLOAD_COUNT_SIZE, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
+    SNAPSHOT_FOOTER_SIZE, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
 };
 use sessiondb::limits::BATCH_OPS_MAX;
 
@@ -77,6 +77,16 @@ fn batch() -> Vec<Op<'static>> {
         },
         Op::Delete { key: b"user:7" },
     ]
+}
+
+/// docs/format.md's touch example: key "k", touched at version 1002 to expire at
+/// `EXPIRES_AT_MS`.
+fn one_touch() -> Vec<Op<'static>> {
+    vec![Op::Touch {
+        key: b"k",
+        version: FIRST_SEQ + 1,
+        expires_at_ms: EXPIRES_AT_MS,
+    }]
 }
 
 fn payload(ops: &[Op<'_>]) -> Vec<u8> {
@@ -299,6 +309,14 @@ fn golden_payload_batch() {
 }
 
 #[test]
+fn golden_payload_touch() {
+    let p = payload(&one_touch());
+    assert_eq!(p.len(), PAYLOAD_COUNT_SIZE + touch_encoded_size(1));
+    assert_eq!(decode_ops(&p).unwrap(), one_touch(), "decodes back");
+    check_golden("payload_touch.bin", &p);
+}
+
+#[test]
 fn golden_segment() {
     check_golden("segment.bin", &segment());
 }
@@ -434,10 +452,11 @@ fn doc_example(name: &str) -> Vec<u8> {
 
 #[test]
 fn docs_examples_match_the_encoder() {
-    let examples: [(&str, Vec<u8>); 4] = [
+    let examples: [(&str, Vec<u8>); 5] = [
         ("segment_header", segment_header().to_vec()),
         ("record_one_put", one_put_record()),
         ("payload_one_put", payload(&one_put())),
+        ("payload_one_touch", payload(&one_touch())),
         ("snapshot_one_entry", one_entry_snapshot()),
     ];
     for (name, bytes) in examples {

@@ -1,7 +1,9 @@
 //! The store behaves like an ordered map with expiry, across rolls, checkpoints and reopens.
 //!
-//! Scenario: random sequences of puts, TTL puts, deletes, batches, clock advances, explicit
-//! checkpoints, reopens (by `close` or by drop), prefix scans and range scans, on a store with
+//! Scenario: random sequences of puts, TTL puts, lazy puts, deletes, batches, touches,
+//! compare-and-swap puts (with the current or a stale version), purges of expired entries, clock
+//! advances, explicit checkpoints, reopens (by `close` or by drop), prefix scans and range
+//! scans, on a store with
 //! 64 KiB segments and a 16 KiB automatic-checkpoint threshold so segment rolls and background
 //! checkpoints happen within a case. Keys come from a three-letter alphabet (lengths 0 to 3,
 //! the empty key included) so overwrites, deletes of live keys and prefix scans all matter.
@@ -10,7 +12,10 @@
 //! with `get`, and every scan is compared whole. The proptest RNG is seeded from
 //! `SESSIONDB_SEED` (or the time), printed on failure.
 //! Invariant: every read equals the model: the last write per key, absent once
-//! `now >= deadline`, and scans list exactly the model's live keys in the bounds, ascending.
+//! `now >= deadline` (a touch moving the deadline), and scans list exactly the model's live
+//! keys in the bounds, ascending. Versions: a put's version is larger than every version seen
+//! before it, a touch keeps it, a reopen keeps it; a compare-and-swap succeeds exactly when it
+//! names the live version (or `None` for an absent or expired key).
 
 mod common;
 
@@ -25,7 +30,7 @@ use std::time::Duration;
 use common::{seeded, small_opts, splitmix64};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
-use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
+use sessiondb::{Batch, Db, Durability, ManualClock, Options, SyncMode};
 
 const CASES: u32 = 160;
 const T0: u64 = 1_700_000_000_000;
@@ -75,6 +80,13 @@ enum Action {
     PutTtl(Key, u16, u64),
     Delete(Key),
     Batch(Vec<BatchOp>),
+    /// Put with `Durability::Lazy`.
+    LazyPut(Key, u16),
+    /// Touch with a TTL in milliseconds.
+    Touch(Key, u64),
+    /// Compare-and-swap put: with the live version (`true`) or a stale one.
+    Cas(Key, u16, bool),
+    PurgeExpired,
     /// Advance the clock by milliseconds.
     Advance(u64),
     Checkpoint,
@@ -129,6 +141,10 @@ fn action() -> impl Strategy<Value = Action> {
         3 => (key(3), value_len(), ttl_ms()).prop_map(|(k, l, t)| Action::PutTtl(k, l, t)),
         4 => key(3).prop_map(Action::Delete),
         3 => prop::collection::vec(batch_op(), 1..=4).prop_map(Action::Batch),
+        2 => (key(3), value_len()).prop_map(|(k, l)| Action::LazyPut(k, l)),
+        3 => (key(3), 1u64..=5000).prop_map(|(k, t)| Action::Touch(k, t)),
+        3 => (key(3), value_len(), any::<bool>()).prop_map(|(k, l, f)| Action::Cas(k, l, f)),
+        1 => Just(Action::PurgeExpired),
         2 => (0u64..=3000).prop_map(Action::Advance),
         1 => Just(Action::Checkpoint),
         1 => any::<bool>().prop_map(Action::Reopen),
@@ -174,15 +190,71 @@ fn value(step: usize, op: usize, len: u16) -> Vec<u8> {
     v
 }
 
-/// The model: value and expiry deadline per key.
+/// What the model knows of a key's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ver {
+    Known(u64),
+    /// Put but not yet read back: larger than this (every version seen before the put).
+    Above(u64),
+}
+
+/// The model: value, expiry deadline and version per key.
 #[derive(Default)]
 struct Model {
-    map: BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>,
+    map: BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>, Ver)>,
+    /// The largest version seen so far.
+    max_seen: u64,
 }
 
 impl Model {
     fn put(&mut self, k: &Key, v: Vec<u8>, deadline: Option<u64>) {
-        self.map.insert(k.0.clone(), (v, deadline));
+        self.map.insert(k.0.clone(), (v, deadline, Ver::Above(self.max_seen)));
+    }
+
+    fn put_at(&mut self, k: &Key, v: Vec<u8>, deadline: Option<u64>, version: u64) {
+        self.max_seen = self.max_seen.max(version);
+        self.map.insert(k.0.clone(), (v, deadline, Ver::Known(version)));
+    }
+
+    /// The live version, if the model knows it (`Ok(None)`: absent or expired).
+    fn version(&self, k: &[u8], now: u64) -> Result<Option<u64>, ()> {
+        match self.map.get(k) {
+            Some((_, d, ver)) if d.is_none_or(|d| now < d) => match ver {
+                Ver::Known(v) => Ok(Some(*v)),
+                Ver::Above(_) => Err(()),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves a live key's deadline; false if absent or expired.
+    fn touch(&mut self, k: &Key, deadline: u64, now: u64) -> bool {
+        match self.map.get_mut(&k.0) {
+            Some((_, d, _)) if d.is_none_or(|d| now < d) => {
+                *d = Some(deadline);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the version read back for `k`, checking it against what the model knows.
+    fn learn(&mut self, k: &[u8], version: u64) -> Result<(), String> {
+        let Some((_, _, ver)) = self.map.get_mut(k) else {
+            return Err("a version for a key the model does not have".into());
+        };
+        match *ver {
+            Ver::Known(v) if v != version => return Err(format!("version {version}, model knows {v}")),
+            Ver::Above(floor) if version <= floor => {
+                return Err(format!(
+                    "version {version} of a put is not above {floor}, seen before it"
+                ))
+            }
+            _ => {}
+        }
+        *ver = Ver::Known(version);
+        self.max_seen = self.max_seen.max(version);
+        Ok(())
     }
 
     fn delete(&mut self, k: &Key) {
@@ -191,7 +263,7 @@ impl Model {
 
     fn get(&self, k: &[u8], now: u64) -> Option<Vec<u8>> {
         match self.map.get(k) {
-            Some((v, d)) if d.is_none_or(|d| now < d) => Some(v.clone()),
+            Some((v, d, _)) if d.is_none_or(|d| now < d) => Some(v.clone()),
             _ => None,
         }
     }
@@ -199,8 +271,8 @@ impl Model {
     fn live(&self, now: u64, keep: impl Fn(&[u8]) -> bool) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.map
             .iter()
-            .filter(|(k, (_, d))| d.is_none_or(|d| now < d) && keep(k))
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .filter(|(k, (_, d, _))| d.is_none_or(|d| now < d) && keep(k))
+            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
             .collect()
     }
 }
@@ -269,6 +341,7 @@ fn options(case: &Case, clock: &ManualClock) -> Options {
         })
         .preallocate_ahead(case.preallocate_ahead)
         .checkpoint_log_bytes(16 * 1024)
+        .sweep_interval(None)
         .clock(Arc::new(clock.clone()))
 }
 
@@ -324,6 +397,50 @@ fn apply(
                 }
             }
         }
+        Action::LazyPut(k, len) => {
+            let v = value(step, 0, *len);
+            let mut batch = Batch::new();
+            batch.put(&k.0, &v).durability(Durability::Lazy);
+            io(d.write(batch), "lazy put")?;
+            model.put(k, v, None);
+        }
+        Action::Touch(k, ttl) => {
+            let got = d
+                .touch(&k.0, Duration::from_millis(*ttl))
+                .map_err(|e| fail(step, format!("touch failed: {e}")))?;
+            let want = model.touch(k, deadline(now, *ttl), now);
+            if got != want {
+                return Err(fail(step, format!("touch({k:?}) = {got}, model says {want}")));
+            }
+        }
+        Action::Cas(k, len, fresh) => {
+            // Every key's version is read back after every step, so the model knows it.
+            let live = model
+                .version(&k.0, now)
+                .map_err(|()| fail(step, format!("model lost the version of {k:?}")))?;
+            let expected = if *fresh {
+                live
+            } else {
+                Some(live.map_or(1, |v| v + 1000))
+            };
+            let v = value(step, 0, *len);
+            let got = d
+                .put_if_version(&k.0, &v, expected, None)
+                .map_err(|e| fail(step, format!("put_if_version failed: {e}")))?;
+            match got {
+                Ok(version) if expected == live => model.put_at(k, v, None, version),
+                Err(c) if expected != live && c.actual == live && c.expected == expected => {}
+                other => {
+                    return Err(fail(
+                        step,
+                        format!("put_if_version({k:?}, expected {expected:?}) = {other:?}; live version {live:?}"),
+                    ))
+                }
+            }
+        }
+        Action::PurgeExpired => {
+            d.purge_expired();
+        }
         Action::Advance(ms) => clock.advance(Duration::from_millis(*ms)),
         Action::Checkpoint => io(d.checkpoint(), "checkpoint")?,
         Action::Reopen(close) => {
@@ -364,14 +481,22 @@ fn apply(
 /// range scan does too.
 fn check(
     db: &Db,
-    model: &Model,
+    model: &mut Model,
     now: u64,
     keys: &[Vec<u8>],
     step: usize,
     full_scan: bool,
 ) -> Result<(), TestCaseError> {
     for k in keys {
-        let got = db.get(k).map_err(|e| fail(step, format!("get failed: {e}")))?;
+        let got = db
+            .get_with_version(k)
+            .map_err(|e| fail(step, format!("get failed: {e}")))?;
+        if let Some((_, version)) = &got {
+            model
+                .learn(k, *version)
+                .map_err(|e| fail(step, format!("{:?}: {e}", String::from_utf8_lossy(k))))?;
+        }
+        let got = got.map(|(v, _)| v);
         let want = model.get(k, now);
         if got != want {
             return Err(fail(
@@ -409,7 +534,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         apply(&mut db, &mut model, &clock, dir.path(), &opts, step, action)?;
         let full = matches!(action, Action::Reopen(_) | Action::Checkpoint);
         let now = sessiondb::Clock::now_ms(&clock);
-        check(db.as_ref().expect("open"), &model, now, &keys, step, full)?;
+        check(db.as_ref().expect("open"), &mut model, now, &keys, step, full)?;
         STEPS.fetch_add(1, Ordering::Relaxed);
     }
     // One more reopen at the end: everything acknowledged is still there.
@@ -421,7 +546,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         .close()
         .map_err(|e| fail(last, format!("close failed: {e}")))?;
     let db = open(dir.path(), &opts, last)?;
-    check(&db, &model, sessiondb::Clock::now_ms(&clock), &keys, last, true)
+    check(&db, &mut model, sessiondb::Clock::now_ms(&clock), &keys, last, true)
 }
 
 fn rng_from(seed: u64) -> TestRng {

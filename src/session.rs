@@ -1,0 +1,705 @@
+//! Session stores: sessions with ids, expiry, versions that refuse lost updates, map-shaped
+//! sessions whose concurrent saves merge, and a per-user index. See docs/sessions.md.
+//!
+//! Keys (all under a `\0` byte, so they sort apart from an application's own keys):
+//! - `\0s` + the 16 id bytes → the session record (`format::SessionRecord`);
+//! - `\0u` + user length (`u16`, big-endian) + user + the 16 id bytes → empty: the per-user
+//!   index, written, touched and deleted in the same atomic batch as its session, with the same
+//!   deadline.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::batch::{Batch, Conflict};
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::format::{self, SessionMapEntries, SessionRecord};
+use crate::options::Durability;
+
+const SESSION_PREFIX: &[u8] = b"\0s";
+const USER_PREFIX: &[u8] = b"\0u";
+const ID_BYTES: usize = 16;
+/// Characters of an id's string form: 16 bytes in unpadded URL-safe base64.
+const ID_CHARS: usize = 22;
+/// Largest user id: its length is stored as a `u16`.
+pub const USER_ID_MAX: usize = u16::MAX as usize;
+
+// ---------------------------------------------------------------------------------------------
+// Session ids
+
+/// A session id: 128 bits from the operating system's random generator. Its string form is 22
+/// URL-safe base64 characters (no padding), fit for a cookie.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; ID_BYTES]);
+
+impl SessionId {
+    /// A fresh id from the OS random generator.
+    pub fn generate() -> Result<SessionId> {
+        let mut b = [0u8; ID_BYTES];
+        getrandom::fill(&mut b).map_err(|e| Error::Io {
+            path: "getrandom".into(),
+            op: "read random bytes",
+            offset: None,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(SessionId(b))
+    }
+
+    /// The id with these bytes (for adapters whose framework makes the ids).
+    pub fn from_bytes(bytes: [u8; ID_BYTES]) -> SessionId {
+        SessionId(bytes)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; ID_BYTES] {
+        &self.0
+    }
+
+    fn key(&self) -> Vec<u8> {
+        [SESSION_PREFIX, &self.0].concat()
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn b64_value(c: u8) -> Option<u32> {
+    B64.iter().position(|&x| x == c).map(|p| p as u32)
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::with_capacity(ID_CHARS);
+        for chunk in self.0.chunks(3) {
+            let n = chunk.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        f.write_str(&out)
+    }
+}
+
+/// Shows only the first characters: ids are credentials and should not reach logs whole.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({}…)", &self.to_string()[..4])
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<SessionId> {
+        let bad = || Error::InvalidSessionId(s.chars().take(ID_CHARS + 2).collect());
+        let chars = s.as_bytes();
+        if chars.len() != ID_CHARS {
+            return Err(bad());
+        }
+        let mut out = [0u8; ID_BYTES];
+        let mut at = 0;
+        for group in chars.chunks(4) {
+            let mut n = 0u32;
+            for &c in group {
+                n = (n << 6) | b64_value(c).ok_or_else(bad)?;
+            }
+            n <<= 6 * (4 - group.len() as u32);
+            for i in 0..group.len() - 1 {
+                out[at] = (n >> (16 - 8 * i)) as u8;
+                at += 1;
+            }
+            // The last group holds 2 chars for one byte: its low 4 bits must be zero, so each
+            // id has exactly one string form.
+            if group.len() == 2 && n & 0xffff != 0 {
+                return Err(bad());
+            }
+        }
+        debug_assert_eq!(at, ID_BYTES);
+        Ok(SessionId(out))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+/// A loaded session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// Its data, as saved.
+    pub data: Vec<u8>,
+    /// Its version: pass it to [`SessionStore::save`] to refuse overwriting a newer save.
+    pub version: u64,
+    /// Its expiry deadline in ms since the Unix epoch, on the store's clock.
+    pub expires_at_ms: Option<u64>,
+    /// The user it was created for, if any.
+    pub user: Option<Vec<u8>>,
+}
+
+/// Settings of a [`SessionStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionOptions {
+    /// Largest session data accepted; larger is [`Error::TooLarge`]. Default: 64 KiB.
+    pub max_session_bytes: usize,
+    /// Durability of creates, saves, regenerates and destroys. Default: the store's sync mode.
+    pub write_durability: Durability,
+    /// Durability of touches (sliding expiry). Default: [`Durability::Lazy`]: a touch costs
+    /// no `fdatasync` of its own; a crash may lose the latest extensions, never data.
+    pub touch_durability: Durability,
+    /// Attempts [`SessionStore::update`] and merging saves make before giving up with
+    /// [`Error::Conflict`]. Default: 64.
+    pub retries_max: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> SessionOptions {
+        SessionOptions {
+            max_session_bytes: 64 * 1024,
+            write_durability: Durability::Default,
+            touch_durability: Durability::Lazy,
+            retries_max: 64,
+        }
+    }
+}
+
+impl SessionOptions {
+    /// Sets [`SessionOptions::max_session_bytes`].
+    #[must_use]
+    pub fn max_session_bytes(mut self, bytes: usize) -> SessionOptions {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    /// Sets [`SessionOptions::write_durability`].
+    #[must_use]
+    pub fn write_durability(mut self, d: Durability) -> SessionOptions {
+        self.write_durability = d;
+        self
+    }
+
+    /// Sets [`SessionOptions::touch_durability`].
+    #[must_use]
+    pub fn touch_durability(mut self, d: Durability) -> SessionOptions {
+        self.touch_durability = d;
+        self
+    }
+}
+
+/// A session as the store holds it, with what its writes need.
+struct Stored {
+    record: Vec<u8>,
+    version: u64,
+    deadline_ms: u64,
+}
+
+impl Stored {
+    fn decode(&self, dir: &Path) -> Result<SessionRecord<'_>> {
+        format::decode_session_record(&self.record)
+            .map_err(|d| Error::corruption(dir, d.offset, format!("session record: {}", d.reason)))
+    }
+}
+
+/// Sessions over a [`Db`]. `Send + Sync`; cheap to clone (it shares the store).
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    db: Arc<Db>,
+    opts: SessionOptions,
+}
+
+fn user_key(user: &[u8], id: &SessionId) -> Vec<u8> {
+    // NOTE: cannot truncate: callers check user.len() <= USER_ID_MAX.
+    let len = (user.len() as u16).to_be_bytes();
+    [USER_PREFIX, &len, user, &id.0].concat()
+}
+
+fn user_prefix(user: &[u8]) -> Vec<u8> {
+    // NOTE: cannot truncate: callers check user.len() <= USER_ID_MAX.
+    let len = (user.len() as u16).to_be_bytes();
+    [USER_PREFIX, &len, user].concat()
+}
+
+impl SessionStore {
+    /// Opens (creating if needed) a store in `dir` with default options and sessions over it.
+    pub fn open(dir: impl AsRef<Path>) -> Result<SessionStore> {
+        Ok(SessionStore::new(Db::open(dir)?))
+    }
+
+    /// Sessions over an open store (which may hold other data too: session keys start with a
+    /// zero byte).
+    pub fn new(db: impl Into<Arc<Db>>) -> SessionStore {
+        SessionStore {
+            db: db.into(),
+            opts: SessionOptions::default(),
+        }
+    }
+
+    /// The same store with other options.
+    #[must_use]
+    pub fn with_options(mut self, opts: SessionOptions) -> SessionStore {
+        self.opts = opts;
+        self
+    }
+
+    /// The underlying store.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    fn check_size(&self, data: &[u8]) -> Result<()> {
+        if data.len() > self.opts.max_session_bytes {
+            return Err(Error::TooLarge {
+                what: "session",
+                size: data.len() as u64,
+                max: self.opts.max_session_bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_user(user: &[u8]) -> Result<()> {
+        if user.len() > USER_ID_MAX {
+            return Err(Error::TooLarge {
+                what: "user id",
+                size: user.len() as u64,
+                max: USER_ID_MAX as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn get(&self, id: &SessionId) -> Result<Option<Stored>> {
+        Ok(self.db.get_versioned(id.key())?.map(|v| Stored {
+            record: v.value,
+            version: v.version,
+            deadline_ms: v.expires_at_ms.unwrap_or(0),
+        }))
+    }
+
+    fn write(&self, mut batch: Batch) -> Result<Result<u64, Conflict>> {
+        batch.durability(self.opts.write_durability);
+        self.db.write_if(batch)
+    }
+
+    /// Creates a session holding `data`, expiring after `ttl`. Never overwrites an existing
+    /// session: on the (astronomically unlikely) collision of a fresh id, it draws another.
+    pub fn create(&self, data: &[u8], ttl: Duration) -> Result<SessionId> {
+        self.create_inner(None, data, ttl)
+    }
+
+    /// Creates a session for `user`: also listed by [`SessionStore::sessions_of`] and removed by
+    /// [`SessionStore::destroy_all_of`].
+    pub fn create_for_user(&self, user: &[u8], data: &[u8], ttl: Duration) -> Result<SessionId> {
+        Self::check_user(user)?;
+        self.create_inner(Some(user), data, ttl)
+    }
+
+    fn create_inner(&self, user: Option<&[u8]>, data: &[u8], ttl: Duration) -> Result<SessionId> {
+        self.check_size(data)?;
+        let record = format::encode_session_record(&SessionRecord { user, data });
+        for _ in 0..self.opts.retries_max {
+            let id = SessionId::generate()?;
+            let mut batch = Batch::new();
+            batch
+                .put_with_ttl(id.key(), &record, ttl)
+                .expect_version(id.key(), None);
+            if let Some(user) = user {
+                batch.put_with_ttl(user_key(user, &id), [], ttl);
+            }
+            if self.write(batch)?.is_ok() {
+                return Ok(id);
+            }
+        }
+        Err(Error::Conflict(Conflict {
+            key: SESSION_PREFIX.to_vec(),
+            expected: None,
+            actual: None,
+        }))
+    }
+
+    /// The session `id`, or `None` if it does not exist or has expired.
+    pub fn load(&self, id: &SessionId) -> Result<Option<Session>> {
+        let Some(stored) = self.get(id)? else { return Ok(None) };
+        let r = stored.decode(self.db.path())?;
+        Ok(Some(Session {
+            id: *id,
+            data: r.data.to_vec(),
+            version: stored.version,
+            expires_at_ms: (stored.deadline_ms != 0).then_some(stored.deadline_ms),
+            user: r.user.map(<[u8]>::to_vec),
+        }))
+    }
+
+    /// Replaces the data of session `id` if its version is still `expected_version` (the one
+    /// [`SessionStore::load`] returned); keeps its deadline. Returns the new version, or the
+    /// [`Conflict`] (with the session's current version, `None` if it is gone) instead of
+    /// overwriting a newer save. The conflict's key is the id's string form.
+    pub fn save(&self, id: &SessionId, data: &[u8], expected_version: u64) -> Result<Result<u64, Conflict>> {
+        self.check_size(data)?;
+        let conflict = |actual| Conflict {
+            key: id.to_string().into_bytes(),
+            expected: Some(expected_version),
+            actual,
+        };
+        let Some(stored) = self.get(id)? else {
+            return Ok(Err(conflict(None)));
+        };
+        if stored.version != expected_version {
+            return Ok(Err(conflict(Some(stored.version))));
+        }
+        let user = stored.decode(self.db.path())?.user;
+        let record = format::encode_session_record(&SessionRecord { user, data });
+        let mut batch = Batch::new();
+        batch
+            .put_expiring_at(&id.key(), record, stored.deadline_ms)
+            .expect_version(id.key(), Some(expected_version));
+        Ok(self.write(batch)?.map_err(|c| conflict(c.actual)))
+    }
+
+    /// Loads session `id`, lets `f` change its data, and saves it, retrying from a fresh load
+    /// when another save came in between. Returns the new version, or `None` if the session
+    /// does not exist.
+    pub fn update(&self, id: &SessionId, mut f: impl FnMut(&mut Vec<u8>)) -> Result<Option<u64>> {
+        for _ in 0..self.opts.retries_max {
+            let Some(mut s) = self.load(id)? else { return Ok(None) };
+            f(&mut s.data);
+            match self.save(id, &s.data, s.version)? {
+                Ok(v) => return Ok(Some(v)),
+                Err(c) if c.actual.is_none() => return Ok(None),
+                Err(_) => continue,
+            }
+        }
+        Err(self.gave_up(id))
+    }
+
+    fn gave_up(&self, id: &SessionId) -> Error {
+        Error::Conflict(Conflict {
+            key: id.to_string().into_bytes(),
+            expected: None,
+            actual: None,
+        })
+    }
+
+    /// Makes session `id` expire `ttl` from now (sliding expiry), without rewriting its data or
+    /// changing its version. Returns false if it does not exist or has expired.
+    pub fn touch(&self, id: &SessionId, ttl: Duration) -> Result<bool> {
+        for _ in 0..self.opts.retries_max {
+            let Some(stored) = self.get(id)? else { return Ok(false) };
+            let user = stored.decode(self.db.path())?.user.map(<[u8]>::to_vec);
+            let mut batch = Batch::new();
+            batch.touch(id.key(), ttl);
+            if let Some(user) = &user {
+                batch.touch(user_key(user, id), ttl);
+            }
+            // The session must still be the one read, so its index entry is touched with it (a
+            // regenerate in between moves both); a save in between only means reading again.
+            batch
+                .expect_version(id.key(), Some(stored.version))
+                .durability(self.opts.touch_durability);
+            if self.db.write_if(batch)?.is_ok() {
+                return Ok(true);
+            }
+        }
+        Err(self.gave_up(id))
+    }
+
+    /// Removes session `id` (and its index entry). Returns false if it did not exist.
+    pub fn destroy(&self, id: &SessionId) -> Result<bool> {
+        for _ in 0..self.opts.retries_max {
+            let Some(stored) = self.get(id)? else { return Ok(false) };
+            let user = stored.decode(self.db.path())?.user.map(<[u8]>::to_vec);
+            let mut batch = Batch::new();
+            batch.delete(id.key()).expect_version(id.key(), Some(stored.version));
+            if let Some(user) = &user {
+                batch.delete(user_key(user, id));
+            }
+            if self.write(batch)?.is_ok() {
+                return Ok(true);
+            }
+        }
+        Err(self.gave_up(id))
+    }
+
+    /// Moves session `id` to a fresh id in one atomic write (data, deadline and user kept; the
+    /// old id stops working), to defend against session fixation. Returns the new id, or
+    /// `None` if the session does not exist.
+    pub fn regenerate(&self, id: &SessionId) -> Result<Option<SessionId>> {
+        for _ in 0..self.opts.retries_max {
+            let Some(stored) = self.get(id)? else { return Ok(None) };
+            let user = stored.decode(self.db.path())?.user.map(<[u8]>::to_vec);
+            let new = SessionId::generate()?;
+            let mut batch = Batch::new();
+            batch
+                .delete(id.key())
+                .put_expiring_at(&new.key(), stored.record, stored.deadline_ms)
+                .expect_version(id.key(), Some(stored.version))
+                .expect_version(new.key(), None);
+            if let Some(user) = &user {
+                batch
+                    .delete(user_key(user, id))
+                    .put_expiring_at(&user_key(user, &new), Vec::new(), stored.deadline_ms);
+            }
+            if self.write(batch)?.is_ok() {
+                return Ok(Some(new));
+            }
+        }
+        Err(self.gave_up(id))
+    }
+
+    /// The live sessions of `user`.
+    pub fn sessions_of(&self, user: &[u8]) -> Result<Vec<SessionId>> {
+        Self::check_user(user)?;
+        let prefix = user_prefix(user);
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            let Ok(bytes) = <[u8; ID_BYTES]>::try_from(&key[prefix.len()..]) else {
+                return Err(Error::corruption(
+                    self.db.path(),
+                    0,
+                    "user index key of the wrong length",
+                ));
+            };
+            out.push(SessionId(bytes));
+        }
+        Ok(out)
+    }
+
+    /// Removes every session of `user` ("log out everywhere"), each with its index entry in one
+    /// atomic write. Repeats until none is left, so a session regenerated meanwhile goes too.
+    /// Returns how many it removed.
+    pub fn destroy_all_of(&self, user: &[u8]) -> Result<u64> {
+        let mut removed = 0;
+        for _ in 0..self.opts.retries_max {
+            let ids = self.sessions_of(user)?;
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            for chunk in ids.chunks(256) {
+                let mut batch = Batch::new();
+                for id in chunk {
+                    batch.delete(id.key()).delete(user_key(user, id));
+                }
+                self.write(batch)?.map_err(Error::Conflict)?;
+                removed += chunk.len() as u64;
+            }
+        }
+        Err(Error::Conflict(Conflict {
+            key: user_prefix(user),
+            expected: None,
+            actual: None,
+        }))
+    }
+
+    /// Drops expired sessions (and index entries) from memory now; the background sweeper
+    /// does this a little at a time anyway. Returns how many entries it dropped.
+    pub fn purge_expired(&self) -> u64 {
+        self.db.purge_expired()
+    }
+
+    /// Live sessions.
+    pub fn count(&self) -> Result<u64> {
+        let mut n = 0;
+        for item in self.db.scan_prefix(SESSION_PREFIX) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Typed sessions
+
+    /// Creates a session holding `value` as JSON.
+    pub fn create_as<T: Serialize>(&self, value: &T, ttl: Duration) -> Result<SessionId> {
+        self.create(&to_json(value)?, ttl)
+    }
+
+    /// Loads session `id` as a `T` (from JSON), with its version.
+    pub fn load_as<T: DeserializeOwned>(&self, id: &SessionId) -> Result<Option<(T, u64)>> {
+        let Some(s) = self.load(id)? else { return Ok(None) };
+        let value = serde_json::from_slice(&s.data).map_err(|e| Error::SessionData(e.to_string()))?;
+        Ok(Some((value, s.version)))
+    }
+
+    /// Saves `value` as JSON over version `expected_version` ([`SessionStore::save`]).
+    pub fn save_as<T: Serialize>(
+        &self,
+        id: &SessionId,
+        value: &T,
+        expected_version: u64,
+    ) -> Result<Result<u64, Conflict>> {
+        self.save(id, &to_json(value)?, expected_version)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Map-shaped sessions
+
+    /// Creates a map-shaped session.
+    pub fn create_map(&self, map: &SessionMap, ttl: Duration) -> Result<SessionId> {
+        self.create(&format::encode_session_map(&map.0), ttl)
+    }
+
+    /// Loads a map-shaped session for editing; save it with [`SessionStore::save_map`].
+    pub fn load_map(&self, id: &SessionId) -> Result<Option<MapSession>> {
+        let Some(s) = self.load(id)? else { return Ok(None) };
+        let map = SessionMap(self.decode_map(&s.data)?);
+        Ok(Some(MapSession {
+            id: *id,
+            version: s.version,
+            loaded: map.clone(),
+            map,
+        }))
+    }
+
+    fn decode_map(&self, data: &[u8]) -> Result<SessionMapEntries> {
+        format::decode_session_map(data)
+            .map_err(|d| Error::SessionData(format!("session map at byte {}: {}", d.offset, d.reason)))
+    }
+
+    /// Saves the changes made to `session.map` since it was loaded, merging them with saves
+    /// that came in between: entries changed only by them are kept, entries changed only here
+    /// are written. Returns the new version, or a [`Conflict`] when another save changed an
+    /// entry this one changed too (or removed the session): nothing is written then. On
+    /// success `session` is up to date with the new version.
+    pub fn save_map(&self, session: &mut MapSession) -> Result<Result<u64, Conflict>> {
+        let changes: Vec<(&String, Option<&Vec<u8>>)> = session
+            .loaded
+            .0
+            .keys()
+            .chain(session.map.0.keys())
+            .filter(|k| session.loaded.0.get(*k) != session.map.0.get(*k))
+            .map(|k| (k, session.map.0.get(k)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        if changes.is_empty() {
+            return Ok(Ok(session.version));
+        }
+        let id = session.id;
+        let mut current = session.loaded.0.clone();
+        let mut version = session.version;
+        for _ in 0..self.opts.retries_max {
+            let mut merged = current.clone();
+            for (k, v) in &changes {
+                match v {
+                    Some(v) => merged.insert((*k).clone(), (*v).clone()),
+                    None => merged.remove(*k),
+                };
+            }
+            let data = format::encode_session_map(&merged);
+            match self.save(&id, &data, version)? {
+                Ok(v) => {
+                    session.version = v;
+                    session.loaded = SessionMap(merged.clone());
+                    session.map = SessionMap(merged);
+                    return Ok(Ok(v));
+                }
+                Err(c) => {
+                    let Some(now) = self.load(&id)? else { return Ok(Err(c)) };
+                    let theirs = self.decode_map(&now.data)?;
+                    // Another save touched an entry this one changes: a real conflict.
+                    if let Some((k, _)) = changes.iter().find(|(k, _)| theirs.get(*k) != session.loaded.0.get(*k)) {
+                        return Ok(Err(Conflict {
+                            key: format!("{id}/{k}").into_bytes(),
+                            expected: Some(session.version),
+                            actual: Some(now.version),
+                        }));
+                    }
+                    current = theirs;
+                    version = now.version;
+                }
+            }
+        }
+        Err(self.gave_up(&id))
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::SessionData(e.to_string()))
+}
+
+/// Map-shaped session data: named entries, each a JSON value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionMap(SessionMapEntries);
+
+impl SessionMap {
+    /// An empty map.
+    pub fn new() -> SessionMap {
+        SessionMap::default()
+    }
+
+    /// The entry `name` as a `T`, if present.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        self.0
+            .get(name)
+            .map(|v| serde_json::from_slice(v).map_err(|e| Error::SessionData(format!("{name}: {e}"))))
+            .transpose()
+    }
+
+    /// Sets entry `name` to `value` (as JSON).
+    pub fn insert<T: Serialize>(&mut self, name: impl Into<String>, value: &T) -> Result<()> {
+        self.0.insert(name.into(), to_json(value)?);
+        Ok(())
+    }
+
+    /// Sets entry `name` to raw JSON bytes (adapters that already hold JSON).
+    pub fn insert_json(&mut self, name: impl Into<String>, json: Vec<u8>) {
+        self.0.insert(name.into(), json);
+    }
+
+    /// Entry `name` as raw JSON bytes.
+    pub fn get_json(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(Vec::as_slice)
+    }
+
+    /// Removes entry `name`; true if it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.0.remove(name).is_some()
+    }
+
+    /// Entry names, ascending.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A map-shaped session loaded for editing: change `map`, then [`SessionStore::save_map`].
+#[derive(Debug, Clone)]
+pub struct MapSession {
+    id: SessionId,
+    version: u64,
+    /// The map as loaded (what the changes are measured against).
+    loaded: SessionMap,
+    /// The map to edit.
+    pub map: SessionMap,
+}
+
+impl MapSession {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The version it was loaded (or last saved) at.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
