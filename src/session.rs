@@ -306,14 +306,7 @@ impl SessionStore {
         let record = format::encode_session_record(&SessionRecord { user, data });
         for _ in 0..self.opts.retries_max {
             let id = SessionId::generate()?;
-            let mut batch = Batch::new();
-            batch
-                .put_with_ttl(id.key(), &record, ttl)
-                .expect_version(id.key(), None);
-            if let Some(user) = user {
-                batch.put_with_ttl(user_key(user, &id), [], ttl);
-            }
-            if self.write(batch)?.is_ok() {
+            if self.insert(user, &id, &record, ttl)? {
                 return Ok(id);
             }
         }
@@ -322,6 +315,69 @@ impl SessionStore {
             expected: None,
             actual: None,
         }))
+    }
+
+    /// Creates session `id` (an id the caller chose, as a web framework's store must) holding
+    /// `data`, expiring after `ttl`, unless a live session already has that id: then it writes
+    /// nothing and returns false.
+    pub fn create_with_id(&self, id: &SessionId, data: &[u8], ttl: Duration) -> Result<bool> {
+        self.check_size(data)?;
+        let record = format::encode_session_record(&SessionRecord { user: None, data });
+        self.insert(None, id, &record, ttl)
+    }
+
+    /// Writes a new session in one atomic batch that fails if `id` is taken.
+    fn insert(&self, user: Option<&[u8]>, id: &SessionId, record: &[u8], ttl: Duration) -> Result<bool> {
+        let mut batch = Batch::new();
+        batch.put_with_ttl(id.key(), record, ttl).expect_version(id.key(), None);
+        if let Some(user) = user {
+            batch.put_with_ttl(user_key(user, id), [], ttl);
+        }
+        Ok(self.write(batch)?.is_ok())
+    }
+
+    /// Writes `data` to session `id` whatever its version (the last writer wins), creating the
+    /// session if it does not exist, and makes it expire `ttl` from now; a session of a user
+    /// stays that user's. For web frameworks whose store interface carries no versions; an
+    /// application that can should use [`SessionStore::save`] or [`SessionStore::update`],
+    /// which never lose an update. Returns the new version.
+    pub fn set(&self, id: &SessionId, data: &[u8], ttl: Duration) -> Result<u64> {
+        match self.replace_inner(id, data, ttl, true)? {
+            Some(version) => Ok(version),
+            None => Err(self.gave_up(id)),
+        }
+    }
+
+    /// Like [`SessionStore::set`], but only if session `id` exists: returns `None`, writing
+    /// nothing, if it does not (or has expired).
+    pub fn replace(&self, id: &SessionId, data: &[u8], ttl: Duration) -> Result<Option<u64>> {
+        self.replace_inner(id, data, ttl, false)
+    }
+
+    fn replace_inner(&self, id: &SessionId, data: &[u8], ttl: Duration, create: bool) -> Result<Option<u64>> {
+        self.check_size(data)?;
+        for _ in 0..self.opts.retries_max {
+            let stored = self.get(id)?;
+            let (user, expected) = match &stored {
+                Some(s) => (s.decode(self.db.path())?.user, Some(s.version)),
+                None if create => (None, None),
+                None => return Ok(None),
+            };
+            let record = format::encode_session_record(&SessionRecord { user, data });
+            let mut batch = Batch::new();
+            // The version check makes the session and its index entry one unit against a
+            // concurrent regenerate or destroy; losing it to another write means reading again.
+            batch
+                .put_with_ttl(id.key(), record, ttl)
+                .expect_version(id.key(), expected);
+            if let Some(user) = user {
+                batch.put_with_ttl(user_key(user, id), [], ttl);
+            }
+            if let Ok(version) = self.write(batch)? {
+                return Ok(Some(version));
+            }
+        }
+        Err(self.gave_up(id))
     }
 
     /// The session `id`, or `None` if it does not exist or has expired.
@@ -702,4 +758,40 @@ impl MapSession {
     pub fn version(&self) -> u64 {
         self.version
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Web-framework adapters
+
+#[cfg(feature = "actix-session")]
+pub mod actix;
+#[cfg(feature = "tower-sessions")]
+pub mod tower;
+
+/// Runs blocking engine work (a write may wait for an fsync) on the async runtime's blocking
+/// pool, so no executor worker thread stalls on the disk.
+#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+async fn off_executor<T: Send + 'static>(
+    sessions: &SessionStore,
+    f: impl FnOnce(&SessionStore) -> Result<T> + Send + 'static,
+) -> std::result::Result<T, AdapterError> {
+    let sessions = sessions.clone();
+    match tokio::task::spawn_blocking(move || f(&sessions)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(AdapterError::Engine(e)),
+        Err(join) => Err(AdapterError::Task(join.to_string())),
+    }
+}
+
+/// Why an adapter call failed: the engine's error, or the blocking task that ran it died.
+#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdapterError {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(Error),
+    /// The blocking task running the engine call panicked or was cancelled.
+    #[error("session store task failed: {0}")]
+    Task(String),
 }
