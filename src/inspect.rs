@@ -38,6 +38,10 @@ use crate::storage::overlay::Overlay;
 use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
 use crate::wal::reader::{self, ScanInput};
 
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// Passes over a store that changed while it was read, before the last result stands.
 const PASSES_MAX: usize = 8;
 

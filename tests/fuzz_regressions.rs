@@ -1,0 +1,76 @@
+//! Every saved fuzz input, replayed under `cargo test`.
+//!
+//! Scenario: the inputs kept in `fuzz/regressions/<target>/` (each one found a bug, since
+//! fixed) and the seed corpora in `fuzz/seeds/<target>/` (valid files the engine wrote).
+//! Method: each input goes through the same target function the libFuzzer binary runs
+//! (`tests/fuzz_support/`), with the same capped allocator.
+//! Invariant: every target's invariants hold on every saved input (docs/testing.md).
+
+mod fuzz_support;
+
+use std::path::{Path, PathBuf};
+
+#[global_allocator]
+static ALLOC: fuzz_support::alloc_cap::CapAlloc = fuzz_support::alloc_cap::CapAlloc;
+
+/// Files in `fuzz/<kind>/<target>/`, sorted.
+fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join(kind)
+        .join(target);
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
+
+/// Runs `run` on every saved input of `target`; returns how many there were.
+fn replay(target: &str, run: fn(&[u8])) -> usize {
+    let mut n = 0;
+    for kind in ["regressions", "seeds"] {
+        for path in inputs(kind, target) {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            eprintln!("replaying {}", path.display());
+            run(&data);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn record_decode() {
+    assert!(replay("record_decode", fuzz_support::record_decode::run) > 0);
+}
+
+#[test]
+fn snapshot_decode() {
+    assert!(replay("snapshot_decode", fuzz_support::snapshot_decode::run) > 0);
+}
+
+#[test]
+fn recovery_image() {
+    assert!(replay("recovery_image", fuzz_support::recovery_image::run) > 0);
+}
+
+#[test]
+fn ops_vs_model() {
+    assert!(replay("ops_vs_model", fuzz_support::ops_vs_model::run) > 0);
+}
+
+#[test]
+#[ignore]
+fn debug_one() {
+    let path = std::env::var("FUZZ_INPUT").unwrap();
+    let data = std::fs::read(path).unwrap();
+    match std::env::var("FUZZ_TARGET").as_deref() {
+        Ok("recovery_image") => fuzz_support::recovery_image::debug(&data),
+        _ => fuzz_support::record_decode::debug(&data),
+    }
+}
