@@ -146,7 +146,15 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     // it are preallocated spares. With no used segment, the first spare is the log's start.
     let mut live = rest;
     let keep = last_used.map_or(live.len().min(1), |l| l + 1 - covered);
-    let spares = live.split_off(keep);
+    let mut spares = live.split_off(keep);
+    // The spare right after the log may hold a torn activation whose header stayed zero (or
+    // durable records whose header was zeroed): only reading it tells. Then it ends the log and
+    // the reader judges it like a damaged header, instead of it being deleted as a spare.
+    if let (Some(last), Some(spare)) = (live.last(), spares.first()) {
+        if last_used.is_some() && spare.file.id == last.file.id + 1 && !is_clean(spare)? {
+            live.push(spares.remove(0));
+        }
+    }
 
     let replay = replay(opts, &live, base, &mut index, &mut report)?;
     if let Some(s) = &snapshot {
@@ -171,7 +179,6 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let mut active: Option<(SegmentFile, u64, bool)> = None;
     let n = live.len();
     let last_live_id = live.last().map(|s| s.file.id);
-    let mut spares = spares;
     for (i, (seg, info)) in live.into_iter().zip(replay.per_segment).enumerate() {
         let file = seg.file;
         if i + 1 == n {
@@ -287,6 +294,12 @@ fn keep_segment(segments: &mut BTreeMap<u64, SegInfo>, log_bytes: &mut u64, id: 
     *log_bytes += bytes;
 }
 
+/// Whether a segment file is zero from start to end.
+fn is_clean(seg: &Seg) -> Result<bool> {
+    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(&seg.file.path, e))?;
+    Ok(reader::nonzero_end(bytes.bytes()) == 0)
+}
+
 /// Removes and returns spare `id` if it is full size and entirely zero (a spare with data in it
 /// is a torn activation whose header never landed; it is deleted, not reused).
 fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Option<SegmentFile>> {
@@ -297,8 +310,7 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
     if !seg.zero_header || seg.file.capacity < opts.segment_size {
         return Ok(None);
     }
-    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(&seg.file.path, e))?;
-    if reader::nonzero_end(bytes.bytes()) != 0 {
+    if !is_clean(seg)? {
         return Ok(None);
     }
     Ok(Some(spares.remove(i).file))

@@ -74,3 +74,30 @@ fn debug_one() {
         _ => fuzz_support::record_decode::debug(&data),
     }
 }
+
+/// The saved input `name` of `target`.
+fn saved(target: &str, name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target).join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Found by `record_decode`: a segment whose header is all zero but which holds records was
+/// taken for an unused spare and erased, even in `Strict`, even when a later record proved the
+/// records durable. Recovery now reads the spare after the log and judges it like a damaged
+/// header: refused when vouched for (or in `Strict`), cut only as an unvouched torn activation.
+#[test]
+fn zero_header_segment_with_vouched_records_is_refused() {
+    use sessiondb::{Error, RecoveryMode};
+    let data = saved("recovery_image", "zero-header-spare-vouched.bin");
+    for mode in [RecoveryMode::Strict, RecoveryMode::TolerateTornTail] {
+        match fuzz_support::recovery_image::open_serialized(&data, mode) {
+            Err(Error::Corruption { path, .. }) => {
+                assert!(path.ends_with("wal/00000000000000000002.wal"), "{mode:?}: {}", path.display())
+            }
+            Err(e) => panic!("{mode:?}: {e}"),
+            Ok(_) => panic!("{mode:?}: a segment of vouched records with a zeroed header was erased"),
+        }
+    }
+    let db = fuzz_support::recovery_image::open_serialized(&data, RecoveryMode::Salvage).expect("salvage");
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"one"[..]));
+}

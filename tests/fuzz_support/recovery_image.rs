@@ -341,3 +341,11 @@ pub fn debug(data: &[u8]) {
         eprintln!("{mode:?} second: {second:?}");
     }
 }
+
+/// Installs a serialized image (the format of [`encode_image`], after its first byte) and opens
+/// it in `mode`, for tests that check more than the target's invariants.
+pub fn open_serialized(data: &[u8], mode: RecoveryMode) -> sessiondb::Result<Db> {
+    let sim = SimStorage::new(0);
+    install(&sim, &decode_image(&data[1..]));
+    Db::open_with(DIR, options(&sim, mode, NOW_MS))
+}
