@@ -77,7 +77,10 @@ fn debug_one() {
 
 /// The saved input `name` of `target`.
 fn saved(target: &str, name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target).join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target)
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -92,7 +95,11 @@ fn zero_header_segment_with_vouched_records_is_refused() {
     for mode in [RecoveryMode::Strict, RecoveryMode::TolerateTornTail] {
         match fuzz_support::recovery_image::open_serialized(&data, mode) {
             Err(Error::Corruption { path, .. }) => {
-                assert!(path.ends_with("wal/00000000000000000002.wal"), "{mode:?}: {}", path.display())
+                assert!(
+                    path.ends_with("wal/00000000000000000002.wal"),
+                    "{mode:?}: {}",
+                    path.display()
+                )
             }
             Err(e) => panic!("{mode:?}: {e}"),
             Ok(_) => panic!("{mode:?}: a segment of vouched records with a zeroed header was erased"),
@@ -100,4 +107,28 @@ fn zero_header_segment_with_vouched_records_is_refused() {
     }
     let db = fuzz_support::recovery_image::open_serialized(&data, RecoveryMode::Salvage).expect("salvage");
     assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"one"[..]));
+}
+
+/// Found by `record_decode` (`seq-at-u64-max.bin`): a record claiming sequence number
+/// `u64::MAX` made the reader compute the next expected number by wrapping (a panic in debug
+/// builds); snapshot bases and segment ids had the same `+ 1`. Sequence numbers, segment ids
+/// and snapshot bases now stop at `limits::SEQ_MAX` (2^63 − 1): larger ones are damage, or a
+/// name that is not ours. A store whose log reached `SEQ_MAX` opens, and refuses further
+/// writes with `TooLarge` instead of writing a number recovery would not read.
+#[test]
+fn sequence_numbers_stop_at_seq_max() {
+    use sessiondb::{Error, RecoveryMode};
+    let data = saved("recovery_image", "last-sequence-number.bin");
+    let db = fuzz_support::recovery_image::open_serialized(&data, RecoveryMode::Strict).expect("open");
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"last"[..]));
+    match db.put("k", "next") {
+        Err(Error::TooLarge { what, size, max }) => {
+            assert_eq!(
+                (what, size, max),
+                ("sequence number", 1 << 63, sessiondb::limits::SEQ_MAX)
+            )
+        }
+        other => panic!("a write past SEQ_MAX: {other:?}"),
+    }
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"last"[..]));
 }

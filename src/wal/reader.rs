@@ -141,7 +141,8 @@ pub(crate) fn scan_segment(
             let first = input
                 .expected_seq
                 .or_else(|| find_record(input, SEGMENT_HEADER_SIZE, 0, None).map(|(_, r)| r.seq));
-            let vouched = first.is_some_and(|f| find_record(input, SEGMENT_HEADER_SIZE, f - 1, Some(f)).is_some());
+            let vouched =
+                first.is_some_and(|f| find_record(input, SEGMENT_HEADER_SIZE, f.saturating_sub(1), Some(f)).is_some());
             // A torn activation (the header and the first records were one unsynced write) can
             // only leave a preallocated segment: full size, zeros after what was written. Any
             // other file with a bad header is not a segment of ours and is refused, not erased.
