@@ -121,7 +121,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let mut segs = open_segments(storage, layout, &listing.segments)?;
     let log_first_seq = segs.iter().find_map(|s| s.first_seq);
     let mut index = Index::default();
-    let (snapshot, entries) =
+    let (snapshot, entries, log_instead_of) =
         choose_snapshot(layout, opts, &listing.snapshots, log_first_seq, &mut index, &mut report)?;
     let base = snapshot.as_ref().map_or(0, |s| s.base_seq);
 
@@ -157,6 +157,16 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     }
 
     let replay = replay(opts, &live, base, &mut index, &mut report)?;
+    if let Some(e) = log_instead_of {
+        // Every snapshot is damaged and the log was to stand in for them from sequence 1: a log
+        // with no record says nothing (and the next open could not tell that it starts at 1).
+        if replay.last_seq.unwrap_or(0) == 0 {
+            if opts.recovery_mode != RecoveryMode::Salvage {
+                return Err(e);
+            }
+            skip(&mut report, &e);
+        }
+    }
     if let Some(s) = &snapshot {
         if replay.last_seq.unwrap_or(0).max(base) < s.end_seq && opts.recovery_mode != RecoveryMode::Salvage {
             let reason = format!(
@@ -316,6 +326,10 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
     Ok(Some(spares.remove(i).file))
 }
 
+/// What [`choose_snapshot`] picked: the snapshot and its entries, and, when every snapshot is
+/// damaged and the log is to stand in for them from sequence 1, the newest one's error.
+type Chosen = (Option<LoadedSnapshot>, Entries, Option<Error>);
+
 /// Picks the newest snapshot that verifies, falling back to an older one only when the log
 /// still covers the gap after it.
 fn choose_snapshot(
@@ -325,7 +339,7 @@ fn choose_snapshot(
     log_first_seq: Option<u64>,
     index: &mut Index,
     report: &mut RecoveryReport,
-) -> Result<(Option<LoadedSnapshot>, Entries)> {
+) -> Result<Chosen> {
     let storage = opts.storage.as_ref();
     let mut newest_err: Option<Error> = None;
     for &seq in snapshots.iter().rev() {
@@ -339,11 +353,11 @@ fn choose_snapshot(
             Ok((loaded, entries)) => {
                 let covered = log_first_seq.is_some_and(|f| f <= seq + 1);
                 match newest_err {
-                    None => return Ok((Some(loaded), entries)),
-                    Some(_) if covered => return Ok((Some(loaded), entries)),
+                    None => return Ok((Some(loaded), entries, None)),
+                    Some(_) if covered => return Ok((Some(loaded), entries, None)),
                     Some(e) if opts.recovery_mode == RecoveryMode::Salvage => {
                         skip(report, &e);
-                        return Ok((Some(loaded), entries));
+                        return Ok((Some(loaded), entries, None));
                     }
                     Some(e) => return Err(e),
                 }
@@ -358,12 +372,13 @@ fn choose_snapshot(
         }
     }
     match newest_err {
-        None => Ok((None, Vec::new())),
-        // Every snapshot is damaged: rebuild from the log only if it starts at the beginning.
-        Some(_) if log_first_seq == Some(1) => Ok((None, Vec::new())),
+        None => Ok((None, Vec::new(), None)),
+        // Every snapshot is damaged: rebuild from the log only if it starts at the beginning
+        // (and, the caller checks, holds a record).
+        Some(e) if log_first_seq == Some(1) => Ok((None, Vec::new(), Some(e))),
         Some(e) if opts.recovery_mode == RecoveryMode::Salvage => {
             skip(report, &e);
-            Ok((None, Vec::new()))
+            Ok((None, Vec::new(), None))
         }
         Some(e) => Err(e),
     }
