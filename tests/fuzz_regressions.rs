@@ -132,3 +132,13 @@ fn sequence_numbers_stop_at_seq_max() {
     }
     assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"last"[..]));
 }
+
+/// Writes the seed corpora `fuzz/seeds/<target>/` from stores the engine itself writes on the
+/// simulated storage: closed stores with segment rolls, checkpoints and expiring entries, and
+/// power-loss images at crash points inside a checkpoint. Run it after a format change:
+/// `cargo test --test fuzz_regressions generate_seeds -- --ignored` (docs/testing.md).
+#[test]
+#[ignore]
+fn generate_seeds() {
+    fuzz_support::seeds::generate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds"));
+}

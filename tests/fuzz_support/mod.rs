@@ -9,5 +9,6 @@ pub mod alloc_cap;
 pub mod ops_vs_model;
 pub mod record_decode;
 pub mod recovery_image;
+pub mod seeds;
 pub mod snapshot_decode;
 pub mod spec;

@@ -16,7 +16,7 @@ use sessiondb::inspect::fuzzing::{self, SegmentOutcome};
 use sessiondb::limits::RECORD_PAYLOAD_MAX;
 use sessiondb::{Error, RecoveryMode};
 
-use super::spec::SegmentSpec;
+use super::spec::{SegmentSpec, SEGMENT_BYTES};
 
 /// One input, decoded.
 struct Case {
@@ -42,8 +42,13 @@ fn decode_input(data: &[u8]) -> Option<Case> {
         // NOTE: recovery never expects sequence number 0 (the log starts at 1).
         let expected_seq =
             (sel & 4 != 0).then(|| u64_at(rest, 24).unwrap_or(1).wrapping_add(u64::from(sel >> 6)).max(1));
+        let mut bytes = rest.to_vec();
+        if sel & 8 != 0 && bytes.len() < SEGMENT_BYTES {
+            // Seeds keep a segment's non-zero prefix; the zeros of its preallocation come back.
+            bytes.resize(SEGMENT_BYTES, 0);
+        }
         return Some(Case {
-            bytes: rest.to_vec(),
+            bytes,
             segment_id: id,
             is_last,
             expected_seq,
