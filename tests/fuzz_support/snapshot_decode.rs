@@ -24,7 +24,8 @@ fn decode_input(data: &[u8]) -> Option<Case> {
         let base = rest
             .get(16..24)
             .map_or(1, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-        let base = base.wrapping_add(u64::from(sel >> 6));
+        // NOTE: a base comes from a file name, which is never above SEQ_MAX (layout.rs).
+        let base = base.wrapping_add(u64::from(sel >> 6)).min(sessiondb::limits::SEQ_MAX);
         return Some((rest.to_vec(), base, None));
     }
     let mut u = Unstructured::new(rest);

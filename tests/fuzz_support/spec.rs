@@ -514,6 +514,7 @@ impl SnapshotSpec {
         pristine &= footer.entry_count == entries.len() as u64
             && footer.base_seq == base_seq
             && end_seq >= base_seq
+            && end_seq <= sessiondb::limits::SEQ_MAX
             && footer.footer_offset == bytes.len() as u64
             && f.marker_ok != 0
             && f.crc_ok != 0;
