@@ -178,14 +178,17 @@ fn decode_image(mut b: &[u8]) -> Vec<(PathBuf, Vec<u8>)> {
         let mut bytes = rest[..data_len].to_vec();
         bytes.resize(data_len + pad, 0);
         b = &rest[data_len..];
+        // `NAME` in the store's directory or `wal/NAME` in the log's; never where the engine
+        // needs a directory or its lock (an I/O error there is the file system's answer).
         let name: Vec<u8> = name.iter().copied().filter(|&c| c != 0).collect();
-        let rel = Path::new(OsStr::from_bytes(&name));
-        let ok = match rel.parent().and_then(|p| p.to_str()) {
-            Some("") => name != b"wal" && name != b"LOCK" && !name.starts_with(b"."),
-            Some("wal") => rel.file_name().is_some_and(|f| f != "." && f != ".."),
-            _ => false,
+        let parts: Vec<&[u8]> = name.split(|&c| c == b'/').collect();
+        let file_ok = |f: &[u8]| !f.is_empty() && f != b"." && f != b"..";
+        let rel = match parts[..] {
+            [f] if file_ok(f) && f != b"wal" && f != b"LOCK" => Some(PathBuf::from(OsStr::from_bytes(f))),
+            [b"wal", f] if file_ok(f) => Some(Path::new("wal").join(OsStr::from_bytes(f))),
+            _ => None,
         };
-        if ok && out.len() < FILES_MAX * 4 {
+        if let Some(rel) = rel.filter(|_| out.len() < FILES_MAX * 4) {
             out.push((Path::new(DIR).join(rel), bytes));
         }
     }

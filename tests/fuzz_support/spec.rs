@@ -217,7 +217,7 @@ impl SegmentSpec {
         let mut pristine = self.damage.is_empty();
         let (mut bytes, first_seq) = match &self.header {
             HeaderSpec::Valid { first_seq_delta } => {
-                let first = next_seq.max(1) + small(u64::from(*first_seq_delta));
+                let first = next_seq.max(1).saturating_add(small(u64::from(*first_seq_delta)));
                 pristine &= first == next_seq.max(1);
                 let h = format::encode_segment_header(SegmentHeader {
                     segment_id,
