@@ -20,7 +20,7 @@ fn too_large(size: usize) -> ! {
     // NOTE: a fixed buffer, no allocation, while the allocator is refusing one.
     let mut buf = [0u8; 96];
     let mut w = &mut buf[..];
-    let _ = write!(w, "fuzz: allocation of {size} bytes exceeds the cap\n");
+    let _ = writeln!(w, "fuzz: allocation of {size} bytes exceeds the cap");
     let used = 96 - w.len();
     let _ = std::io::stderr().write_all(&buf[..used]);
     std::process::abort();

@@ -31,7 +31,7 @@ fn workload(db: &Db, clock: &ManualClock, from: usize, n: usize) {
         let key = format!("key{:02}", i * 7 % 16);
         let value = format!("value-{i:04}-").repeat(1 + i % 9);
         let r = match i % 8 {
-            0 | 1 | 2 => db.put(&key, &value),
+            0..=2 => db.put(&key, &value),
             3 => db.put_with_ttl(&key, &value, Duration::from_secs(60)),
             4 => db.delete(&key),
             5 => {

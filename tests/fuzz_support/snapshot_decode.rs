@@ -13,10 +13,10 @@ use arbitrary::{Arbitrary, Unstructured};
 use sessiondb::inspect::fuzzing::{self, DecodedSnapshot};
 use sessiondb::Error;
 
-use super::spec::SnapshotSpec;
+use super::spec::{Item, SnapshotSpec};
 
 /// One decoded input: the bytes, the base in the file name, the entries a pristine spec holds.
-type Case = (Vec<u8>, u64, Option<Vec<(Vec<u8>, Vec<u8>, u64, u64)>>);
+type Case = (Vec<u8>, u64, Option<Vec<Item>>);
 
 fn decode_input(data: &[u8]) -> Option<Case> {
     let (&sel, rest) = data.split_first()?;

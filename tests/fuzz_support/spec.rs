@@ -396,13 +396,16 @@ pub struct SnapshotSpec {
     pub damage: Vec<DamageSpec>,
 }
 
+/// A snapshot entry as written: key, value, sequence number, expiry deadline.
+pub type Item = (Vec<u8>, Vec<u8>, u64, u64);
+
 /// What building a snapshot produced.
 #[derive(Debug, Clone)]
 pub struct BuiltSnapshot {
     pub bytes: Vec<u8>,
     pub end_seq: u64,
     /// Every entry, in file order.
-    pub entries: Vec<(Vec<u8>, Vec<u8>, u64, u64)>,
+    pub entries: Vec<Item>,
     /// True when the file is exactly what a checkpoint writes.
     pub pristine: bool,
 }
@@ -430,7 +433,7 @@ impl SnapshotSpec {
                 short(r.clone(), format::SNAPSHOT_HEADER_SIZE)
             }
         };
-        let mut blocks: Vec<Vec<(Vec<u8>, Vec<u8>, u64, u64)>> = self
+        let mut blocks: Vec<Vec<Item>> = self
             .blocks
             .iter()
             .take(ITEMS_MAX)
