@@ -1,0 +1,647 @@
+//! One small adapter per engine, all behind [`Engine`] and [`Worker`].
+//!
+//! A worker is one thread's handle (SQLite needs a connection per thread; the others share
+//! one handle). `put(.., durable = true)` returns only once the write is on stable storage
+//! (an `fdatasync`/`fsync` covers it); `durable = false` returns once the write is handed to
+//! the OS (or, for redb, committed with `Durability::None`), and [`Engine::sync`] makes every
+//! such write durable.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+/// Every engine the harness knows, by its command-line name.
+pub const ALL: &[&str] = &[
+    "sessiondb",
+    "raw",
+    "redb",
+    "fjall",
+    "sled",
+    "sled-flush",
+    "sqlite",
+    #[cfg(feature = "rocksdb")]
+    "rocksdb",
+];
+
+/// Whether an engine is a peer (compared against), as opposed to ours, the floor or a
+/// configuration that is not durable.
+pub fn is_peer(name: &str) -> bool {
+    !matches!(name, "sessiondb" | "raw" | "sled-flush")
+}
+
+/// Whether an engine's "durable" put really is durable.
+pub fn is_durable(name: &str) -> bool {
+    name != "sled-flush"
+}
+
+pub trait Engine: Send + Sync {
+    /// A handle for one thread.
+    fn worker(&self) -> Box<dyn Worker + '_>;
+    /// Makes every write that returned durable.
+    fn sync(&self);
+    /// Before a close whose reopen is measured: sessiondb writes a checkpoint (W5 measures the
+    /// reopen "after a checkpoint"); the others do nothing beyond their own close.
+    fn before_close(&self) {}
+    /// Checkpoint / compaction for W6: whatever the engine offers to reclaim dead bytes.
+    fn compact(&mut self);
+    /// Closes the store (flushing what the engine flushes on close).
+    fn close(self: Box<Self>);
+}
+
+pub trait Worker {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool);
+    fn get(&mut self, key: &[u8]) -> Option<usize>;
+    /// Sliding expiry of a session: sessiondb writes a small touch record (`Durability::Lazy`);
+    /// the peers have no TTL, so they rewrite the value with its new deadline, lazily.
+    fn touch(&mut self, key: &[u8], value: &[u8]) {
+        self.put(key, value, false);
+    }
+    /// A durable session save (sessiondb: with a TTL, so touches have a deadline to extend).
+    fn save(&mut self, key: &[u8], value: &[u8]) {
+        self.put(key, value, true);
+    }
+}
+
+/// Opens (creating) the store of engine `name` in `dir`. `bulk`: the store is used for bulk
+/// loading (W3–W6): sessiondb opens in `SyncMode::Never` (its writes are handed to the OS and
+/// made durable by `sync()`), the raw floor sizes its preallocated file for `bulk_keys`.
+pub fn open(name: &str, dir: &Path, bulk: Option<u64>) -> Box<dyn Engine> {
+    fs::create_dir_all(dir).expect("create store dir");
+    match name {
+        "sessiondb" => Box::new(SessionDb::open(dir, bulk.is_some())),
+        "raw" => Box::new(Raw::open(dir, bulk)),
+        "redb" => Box::new(Redb::open(dir)),
+        "fjall" => Box::new(Fjall::open(dir)),
+        "sled" => Box::new(Sled::open(dir, true)),
+        "sled-flush" => Box::new(Sled::open(dir, false)),
+        "sqlite" => Box::new(Sqlite::open(dir)),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Box::new(rocks::Rocks::open(dir)),
+        other => panic!("unknown engine {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sessiondb
+
+pub struct SessionDb {
+    db: Option<sessiondb::Db>,
+}
+
+impl SessionDb {
+    fn open(dir: &Path, bulk: bool) -> SessionDb {
+        let mode = if bulk {
+            sessiondb::SyncMode::Never
+        } else {
+            sessiondb::SyncMode::Always
+        };
+        let db = sessiondb::Db::open_with(dir, sessiondb::Options::new().sync_mode(mode)).expect("open sessiondb");
+        SessionDb { db: Some(db) }
+    }
+
+    fn db(&self) -> &sessiondb::Db {
+        self.db.as_ref().expect("sessiondb is open")
+    }
+}
+
+struct SessionDbWorker<'a>(&'a sessiondb::Db);
+
+const SESSION_TTL: Duration = Duration::from_secs(1800);
+
+impl Worker for SessionDbWorker<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+        if durable {
+            // Durability::Default: Always in the durable profile; Never in bulk, where no put
+            // is asked to be durable.
+            self.0.put(key, value).expect("sessiondb put");
+        } else {
+            let mut b = sessiondb::Batch::new();
+            b.put(key, value).durability(sessiondb::Durability::Lazy);
+            self.0.write(b).expect("sessiondb lazy put");
+        }
+    }
+    fn get(&mut self, key: &[u8]) -> Option<usize> {
+        self.0.get(key).expect("sessiondb get").map(|v| v.len())
+    }
+    fn save(&mut self, key: &[u8], value: &[u8]) {
+        self.0.put_with_ttl(key, value, SESSION_TTL).expect("sessiondb save");
+    }
+    fn touch(&mut self, key: &[u8], _value: &[u8]) {
+        self.0
+            .touch_with(key, SESSION_TTL, sessiondb::Durability::Lazy)
+            .expect("sessiondb touch");
+    }
+}
+
+impl Engine for SessionDb {
+    fn worker(&self) -> Box<dyn Worker + '_> {
+        Box::new(SessionDbWorker(self.db()))
+    }
+    fn sync(&self) {
+        self.db().sync().expect("sessiondb sync");
+    }
+    fn before_close(&self) {
+        self.db().checkpoint().expect("sessiondb checkpoint");
+    }
+    fn compact(&mut self) {
+        self.db().checkpoint().expect("sessiondb checkpoint");
+    }
+    fn close(mut self: Box<Self>) {
+        if let Some(db) = self.db.take() {
+            db.close().expect("sessiondb close");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// raw floor: records appended by `pwrite` into one preallocated, zero-filled, fsynced file;
+// durable writes share `fdatasync`s (ideal group commit: a writer waits only for the first
+// sync that starts after its own write); a hash index of key -> value offset for reads.
+
+pub struct Raw {
+    file: File,
+    path: PathBuf,
+    capacity: u64,
+    tail: Mutex<u64>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    index: RwLock<HashMap<Box<[u8]>, (u64, u32)>>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    started: u64,
+    done: u64,
+    running: bool,
+}
+
+/// Record header: value length (u32 LE), key length (u16 LE).
+const RAW_HEADER: u64 = 6;
+/// The file a durable workload writes round and round (already written: no block allocation).
+const RAW_RING_BYTES: u64 = 256 << 20;
+
+impl Raw {
+    fn open(dir: &Path, bulk: Option<u64>) -> Raw {
+        let path = dir.join("raw.log");
+        let exists = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .expect("open raw log");
+        let capacity = if exists {
+            file.metadata().expect("raw log metadata").len()
+        } else {
+            // Room for the load and one overwrite of every key (W6), 16 B keys, 256 B values.
+            let cap = bulk.map_or(RAW_RING_BYTES, |n| {
+                (n * 2 * (RAW_HEADER + 16 + 256)).max(RAW_RING_BYTES) + (1 << 20)
+            });
+            zero_fill(&file, cap);
+            sync_dir(dir);
+            cap
+        };
+        let raw = Raw {
+            file,
+            path,
+            capacity,
+            tail: Mutex::new(0),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+            index: RwLock::new(HashMap::new()),
+        };
+        if exists {
+            raw.replay();
+        }
+        raw
+    }
+
+    /// Rebuilds the index by scanning the log up to the first zero header (the reopen cost of
+    /// a log without checkpoints).
+    fn replay(&self) {
+        let data = fs::read(&self.path).expect("read raw log");
+        let mut index = self.index.write().expect("raw index lock");
+        let mut off = 0usize;
+        while off + RAW_HEADER as usize <= data.len() {
+            let vlen = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let klen = u16::from_le_bytes(data[off + 4..off + 6].try_into().expect("2 bytes")) as usize;
+            if vlen == 0 && klen == 0 {
+                break;
+            }
+            let kstart = off + RAW_HEADER as usize;
+            let key = &data[kstart..kstart + klen];
+            let voff = (kstart + klen) as u64;
+            index.insert(key.into(), (voff, vlen as u32));
+            off = kstart + klen + vlen;
+        }
+        *self.tail.lock().expect("raw tail lock") = off as u64;
+    }
+
+    fn append(&self, key: &[u8], value: &[u8]) {
+        let len = RAW_HEADER + key.len() as u64 + value.len() as u64;
+        let off = {
+            let mut tail = self.tail.lock().expect("raw tail lock");
+            if *tail + len > self.capacity {
+                *tail = 0; // a ring for the durable workloads: the floor never grows its file
+            }
+            let off = *tail;
+            *tail += len;
+            off
+        };
+        let mut rec = Vec::with_capacity(len as usize);
+        rec.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        rec.extend_from_slice(key);
+        rec.extend_from_slice(value);
+        self.file.write_all_at(&rec, off).expect("raw pwrite");
+        let voff = off + RAW_HEADER + key.len() as u64;
+        self.index
+            .write()
+            .expect("raw index lock")
+            .insert(key.into(), (voff, value.len() as u32));
+    }
+
+    /// Returns once an `fdatasync` that started after this call has finished.
+    fn group_sync(&self) {
+        let mut st = self.sync.lock().expect("raw sync lock");
+        let target = st.started + 1;
+        loop {
+            if st.done >= target {
+                return;
+            }
+            if !st.running {
+                st.running = true;
+                st.started += 1;
+                let gen = st.started;
+                drop(st);
+                self.file.sync_data().expect("raw fdatasync");
+                st = self.sync.lock().expect("raw sync lock");
+                st.done = gen;
+                st.running = false;
+                self.synced.notify_all();
+            } else {
+                st = self.synced.wait(st).expect("raw sync wait");
+            }
+        }
+    }
+}
+
+fn zero_fill(file: &File, bytes: u64) {
+    let chunk = vec![0u8; 64 << 10];
+    let mut off = 0;
+    while off < bytes {
+        let n = chunk.len().min((bytes - off) as usize);
+        file.write_all_at(&chunk[..n], off).expect("zero-fill raw log");
+        off += n as u64;
+    }
+    file.sync_all().expect("fsync raw log");
+}
+
+fn sync_dir(dir: &Path) {
+    File::open(dir).and_then(|d| d.sync_all()).expect("fsync dir");
+}
+
+struct RawWorker<'a>(&'a Raw);
+
+impl Worker for RawWorker<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+        self.0.append(key, value);
+        if durable {
+            self.0.group_sync();
+        }
+    }
+    fn get(&mut self, key: &[u8]) -> Option<usize> {
+        let (off, len) = *self.0.index.read().expect("raw index lock").get(key)?;
+        let mut buf = vec![0u8; len as usize];
+        self.0.file.read_exact_at(&mut buf, off).expect("raw pread");
+        Some(buf.len())
+    }
+}
+
+impl Engine for Raw {
+    fn worker(&self) -> Box<dyn Worker + '_> {
+        Box::new(RawWorker(self))
+    }
+    fn sync(&self) {
+        self.group_sync();
+    }
+    fn compact(&mut self) {}
+    fn close(self: Box<Self>) {
+        self.file.sync_data().expect("raw fdatasync");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// redb: one write transaction per put; `Durability::Immediate` (its default) for a durable
+// put, `Durability::None` otherwise; `sync` commits an empty immediate transaction.
+
+use redb::{ReadableDatabase, TableDefinition};
+
+const REDB_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+pub struct Redb {
+    db: redb::Database,
+}
+
+impl Redb {
+    fn open(dir: &Path) -> Redb {
+        let db = redb::Database::create(dir.join("redb.db")).expect("open redb");
+        let tx = db.begin_write().expect("redb begin");
+        tx.open_table(REDB_TABLE).expect("redb table");
+        tx.commit().expect("redb commit");
+        Redb { db }
+    }
+
+    fn commit(&self, durable: bool, f: impl FnOnce(&mut redb::Table<&[u8], &[u8]>)) {
+        let mut tx = self.db.begin_write().expect("redb begin");
+        if !durable {
+            tx.set_durability(redb::Durability::None).expect("redb durability");
+        }
+        {
+            let mut t = tx.open_table(REDB_TABLE).expect("redb table");
+            f(&mut t);
+        }
+        tx.commit().expect("redb commit");
+    }
+}
+
+struct RedbWorker<'a>(&'a Redb);
+
+impl Worker for RedbWorker<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+        self.0.commit(durable, |t| {
+            t.insert(key, value).expect("redb insert");
+        });
+    }
+    fn get(&mut self, key: &[u8]) -> Option<usize> {
+        let tx = self.0.db.begin_read().expect("redb read");
+        let t = tx.open_table(REDB_TABLE).expect("redb table");
+        let v = t.get(key).expect("redb get")?;
+        Some(v.value().len())
+    }
+}
+
+impl Engine for Redb {
+    fn worker(&self) -> Box<dyn Worker + '_> {
+        Box::new(RedbWorker(self))
+    }
+    fn sync(&self) {
+        self.commit(true, |_| {});
+    }
+    fn compact(&mut self) {
+        while self.db.compact().expect("redb compact") {}
+    }
+    fn close(self: Box<Self>) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// fjall: `insert` (its journal is flushed to the OS on every write, `PersistMode::Buffer`),
+// then `persist(PersistMode::SyncData)` for a durable put.
+
+pub struct Fjall {
+    db: fjall::Database,
+    ks: fjall::Keyspace,
+}
+
+impl Fjall {
+    fn open(dir: &Path) -> Fjall {
+        let db = fjall::Database::builder(dir).open().expect("open fjall");
+        let ks = db
+            .keyspace("kv", fjall::KeyspaceCreateOptions::default)
+            .expect("fjall keyspace");
+        Fjall { db, ks }
+    }
+}
+
+struct FjallWorker<'a>(&'a Fjall);
+
+impl Worker for FjallWorker<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+        self.0.ks.insert(key, value).expect("fjall insert");
+        if durable {
+            self.0.db.persist(fjall::PersistMode::SyncData).expect("fjall persist");
+        }
+    }
+    fn get(&mut self, key: &[u8]) -> Option<usize> {
+        self.0.ks.get(key).expect("fjall get").map(|v| v.len())
+    }
+}
+
+impl Engine for Fjall {
+    fn worker(&self) -> Box<dyn Worker + '_> {
+        Box::new(FjallWorker(self))
+    }
+    fn sync(&self) {
+        self.db.persist(fjall::PersistMode::SyncAll).expect("fjall persist");
+    }
+    fn compact(&mut self) {
+        self.ks.rotate_memtable_and_wait().expect("fjall flush memtable");
+        self.ks.major_compact().expect("fjall major compaction");
+    }
+    fn close(self: Box<Self>) {
+        self.db.persist(fjall::PersistMode::SyncAll).expect("fjall persist");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sled 0.34.7: `flush()` writes its log with `sync_file_range`, never `fsync`/`fdatasync`
+// (see docs/benchmarks.md, strace), so "sled" adds an explicit `fdatasync` of its data file
+// after each flush; "sled-flush" is the plain flush, NOT durable against a power loss.
+
+pub struct Sled {
+    db: sled::Db,
+    data: File,
+    fdatasync: bool,
+}
+
+impl Sled {
+    fn open(dir: &Path, fdatasync: bool) -> Sled {
+        let db = sled::Config::new().path(dir).open().expect("open sled");
+        let data = File::open(dir.join("db")).expect("open sled's data file");
+        Sled { db, data, fdatasync }
+    }
+
+    fn flush(&self) {
+        self.db.flush().expect("sled flush");
+        if self.fdatasync {
+            self.data.sync_data().expect("fdatasync sled data file");
+        }
+    }
+}
+
+struct SledWorker<'a>(&'a Sled);
+
+impl Worker for SledWorker<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+        self.0.db.insert(key, value).expect("sled insert");
+        if durable {
+            self.0.flush();
+        }
+    }
+    fn get(&mut self, key: &[u8]) -> Option<usize> {
+        self.0.db.get(key).expect("sled get").map(|v| v.len())
+    }
+}
+
+impl Engine for Sled {
+    fn worker(&self) -> Box<dyn Worker + '_> {
+        Box::new(SledWorker(self))
+    }
+    fn sync(&self) {
+        self.db.flush().expect("sled flush");
+        self.data.sync_all().expect("fsync sled data file");
+    }
+    fn compact(&mut self) {
+        // sled has no explicit compaction; its flush lets the page cache rewrite segments.
+        self.sync();
+    }
+    fn close(self: Box<Self>) {
+        self.sync();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite (bundled) in WAL mode: one connection per thread, one autocommit
+// `INSERT OR REPLACE` per put. Durable puts run with `synchronous=FULL` (the WAL is fsynced at
+// every commit), lazy ones with `synchronous=OFF`; `sync` runs a full WAL checkpoint.
+
+pub struct Sqlite {
+    path: PathBuf,
+    main: Mutex<rusqlite::Connection>,
+}
+
+fn sqlite_conn(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).expect("open sqlite");
+    c.busy_timeout(Duration::from_secs(60)).expect("sqlite busy timeout");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+         CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
+    )
+    .expect("sqlite setup");
+    c
+}
+
+impl Sqlite {
+    fn open(dir: &Path) -> Sqlite {
+        let path = dir.join("sqlite.db");
+        let main = Mutex::new(sqlite_conn(&path));
+        Sqlite { path, main }
+    }
+}
+
+struct SqliteWorker {
+    conn: rusqlite::Connection,
+    synchronous_full: bool,
+}
+
+impl Worker for SqliteWorker {
+    fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+        if durable != self.synchronous_full {
+            let pragma = if durable {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=OFF"
+            };
+            self.conn.execute_batch(pragma).expect("sqlite pragma");
+            self.synchronous_full = durable;
+        }
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)")
+            .expect("sqlite prepare");
+        st.execute(rusqlite::params![key, value]).expect("sqlite insert");
+    }
+    fn get(&mut self, key: &[u8]) -> Option<usize> {
+        use rusqlite::OptionalExtension;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT length(v) FROM kv WHERE k = ?1")
+            .expect("sqlite prepare");
+        st.query_row([key], |r| r.get::<_, i64>(0))
+            .optional()
+            .expect("sqlite get")
+            .map(|n| n as usize)
+    }
+}
+
+impl Engine for Sqlite {
+    fn worker(&self) -> Box<dyn Worker + '_> {
+        Box::new(SqliteWorker {
+            conn: sqlite_conn(&self.path),
+            synchronous_full: true,
+        })
+    }
+    fn sync(&self) {
+        let c = self.main.lock().expect("sqlite lock");
+        c.execute_batch("PRAGMA wal_checkpoint(FULL)")
+            .expect("sqlite checkpoint");
+        // The checkpoint fsyncs the database file; the WAL itself was written with
+        // synchronous=OFF, so fsync it too.
+        File::open(self.path.with_extension("db-wal"))
+            .and_then(|f| f.sync_all())
+            .ok();
+    }
+    fn compact(&mut self) {
+        let c = self.main.lock().expect("sqlite lock");
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("sqlite vacuum");
+    }
+    fn close(self: Box<Self>) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// RocksDB (feature `rocksdb`, manual runs only): `WriteOptions::set_sync(true)` for a durable
+// put (fsyncs its WAL), the default (WAL written, not synced) otherwise.
+
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use super::{Engine, Worker};
+    use std::path::Path;
+
+    pub struct Rocks {
+        db: rocksdb::DB,
+    }
+
+    impl Rocks {
+        pub fn open(dir: &Path) -> Rocks {
+            let mut opts = rocksdb::Options::default();
+            opts.create_if_missing(true);
+            Rocks {
+                db: rocksdb::DB::open(&opts, dir).expect("open rocksdb"),
+            }
+        }
+    }
+
+    struct RocksWorker<'a>(&'a Rocks);
+
+    impl Worker for RocksWorker<'_> {
+        fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(durable);
+            self.0.db.put_opt(key, value, &wo).expect("rocksdb put");
+        }
+        fn get(&mut self, key: &[u8]) -> Option<usize> {
+            self.0.db.get_pinned(key).expect("rocksdb get").map(|v| v.len())
+        }
+    }
+
+    impl Engine for Rocks {
+        fn worker(&self) -> Box<dyn Worker + '_> {
+            Box::new(RocksWorker(self))
+        }
+        fn sync(&self) {
+            self.db.flush_wal(true).expect("rocksdb sync wal");
+        }
+        fn compact(&mut self) {
+            self.db.flush().expect("rocksdb flush");
+            self.db.compact_range::<&[u8], &[u8]>(None, None);
+        }
+        fn close(self: Box<Self>) {
+            self.db.flush_wal(true).expect("rocksdb sync wal");
+        }
+    }
+}
