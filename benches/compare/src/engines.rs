@@ -223,22 +223,26 @@ impl Raw {
     /// Rebuilds the index by scanning the log up to the first zero header (the reopen cost of
     /// a log without checkpoints).
     fn replay(&self) {
-        let data = fs::read(&self.path).expect("read raw log");
+        use std::io::{BufReader, Read};
+        let mut r = BufReader::with_capacity(1 << 20, File::open(&self.path).expect("open raw log"));
         let mut index = self.index.write().expect("raw index lock");
-        let mut off = 0usize;
-        while off + RAW_HEADER as usize <= data.len() {
-            let vlen = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
-            let klen = u16::from_le_bytes(data[off + 4..off + 6].try_into().expect("2 bytes")) as usize;
+        let mut off = 0u64;
+        let mut header = [0u8; RAW_HEADER as usize];
+        let mut kv = Vec::new();
+        while off + RAW_HEADER <= self.capacity {
+            r.read_exact(&mut header).expect("read raw log");
+            let vlen = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+            let klen = u16::from_le_bytes(header[4..].try_into().expect("2 bytes"));
             if vlen == 0 && klen == 0 {
                 break;
             }
-            let kstart = off + RAW_HEADER as usize;
-            let key = &data[kstart..kstart + klen];
-            let voff = (kstart + klen) as u64;
-            index.insert(key.into(), (voff, vlen as u32));
-            off = kstart + klen + vlen;
+            kv.resize(klen as usize + vlen as usize, 0);
+            r.read_exact(&mut kv).expect("read raw log");
+            let voff = off + RAW_HEADER + u64::from(klen);
+            index.insert(kv[..klen as usize].into(), (voff, vlen));
+            off = voff + u64::from(vlen);
         }
-        *self.tail.lock().expect("raw tail lock") = off as u64;
+        *self.tail.lock().expect("raw tail lock") = off;
     }
 
     fn append(&self, key: &[u8], value: &[u8]) {

@@ -45,12 +45,19 @@ pub struct Args {
     /// Internal: reopen a store in a fresh process and print the time to the first get.
     #[arg(long, hide = true, num_args = 4, value_names = ["ENGINE", "DIR", "KEYS", "PROBE"])]
     pub reopen_child: Option<Vec<String>>,
+    /// For `strace -c -f`: open ENGINE in a fresh DIR, make N durable puts, close.
+    #[arg(long, num_args = 3, value_names = ["ENGINE", "DIR", "N"])]
+    pub durable_puts: Option<Vec<String>>,
 }
 
 fn main() {
     let args = Args::parse();
     if let Some(child) = &args.reopen_child {
         workloads::reopen_child(child);
+        return;
+    }
+    if let Some(a) = &args.durable_puts {
+        workloads::durable_puts(a);
         return;
     }
     let cfg = workloads::Config::new(&args);
