@@ -113,10 +113,13 @@ impl<'a> Ctx<'a> {
 }
 
 pub fn run(ctx: &mut Ctx, workload: &str, engines: &[String]) {
+    match workload {
+        "w1" => return w1(ctx, engines),
+        "w2" => return w2(ctx, engines),
+        _ => {}
+    }
     for e in engines {
         match workload {
-            "w1" => w1(ctx, e),
-            "w2" => w2(ctx, e),
             "w3" if engines::is_durable(e) => w3_to_w6(ctx, e),
             "w7" => w7(ctx, e),
             "ckpt" if e == "sessiondb" => ckpt(ctx),
@@ -208,54 +211,103 @@ impl Lat {
 }
 
 // ---------------------------------------------------------------------------------------------
-// W1: one durable writer
+// W1 and W2: durable writes, interleaved. The load on this shared machine (and the virtual
+// disk's flush latency with it) drifts over seconds, so every engine's store is open at once
+// and they take turns in short slices, round-robin (a rotating order), until each has had its
+// time: every engine sees the same mix of quiet and busy moments.
 
-fn w1(ctx: &mut Ctx, e: &str) {
-    let dir = ctx.store_dir(e, "w1");
-    let eng = engines::open(e, &dir, None);
-    let mut rng = Rng::new(1);
-    let mut lat = Lat::new();
-    let n;
-    let elapsed;
-    {
-        let mut w = eng.worker();
-        for i in 0..200 {
-            w.put(&key(11, i), ctx.values.get(&mut rng, VALUE_BYTES), true);
-        }
-        let start = Instant::now();
-        let mut i = 1_000_000;
-        while start.elapsed() < ctx.cfg.w1 {
-            let v = ctx.values.get(&mut rng, VALUE_BYTES);
-            let k = key(11, i);
-            let t = Instant::now();
-            w.put(&k, v, true);
-            lat.push(t);
-            i += 1;
-        }
-        elapsed = start.elapsed();
-        n = lat.0.len();
-    }
-    eng.close();
-    let lat = lat.sorted();
-    ctx.record("W1", e, "ops_s", n as f64 / elapsed.as_secs_f64());
-    ctx.record("W1", e, "p50_us", lat.pct_us(50.0));
-    ctx.record("W1", e, "p99_us", lat.pct_us(99.0));
-    ctx.record("W1", e, "p999_us", lat.pct_us(99.9));
-    let _ = std::fs::remove_dir_all(&dir);
+/// Engines' stores, open side by side for an interleaved workload.
+struct Side {
+    stores: Vec<(String, PathBuf, Box<dyn Engine>)>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// W2: N durable writers for a fixed time
+impl Side {
+    fn open(ctx: &Ctx, engines: &[String], what: &str) -> Side {
+        let stores = engines
+            .iter()
+            .map(|e| {
+                let dir = ctx.store_dir(e, what);
+                let eng = engines::open(e, &dir, None);
+                (e.clone(), dir, eng)
+            })
+            .collect();
+        Side { stores }
+    }
 
-/// Runs `threads` writers of durable puts for `time`; returns (ops/s, latencies).
+    /// Runs `slice(engine index, engine)` for every engine, `rounds` times, in a rotating order.
+    fn rounds(&self, rounds: usize, mut slice: impl FnMut(usize, &dyn Engine)) {
+        let n = self.stores.len();
+        for r in 0..rounds {
+            for j in 0..n {
+                let k = (j + r) % n;
+                slice(k, self.stores[k].2.as_ref());
+            }
+        }
+    }
+
+    fn close(self) {
+        for (_, dir, eng) in self.stores {
+            eng.close();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+const SLICE: Duration = Duration::from_millis(250);
+
+fn rounds_for(total: Duration) -> usize {
+    ((total.as_millis() / SLICE.as_millis()) as usize).max(1)
+}
+
+fn w1(ctx: &mut Ctx, engines: &[String]) {
+    let side = Side::open(ctx, engines, "w1");
+    let n = engines.len();
+    let mut lats: Vec<Lat> = (0..n).map(|_| Lat::new()).collect();
+    let mut busy = vec![Duration::ZERO; n];
+    let mut next = vec![0u64; n];
+    let mut rng = Rng::new(1);
+    let values = &ctx.values;
+    side.rounds(1, |_, eng| {
+        let mut w = eng.worker();
+        for i in 0..100 {
+            w.put(&key(11, (1 << 40) + i), values.get(&mut rng, VALUE_BYTES), true);
+        }
+    });
+    side.rounds(rounds_for(ctx.cfg.w1), |k, eng| {
+        let mut w = eng.worker();
+        let start = Instant::now();
+        while start.elapsed() < SLICE {
+            let v = values.get(&mut rng, VALUE_BYTES);
+            let key = key(11, next[k]);
+            let t = Instant::now();
+            w.put(&key, v, true);
+            lats[k].push(t);
+            next[k] += 1;
+        }
+        busy[k] += start.elapsed();
+    });
+    side.close();
+    for (k, lat) in lats.into_iter().enumerate() {
+        let e = &engines[k];
+        let lat = lat.sorted();
+        ctx.record("W1", e, "ops_s", lat.0.len() as f64 / busy[k].as_secs_f64());
+        ctx.record("W1", e, "p50_us", lat.pct_us(50.0));
+        ctx.record("W1", e, "p99_us", lat.pct_us(99.0));
+        ctx.record("W1", e, "p999_us", lat.pct_us(99.9));
+    }
+}
+
+/// Runs `threads` writers of durable puts for `time`; returns (puts, wall time, latencies).
+/// Keys: new ones from `base` on, or random ones of the first `overwrite_keys`.
 fn durable_writers(
     eng: &dyn Engine,
     values: &Values,
     threads: usize,
     time: Duration,
     key_space: u64,
+    base: u64,
     overwrite_keys: Option<u64>,
-) -> (f64, Lat) {
+) -> (u64, Duration, Lat) {
     let barrier = Barrier::new(threads + 1);
     let (lats, elapsed) = thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -263,11 +315,11 @@ fn durable_writers(
                 let barrier = &barrier;
                 s.spawn(move || {
                     let mut w = eng.worker();
-                    let mut rng = Rng::new(1000 + t as u64);
+                    let mut rng = Rng::new(base ^ (1000 + t as u64));
                     let mut lat = Lat::new();
                     barrier.wait();
                     let start = Instant::now();
-                    let mut i = (t as u64) << 40;
+                    let mut i = base + ((t as u64) << 32);
                     while start.elapsed() < time {
                         let k = match overwrite_keys {
                             Some(n) => key(key_space, rng.below(n)),
@@ -289,19 +341,39 @@ fn durable_writers(
         (lats, start.elapsed())
     });
     let lat = Lat::merge(lats);
-    (lat.0.len() as f64 / elapsed.as_secs_f64(), lat)
+    (lat.0.len() as u64, elapsed, lat)
 }
 
-fn w2(ctx: &mut Ctx, e: &str) {
-    for &n in &ctx.cfg.writers.clone() {
-        let dir = ctx.store_dir(e, &format!("w2-{n}"));
-        let eng = engines::open(e, &dir, None);
-        let (ops, lat) = durable_writers(eng.as_ref(), &ctx.values, n, ctx.cfg.w2, 21, None);
-        eng.close();
-        ctx.record("W2", e, &format!("ops_s@{n}"), ops);
-        ctx.record("W2", e, &format!("p99_us@{n}"), lat.pct_us(99.0));
-        let _ = std::fs::remove_dir_all(&dir);
+fn w2(ctx: &mut Ctx, engines: &[String]) {
+    let side = Side::open(ctx, engines, "w2");
+    let n = engines.len();
+    for &writers in &ctx.cfg.writers.clone() {
+        let mut lats: Vec<Vec<Lat>> = (0..n).map(|_| Vec::new()).collect();
+        let mut puts = vec![0u64; n];
+        let mut busy = vec![Duration::ZERO; n];
+        let mut slice_no = 0u64;
+        let values = &ctx.values;
+        side.rounds(rounds_for(ctx.cfg.w2), |k, eng| {
+            slice_no += 1;
+            let base = ((writers as u64) << 56) + (slice_no << 44);
+            let (p, t, lat) = durable_writers(eng, values, writers, SLICE, 21, base, None);
+            puts[k] += p;
+            busy[k] += t;
+            lats[k].push(lat);
+        });
+        for (k, l) in lats.into_iter().enumerate() {
+            let lat = Lat::merge(l);
+            let e = &engines[k];
+            ctx.record(
+                "W2",
+                e,
+                &format!("ops_s@{writers}"),
+                puts[k] as f64 / busy[k].as_secs_f64(),
+            );
+            ctx.record("W2", e, &format!("p99_us@{writers}"), lat.pct_us(99.0));
+        }
     }
+    side.close();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,7 +647,8 @@ fn ckpt(ctx: &mut Ctx) {
     }
     let adapter = CkptDb(&db);
     let time = ctx.cfg.ckpt;
-    let (ops0, lat0) = durable_writers(&adapter, &ctx.values, 16, time, 91, Some(n));
+    let (p0, t0, lat0) = durable_writers(&adapter, &ctx.values, 16, time, 91, 0, Some(n));
+    let ops0 = p0 as f64 / t0.as_secs_f64();
     let (ops1, lat1, ck_ms) = thread::scope(|s| {
         let db = &db;
         let ck = s.spawn(move || {
@@ -584,8 +657,8 @@ fn ckpt(ctx: &mut Ctx) {
             db.checkpoint().expect("checkpoint");
             t.elapsed().as_secs_f64() * 1e3
         });
-        let (ops, lat) = durable_writers(&adapter, &ctx.values, 16, time, 91, Some(n));
-        (ops, lat, ck.join().expect("checkpoint thread"))
+        let (p, t, lat) = durable_writers(&adapter, &ctx.values, 16, time, 91, 1, Some(n));
+        (p as f64 / t.as_secs_f64(), lat, ck.join().expect("checkpoint thread"))
     });
     db.close().expect("close");
     let (p0, p1) = (lat0.pct_us(99.0), lat1.pct_us(99.0));
