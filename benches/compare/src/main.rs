@@ -48,12 +48,21 @@ pub struct Args {
     /// For `strace -c -f`: open ENGINE in a fresh DIR, make N durable puts, close.
     #[arg(long, num_args = 3, value_names = ["ENGINE", "DIR", "N"])]
     pub durable_puts: Option<Vec<String>>,
+    /// For profilers: WORKLOAD (w3: N lazy puts + sync; w4: load N keys, then N random gets)
+    /// on ENGINE in a fresh DIR. The measured part runs in `measured_puts` / `measured_gets`
+    /// (for `valgrind --tool=callgrind --toggle-collect='*measured_*'`).
+    #[arg(long, num_args = 4, value_names = ["WORKLOAD", "ENGINE", "DIR", "N"])]
+    pub profile_run: Option<Vec<String>>,
 }
 
 fn main() {
     let args = Args::parse();
     if let Some(child) = &args.reopen_child {
         workloads::reopen_child(child);
+        return;
+    }
+    if let Some(a) = &args.profile_run {
+        workloads::profile_run(a);
         return;
     }
     if let Some(a) = &args.durable_puts {

@@ -553,6 +553,42 @@ pub fn durable_puts(args: &[String]) {
     eng.close();
 }
 
+/// A workload alone, for a profiler (see `--profile-run`).
+pub fn profile_run(args: &[String]) {
+    let (workload, engine, dir) = (&args[0], &args[1], Path::new(&args[2]));
+    let n: u64 = args[3].parse().expect("N");
+    let values = Values::new(6);
+    let eng = engines::open(engine, dir, Some(n));
+    let t = Instant::now();
+    measured_puts(eng.as_ref(), &values, n);
+    eng.sync();
+    eprintln!("{n} puts + sync: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+    if workload == "w4" {
+        let t = Instant::now();
+        measured_gets(eng.as_ref(), n);
+        eprintln!("{n} gets: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+    }
+    eng.close();
+}
+
+#[inline(never)]
+fn measured_puts(eng: &dyn Engine, values: &Values, n: u64) {
+    let mut rng = Rng::new(3);
+    let mut w = eng.worker();
+    for i in 0..n {
+        w.put(&key(31, i), values.get(&mut rng, VALUE_BYTES), false);
+    }
+}
+
+#[inline(never)]
+fn measured_gets(eng: &dyn Engine, n: u64) {
+    let mut rng = Rng::new(4);
+    let mut w = eng.worker();
+    for _ in 0..n {
+        assert!(w.get(&key(31, rng.below(n))).is_some(), "a loaded key is missing");
+    }
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
