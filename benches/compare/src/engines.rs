@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread;
 use std::time::Duration;
 
 /// Every engine the harness knows, by its command-line name.
@@ -45,6 +46,9 @@ pub trait Engine: Send + Sync {
     /// Before a close whose reopen is measured: sessiondb writes a checkpoint (W5 measures the
     /// reopen "after a checkpoint"); the others do nothing beyond their own close.
     fn before_close(&self) {}
+    /// Only one thread will write (W1): the raw floor then does the simplest durable put,
+    /// `pwrite` + `fdatasync` in the caller, instead of handing it to its group committer.
+    fn single_writer(&self) {}
     /// Checkpoint / compaction for W6: whatever the engine offers to reclaim dead bytes.
     fn compact(&mut self);
     /// Closes the store (flushing what the engine flushes on close).
@@ -157,31 +161,36 @@ impl Engine for SessionDb {
 }
 
 // ---------------------------------------------------------------------------------------------
-// raw floor: records appended by `pwrite` into one preallocated, zero-filled, fsynced file;
-// durable writes share `fdatasync`s (ideal group commit: a writer waits only for the first
-// sync that starts after its own write); a hash index of key -> value offset for reads.
+// raw floor: records appended into one preallocated, zero-filled, fsynced file. Durable puts
+// use an ideal group commit: a dedicated committer thread takes every record queued, writes
+// them with one `pwrite`, `fdatasync`s once, and wakes each writer of the group in turn
+// (writers woken first are often queued again before it takes the next group). Lazy puts
+// `pwrite` their record directly. A hash index of key -> value offset serves reads by `pread`.
 
 pub struct Raw {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     capacity: u64,
-    tail: Mutex<u64>,
-    sync: Mutex<SyncState>,
-    synced: Condvar,
+    /// Next free offset in the file, shared by the committer and lazy puts.
+    tail: Arc<Mutex<u64>>,
+    queue: Mutex<Option<mpsc::Sender<Commit>>>,
+    committer: Mutex<Option<thread::JoinHandle<()>>>,
     index: RwLock<HashMap<Box<[u8]>, (u64, u32)>>,
+    inline: std::sync::atomic::AtomicBool,
 }
 
-#[derive(Default)]
-struct SyncState {
-    started: u64,
-    done: u64,
-    running: bool,
+/// A durable put for the committer: its encoded record, and where to send the record's offset
+/// once it is written and synced.
+struct Commit {
+    record: Vec<u8>,
+    reply: mpsc::Sender<u64>,
 }
 
 /// Record header: value length (u32 LE), key length (u16 LE).
 const RAW_HEADER: u64 = 6;
-/// The file a durable workload writes round and round (already written: no block allocation).
-const RAW_RING_BYTES: u64 = 256 << 20;
+/// The file of a durable workload's store: it never grows (W2 at 64 writers or W7 fill
+/// ~250 MB at most; a full file is an error, not a wrap-around).
+const RAW_FILE_BYTES: u64 = 512 << 20;
 
 impl Raw {
     fn open(dir: &Path, bulk: Option<u64>) -> Raw {
@@ -197,22 +206,28 @@ impl Raw {
         let capacity = if exists {
             file.metadata().expect("raw log metadata").len()
         } else {
-            // Room for the load and one overwrite of every key (W6), 16 B keys, 256 B values.
-            let cap = bulk.map_or(RAW_RING_BYTES, |n| {
-                (n * 2 * (RAW_HEADER + 16 + 256)).max(RAW_RING_BYTES) + (1 << 20)
-            });
+            // Bulk: room for the load and one overwrite of every key (W6), 16 B keys, 256 B values.
+            let cap = bulk.map_or(RAW_FILE_BYTES, |n| n * 2 * (RAW_HEADER + 16 + 256) + (1 << 20));
             zero_fill(&file, cap);
             sync_dir(dir);
             cap
+        };
+        let file = Arc::new(file);
+        let tail = Arc::new(Mutex::new(0));
+        let (tx, rx) = mpsc::channel();
+        let committer = {
+            let (file, tail) = (file.clone(), tail.clone());
+            thread::spawn(move || commit_loop(&file, &tail, capacity, rx))
         };
         let raw = Raw {
             file,
             path,
             capacity,
-            tail: Mutex::new(0),
-            sync: Mutex::new(SyncState::default()),
-            synced: Condvar::new(),
+            tail,
+            queue: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(committer)),
             index: RwLock::new(HashMap::new()),
+            inline: Default::default(),
         };
         if exists {
             raw.replay();
@@ -245,53 +260,58 @@ impl Raw {
         *self.tail.lock().expect("raw tail lock") = off;
     }
 
-    fn append(&self, key: &[u8], value: &[u8]) {
-        let len = RAW_HEADER + key.len() as u64 + value.len() as u64;
-        let off = {
-            let mut tail = self.tail.lock().expect("raw tail lock");
-            if *tail + len > self.capacity {
-                *tail = 0; // a ring for the durable workloads: the floor never grows its file
-            }
-            let off = *tail;
-            *tail += len;
-            off
-        };
-        let mut rec = Vec::with_capacity(len as usize);
-        rec.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        rec.extend_from_slice(key);
-        rec.extend_from_slice(value);
-        self.file.write_all_at(&rec, off).expect("raw pwrite");
+    fn index_put(&self, key: &[u8], off: u64, vlen: usize) {
         let voff = off + RAW_HEADER + key.len() as u64;
         self.index
             .write()
             .expect("raw index lock")
-            .insert(key.into(), (voff, value.len() as u32));
+            .insert(key.into(), (voff, vlen as u32));
     }
 
-    /// Returns once an `fdatasync` that started after this call has finished.
-    fn group_sync(&self) {
-        let mut st = self.sync.lock().expect("raw sync lock");
-        let target = st.started + 1;
-        loop {
-            if st.done >= target {
-                return;
-            }
-            if !st.running {
-                st.running = true;
-                st.started += 1;
-                let gen = st.started;
-                drop(st);
-                self.file.sync_data().expect("raw fdatasync");
-                st = self.sync.lock().expect("raw sync lock");
-                st.done = gen;
-                st.running = false;
-                self.synced.notify_all();
-            } else {
-                st = self.synced.wait(st).expect("raw sync wait");
-            }
+    fn shut_down(&self) {
+        drop(self.queue.lock().expect("raw queue lock").take());
+        if let Some(h) = self.committer.lock().expect("raw committer lock").take() {
+            h.join().expect("raw committer thread");
         }
     }
+}
+
+fn reserve(tail: &Mutex<u64>, len: u64, capacity: u64) -> u64 {
+    let mut t = tail.lock().expect("raw tail lock");
+    let off = *t;
+    assert!(off + len <= capacity, "the raw floor's file is full");
+    *t += len;
+    off
+}
+
+fn commit_loop(file: &File, tail: &Mutex<u64>, capacity: u64, rx: mpsc::Receiver<Commit>) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut group: Vec<(u64, mpsc::Sender<u64>)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        buf.clear();
+        group.clear();
+        let mut next = Some(first);
+        while let Some(c) = next {
+            group.push((buf.len() as u64, c.reply));
+            buf.extend_from_slice(&c.record);
+            next = rx.try_recv().ok();
+        }
+        let off = reserve(tail, buf.len() as u64, capacity);
+        file.write_all_at(&buf, off).expect("raw pwrite");
+        file.sync_data().expect("raw fdatasync");
+        for (rel, reply) in group.drain(..) {
+            let _ = reply.send(off + rel);
+        }
+    }
+}
+
+fn encode_raw(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RAW_HEADER as usize + key.len() + value.len());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    out
 }
 
 fn zero_fill(file: &File, bytes: u64) {
@@ -309,32 +329,66 @@ fn sync_dir(dir: &Path) {
     File::open(dir).and_then(|d| d.sync_all()).expect("fsync dir");
 }
 
-struct RawWorker<'a>(&'a Raw);
+struct RawWorker<'a> {
+    raw: &'a Raw,
+    queue: mpsc::Sender<Commit>,
+    reply: mpsc::Sender<u64>,
+    replies: mpsc::Receiver<u64>,
+}
 
 impl Worker for RawWorker<'_> {
     fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
-        self.0.append(key, value);
-        if durable {
-            self.0.group_sync();
-        }
+        let record = encode_raw(key, value);
+        let inline = self.raw.inline.load(std::sync::atomic::Ordering::Relaxed);
+        let off = if durable && !inline {
+            let reply = self.reply.clone();
+            self.queue
+                .send(Commit { record, reply })
+                .expect("raw committer is running");
+            self.replies.recv().expect("raw committer reply")
+        } else {
+            let off = reserve(&self.raw.tail, record.len() as u64, self.raw.capacity);
+            self.raw.file.write_all_at(&record, off).expect("raw pwrite");
+            if durable {
+                self.raw.file.sync_data().expect("raw fdatasync");
+            }
+            off
+        };
+        self.raw.index_put(key, off, value.len());
     }
     fn get(&mut self, key: &[u8]) -> Option<usize> {
-        let (off, len) = *self.0.index.read().expect("raw index lock").get(key)?;
+        let (off, len) = *self.raw.index.read().expect("raw index lock").get(key)?;
         let mut buf = vec![0u8; len as usize];
-        self.0.file.read_exact_at(&mut buf, off).expect("raw pread");
+        self.raw.file.read_exact_at(&mut buf, off).expect("raw pread");
         Some(buf.len())
     }
 }
 
 impl Engine for Raw {
     fn worker(&self) -> Box<dyn Worker + '_> {
-        Box::new(RawWorker(self))
+        let queue = self
+            .queue
+            .lock()
+            .expect("raw queue lock")
+            .clone()
+            .expect("raw store is open");
+        let (reply, replies) = mpsc::channel();
+        Box::new(RawWorker {
+            raw: self,
+            queue,
+            reply,
+            replies,
+        })
     }
     fn sync(&self) {
-        self.group_sync();
+        self.file.sync_data().expect("raw fdatasync");
+    }
+    fn single_writer(&self) {
+        self.inline.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     fn compact(&mut self) {}
     fn close(self: Box<Self>) {
+        self.shut_down();
         self.file.sync_data().expect("raw fdatasync");
     }
 }

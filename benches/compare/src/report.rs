@@ -155,6 +155,7 @@ fn table(med: &Medians, engines: &[String], w: &str, about: &str) -> String {
     let peer: Vec<String> = ms
         .iter()
         .map(|m| match (ours(m), best_peer(med, engines, w, m)) {
+            _ if m.ends_with("compact_ms") => "".into(),
             (Some(a), Some((e, b))) => format!("{:.2} ({e})", a / b),
             _ => "".into(),
         })
@@ -162,6 +163,7 @@ fn table(med: &Medians, engines: &[String], w: &str, about: &str) -> String {
     let floor: Vec<String> = ms
         .iter()
         .map(|m| match (ours(m), get(med, w, "raw", m)) {
+            _ if m.ends_with("compact_ms") => "".into(),
             (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
             _ => "".into(),
         })
