@@ -622,14 +622,14 @@ fn w7(ctx: &mut Ctx, e: &str) {
     let values = &ctx.values;
     let engr = eng.as_ref();
     let barrier = Barrier::new(threads);
-    let results: Vec<(Lat, Lat, f64)> = thread::scope(|sc| {
+    let results: Vec<(Lat, Lat, Lat, f64)> = thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
                 let barrier = &barrier;
                 sc.spawn(move || {
                     let mut w = engr.worker();
                     let mut rng = Rng::new(700 + t as u64);
-                    let (mut loads, mut saves) = (Lat::new(), Lat::new());
+                    let (mut loads, mut saves, mut touches) = (Lat::new(), Lat::new(), Lat::new());
                     barrier.wait();
                     let start = Instant::now();
                     while start.elapsed() < time {
@@ -641,24 +641,32 @@ fn w7(ctx: &mut Ctx, e: &str) {
                             saves.push(t0);
                         } else {
                             assert!(w.get(&k).is_some(), "W7: a session is missing");
+                            let t1 = Instant::now();
                             w.touch(&k, v);
+                            touches.push(t1);
                             loads.push(t0);
                         }
                     }
                     let ops = (loads.0.len() + saves.0.len()) as f64 / start.elapsed().as_secs_f64();
-                    (loads, saves, ops)
+                    (loads, saves, touches, ops)
                 })
             })
             .collect();
         hs.into_iter().map(|h| h.join().expect("session thread")).collect()
     });
     eng.close();
-    let ops: f64 = results.iter().map(|r| r.2).sum();
-    let (loads, saves): (Vec<Lat>, Vec<Lat>) = results.into_iter().map(|r| (r.0, r.1)).unzip();
-    let (loads, saves) = (Lat::merge(loads), Lat::merge(saves));
+    let ops: f64 = results.iter().map(|r| r.3).sum();
+    let (mut loads, mut saves, mut touches) = (Vec::new(), Vec::new(), Vec::new());
+    for r in results {
+        loads.push(r.0);
+        saves.push(r.1);
+        touches.push(r.2);
+    }
+    let (loads, saves, touches) = (Lat::merge(loads), Lat::merge(saves), Lat::merge(touches));
     ctx.record("W7", e, "ops_s", ops);
     ctx.record("W7", e, "load_p50_us", loads.pct_us(50.0));
     ctx.record("W7", e, "load_p99_us", loads.pct_us(99.0));
+    ctx.record("W7", e, "touch_p99_us", touches.pct_us(99.0));
     ctx.record("W7", e, "save_p50_us", saves.pct_us(50.0));
     ctx.record("W7", e, "save_p99_us", saves.pct_us(99.0));
     let _ = std::fs::remove_dir_all(&dir);
