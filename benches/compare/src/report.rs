@@ -59,6 +59,8 @@ fn medians(rows: &[Row]) -> Medians {
 fn fmt(v: f64) -> String {
     if v.is_nan() {
         "–".into()
+    } else if v == 0.0 {
+        "0".into()
     } else if v.abs() >= 1000.0 {
         let s = format!("{:.0}", v);
         let bytes: Vec<char> = s.chars().collect();
