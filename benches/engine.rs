@@ -1,11 +1,13 @@
-//! Criterion micro-benchmarks of the public API: put latency per sync mode and value size,
-//! point gets (from a checkpoint's snapshot and from the log), and a 100-key prefix scan; plus
+//! Criterion micro-benchmarks of the public API: the write path per sync mode × value size ×
+//! writer threads (1, 4, 16, 64), point gets (from a checkpoint's snapshot and from the log), a
+//! 100-key prefix scan, recovery time against the log's length and against live keys, and a
+//! checkpoint's duration and its effect on put latency while it runs; plus
 //! two raw floors measured with `std::fs` in the same run (`floor/*`): `pwrite` + `fdatasync`
 //! of 256 B, and a bare 329 B `pwrite` (the size of sessiondb's record for a 16 B key and a
 //! 256 B value), both into a preallocated file zero-filled like a segment.
 //!
 //! ```sh
-//! cargo bench --bench engine                 # all (about 40 s)
+//! cargo bench --bench engine                 # all (a few minutes)
 //! cargo bench --bench engine -- get          # only the benchmarks whose name contains "get"
 //! ```
 //!
@@ -155,31 +157,160 @@ fn floors(c: &mut Criterion) {
     group.finish();
 }
 
+/// Writer threads in the write-path benchmarks.
+const WRITERS: [usize; 4] = [1, 4, 16, 64];
+
+/// `iters` puts split over `threads` threads (each its own keys); returns the wall time, so
+/// criterion's time per iteration is the time per put of the whole group, and its throughput
+/// the store's total puts per second.
+fn put_from_threads(db: &Db, value: &[u8], threads: usize, iters: u64, next: &mut u64) -> Duration {
+    let per_thread = iters.div_ceil(threads as u64);
+    let base = *next;
+    *next += per_thread * threads as u64;
+    let start = Instant::now();
+    thread::scope(|s| {
+        for t in 0..threads as u64 {
+            s.spawn(move || {
+                for j in 0..per_thread {
+                    let i = base + t * per_thread + j;
+                    db.put(key(i % PUT_KEYS), value).expect("put");
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+/// The write path per sync mode × value size × writer threads. Time per iteration is the
+/// store's time per put (wall time of the whole group over the puts it made).
 fn put_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("put");
-    group.sample_size(10).warm_up_time(Duration::from_millis(500));
-    for (mode, mode_name) in [(SyncMode::Always, "Always"), (SyncMode::Never, "Never")] {
+    group.sample_size(10).warm_up_time(Duration::from_millis(300));
+    let modes = [
+        (SyncMode::Always, "Always"),
+        (SyncMode::Interval(Duration::from_millis(100)), "Interval100ms"),
+        (SyncMode::Never, "Never"),
+    ];
+    for (mode, mode_name) in modes {
         for (size, size_name) in [(256usize, "256B"), (4096, "4KiB")] {
             let dir = temp_store();
             let db = Db::open_with(dir.path(), Options::new().sync_mode(mode)).expect("open");
             db.put(b"warm-up", b"x").expect("warm-up put");
             settle(dir.path());
             let value = vec![0x42u8; size];
-            group.measurement_time(Duration::from_secs(match mode {
-                SyncMode::Always => 3,
-                _ => 2,
+            group.measurement_time(Duration::from_millis(match mode {
+                SyncMode::Always => 1500,
+                _ => 1000,
             }));
-            group.throughput(Throughput::Bytes(size as u64));
-            let mut i = 0u64;
-            group.bench_function(BenchmarkId::new(mode_name, size_name), |b| {
-                b.iter(|| {
-                    db.put(key(i % PUT_KEYS), &value).expect("put");
-                    i += 1;
-                })
-            });
+            group.throughput(Throughput::Elements(1));
+            let mut next = 0u64;
+            for threads in WRITERS {
+                let id = BenchmarkId::new(format!("{mode_name}/{size_name}"), format!("{threads}t"));
+                group.bench_function(id, |b| {
+                    b.iter_custom(|iters| put_from_threads(&db, &value, threads, iters, &mut next))
+                });
+            }
             db.close().expect("close");
         }
     }
+    group.finish();
+}
+
+/// A store built for the recovery benchmarks: `live` keys, each written `writes_per_key`
+/// times; checkpointed at the end or not (then the whole log is replayed on open).
+fn recovery_store(live: u64, writes_per_key: u64, checkpointed: bool) -> tempfile::TempDir {
+    let dir = temp_store();
+    let opts = Options::new().sync_mode(SyncMode::Never).auto_checkpoint(false);
+    let db = Db::open_with(dir.path(), opts).expect("open");
+    let value = vec![0x24u8; 256];
+    for _ in 0..writes_per_key {
+        for i in 0..live {
+            db.put(key(i), &value).expect("put");
+        }
+    }
+    if checkpointed {
+        db.checkpoint().expect("checkpoint");
+    }
+    db.close().expect("close");
+    dir
+}
+
+/// Open (recovery) + close, against the log's length (1,000 live keys, log of N records, no
+/// checkpoint) and against live keys (N keys, checkpointed, empty log).
+fn recovery(c: &mut Criterion) {
+    let mut group = c.benchmark_group("recovery");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    let reopen = |dir: &Path| {
+        let opts = Options::new().auto_checkpoint(false);
+        let db = Db::open_with(dir, opts).expect("reopen");
+        black_box(db.get(key(0)).expect("get"));
+        db.close().expect("close");
+    };
+    for records in [10_000u64, 100_000, 300_000] {
+        let dir = recovery_store(1_000, records / 1_000, false);
+        group.throughput(Throughput::Elements(records));
+        group.bench_function(BenchmarkId::new("log_records", records), |b| {
+            b.iter(|| reopen(dir.path()))
+        });
+    }
+    for live in [10_000u64, 100_000, 1_000_000] {
+        let dir = recovery_store(live, 1, true);
+        group.throughput(Throughput::Elements(live));
+        group.bench_function(BenchmarkId::new("live_keys_checkpointed", live), |b| {
+            b.iter(|| reopen(dir.path()))
+        });
+    }
+    group.finish();
+}
+
+/// Checkpoint duration of a 200k-key store, and a durable put's latency while checkpoints run
+/// back to back on another thread, against the same store idle.
+fn checkpoint(c: &mut Criterion) {
+    const KEYS: u64 = 200_000;
+    let mut group = c.benchmark_group("checkpoint");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    let dir = temp_store();
+    let opts = Options::new().sync_mode(SyncMode::Always).auto_checkpoint(false);
+    let db = Db::open_with(dir.path(), opts).expect("open");
+    let value = vec![0x24u8; 256];
+    for i in 0..KEYS {
+        let mut b = sessiondb::Batch::new();
+        b.put(key(i), &value).durability(sessiondb::Durability::Lazy);
+        db.write(b).expect("load");
+    }
+    db.sync().expect("sync");
+    group.throughput(Throughput::Elements(KEYS));
+    group.bench_function("duration_200k", |b| b.iter(|| db.checkpoint().expect("checkpoint")));
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    group.bench_function("put_Always_256B/idle", |b| {
+        b.iter(|| {
+            db.put(key(i % KEYS), &value).expect("put");
+            i += 1;
+        })
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.checkpoint().expect("checkpoint");
+            }
+        });
+        group.bench_function("put_Always_256B/during_checkpoints", |b| {
+            b.iter(|| {
+                db.put(key(i % KEYS), &value).expect("put");
+                i += 1;
+            })
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    db.close().expect("close");
     group.finish();
 }
 
@@ -237,5 +368,5 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, floors, put_latency, reads);
+criterion_group!(benches, floors, put_latency, reads, recovery, checkpoint);
 criterion_main!(benches);
