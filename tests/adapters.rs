@@ -7,16 +7,17 @@
 //! already expired removes the session; `update_ttl` slides the deadline; an `update` of a
 //! session that is gone creates a new one under a fresh key; malformed keys load as nothing.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_session::storage::{SessionKey, SessionStore as _};
 use sessiondb::session::actix::ActixStore;
 use sessiondb::session::tower::TowerStore;
 use sessiondb::session::{SessionId, SessionStore};
-use sessiondb::{Db, ManualClock, Options, SyncMode};
+use sessiondb::ManualClock;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{ExpiredDeletion, SessionStore as _};
@@ -25,12 +26,7 @@ const T0: u64 = 1_700_000_000_000;
 const HOUR_MS: u64 = 3_600_000;
 
 fn open(dir: &Path, clock: &ManualClock) -> SessionStore {
-    let opts = Options::new()
-        .sync_mode(SyncMode::Never)
-        .auto_checkpoint(false)
-        .sweep_interval(None)
-        .clock(Arc::new(clock.clone()));
-    SessionStore::new(Db::open_with(dir, opts).expect("open"))
+    common::manual_session_store(dir, clock)
 }
 
 fn at(ms: u64) -> OffsetDateTime {

@@ -21,18 +21,13 @@ use std::time::Duration;
 use common::{seeded, Rng};
 use serde::{Deserialize, Serialize};
 use sessiondb::session::{SessionId, SessionMap, SessionOptions, SessionStore};
-use sessiondb::{Db, Error, ManualClock, Options, SyncMode};
+use sessiondb::{Error, ManualClock};
 
 const T0: u64 = 1_700_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn open(dir: &Path, clock: &ManualClock) -> SessionStore {
-    let opts = Options::new()
-        .sync_mode(SyncMode::Never)
-        .auto_checkpoint(false)
-        .sweep_interval(None)
-        .clock(Arc::new(clock.clone()));
-    SessionStore::new(Db::open_with(dir, opts).expect("open"))
+    common::manual_session_store(dir, clock)
 }
 
 fn fast_store(dir: &Path) -> SessionStore {

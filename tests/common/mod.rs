@@ -9,7 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sessiondb::{Db, Options};
+use sessiondb::session::SessionStore;
+use sessiondb::{Db, ManualClock, Options, SyncMode};
 
 /// Environment variable that replays a randomised test from a seed.
 pub const SEED_VAR: &str = "SESSIONDB_SEED";
@@ -113,6 +114,17 @@ pub fn small_opts() -> Options {
 }
 
 /// Every live entry, through a full range scan (which must not fail).
+/// Sessions over a store in `dir` whose time is `clock`: no fsyncs, no background checkpoints
+/// or sweeps, so the tests decide when anything happens.
+pub fn manual_session_store(dir: &Path, clock: &ManualClock) -> SessionStore {
+    let opts = Options::new()
+        .sync_mode(SyncMode::Never)
+        .auto_checkpoint(false)
+        .sweep_interval(None)
+        .clock(std::sync::Arc::new(clock.clone()));
+    SessionStore::new(Db::open_with(dir, opts).expect("open"))
+}
+
 pub fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut last: Option<Vec<u8>> = None;
