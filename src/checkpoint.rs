@@ -57,7 +57,12 @@ pub(crate) fn load_snapshot(
 }
 
 /// Verifies and decodes the whole snapshot in `bytes`, its entries pointing at `slot`.
-fn decode_snapshot(bytes: Arc<FileBytes>, path: &Path, base_seq: u64, slot: Slot) -> Result<(LoadedSnapshot, Entries)> {
+pub(crate) fn decode_snapshot(
+    bytes: Arc<FileBytes>,
+    path: &Path,
+    base_seq: u64,
+    slot: Slot,
+) -> Result<(LoadedSnapshot, Entries)> {
     let b = bytes.bytes();
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base_seq => {}

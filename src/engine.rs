@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
 use crate::index::{entry_seq, Entry, FileId, Index, Key, Loc, Source, SourceData};
 use crate::layout::Layout;
+use crate::limits;
 use crate::options::{Durability, Options};
 use crate::stats::{RecoveryReport, Stats};
 use crate::storage::{read_exact_at, LockGuard, Storage};
@@ -426,6 +427,14 @@ impl Engine {
     /// waits for it; the group's first writer leads it once the previous group is done.
     fn join(&self, mut st: MutexGuard<'_, CommitState>, prepared: Prepared) -> Result<u64> {
         let seq = st.next_seq;
+        if seq > limits::SEQ_MAX {
+            // Recovery reads no sequence number above SEQ_MAX, so none is ever written.
+            return Err(Error::TooLarge {
+                what: "sequence number",
+                size: seq,
+                max: limits::SEQ_MAX,
+            });
+        }
         st.next_seq += 1;
         for a in &prepared.applies {
             let (key, what) = match a {

@@ -63,7 +63,8 @@ pub enum Error {
     /// A key, value or batch is larger than the configured limit. Nothing was written.
     #[error("{what} of {size} bytes exceeds the limit of {max} bytes")]
     TooLarge {
-        /// `"key"`, `"value"` or `"batch"`.
+        /// `"key"`, `"value"` or `"batch"`; `"sequence number"` when the log has used every
+        /// sequence number up to `limits::SEQ_MAX`.
         what: &'static str,
         /// Its size.
         size: u64,

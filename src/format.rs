@@ -139,6 +139,12 @@ pub fn decode_segment_header(b: &[u8]) -> HeaderState<SegmentHeader> {
     if crc32fast::hash(&b[..SEG_CRC_AT]) != u32_at(b, SEG_CRC_AT) {
         return HeaderState::Damaged(damage(SEG_CRC_AT, "segment header checksum mismatch"));
     }
+    if u64_at(b, SEG_ID_AT) > limits::SEQ_MAX || u64_at(b, SEG_FIRST_SEQ_AT) > limits::SEQ_MAX {
+        return HeaderState::Damaged(damage(
+            SEG_ID_AT,
+            "segment id or first sequence number above the maximum",
+        ));
+    }
     HeaderState::Valid(SegmentHeader {
         segment_id: u64_at(b, SEG_ID_AT),
         first_seq: u64_at(b, SEG_FIRST_SEQ_AT),
@@ -240,6 +246,9 @@ pub fn decode_record(b: &[u8], segment_id: u64, payload_max: usize) -> RecordSta
     let rec = &b[..total];
     if record_crc(segment_id, rec) != u32_at(rec, REC_CRC_AT) {
         return RecordState::Damaged(damage(0, "checksum mismatch"));
+    }
+    if u64_at(rec, REC_SEQ_AT) > limits::SEQ_MAX || u64_at(rec, REC_DURABLE_AT) > limits::SEQ_MAX {
+        return RecordState::Damaged(damage(REC_SEQ_AT, "sequence number above the maximum"));
     }
     RecordState::Valid(RecordRef {
         seq: u64_at(rec, REC_SEQ_AT),
@@ -418,6 +427,12 @@ pub fn decode_snapshot_header(b: &[u8]) -> HeaderState<u64> {
     if crc32fast::hash(&b[..SNAP_CRC_AT]) != u32_at(b, SNAP_CRC_AT) {
         return HeaderState::Damaged(damage(SNAP_CRC_AT, "snapshot header checksum mismatch"));
     }
+    if u64_at(b, SNAP_BASE_SEQ_AT) > limits::SEQ_MAX {
+        return HeaderState::Damaged(damage(
+            SNAP_BASE_SEQ_AT,
+            "snapshot base sequence number above the maximum",
+        ));
+    }
     HeaderState::Valid(u64_at(b, SNAP_BASE_SEQ_AT))
 }
 
@@ -549,6 +564,9 @@ pub fn decode_snapshot_footer(file: &[u8]) -> Result<SnapshotFooter, Damage> {
     }
     if f.end_seq < f.base_seq {
         return Err(damage(at, "snapshot footer end sequence precedes its base"));
+    }
+    if f.end_seq > limits::SEQ_MAX {
+        return Err(damage(at, "snapshot footer end sequence above the maximum"));
     }
     Ok(f)
 }

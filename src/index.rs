@@ -34,19 +34,23 @@ impl Key {
     }
 }
 
+impl Key {
+    /// `k` as an inline key, if it is short enough. The bytes after it stay zero: [`Key::cmp`]
+    /// relies on that.
+    fn inline(k: &[u8]) -> Option<Key> {
+        let mut bytes = [0u8; KEY_INLINE_MAX];
+        bytes.get_mut(..k.len())?.copy_from_slice(k);
+        // NOTE: cannot truncate: k.len() <= KEY_INLINE_MAX < 256.
+        Some(Key::Inline {
+            len: k.len() as u8,
+            bytes,
+        })
+    }
+}
+
 impl From<&[u8]> for Key {
     fn from(k: &[u8]) -> Key {
-        if k.len() <= KEY_INLINE_MAX {
-            let mut bytes = [0u8; KEY_INLINE_MAX];
-            bytes[..k.len()].copy_from_slice(k);
-            // NOTE: cannot truncate: k.len() <= KEY_INLINE_MAX < 256.
-            Key::Inline {
-                len: k.len() as u8,
-                bytes,
-            }
-        } else {
-            Key::Heap(k.into())
-        }
+        Key::inline(k).unwrap_or_else(|| Key::Heap(k.into()))
     }
 }
 
@@ -78,8 +82,35 @@ impl PartialOrd for Key {
 }
 
 impl Ord for Key {
+    /// Byte-string order (as `<[u8] as Ord>`, which `Borrow<[u8]>` requires).
+    ///
+    /// Two inline keys compare as their zero-padded bytes, eight at a time, then their lengths:
+    /// where the padded bytes first differ, either both keys have a byte there or only the
+    /// longer one has, and then it is not zero and the shorter key is its prefix; where they do
+    /// not differ, the shorter key is a prefix of the other. A tree search compares about
+    /// twenty to forty times; `memcmp` per comparison cost more than the comparison itself
+    /// (callgrind, 400k puts of 16-byte keys: `Index::put` 2,540 instructions a put with the
+    /// slice order, 1,820 with this).
+    #[inline]
     fn cmp(&self, other: &Key) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        match (self, other) {
+            (Key::Inline { len: la, bytes: a }, Key::Inline { len: lb, bytes: b }) => {
+                let word = |x: &[u8; KEY_INLINE_MAX], at: usize| {
+                    let mut w = [0u8; 8];
+                    let end = (at + 8).min(KEY_INLINE_MAX);
+                    w[..end - at].copy_from_slice(&x[at..end]);
+                    u64::from_be_bytes(w)
+                };
+                for at in [0, 8, 16] {
+                    match word(a, at).cmp(&word(b, at)) {
+                        Ordering::Equal => {}
+                        unequal => return unequal,
+                    }
+                }
+                la.cmp(lb)
+            }
+            _ => self.as_bytes().cmp(other.as_bytes()),
+        }
     }
 }
 
@@ -143,6 +174,15 @@ pub(crate) fn entry_seq(seq: u64) -> NonZeroU64 {
 impl Entry {
     pub(crate) fn is_live(&self, now_ms: u64) -> bool {
         self.expires_at_ms == 0 || self.expires_at_ms > now_ms
+    }
+}
+
+/// `key`'s item in a tree layer. A short key searches as an inline [`Key`], whose comparisons
+/// take the fast path of [`Key::cmp`].
+fn tree_get<'a>(m: &'a BTreeMap<Key, Option<Entry>>, key: &[u8]) -> Option<&'a Option<Entry>> {
+    match Key::inline(key) {
+        Some(k) => m.get(&k),
+        None => m.get(key),
     }
 }
 
@@ -213,6 +253,9 @@ pub(crate) struct Index {
     /// Slot → the file in it and, once known, how to read it.
     files: Vec<Option<(FileId, Option<Source>)>>,
     slots: HashMap<FileId, Slot>,
+    /// The last file [`Index::slot`] was asked for, and its slot: nearly every write goes to
+    /// the active segment, so this saves a hash lookup per write.
+    last_slot: Option<(FileId, Slot)>,
     free: Vec<Slot>,
     live_bytes: u64,
     /// Sequence number of the last write applied.
@@ -229,12 +272,15 @@ impl Index {
     }
 
     fn base_find(&self, key: &[u8]) -> Result<usize, usize> {
-        self.base.binary_search_by(|(k, _)| k.as_bytes().cmp(key))
+        match Key::inline(key) {
+            Some(q) => self.base.binary_search_by(|(k, _)| k.cmp(&q)),
+            None => self.base.binary_search_by(|(k, _)| k.as_bytes().cmp(key)),
+        }
     }
 
     /// The entry below the overlay: the frozen layer's, else the base's.
     fn below(&self, key: &[u8]) -> Option<&Entry> {
-        match self.frozen.get(key) {
+        match tree_get(&self.frozen, key) {
             Some(f) => f.as_ref(),
             None if self.base.is_empty() => None,
             None => self.base_find(key).ok().map(|i| &self.base[i].1),
@@ -242,7 +288,7 @@ impl Index {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
-        match self.overlay.get(key) {
+        match tree_get(&self.overlay, key) {
             Some(over) => over.as_ref(),
             None => self.below(key),
         }
@@ -260,7 +306,14 @@ impl Index {
 
     /// The slot of `file`, given one if it has none yet.
     pub(crate) fn slot(&mut self, file: FileId) -> Slot {
+        if let Some((f, s)) = self.last_slot {
+            if f == file {
+                debug_assert_eq!(self.slots.get(&file), Some(&s));
+                return s;
+            }
+        }
         if let Some(&s) = self.slots.get(&file) {
+            self.last_slot = Some((file, s));
             return s;
         }
         let s = self.free.pop().unwrap_or_else(|| {
@@ -283,6 +336,9 @@ impl Index {
 
     /// Forgets `file`; its slot may be given to another file.
     pub(crate) fn remove_source(&mut self, file: FileId) {
+        if self.last_slot.is_some_and(|(f, _)| f == file) {
+            self.last_slot = None;
+        }
         if let Some(s) = self.slots.remove(&file) {
             self.files[s.0 as usize] = None;
             self.free.push(s);
@@ -500,6 +556,62 @@ mod tests {
     //! made after the freeze.
 
     use super::*;
+
+    /// The trees' key order is exactly the byte-string order, for inline and heap keys alike:
+    /// random keys with shared prefixes, every length around the 8-byte steps and the inline
+    /// limit, `0x00` and `0xff` bytes. Replays from `SESSIONDB_SEED`; a failure prints it.
+    #[test]
+    fn key_order_is_byte_string_order() {
+        let seed = std::env::var("SESSIONDB_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let bytes = |n: u64, next: &mut dyn FnMut() -> u64| -> Vec<u8> {
+            (0..n)
+                .map(|_| match next() % 4 {
+                    0 => 0,
+                    1 => 255,
+                    _ => next() as u8,
+                })
+                .collect()
+        };
+        for case in 0..50_000 {
+            let (lp, la, lb) = (next() % 24, next() % 10, next() % 10);
+            let prefix = bytes(lp, &mut next);
+            let a = [prefix.clone(), bytes(la, &mut next)].concat();
+            let b = [prefix, bytes(lb, &mut next)].concat();
+            let (ka, kb) = (Key::from(&a[..]), Key::from(&b[..]));
+            let why = || format!("SESSIONDB_SEED={seed}, case {case}: {a:?} vs {b:?}");
+            assert_eq!(ka.cmp(&kb), a.cmp(&b), "{}", why());
+            assert_eq!(ka == kb, a == b, "{}", why());
+            assert_eq!(ka.as_bytes(), &a[..], "{}", why());
+        }
+    }
+
+    #[test]
+    fn lookups_find_short_and_long_keys_in_every_layer() {
+        let mut index = Index::default();
+        let short = b"\0s0123456789abcdef".to_vec();
+        let long = vec![7u8; 40];
+        index.extend_sorted([(Key::from(&short[..]), entry(1, 0, 1))]);
+        index.freeze();
+        index.put(Key::from(&long[..]), entry(2, 0, 1));
+        assert_eq!(index.get(&short).map(|e| e.seq.get()), Some(1), "in the base");
+        assert_eq!(index.get(&long).map(|e| e.seq.get()), Some(2), "in the overlay");
+        assert!(index.get(&short[..5]).is_none() && index.get(&long[..30]).is_none());
+    }
 
     fn entry(seq: u64, expires_at_ms: u64, len: u32) -> Entry {
         Entry {

@@ -38,6 +38,10 @@ use crate::storage::overlay::Overlay;
 use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
 use crate::wal::reader::{self, ScanInput};
 
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// Passes over a store that changed while it was read, before the last result stands.
 const PASSES_MAX: usize = 8;
 
@@ -641,6 +645,8 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         });
     let mut at = SNAPSHOT_HEADER_SIZE.min(end);
     let mut all_verified = true;
+    // The last key of the last block kept: a kept block's keys must all come after it, so the
+    // blocks a salvage keeps always form a loadable snapshot.
     let mut prev_key: Option<&[u8]> = None;
     while at < end {
         let frame = match format::block_frame(&b[at..end]) {
@@ -658,19 +664,21 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         match verified {
             Ok(decoded) => {
                 let before = problems.len();
+                let mut last = prev_key;
                 for d in &decoded {
                     let offset = (at + d.value_at) as u64;
-                    if prev_key.is_some_and(|p| p >= d.entry.key) {
+                    if last.is_some_and(|p| p >= d.entry.key) {
                         problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
                     }
                     if d.entry.seq == 0 {
                         problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
                     }
-                    prev_key = Some(d.entry.key);
+                    last = Some(d.entry.key);
                 }
                 if problems.len() == before {
                     walk.entries += decoded.len() as u64;
                     walk.verified_blocks.push(at..at + frame.len);
+                    prev_key = last;
                 } else {
                     all_verified = false;
                 }
@@ -680,8 +688,6 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
                 let mut p = problem(path, at as u64 + d.offset, d.reason);
                 p.bytes = Some(frame.len as u64);
                 problems.push(p);
-                // Its keys are unknown: the order check starts again after it.
-                prev_key = None;
             }
         }
         at += frame.len;

@@ -11,6 +11,8 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
+use crate::limits;
+
 /// The lock file's name.
 pub const LOCK_FILE: &str = "LOCK";
 /// The log directory's name.
@@ -88,7 +90,7 @@ impl Layout {
 
 fn parse_id(digits: &str) -> Option<u64> {
     if digits.len() == ID_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.parse().ok()
+        digits.parse().ok().filter(|&n| n <= limits::SEQ_MAX)
     } else {
         None
     }

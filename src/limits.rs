@@ -39,6 +39,12 @@ pub const RECORD_PAYLOAD_MAX: usize = if KEY_SIZE_MAX + VALUE_SIZE_MAX_LIMIT + 6
     BATCH_SIZE_MAX_LIMIT
 };
 
+/// Largest sequence number, segment id and snapshot base sequence number: 2^63 − 1. Every
+/// `n + 1` the engine computes on one of them then fits a `u64`. A record or header claiming a
+/// larger one is damage, a file name holding one is not ours, and the writer never assigns one
+/// (a write past it fails with `Error::TooLarge`). At a million writes a second, 290,000 years.
+pub const SEQ_MAX: u64 = (1 << 63) - 1;
+
 /// Default log bytes written since the last checkpoint that trigger an automatic one.
 pub const CHECKPOINT_LOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 

@@ -121,7 +121,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let mut segs = open_segments(storage, layout, &listing.segments)?;
     let log_first_seq = segs.iter().find_map(|s| s.first_seq);
     let mut index = Index::default();
-    let (snapshot, entries) =
+    let (snapshot, entries, log_instead_of) =
         choose_snapshot(layout, opts, &listing.snapshots, log_first_seq, &mut index, &mut report)?;
     let base = snapshot.as_ref().map_or(0, |s| s.base_seq);
 
@@ -146,9 +146,27 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     // it are preallocated spares. With no used segment, the first spare is the log's start.
     let mut live = rest;
     let keep = last_used.map_or(live.len().min(1), |l| l + 1 - covered);
-    let spares = live.split_off(keep);
+    let mut spares = live.split_off(keep);
+    // The spare right after the log may hold a torn activation whose header stayed zero (or
+    // durable records whose header was zeroed): only reading it tells. Then it ends the log and
+    // the reader judges it like a damaged header, instead of it being deleted as a spare.
+    if let (Some(last), Some(spare)) = (live.last(), spares.first()) {
+        if last_used.is_some() && spare.file.id == last.file.id + 1 && !is_clean(spare)? {
+            live.push(spares.remove(0));
+        }
+    }
 
     let replay = replay(opts, &live, base, &mut index, &mut report)?;
+    if let Some(e) = log_instead_of {
+        // Every snapshot is damaged and the log was to stand in for them from sequence 1: a log
+        // with no record says nothing (and the next open could not tell that it starts at 1).
+        if replay.last_seq.unwrap_or(0) == 0 {
+            if opts.recovery_mode != RecoveryMode::Salvage {
+                return Err(e);
+            }
+            skip(&mut report, &e);
+        }
+    }
     if let Some(s) = &snapshot {
         if replay.last_seq.unwrap_or(0).max(base) < s.end_seq && opts.recovery_mode != RecoveryMode::Salvage {
             let reason = format!(
@@ -171,7 +189,6 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let mut active: Option<(SegmentFile, u64, bool)> = None;
     let n = live.len();
     let last_live_id = live.last().map(|s| s.file.id);
-    let mut spares = spares;
     for (i, (seg, info)) in live.into_iter().zip(replay.per_segment).enumerate() {
         let file = seg.file;
         if i + 1 == n {
@@ -287,6 +304,12 @@ fn keep_segment(segments: &mut BTreeMap<u64, SegInfo>, log_bytes: &mut u64, id: 
     *log_bytes += bytes;
 }
 
+/// Whether a segment file is zero from start to end.
+fn is_clean(seg: &Seg) -> Result<bool> {
+    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(&seg.file.path, e))?;
+    Ok(reader::nonzero_end(bytes.bytes()) == 0)
+}
+
 /// Removes and returns spare `id` if it is full size and entirely zero (a spare with data in it
 /// is a torn activation whose header never landed; it is deleted, not reused).
 fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Option<SegmentFile>> {
@@ -297,12 +320,15 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
     if !seg.zero_header || seg.file.capacity < opts.segment_size {
         return Ok(None);
     }
-    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(&seg.file.path, e))?;
-    if reader::nonzero_end(bytes.bytes()) != 0 {
+    if !is_clean(seg)? {
         return Ok(None);
     }
     Ok(Some(spares.remove(i).file))
 }
+
+/// What [`choose_snapshot`] picked: the snapshot and its entries, and, when every snapshot is
+/// damaged and the log is to stand in for them from sequence 1, the newest one's error.
+type Chosen = (Option<LoadedSnapshot>, Entries, Option<Error>);
 
 /// Picks the newest snapshot that verifies, falling back to an older one only when the log
 /// still covers the gap after it.
@@ -313,7 +339,7 @@ fn choose_snapshot(
     log_first_seq: Option<u64>,
     index: &mut Index,
     report: &mut RecoveryReport,
-) -> Result<(Option<LoadedSnapshot>, Entries)> {
+) -> Result<Chosen> {
     let storage = opts.storage.as_ref();
     let mut newest_err: Option<Error> = None;
     for &seq in snapshots.iter().rev() {
@@ -327,11 +353,11 @@ fn choose_snapshot(
             Ok((loaded, entries)) => {
                 let covered = log_first_seq.is_some_and(|f| f <= seq + 1);
                 match newest_err {
-                    None => return Ok((Some(loaded), entries)),
-                    Some(_) if covered => return Ok((Some(loaded), entries)),
+                    None => return Ok((Some(loaded), entries, None)),
+                    Some(_) if covered => return Ok((Some(loaded), entries, None)),
                     Some(e) if opts.recovery_mode == RecoveryMode::Salvage => {
                         skip(report, &e);
-                        return Ok((Some(loaded), entries));
+                        return Ok((Some(loaded), entries, None));
                     }
                     Some(e) => return Err(e),
                 }
@@ -346,12 +372,13 @@ fn choose_snapshot(
         }
     }
     match newest_err {
-        None => Ok((None, Vec::new())),
-        // Every snapshot is damaged: rebuild from the log only if it starts at the beginning.
-        Some(_) if log_first_seq == Some(1) => Ok((None, Vec::new())),
+        None => Ok((None, Vec::new(), None)),
+        // Every snapshot is damaged: rebuild from the log only if it starts at the beginning
+        // (and, the caller checks, holds a record).
+        Some(e) if log_first_seq == Some(1) => Ok((None, Vec::new(), Some(e))),
         Some(e) if opts.recovery_mode == RecoveryMode::Salvage => {
             skip(report, &e);
-            Ok((None, Vec::new()))
+            Ok((None, Vec::new(), None))
         }
         Some(e) => Err(e),
     }

@@ -39,6 +39,10 @@ use sessiondb::format::{
     FORMAT_VERSION, KIND_OPS, PAYLOAD_COUNT_SIZE, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
     SNAPSHOT_FOOTER_SIZE, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
 };
+use sessiondb::format::{
+    decode_session_map, decode_session_record, encode_session_map, encode_session_record, SessionMapEntries,
+    SessionRecord, SESSION_RECORD_VERSION,
+};
 use sessiondb::limits::BATCH_OPS_MAX;
 
 // ---------------------------------------------------------------------------------------------
@@ -285,6 +289,22 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
+/// docs/format.md's session value example: user "ada", data `{"n":1}`.
+fn session_record() -> Vec<u8> {
+    encode_session_record(&SessionRecord {
+        user: Some(b"ada"),
+        data: br#"{"n":1}"#,
+    })
+}
+
+/// docs/format.md's map session example: `cart` = 3 and `theme` = "dark", as JSON values.
+fn session_map() -> Vec<u8> {
+    let mut m = SessionMapEntries::new();
+    m.insert("theme".to_string(), br#""dark""#.to_vec());
+    m.insert("cart".to_string(), b"3".to_vec());
+    encode_session_map(&m)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Golden files
 
@@ -314,6 +334,43 @@ fn golden_payload_touch() {
     assert_eq!(p.len(), PAYLOAD_COUNT_SIZE + touch_encoded_size(1));
     assert_eq!(decode_ops(&p).unwrap(), one_touch(), "decodes back");
     check_golden("payload_touch.bin", &p);
+}
+
+#[test]
+fn golden_session_values() {
+    let r = session_record();
+    assert_eq!(r[0], SESSION_RECORD_VERSION);
+    assert_eq!(r.len(), 1 + (1 + 8 + 3) + (8 + 7), "version, Some(user), data");
+    assert_eq!(
+        decode_session_record(&r).unwrap(),
+        SessionRecord {
+            user: Some(b"ada"),
+            data: br#"{"n":1}"#
+        }
+    );
+    let anonymous = encode_session_record(&SessionRecord { user: None, data: b"" });
+    assert_eq!(
+        anonymous,
+        [SESSION_RECORD_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        "None is one zero byte"
+    );
+    check_golden("session_record.bin", &r);
+
+    let m = session_map();
+    assert_eq!(le_u64(&m, 0), 2, "entry count");
+    assert_eq!(&m[16..20], b"cart", "names ascending");
+    assert_eq!(decode_session_map(&m).unwrap().len(), 2);
+    check_golden("session_map.bin", &m);
+    // Hostile bytes are damage, never a panic or a huge allocation.
+    assert!(decode_session_record(&[2]).is_err(), "unknown version");
+    assert!(decode_session_record(&r[..r.len() - 1]).is_err(), "truncated");
+    let mut huge = m.clone();
+    huge[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(decode_session_map(&huge).is_err(), "impossible count");
+    assert!(
+        decode_session_map(&[m.as_slice(), &[0]].concat()).is_err(),
+        "trailing bytes"
+    );
 }
 
 #[test]
@@ -452,12 +509,14 @@ fn doc_example(name: &str) -> Vec<u8> {
 
 #[test]
 fn docs_examples_match_the_encoder() {
-    let examples: [(&str, Vec<u8>); 5] = [
+    let examples: [(&str, Vec<u8>); 7] = [
         ("segment_header", segment_header().to_vec()),
         ("record_one_put", one_put_record()),
         ("payload_one_put", payload(&one_put())),
         ("payload_one_touch", payload(&one_touch())),
         ("snapshot_one_entry", one_entry_snapshot()),
+        ("session_record", session_record()),
+        ("session_map", session_map()),
     ];
     for (name, bytes) in examples {
         let documented = doc_example(name);

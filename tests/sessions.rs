@@ -461,3 +461,44 @@ fn typed_sessions_and_limits() {
     let v = store.load(&id).unwrap().unwrap().version;
     assert!(matches!(store.save(&id, &big, v), Err(Error::TooLarge { .. })));
 }
+
+#[test]
+fn framework_writes_create_with_id_set_and_replace() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = open(dir.path(), &clock);
+    let id = store.create_for_user(b"ada", b"v1", HOUR).unwrap();
+
+    assert!(
+        !store.create_with_id(&id, b"intruder", HOUR).unwrap(),
+        "a taken id is refused"
+    );
+    assert_eq!(store.load(&id).unwrap().unwrap().data, b"v1", "and left alone");
+    let fresh = SessionId::generate().unwrap();
+    assert_eq!(
+        store.replace(&fresh, b"x", HOUR).unwrap(),
+        None,
+        "replace needs a session"
+    );
+    assert!(store.load(&fresh).unwrap().is_none());
+    assert!(store.create_with_id(&fresh, b"mine", HOUR).unwrap());
+
+    // set: last writer wins whatever the version, a new deadline, the user kept and indexed.
+    clock.advance(Duration::from_secs(1800));
+    let v = store.set(&id, b"v2", HOUR).unwrap();
+    let s = store.load(&id).unwrap().unwrap();
+    assert_eq!((s.data.as_slice(), s.version), (&b"v2"[..], v));
+    assert_eq!(s.user.as_deref(), Some(&b"ada"[..]));
+    assert_eq!(s.expires_at_ms, Some(T0 + 1_800_000 + 3_600_000));
+    clock.advance(Duration::from_secs(3000)); // past the first deadline, before the new one
+    assert_eq!(
+        store.sessions_of(b"ada").unwrap(),
+        vec![id],
+        "the index entry moved with it"
+    );
+    assert!(store.replace(&id, b"v3", HOUR).unwrap().is_some());
+    // set creates a session that does not exist.
+    let other = SessionId::generate().unwrap();
+    store.set(&other, b"new", HOUR).unwrap();
+    assert_eq!(store.load(&other).unwrap().unwrap().data, b"new");
+}

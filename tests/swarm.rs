@@ -30,71 +30,9 @@ use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Batch, Db, Durability, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
 mod common;
+mod swarm_support;
 use common::Rng;
-
-type State = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
-
-#[derive(Debug, Clone)]
-enum Op {
-    Put(Vec<u8>, Vec<u8>, Option<u64>),
-    Delete(Vec<u8>),
-    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
-    /// A put with `Durability::Lazy` / `Durability::Immediate`.
-    Lazy(Vec<u8>, Vec<u8>),
-    Immediate(Vec<u8>, Vec<u8>),
-    /// A touch with a TTL in ms, and whether the model says the key is live (it must succeed).
-    Touch(Vec<u8>, u64, bool),
-    /// `put_if_version` with the live version (`true`: must succeed) or a stale one (must
-    /// conflict and write nothing).
-    Cas(Vec<u8>, Vec<u8>, bool),
-}
-
-fn apply(state: &mut State, op: &Op, now_ms: u64) {
-    match op {
-        Op::Put(k, v, ttl) => {
-            state.insert(k.clone(), (v.clone(), ttl.map_or(0, |t| now_ms + t)));
-        }
-        Op::Delete(k) => {
-            state.remove(k);
-        }
-        Op::Batch(ops) => {
-            for (k, v) in ops {
-                match v {
-                    Some(v) => state.insert(k.clone(), (v.clone(), 0)),
-                    None => state.remove(k),
-                };
-            }
-        }
-        Op::Lazy(k, v) | Op::Immediate(k, v) | Op::Cas(k, v, true) => {
-            state.insert(k.clone(), (v.clone(), 0));
-        }
-        Op::Cas(_, _, false) => {}
-        Op::Touch(k, ttl, _) => {
-            if let Some((_, exp)) = state.get_mut(k) {
-                if *exp == 0 || *exp > now_ms {
-                    *exp = now_ms + ttl;
-                }
-            }
-        }
-    }
-}
-
-/// The live entries of `state`, with their deadlines.
-fn live_entries(state: &State, now_ms: u64) -> State {
-    state
-        .iter()
-        .filter(|(_, (_, exp))| *exp == 0 || *exp > now_ms)
-        .map(|(k, e)| (k.clone(), e.clone()))
-        .collect()
-}
-
-fn visible(state: &State, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    state
-        .iter()
-        .filter(|(_, (_, exp))| *exp == 0 || *exp > now_ms)
-        .map(|(k, (v, _))| (k.clone(), v.clone()))
-        .collect()
-}
+use swarm_support::{apply, recovered_prefix, visible, Op, State};
 
 /// Which kinds of steps a seed may take. Seeds that found bugs replay with the kinds they had.
 #[derive(Clone, Copy)]
@@ -413,18 +351,7 @@ impl Run {
                 Err(e) => panic!("{what}: scan failed: {e}"),
             }
         };
-        let mut state = self.base.clone();
-        let mut candidates = Vec::new();
-        for k in 0..=self.issued.len() {
-            if k > 0 {
-                let (op, at) = &self.issued[k - 1];
-                apply(&mut state, op, *at);
-            }
-            if k >= self.must_survive && live_entries(&state, now) == got {
-                candidates.push((k, state.clone()));
-            }
-        }
-        let Some((_, state)) = candidates.pop() else {
+        let Some((_, state)) = recovered_prefix(&self.base, &self.issued, self.must_survive, &got, now) else {
             panic!(
                 "{what}: recovered {} keys, which is no prefix of the {} issued operations holding the {} that must survive",
                 got.len(),

@@ -118,19 +118,31 @@ pub(crate) fn scan_segment(
                 supported: format::FORMAT_VERSION,
             })
         }
-        HeaderState::Zero if input.is_last => {
-            scan.dirty_end = nonzero_end(b) as u64;
-            return Ok(scan);
+        HeaderState::Zero if nonzero_end(b) == 0 => {
+            if input.is_last {
+                return Ok(scan);
+            }
+            return damaged_file(input, 0, "segment was never written but later segments exist", scan);
         }
-        HeaderState::Zero => return damaged_file(input, 0, "segment was never written but later segments exist", scan),
-        HeaderState::Damaged(d) => {
+        // A zero header with data after it is no unused spare: the header's sectors of a torn
+        // activation stayed zero (or durable bytes were zeroed). Judged as a damaged header:
+        // erased only as an unvouched torn activation, never in `Strict`.
+        state @ (HeaderState::Zero | HeaderState::Damaged(_)) => {
+            let d = match state {
+                HeaderState::Damaged(d) => d,
+                _ => format::Damage {
+                    offset: 0,
+                    reason: "segment header is zero but data follows it".to_string(),
+                },
+            };
             // The header went to disk with the segment's first records: it was durable iff a
             // later record's durable_seq reaches the segment's first sequence number (known from
             // the previous segment, else the lowest sequence number found in this one).
             let first = input
                 .expected_seq
                 .or_else(|| find_record(input, SEGMENT_HEADER_SIZE, 0, None).map(|(_, r)| r.seq));
-            let vouched = first.is_some_and(|f| find_record(input, SEGMENT_HEADER_SIZE, f - 1, Some(f)).is_some());
+            let vouched =
+                first.is_some_and(|f| find_record(input, SEGMENT_HEADER_SIZE, f.saturating_sub(1), Some(f)).is_some());
             // A torn activation (the header and the first records were one unsynced write) can
             // only leave a preallocated segment: full size, zeros after what was written. Any
             // other file with a bad header is not a segment of ours and is refused, not erased.

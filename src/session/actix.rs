@@ -1,0 +1,110 @@
+//! A store for [actix-session] 0.11, behind the `actix-session` feature.
+//!
+//! [`ActixStore`] implements `actix_session::storage::SessionStore`:
+//! - session keys are [`SessionId`] strings (22 URL-safe characters, 128 random bits); a key
+//!   that does not parse loads as no session;
+//! - the state (`HashMap<String, String>`) is kept as a JSON object; the time-to-live as the
+//!   entry's deadline, so `load` never returns an expired session;
+//! - `update` replaces the state whatever its version (actix-session's interface carries
+//!   none); like actix-session's Redis store, when the session is gone it creates a new one
+//!   under a fresh key; `update_ttl` is a [`SessionStore::touch`];
+//! - every engine call runs on tokio's blocking pool, so an fsync never stalls a worker.
+//!
+//! [actix-session]: https://docs.rs/actix-session/0.11
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_session::storage::{LoadError, SaveError, SessionKey, UpdateError};
+
+use super::{off_executor, SessionId, SessionStore};
+
+/// actix-session's `SessionStore` over a [`SessionStore`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ActixStore {
+    sessions: SessionStore,
+}
+
+impl ActixStore {
+    /// The adapter over `sessions`.
+    pub fn new(sessions: SessionStore) -> ActixStore {
+        ActixStore { sessions }
+    }
+
+    /// The session store underneath.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
+    }
+}
+
+type State = HashMap<String, String>;
+
+/// A negative time-to-live means "already expired".
+fn std_ttl(ttl: &time::Duration) -> Duration {
+    Duration::try_from(*ttl).unwrap_or(Duration::ZERO)
+}
+
+fn parse(key: &SessionKey) -> Option<SessionId> {
+    key.as_ref().parse().ok()
+}
+
+fn key_of(id: SessionId) -> Result<SessionKey, anyhow::Error> {
+    SessionKey::try_from(id.to_string()).map_err(anyhow::Error::new)
+}
+
+impl actix_session::storage::SessionStore for ActixStore {
+    async fn load(&self, key: &SessionKey) -> Result<Option<State>, LoadError> {
+        let Some(id) = parse(key) else { return Ok(None) };
+        let session = off_executor(&self.sessions, move |s| s.load(&id))
+            .await
+            .map_err(|e| LoadError::Other(e.into()))?;
+        match session {
+            None => Ok(None),
+            Some(session) => serde_json::from_slice(&session.data)
+                .map(Some)
+                .map_err(|e| LoadError::Deserialization(e.into())),
+        }
+    }
+
+    async fn save(&self, state: State, ttl: &time::Duration) -> Result<SessionKey, SaveError> {
+        let data = serde_json::to_vec(&state).map_err(|e| SaveError::Serialization(e.into()))?;
+        let ttl = std_ttl(ttl);
+        let id = off_executor(&self.sessions, move |s| s.create(&data, ttl))
+            .await
+            .map_err(|e| SaveError::Other(e.into()))?;
+        key_of(id).map_err(SaveError::Other)
+    }
+
+    async fn update(&self, key: SessionKey, state: State, ttl: &time::Duration) -> Result<SessionKey, UpdateError> {
+        let data = serde_json::to_vec(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
+        let ttl = std_ttl(ttl);
+        let old = parse(&key);
+        let id = off_executor(&self.sessions, move |s| {
+            if let Some(id) = old {
+                if s.replace(&id, &data, ttl)?.is_some() {
+                    return Ok(None);
+                }
+            }
+            s.create(&data, ttl).map(Some)
+        })
+        .await
+        .map_err(|e| UpdateError::Other(e.into()))?;
+        match id {
+            None => Ok(key),
+            Some(fresh) => key_of(fresh).map_err(UpdateError::Other),
+        }
+    }
+
+    async fn update_ttl(&self, key: &SessionKey, ttl: &time::Duration) -> Result<(), anyhow::Error> {
+        let Some(id) = parse(key) else { return Ok(()) };
+        let ttl = std_ttl(ttl);
+        off_executor(&self.sessions, move |s| s.touch(&id, ttl)).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &SessionKey) -> Result<(), anyhow::Error> {
+        let Some(id) = parse(key) else { return Ok(()) };
+        off_executor(&self.sessions, move |s| s.destroy(&id)).await?;
+        Ok(())
+    }
+}

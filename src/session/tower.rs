@@ -1,0 +1,167 @@
+//! A store for [tower-sessions] 0.15 (axum and other tower services), behind the
+//! `tower-sessions` feature.
+//!
+//! [`TowerStore`] implements `tower_sessions_core::SessionStore` and `ExpiredDeletion`:
+//! - ids are the framework's 128-bit ids, kept as [`SessionId`]s (same bytes, same string
+//!   form); `create` draws a fresh id when the framework's one is taken, never overwriting;
+//! - the record's data is kept as JSON (bincode cannot encode `serde_json::Value`), its
+//!   `expiry_date` as the entry's deadline, so `load` never returns an expired session and
+//!   the engine's sweeper and checkpoints drop them;
+//! - `save` is the framework's "last writer wins" ([`SessionStore::set`]), since its records
+//!   carry no versions; a record saved already expired deletes the session;
+//! - every engine call runs on tokio's blocking pool (`spawn_blocking`), so an fsync never
+//!   stalls an executor thread.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use sessiondb::session::{tower::TowerStore, SessionStore};
+//! use tower_sessions::{Expiry, SessionManagerLayer};
+//!
+//! let store = TowerStore::new(SessionStore::open("sessions")?);
+//! let layer = SessionManagerLayer::new(store)
+//!     .with_expiry(Expiry::OnInactivity(time::Duration::minutes(30)));
+//! # let _ = layer; Ok(()) }
+//! ```
+//!
+//! [tower-sessions]: https://docs.rs/tower-sessions/0.15
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_core::session_store::{self, ExpiredDeletion};
+
+use super::{off_executor, AdapterError, SessionId, SessionStore};
+
+/// tower-sessions' `SessionStore` over a [`SessionStore`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TowerStore {
+    sessions: SessionStore,
+}
+
+impl TowerStore {
+    /// The adapter over `sessions`.
+    pub fn new(sessions: SessionStore) -> TowerStore {
+        TowerStore { sessions }
+    }
+
+    /// The session store underneath.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
+    }
+}
+
+fn to_id(id: &Id) -> SessionId {
+    SessionId::from_bytes(id.0.to_le_bytes())
+}
+
+fn from_id(id: &SessionId) -> Id {
+    Id(i128::from_le_bytes(*id.as_bytes()))
+}
+
+fn backend(e: AdapterError) -> session_store::Error {
+    session_store::Error::Backend(e.to_string())
+}
+
+/// The time-to-live left until `expiry` by the store's clock, or `None` if it has passed.
+fn ttl_until(sessions: &SessionStore, expiry: OffsetDateTime) -> Option<Duration> {
+    let deadline_ms = expiry.unix_timestamp_nanos() / 1_000_000;
+    let left = deadline_ms - i128::from(sessions.db().now_ms());
+    (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX)))
+}
+
+/// The latest instant `time` can show without its `large-dates` feature, for a session that has
+/// no deadline (one written without a time-to-live through the Rust API).
+fn far_future() -> OffsetDateTime {
+    // 9999-12-31T23:59:59Z.
+    OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+    serde_json::to_vec(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))
+}
+
+#[async_trait]
+impl tower_sessions_core::SessionStore for TowerStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        let data = encode(record)?;
+        let (expiry, first) = (record.expiry_date, to_id(&record.id));
+        let id = off_executor(&self.sessions, move |s| {
+            // A record already expired is stored as nothing, like a save of one; its id still
+            // must not be a live session's.
+            let ttl = ttl_until(s, expiry).unwrap_or(Duration::ZERO);
+            let mut id = first;
+            for _ in 0..s.opts.retries_max {
+                if s.create_with_id(&id, &data, ttl)? {
+                    return Ok(Some(id));
+                }
+                id = SessionId::generate()?;
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(backend)?;
+        match id {
+            Some(id) => {
+                record.id = from_id(&id);
+                Ok(())
+            }
+            None => Err(session_store::Error::Backend(
+                "no free session id after many draws".into(),
+            )),
+        }
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let data = encode(record)?;
+        let (id, expiry) = (to_id(&record.id), record.expiry_date);
+        off_executor(&self.sessions, move |s| match ttl_until(s, expiry) {
+            Some(ttl) => s.set(&id, &data, ttl).map(drop),
+            None => s.destroy(&id).map(drop),
+        })
+        .await
+        .map_err(backend)
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let sid = to_id(id);
+        let Some(session) = off_executor(&self.sessions, move |s| s.load(&sid))
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let data = serde_json::from_slice(&session.data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        let expiry_date = match session.expires_at_ms {
+            Some(ms) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+            None => far_future(),
+        };
+        Ok(Some(Record {
+            id: *id,
+            data,
+            expiry_date,
+        }))
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        let sid = to_id(id);
+        off_executor(&self.sessions, move |s| s.destroy(&sid).map(drop))
+            .await
+            .map_err(backend)
+    }
+}
+
+#[async_trait]
+impl ExpiredDeletion for TowerStore {
+    /// Drops every expired session from memory now. Expired sessions are never returned
+    /// anyway, and the engine's sweeper drops them a little at a time; this is for
+    /// `continuously_delete_expired`.
+    async fn delete_expired(&self) -> session_store::Result<()> {
+        off_executor(&self.sessions, |s| Ok(s.purge_expired()))
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+}

@@ -1,0 +1,226 @@
+//! The web-framework adapters, through each framework's own trait (and actix-session's
+//! middleware): tower-sessions 0.15 and actix-session 0.11.
+//!
+//! Scenario: `TowerStore` / `ActixStore` over a real store with a `ManualClock`, called as the
+//! frameworks call them. Invariants: a record round-trips (data and deadline); `create` never
+//! overwrites a live session, drawing another id; nothing expired is loaded; a record saved
+//! already expired removes the session; `update_ttl` slides the deadline; an `update` of a
+//! session that is gone creates a new one under a fresh key; malformed keys load as nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_session::storage::{SessionKey, SessionStore as _};
+use sessiondb::session::actix::ActixStore;
+use sessiondb::session::tower::TowerStore;
+use sessiondb::session::{SessionId, SessionStore};
+use sessiondb::{Db, ManualClock, Options, SyncMode};
+use time::OffsetDateTime;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_core::{ExpiredDeletion, SessionStore as _};
+
+const T0: u64 = 1_700_000_000_000;
+const HOUR_MS: u64 = 3_600_000;
+
+fn open(dir: &Path, clock: &ManualClock) -> SessionStore {
+    let opts = Options::new()
+        .sync_mode(SyncMode::Never)
+        .auto_checkpoint(false)
+        .sweep_interval(None)
+        .clock(Arc::new(clock.clone()));
+    SessionStore::new(Db::open_with(dir, opts).expect("open"))
+}
+
+fn at(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("in range")
+}
+
+fn record(id: Id, n: u64, expiry_ms: u64) -> Record {
+    let mut data = HashMap::new();
+    data.insert("n".to_string(), serde_json::json!(n));
+    data.insert("name".to_string(), serde_json::json!({"first": "Ada", "tags": [1, 2]}));
+    Record {
+        id,
+        data,
+        expiry_date: at(expiry_ms),
+    }
+}
+
+fn tower_id(id: &SessionId) -> Id {
+    Id(i128::from_le_bytes(*id.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_round_trip_save_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = TowerStore::new(open(dir.path(), &clock));
+
+    let mut rec = record(Id::default(), 1, T0 + HOUR_MS);
+    store.create(&mut rec).await.unwrap();
+    let loaded = store.load(&rec.id).await.unwrap().expect("created session loads");
+    assert_eq!(loaded, rec, "data, id and deadline round-trip");
+
+    let rec2 = record(rec.id, 2, T0 + 2 * HOUR_MS);
+    store.save(&rec2).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec2.clone()), "save replaces");
+    // The same session through the engine's API: same id string, JSON data.
+    let sid: SessionId = rec.id.to_string().parse().expect("tower ids are SessionIds");
+    let s = store.sessions().load(&sid).unwrap().expect("visible to SessionStore");
+    assert_eq!(s.expires_at_ms, Some(T0 + 2 * HOUR_MS));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&s.data).unwrap()["n"], 2);
+
+    store.delete(&rec.id).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), None, "deleted");
+    // Saving a session that is gone creates it again (the framework's contract for save).
+    store.save(&rec2).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_create_never_overwrites_a_live_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let sessions = open(dir.path(), &clock);
+    let taken = sessions
+        .create(b"{\"owner\":\"first\"}", Duration::from_secs(3600))
+        .unwrap();
+    let store = TowerStore::new(sessions.clone());
+
+    // The framework proposes an id that is taken: the store must pick another.
+    let mut rec = record(tower_id(&taken), 7, T0 + HOUR_MS);
+    store.create(&mut rec).await.unwrap();
+    assert_ne!(rec.id, tower_id(&taken), "create moved the record to a fresh id");
+    assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec.clone()));
+    let first = sessions
+        .load(&taken)
+        .unwrap()
+        .expect("the first session is still there");
+    assert_eq!(first.data, b"{\"owner\":\"first\"}", "and unchanged");
+    assert_eq!(sessions.count().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_never_loads_expired_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = TowerStore::new(open(dir.path(), &clock));
+
+    let mut short = record(Id::default(), 1, T0 + 1_000);
+    let mut long = record(Id::default(), 2, T0 + HOUR_MS);
+    store.create(&mut short).await.unwrap();
+    store.create(&mut long).await.unwrap();
+    clock.advance(Duration::from_millis(999));
+    assert!(
+        store.load(&short.id).await.unwrap().is_some(),
+        "live until its deadline"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.load(&short.id).await.unwrap(), None, "expired at its deadline");
+
+    // A record saved with its expiry already past removes the session.
+    let past = record(long.id, 3, T0);
+    store.save(&past).await.unwrap();
+    assert_eq!(store.load(&long.id).await.unwrap(), None);
+    // And one created already expired is never visible.
+    let mut dead = record(Id::default(), 4, T0 - 1);
+    store.create(&mut dead).await.unwrap();
+    assert_eq!(store.load(&dead.id).await.unwrap(), None);
+
+    store.delete_expired().await.unwrap();
+    assert_eq!(store.sessions().count().unwrap(), 0);
+}
+
+/// `SessionKey` is not `Clone`; the framework hands each call its own.
+fn copy(key: &SessionKey) -> SessionKey {
+    SessionKey::try_from(key.as_ref().to_string()).unwrap()
+}
+
+fn state(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_save_update_ttl_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = ActixStore::new(open(dir.path(), &clock));
+    let minute = time::Duration::minutes(1);
+
+    let key = store.save(state(&[("user", "\"ada\"")]), &minute).await.unwrap();
+    assert!(key.as_ref().parse::<SessionId>().is_ok(), "keys are session ids");
+    assert_eq!(store.load(&key).await.unwrap(), Some(state(&[("user", "\"ada\"")])));
+
+    let same = store
+        .update(copy(&key), state(&[("user", "\"ada\""), ("cart", "3")]), &minute)
+        .await
+        .unwrap();
+    assert_eq!(same.as_ref(), key.as_ref(), "an update of a live session keeps its key");
+    assert_eq!(store.load(&key).await.unwrap().unwrap().len(), 2);
+
+    // Sliding expiry: after 50 s, extend by a minute; at 100 s it is still live.
+    clock.advance(Duration::from_secs(50));
+    store.update_ttl(&key, &minute).await.unwrap();
+    clock.advance(Duration::from_secs(50));
+    assert!(
+        store.load(&key).await.unwrap().is_some(),
+        "update_ttl moved the deadline"
+    );
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        None,
+        "expired a minute after the touch"
+    );
+
+    // Updating a session that is gone creates a new one under a fresh key.
+    let fresh = store.update(copy(&key), state(&[("a", "1")]), &minute).await.unwrap();
+    assert_ne!(fresh.as_ref(), key.as_ref());
+    assert_eq!(store.load(&fresh).await.unwrap(), Some(state(&[("a", "1")])));
+
+    store.delete(&fresh).await.unwrap();
+    assert_eq!(store.load(&fresh).await.unwrap(), None);
+
+    // Keys that are not ids load as nothing; deleting or touching them is a no-op.
+    let bogus = SessionKey::try_from("not-a-session-id".to_string()).unwrap();
+    assert_eq!(store.load(&bogus).await.unwrap(), None);
+    store.update_ttl(&bogus, &minute).await.unwrap();
+    store.delete(&bogus).await.unwrap();
+    // A negative time-to-live stores an already expired session.
+    let gone = store.save(state(&[]), &time::Duration::seconds(-5)).await.unwrap();
+    assert_eq!(store.load(&gone).await.unwrap(), None);
+}
+
+async fn count_visits(session: actix_session::Session) -> actix_web::Result<String> {
+    let n = session.get::<u64>("visits")?.unwrap_or(0) + 1;
+    session.insert("visits", n)?;
+    Ok(n.to_string())
+}
+
+#[actix_web::test]
+async fn actix_middleware_keeps_a_counter_in_the_store() {
+    use actix_web::{test, web, App};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ActixStore::new(SessionStore::open(dir.path()).unwrap());
+    let sessions = store.sessions().clone();
+    let key = actix_web::cookie::Key::generate();
+    let app = test::init_service(
+        App::new()
+            .wrap(actix_session::SessionMiddleware::new(store, key))
+            .route("/", web::get().to(count_visits)),
+    )
+    .await;
+
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
+    let cookie = resp.response().cookies().next().expect("a session cookie").into_owned();
+    assert_eq!(test::read_body(resp).await, "1");
+    for expected in ["2", "3"] {
+        let req = test::TestRequest::get().uri("/").cookie(cookie.clone()).to_request();
+        let resp = test::call_service(&app, req).await;
+        assert_eq!(test::read_body(resp).await, expected);
+    }
+    assert_eq!(sessions.count().unwrap(), 1, "one visitor, one session in the store");
+}

@@ -1,0 +1,266 @@
+//! Target `record_decode`: bytes as a log segment through the recovery decision table
+//! (`wal/reader.rs`), in all three recovery modes.
+//!
+//! Input: a first byte that picks raw bytes (even) or a structured [`SegmentSpec`] (odd), and
+//! whether the segment is the log's last and its expected first sequence number is known.
+//! Invariants: the reader never panics and never allocates from a length field (the capped
+//! allocator); it ends in a clean end, a torn tail or an error naming corruption or an
+//! unsupported format; what it replays are valid, consecutive records inside the file; only
+//! the last segment outside `Strict` may have bytes cut; a cut is never vouched for by a later
+//! record (docs/design.md, "Vouching"); `Strict` ⊆ `TolerateTornTail` ⊆ `Salvage` in what they
+//! accept, agreeing where they both accept; a pristine spec reads back whole.
+
+use arbitrary::{Arbitrary, Unstructured};
+use sessiondb::format::{self, RecordState, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use sessiondb::inspect::fuzzing::{self, SegmentOutcome};
+use sessiondb::limits::RECORD_PAYLOAD_MAX;
+use sessiondb::{Error, RecoveryMode};
+
+use super::spec::{SegmentSpec, SEGMENT_BYTES};
+
+/// One input, decoded.
+struct Case {
+    bytes: Vec<u8>,
+    segment_id: u64,
+    is_last: bool,
+    expected_seq: Option<u64>,
+    /// Records a pristine spec wrote (all must be read back), if pristine.
+    pristine_records: Option<usize>,
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_input(data: &[u8]) -> Option<Case> {
+    let (&sel, rest) = data.split_first()?;
+    let is_last = sel & 2 != 0;
+    if sel & 1 == 0 {
+        // Raw bytes (the seed corpus holds real segments): the id the header names, so a real
+        // segment's records verify; the expected first sequence number, its header's.
+        let id = u64_at(rest, 16).unwrap_or(1);
+        // NOTE: recovery never expects sequence number 0 (the log starts at 1).
+        let expected_seq =
+            (sel & 4 != 0).then(|| u64_at(rest, 24).unwrap_or(1).wrapping_add(u64::from(sel >> 6)).max(1));
+        let mut bytes = rest.to_vec();
+        if sel & 8 != 0 && bytes.len() < SEGMENT_BYTES {
+            // Seeds keep a segment's non-zero prefix; the zeros of its preallocation come back.
+            bytes.resize(SEGMENT_BYTES, 0);
+        }
+        return Some(Case {
+            bytes,
+            segment_id: id,
+            is_last,
+            expected_seq,
+            pristine_records: None,
+        });
+    }
+    let mut u = Unstructured::new(rest);
+    let spec = SegmentSpec::arbitrary(&mut u).ok()?;
+    let id = 1 + u64::from(sel >> 4);
+    let next = 1 + u64::from(u8::arbitrary(&mut u).unwrap_or(0));
+    let built = spec.build(id, next);
+    let expected_seq = (sel & 4 != 0).then_some(next);
+    Some(Case {
+        bytes: built.bytes,
+        segment_id: id,
+        is_last,
+        expected_seq,
+        // A never-activated segment is pristine only as the log's last (a spare).
+        pristine_records: (built.pristine && (is_last || built.first_seq.is_some())).then_some(built.records),
+    })
+}
+
+/// The target.
+pub fn run(data: &[u8]) {
+    let Some(case) = decode_input(data) else {
+        return;
+    };
+    let scan = |mode| fuzzing::scan_segment(&case.bytes, case.segment_id, case.is_last, mode, case.expected_seq);
+    let strict = scan(RecoveryMode::Strict);
+    let tolerant = scan(RecoveryMode::TolerateTornTail);
+    let salvage = scan(RecoveryMode::Salvage);
+    for (mode, r) in [("strict", &strict), ("tolerant", &tolerant), ("salvage", &salvage)] {
+        match r {
+            Ok(o) => check_outcome(&case, o, mode == "salvage"),
+            Err(Error::Corruption { .. }) if mode != "salvage" => {}
+            Err(Error::UnsupportedFormat { .. }) => {}
+            Err(e) => panic!("{mode}: the reader failed with an error of the wrong kind: {e}"),
+        }
+    }
+    if let Ok(o) = &strict {
+        assert_eq!(
+            o.dirty_end, o.valid_end,
+            "strict accepted a segment and would cut bytes"
+        );
+        assert_eq!(
+            tolerant.as_ref().ok(),
+            Some(o),
+            "strict accepted what tolerant did not, or read it otherwise"
+        );
+    }
+    if let Ok(o) = &tolerant {
+        if !case.is_last {
+            assert_eq!(
+                o.dirty_end, o.valid_end,
+                "tolerant would cut bytes from a segment that is not the last"
+            );
+        }
+        assert_eq!(o.skipped, 0);
+        assert_eq!(
+            salvage.as_ref().ok(),
+            Some(o),
+            "salvage read what tolerant accepted otherwise"
+        );
+        if o.dirty_end > o.valid_end {
+            check_unvouched(&case, o);
+        }
+    }
+    let unsupported = |r: &Result<SegmentOutcome, Error>| matches!(r, Err(Error::UnsupportedFormat { .. }));
+    assert_eq!(
+        unsupported(&strict),
+        unsupported(&salvage),
+        "modes disagree on the format version"
+    );
+    assert_eq!(
+        unsupported(&tolerant),
+        unsupported(&salvage),
+        "modes disagree on the format version"
+    );
+    if let Some(n) = case.pristine_records {
+        let o = strict
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a pristine segment was refused: {e}"));
+        assert_eq!(o.records.len(), n, "a pristine segment lost records");
+    }
+    for o in [&strict, &tolerant, &salvage].into_iter().flatten() {
+        for r in &o.records {
+            let at = r.offset as usize;
+            check_payload(&case.bytes[at + RECORD_HEADER_SIZE..at + r.len as usize]);
+        }
+    }
+}
+
+/// An accepted outcome: valid records, in order, inside the file.
+fn check_outcome(case: &Case, o: &SegmentOutcome, salvage: bool) {
+    let len = case.bytes.len() as u64;
+    assert!(o.valid_end <= len && o.dirty_end <= len, "ends past the file: {o:?}");
+    assert!(
+        o.valid_end <= o.dirty_end || o.dirty_end == 0 && o.valid_end == 0,
+        "{o:?}"
+    );
+    let mut end = SEGMENT_HEADER_SIZE as u64;
+    let mut prev: Option<u64> = None;
+    for r in &o.records {
+        assert!(r.offset >= end, "records overlap or precede the header: {o:?}");
+        let at = r.offset as usize;
+        match format::decode_record(&case.bytes[at..], case.segment_id, RECORD_PAYLOAD_MAX) {
+            RecordState::Valid(v) => {
+                assert_eq!(
+                    (v.seq, v.len as u64),
+                    (r.seq, r.len),
+                    "replayed record differs from its bytes"
+                )
+            }
+            other => panic!("replayed a record that does not verify: {other:?}"),
+        }
+        match prev {
+            Some(p) if salvage => assert!(r.seq > p, "salvage replayed sequence numbers out of order"),
+            Some(p) => assert_eq!(r.seq, p + 1, "replayed sequence numbers are not consecutive"),
+            None if !salvage => {
+                assert_eq!(Some(r.seq), o.first_seq, "the first record is not the header's first");
+                if let Some(e) = case.expected_seq {
+                    assert_eq!(r.seq, e, "the first record is not the expected one");
+                }
+            }
+            None => {}
+        }
+        prev = Some(r.seq);
+        end = r.offset + r.len;
+    }
+    if !salvage {
+        match (o.first_seq, o.records.last()) {
+            (Some(_), Some(r)) => assert_eq!(o.valid_end, r.offset + r.len),
+            (Some(_), None) => assert_eq!(o.valid_end, SEGMENT_HEADER_SIZE as u64),
+            (None, _) => assert!(o.records.is_empty() && o.valid_end == 0),
+        }
+    }
+}
+
+/// A torn tail was cut: no later valid record may say the damaged position had been fsynced.
+fn check_unvouched(case: &Case, o: &SegmentOutcome) {
+    let b = &case.bytes;
+    let nonzero = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    // Records of the one kind the engine writes (others are reserved: damage, never a witness).
+    let valid_at = |p: usize| match format::decode_record(&b[p..], case.segment_id, RECORD_PAYLOAD_MAX) {
+        RecordState::Valid(r) if r.durable_seq < r.seq && r.kind == format::KIND_OPS => Some(r),
+        _ => None,
+    };
+    // The sequence number expected where the damage is, and where later records start.
+    let (expect, from) = match (o.records.last(), o.first_seq) {
+        (Some(r), _) => (r.seq + 1, o.valid_end as usize + 1),
+        (None, Some(f)) => (f, o.valid_end as usize + 1),
+        // No usable header: the segment's first record is the expected one, else the first
+        // valid record in it.
+        (None, None) => {
+            let first = case
+                .expected_seq
+                .or_else(|| (SEGMENT_HEADER_SIZE..nonzero).find_map(|p| valid_at(p).map(|r| r.seq)));
+            match first {
+                Some(f) => (f, SEGMENT_HEADER_SIZE),
+                None => return,
+            }
+        }
+    };
+    // The reader's plausibility bound (`find_record`): within a segment, sequence numbers grow
+    // by one per record, so a record claiming one further ahead than records fit is not ours.
+    let seq_max = if expect <= 1 {
+        u64::MAX
+    } else {
+        (expect - 1).saturating_add((b.len() / RECORD_HEADER_SIZE) as u64 + 1)
+    };
+    for p in from..nonzero {
+        if let Some(r) = valid_at(p) {
+            assert!(
+                !(r.seq >= expect && r.seq <= seq_max && r.durable_seq >= expect),
+                "cut a torn tail at {} (expecting {expect}, header {:?}, given {:?}) that the record at {p} (seq {}, durable {}) vouches for",
+                o.valid_end,
+                o.first_seq,
+                case.expected_seq,
+                r.seq,
+                r.durable_seq
+            );
+        }
+    }
+}
+
+/// A payload that decodes re-encodes to the same bytes (the encoding is canonical).
+pub fn check_payload(payload: &[u8]) {
+    if let Ok(ops) = format::decode_ops(payload) {
+        let mut again = Vec::new();
+        format::encode_ops(&mut again, &ops);
+        assert_eq!(again, payload, "a payload decoded but re-encodes differently");
+    }
+}
+
+pub fn debug(data: &[u8]) {
+    let case = decode_input(data).unwrap();
+    eprintln!(
+        "id {} last {} expected {:?} len {}",
+        case.segment_id,
+        case.is_last,
+        case.expected_seq,
+        case.bytes.len()
+    );
+    eprintln!("{:02x?}", &case.bytes[..case.bytes.len().min(200)]);
+    for m in [
+        RecoveryMode::Strict,
+        RecoveryMode::TolerateTornTail,
+        RecoveryMode::Salvage,
+    ] {
+        eprintln!(
+            "{m:?}: {:?}",
+            fuzzing::scan_segment(&case.bytes, case.segment_id, case.is_last, m, case.expected_seq)
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Target `snapshot_decode`: bytes as a snapshot file through the loader recovery uses, the
+//! block-by-block check `verify` uses, and the rebuild `repair` does.
+//!
+//! Input: a first byte that picks raw bytes (even) or a structured [`SnapshotSpec`] (odd); raw
+//! inputs take the base sequence number from their header, so real snapshots load.
+//! Invariants: no panic, no allocation from a length field; the loader returns the entries or
+//! an error naming corruption or an unsupported format; loaded keys ascend strictly, sequence
+//! numbers are not 0, the count is the footer's; the loader and `verify` agree on whether the
+//! file is intact; a rebuilt (salvaged) snapshot always loads, holding only entries of the
+//! original, all of them when it was intact; a pristine spec loads exactly as written.
+
+use arbitrary::{Arbitrary, Unstructured};
+use sessiondb::inspect::fuzzing::{self, DecodedSnapshot};
+use sessiondb::Error;
+
+use super::spec::{Item, SnapshotSpec};
+
+/// One decoded input: the bytes, the base in the file name, the entries a pristine spec holds.
+type Case = (Vec<u8>, u64, Option<Vec<Item>>);
+
+fn decode_input(data: &[u8]) -> Option<Case> {
+    let (&sel, rest) = data.split_first()?;
+    if sel & 1 == 0 {
+        let base = rest
+            .get(16..24)
+            .map_or(1, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        // NOTE: a base comes from a file name, which is never above SEQ_MAX (layout.rs).
+        let base = base.wrapping_add(u64::from(sel >> 6)).min(sessiondb::limits::SEQ_MAX);
+        return Some((rest.to_vec(), base, None));
+    }
+    let mut u = Unstructured::new(rest);
+    let spec = SnapshotSpec::arbitrary(&mut u).ok()?;
+    let base = u64::from(u16::arbitrary(&mut u).unwrap_or(0));
+    let built = spec.build(base);
+    let pristine = built.pristine.then_some(built.entries);
+    Some((built.bytes, base, pristine))
+}
+
+/// The target.
+pub fn run(data: &[u8]) {
+    let Some((bytes, base, pristine)) = decode_input(data) else {
+        return;
+    };
+    let loaded = fuzzing::decode_snapshot(&bytes, base);
+    let problems = fuzzing::snapshot_problems(&bytes, base);
+    match &loaded {
+        Ok(s) => {
+            check_loaded(&bytes, base, s);
+            assert!(
+                problems.is_empty(),
+                "the loader accepted what verify refuses: {problems:?}"
+            );
+        }
+        Err(Error::Corruption { .. } | Error::UnsupportedFormat { .. }) => {
+            assert!(
+                !problems.is_empty(),
+                "verify finds nothing wrong where the loader refuses: {loaded:?}"
+            );
+        }
+        Err(e) => panic!("the loader failed with an error of the wrong kind: {e}"),
+    }
+    if let Some(entries) = pristine {
+        let s = loaded
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a pristine snapshot was refused: {e}"));
+        let got: Vec<_> = s
+            .items
+            .iter()
+            .map(|i| (i.key.clone(), i.value.clone(), i.seq, i.expires_at_ms))
+            .collect();
+        assert_eq!(got, entries, "a pristine snapshot loads other entries");
+    }
+    let unsupported = matches!(loaded, Err(Error::UnsupportedFormat { .. }));
+    match fuzzing::salvage_snapshot(&bytes, base) {
+        None => assert!(unsupported, "salvage gave up on a snapshot of our format"),
+        Some((rebuilt, kept, _claimed)) => {
+            assert!(!unsupported, "salvage rebuilt a snapshot of another format version");
+            let again = fuzzing::decode_snapshot(&rebuilt, base)
+                .unwrap_or_else(|e| panic!("a snapshot rebuilt by salvage does not load: {e}"));
+            assert_eq!(again.items.len() as u64, kept, "salvage miscounts what it kept");
+            for i in &again.items {
+                let mut pair = i.key.clone();
+                pair.extend_from_slice(&i.value);
+                assert!(
+                    contains(&bytes, &pair),
+                    "salvage kept an entry that is not in the original"
+                );
+            }
+            if let Ok(s) = &loaded {
+                assert_eq!(
+                    again.items, s.items,
+                    "salvage of an intact snapshot changed its entries"
+                );
+            }
+        }
+    }
+}
+
+fn check_loaded(bytes: &[u8], base: u64, s: &DecodedSnapshot) {
+    assert!(s.end_seq >= base, "end_seq precedes the base");
+    for w in s.items.windows(2) {
+        assert!(w[0].key < w[1].key, "loaded keys do not ascend strictly");
+    }
+    for i in &s.items {
+        assert_ne!(i.seq, 0, "loaded an entry with sequence number 0");
+        let mut pair = i.key.clone();
+        pair.extend_from_slice(&i.value);
+        assert!(
+            contains(bytes, &pair),
+            "a loaded entry's key and value are not in the file"
+        );
+    }
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
