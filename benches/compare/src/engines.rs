@@ -188,8 +188,8 @@ struct Commit {
 
 /// Record header: value length (u32 LE), key length (u16 LE).
 const RAW_HEADER: u64 = 6;
-/// The file of a durable workload's store: it never grows (W2 at 64 writers or W7 fill
-/// ~250 MB at most; a full file is an error, not a wrap-around).
+/// The preallocated part of a durable workload's store (W2 at 64 writers fills ~150 MB; a fast
+/// W7 can write more, and the file then grows).
 const RAW_FILE_BYTES: u64 = 512 << 20;
 
 impl Raw {
@@ -279,7 +279,9 @@ impl Raw {
 fn reserve(tail: &Mutex<u64>, len: u64, capacity: u64) -> u64 {
     let mut t = tail.lock().expect("raw tail lock");
     let off = *t;
-    assert!(off + len <= capacity, "the raw floor's file is full");
+    // Past the preallocated part the file grows (only a fast W7 gets there): slower writes,
+    // never wrong ones.
+    let _ = capacity;
     *t += len;
     off
 }
