@@ -175,9 +175,12 @@ pub struct Raw {
     tail: Arc<Mutex<u64>>,
     queue: Mutex<Option<mpsc::Sender<Commit>>>,
     committer: Mutex<Option<thread::JoinHandle<()>>>,
-    index: RwLock<HashMap<Box<[u8]>, (u64, u32)>>,
+    index: RwLock<RawIndex>,
     inline: std::sync::atomic::AtomicBool,
 }
+
+/// Key -> (value offset, value length).
+type RawIndex = HashMap<Box<[u8]>, (u64, u32)>;
 
 /// A durable put for the committer: its encoded record, and where to send the record's offset
 /// once it is written and synced.
