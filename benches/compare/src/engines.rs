@@ -175,9 +175,12 @@ pub struct Raw {
     tail: Arc<Mutex<u64>>,
     queue: Mutex<Option<mpsc::Sender<Commit>>>,
     committer: Mutex<Option<thread::JoinHandle<()>>>,
-    index: RwLock<HashMap<Box<[u8]>, (u64, u32)>>,
+    index: RwLock<RawIndex>,
     inline: std::sync::atomic::AtomicBool,
 }
+
+/// Key -> (value offset, value length).
+type RawIndex = HashMap<Box<[u8]>, (u64, u32)>;
 
 /// A durable put for the committer: its encoded record, and where to send the record's offset
 /// once it is written and synced.
@@ -188,8 +191,8 @@ struct Commit {
 
 /// Record header: value length (u32 LE), key length (u16 LE).
 const RAW_HEADER: u64 = 6;
-/// The file of a durable workload's store: it never grows (W2 at 64 writers or W7 fill
-/// ~250 MB at most; a full file is an error, not a wrap-around).
+/// The preallocated part of a durable workload's store (W2 at 64 writers fills ~150 MB; a fast
+/// W7 can write more, and the file then grows).
 const RAW_FILE_BYTES: u64 = 512 << 20;
 
 impl Raw {
@@ -279,7 +282,9 @@ impl Raw {
 fn reserve(tail: &Mutex<u64>, len: u64, capacity: u64) -> u64 {
     let mut t = tail.lock().expect("raw tail lock");
     let off = *t;
-    assert!(off + len <= capacity, "the raw floor's file is full");
+    // Past the preallocated part the file grows (only a fast W7 gets there): slower writes,
+    // never wrong ones.
+    let _ = capacity;
     *t += len;
     off
 }

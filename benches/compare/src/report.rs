@@ -66,7 +66,7 @@ fn fmt(v: f64) -> String {
         let bytes: Vec<char> = s.chars().collect();
         let mut out = String::new();
         for (i, c) in bytes.iter().enumerate() {
-            if i > 0 && (bytes.len() - i) % 3 == 0 && *c != '-' {
+            if i > 0 && (bytes.len() - i).is_multiple_of(3) && *c != '-' {
                 out.push(',');
             }
             out.push(*c);
