@@ -14,8 +14,10 @@ pub const VALUE_SIZE_MAX_LIMIT: usize = 256 * 1024 * 1024;
 /// Default largest encoded batch payload (`Options::batch_size_max`).
 pub const BATCH_SIZE_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 
-/// Default segment size: large enough that rolls are rare, small enough to preallocate quickly.
-pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Default segment size: large enough that rolls are rare (one per 16 MiB of log, as with
+/// PostgreSQL's WAL segments), small enough that the two preallocated segments (the active one
+/// and the spare) cost 32 MiB of disk on an idle store and an open scans little zero tail.
+pub const SEGMENT_SIZE_DEFAULT: u64 = 16 * 1024 * 1024;
 
 /// Smallest segment: tests use small segments to roll often.
 pub const SEGMENT_SIZE_MIN: u64 = 64 * 1024;

@@ -122,7 +122,7 @@ impl fmt::Debug for Options {
 }
 
 impl Options {
-    /// Default options: `SyncMode::Always`, 64 MiB segments, torn tails tolerated, automatic
+    /// Default options: `SyncMode::Always`, 16 MiB segments, torn tails tolerated, automatic
     /// checkpoints every 256 MiB of log.
     pub fn new() -> Options {
         Options::default()
@@ -135,7 +135,7 @@ impl Options {
         self
     }
 
-    /// Size of each log segment file (preallocated). Default: 64 MiB. Range: 64 KiB to 4 GiB,
+    /// Size of each log segment file (preallocated). Default: 16 MiB. Range: 64 KiB to 4 GiB,
     /// and large enough for the largest batch.
     #[must_use]
     pub fn segment_size(mut self, bytes: u64) -> Options {
