@@ -147,10 +147,14 @@ pub(crate) fn scan_segment(
             // only leave a preallocated segment: full size, zeros after what was written. Any
             // other file with a bad header is not a segment of ours and is refused, not erased.
             // "Zeros after what was written" means at least the last page: random bytes end in a
-            // zero byte often enough (1 in 256) to be mistaken for one otherwise. A segment written
-            // to its last page with a torn header is refused, never erased.
+            // zero byte often enough (1 in 256) to be mistaken for one otherwise. A full-size file
+            // written to its last page is ours too if it holds a record whose checksum, seeded
+            // with this segment's id, verifies (a torn activation of a segment that filled up
+            // before the crash); else it is refused, never erased.
             let dirty_end = nonzero_end(b);
-            let preallocated = b.len() as u64 >= limits::SEGMENT_SIZE_MIN && dirty_end + ZERO_TAIL_MIN <= b.len();
+            let full_size = b.len() as u64 >= limits::SEGMENT_SIZE_MIN;
+            let preallocated = full_size
+                && (dirty_end + ZERO_TAIL_MIN <= b.len() || find_record(input, SEGMENT_HEADER_SIZE, 0, None).is_some());
             if input.is_last && !vouched && preallocated && input.mode != RecoveryMode::Strict {
                 scan.dirty_end = dirty_end as u64;
                 return Ok(scan);
