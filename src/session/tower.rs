@@ -88,8 +88,8 @@ impl tower_sessions_core::SessionStore for TowerStore {
         let data = encode(record)?;
         let (expiry, first) = (record.expiry_date, to_id(&record.id));
         let id = off_executor(&self.sessions, move |s| {
-            // A record already expired is stored as nothing, like a save of one; its id still
-            // must not be a live session's.
+            // A record already expired is written expired (never loaded, swept later); its id
+            // still must not be a live session's.
             let ttl = ttl_until(s, expiry).unwrap_or(Duration::ZERO);
             let mut id = first;
             for _ in 0..s.opts.retries_max {
