@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
-use sessiondb::{Batch, Db, Durability, Error, ManualClock, Options, RecoveryMode, SyncMode};
+use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
 mod common;
 mod swarm_support;
 use common::Rng;
-use swarm_support::{apply, recovered_prefix, visible, Op, State};
+use swarm_support::{apply, issue, recovered_prefix, visible, Op, State};
 
 /// Which kinds of steps a seed may take. Seeds that found bugs replay with the kinds they had.
 #[derive(Clone, Copy)]
@@ -218,51 +218,6 @@ impl Run {
                         self.written.entry(k.clone()).or_default().insert(v.clone());
                     }
                 }
-            }
-        }
-    }
-
-    fn issue(&self, db: &Db, op: &Op) -> sessiondb::Result<()> {
-        match op {
-            Op::Put(k, v, None) => db.put(k, v),
-            Op::Put(k, v, Some(ttl)) => db.put_with_ttl(k, v, Duration::from_millis(*ttl)),
-            Op::Delete(k) => db.delete(k),
-            Op::Batch(ops) => {
-                let mut b = Batch::new();
-                for (k, v) in ops {
-                    match v {
-                        Some(v) => b.put(k, v),
-                        None => b.delete(k),
-                    };
-                }
-                db.write(b)
-            }
-            Op::Lazy(k, v) | Op::Immediate(k, v) => {
-                let mut b = Batch::new();
-                let d = if matches!(op, Op::Lazy(..)) {
-                    Durability::Lazy
-                } else {
-                    Durability::Immediate
-                };
-                b.put(k, v).durability(d);
-                db.write(b)
-            }
-            Op::Touch(k, ttl, live) => {
-                let touched = db.touch(k, Duration::from_millis(*ttl))?;
-                assert_eq!(touched, *live, "touch of {k:?}: the model says live = {live}");
-                Ok(())
-            }
-            Op::Cas(k, v, fresh) => {
-                let live = db.get_with_version(k)?.map(|(_, version)| version);
-                let expected = if *fresh { live } else { Some(u64::MAX / 2) };
-                match db.put_if_version(k, v, expected, None)? {
-                    Ok(_) => assert!(*fresh, "a compare-and-swap on a stale version succeeded"),
-                    Err(c) => {
-                        assert!(!*fresh, "a compare-and-swap on the live version conflicted: {c}");
-                        assert_eq!(c.actual, live, "the conflict names the live version");
-                    }
-                }
-                Ok(())
             }
         }
     }
@@ -472,8 +427,7 @@ fn burst(run: &mut Run, db: Db, faults: Faults, what: &str) -> Option<Db> {
             .iter()
             .map(|plan| {
                 let db = db.clone();
-                let run = &*run;
-                scope.spawn(move || plan.iter().take_while(|op| run.issue(&db, op).is_ok()).count())
+                scope.spawn(move || plan.iter().take_while(|op| issue(&db, op).is_ok()).count())
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
@@ -598,7 +552,7 @@ fn one_seed(seed: u64, features: Features) -> FaultCounts {
                 };
                 run.remember(&op);
                 let at = run.clock.now_ms_for_tests();
-                let result = run.issue(&db, &op);
+                let result = issue(&db, &op);
                 let durable = match op {
                     // Writes nothing, so syncs nothing: a lazy write before it stays unsynced.
                     Op::Lazy(..) | Op::Cas(_, _, false) | Op::Touch(_, _, false) => false,

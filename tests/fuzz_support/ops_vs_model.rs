@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
-use sessiondb::{Batch, Clock, Db, Durability, Error, ManualClock, Options, SyncMode};
+use sessiondb::{Clock, Db, Error, ManualClock, Options, SyncMode};
 
 #[path = "../swarm_support/mod.rs"]
 mod swarm_support;
-use swarm_support::{apply, live_entries, recovered_prefix, visible, Op, State};
+use swarm_support::{apply, issue, live_entries, recovered_prefix, visible, Op, State};
 
 /// Steps per input at most.
 const STEPS_MAX: usize = 64;
@@ -168,52 +168,6 @@ impl Run {
             Step::Cas { key: k, value, fresh } => Op::Cas(key(*k), self.value(*value), *fresh),
             _ => return None,
         })
-    }
-
-    /// Issues `op`; `Err` only for the errors an injected fault explains.
-    fn issue(&self, db: &Db, op: &Op) -> sessiondb::Result<()> {
-        match op {
-            Op::Put(k, v, None) => db.put(k, v),
-            Op::Put(k, v, Some(ttl)) => db.put_with_ttl(k, v, Duration::from_millis(*ttl)),
-            Op::Delete(k) => db.delete(k),
-            Op::Batch(ops) => {
-                let mut b = Batch::new();
-                for (k, v) in ops {
-                    match v {
-                        Some(v) => b.put(k, v),
-                        None => b.delete(k),
-                    };
-                }
-                db.write(b)
-            }
-            Op::Lazy(k, v) | Op::Immediate(k, v) => {
-                let mut b = Batch::new();
-                let d = if matches!(op, Op::Lazy(..)) {
-                    Durability::Lazy
-                } else {
-                    Durability::Immediate
-                };
-                b.put(k, v).durability(d);
-                db.write(b)
-            }
-            Op::Touch(k, ttl, live) => {
-                let touched = db.touch(k, Duration::from_millis(*ttl))?;
-                assert_eq!(touched, *live, "touch of {k:?}: the model says live = {live}");
-                Ok(())
-            }
-            Op::Cas(k, v, fresh) => {
-                let live = db.get_with_version(k)?.map(|(_, version)| version);
-                let expected = if *fresh { live } else { Some(u64::MAX / 2) };
-                match db.put_if_version(k, v, expected, None)? {
-                    Ok(_) => assert!(*fresh, "a compare-and-swap on a stale version succeeded"),
-                    Err(c) => {
-                        assert!(!*fresh, "a compare-and-swap on the live version conflicted: {c}");
-                        assert_eq!(c.actual, live, "the conflict names the live version");
-                    }
-                }
-                Ok(())
-            }
-        }
     }
 
     /// After an acknowledged write: every key reads as the model says. `Err` only while the
@@ -417,7 +371,7 @@ pub fn run(data: &[u8]) {
                     continue;
                 };
                 let at = run.now();
-                let result = run.issue(&db, &op);
+                let result = issue(&db, &op);
                 let durable = match op {
                     // Writes nothing, so syncs nothing.
                     Op::Lazy(..) | Op::Cas(_, _, false) | Op::Touch(_, _, false) => false,

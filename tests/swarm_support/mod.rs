@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sessiondb::{Batch, Db, Durability};
 
 /// Key → (value, expiry deadline in ms or 0).
 pub type State = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
@@ -95,4 +98,50 @@ pub fn recovered_prefix(
         }
     }
     found
+}
+
+/// Issues `op` on `db`; `Err` only for the errors an injected fault explains.
+pub fn issue(db: &Db, op: &Op) -> sessiondb::Result<()> {
+    match op {
+        Op::Put(k, v, None) => db.put(k, v),
+        Op::Put(k, v, Some(ttl)) => db.put_with_ttl(k, v, Duration::from_millis(*ttl)),
+        Op::Delete(k) => db.delete(k),
+        Op::Batch(ops) => {
+            let mut b = Batch::new();
+            for (k, v) in ops {
+                match v {
+                    Some(v) => b.put(k, v),
+                    None => b.delete(k),
+                };
+            }
+            db.write(b)
+        }
+        Op::Lazy(k, v) | Op::Immediate(k, v) => {
+            let mut b = Batch::new();
+            let d = if matches!(op, Op::Lazy(..)) {
+                Durability::Lazy
+            } else {
+                Durability::Immediate
+            };
+            b.put(k, v).durability(d);
+            db.write(b)
+        }
+        Op::Touch(k, ttl, live) => {
+            let touched = db.touch(k, Duration::from_millis(*ttl))?;
+            assert_eq!(touched, *live, "touch of {k:?}: the model says live = {live}");
+            Ok(())
+        }
+        Op::Cas(k, v, fresh) => {
+            let live = db.get_with_version(k)?.map(|(_, version)| version);
+            let expected = if *fresh { live } else { Some(u64::MAX / 2) };
+            match db.put_if_version(k, v, expected, None)? {
+                Ok(_) => assert!(*fresh, "a compare-and-swap on a stale version succeeded"),
+                Err(c) => {
+                    assert!(!*fresh, "a compare-and-swap on the live version conflicted: {c}");
+                    assert_eq!(c.actual, live, "the conflict names the live version");
+                }
+            }
+            Ok(())
+        }
+    }
 }
