@@ -76,6 +76,8 @@ struct Seg {
     /// `Some(first_seq)` if the header verifies; `None` if zero or damaged.
     first_seq: Option<u64>,
     zero_header: bool,
+    /// Read and found zero from start to end (so it need not be read again).
+    known_clean: bool,
 }
 
 fn open_segments(storage: &dyn Storage, layout: &Layout, ids: &[u64]) -> Result<Vec<Seg>> {
@@ -102,6 +104,7 @@ fn open_segments(storage: &dyn Storage, layout: &Layout, ids: &[u64]) -> Result<
                 },
                 first_seq,
                 zero_header,
+                known_clean: false,
             })
         })
         .collect()
@@ -151,8 +154,12 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     // durable records whose header was zeroed): only reading it tells. Then it ends the log and
     // the reader judges it like a damaged header, instead of it being deleted as a spare.
     if let (Some(last), Some(spare)) = (live.last(), spares.first()) {
-        if last_used.is_some() && spare.file.id == last.file.id + 1 && !is_clean(spare)? {
-            live.push(spares.remove(0));
+        if last_used.is_some() && spare.file.id == last.file.id + 1 {
+            if is_clean(spare)? {
+                spares[0].known_clean = true;
+            } else {
+                live.push(spares.remove(0));
+            }
         }
     }
 
@@ -320,7 +327,7 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
     if !seg.zero_header || seg.file.capacity < opts.segment_size {
         return Ok(None);
     }
-    if !is_clean(seg)? {
+    if !seg.known_clean && !is_clean(seg)? {
         return Ok(None);
     }
     Ok(Some(spares.remove(i).file))
