@@ -5,7 +5,8 @@
 //! frameworks call them. Invariants: a record round-trips (data and deadline); `create` never
 //! overwrites a live session, drawing another id; nothing expired is loaded; a record saved
 //! already expired removes the session; `update_ttl` slides the deadline; an `update` of a
-//! session that is gone creates a new one under a fresh key; malformed keys load as nothing.
+//! session that is gone creates a new one under a fresh key; malformed keys load as nothing;
+//! no engine call runs on the async executor's thread.
 
 mod common;
 
@@ -219,4 +220,55 @@ async fn actix_middleware_keeps_a_counter_in_the_store() {
         assert_eq!(test::read_body(resp).await, expected);
     }
     assert_eq!(sessions.count().unwrap(), 1, "one visitor, one session in the store");
+}
+
+/// A clock that notes which threads read it: every engine call reads the clock (expiry), so
+/// this tells where the adapters ran the engine.
+#[derive(Debug, Default)]
+struct ThreadClock(std::sync::Mutex<Vec<std::thread::ThreadId>>);
+
+impl sessiondb::Clock for ThreadClock {
+    fn now_ms(&self) -> u64 {
+        self.0.lock().unwrap().push(std::thread::current().id());
+        T0
+    }
+}
+
+/// On a current-thread runtime the executor is this thread: the engine (and so every fsync)
+/// must run on another, the blocking pool's.
+#[tokio::test(flavor = "current_thread")]
+async fn adapters_run_the_engine_off_the_executor_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(ThreadClock::default());
+    let opts = sessiondb::Options::new()
+        .auto_checkpoint(false)
+        .sweep_interval(None)
+        .clock(clock.clone());
+    let sessions = SessionStore::new(sessiondb::Db::open_with(dir.path(), opts).unwrap());
+    clock.0.lock().unwrap().clear(); // the open ran here, as it should
+
+    let tower = TowerStore::new(sessions.clone());
+    let mut rec = record(Id::default(), 1, T0 + HOUR_MS);
+    tower.create(&mut rec).await.unwrap();
+    tower.save(&rec).await.unwrap();
+    assert!(tower.load(&rec.id).await.unwrap().is_some());
+    tower.delete(&rec.id).await.unwrap();
+
+    let actix = ActixStore::new(sessions);
+    let minute = time::Duration::minutes(1);
+    let key = actix.save(state(&[("a", "1")]), &minute).await.unwrap();
+    let key = actix.update(key, state(&[("a", "2")]), &minute).await.unwrap();
+    actix.update_ttl(&key, &minute).await.unwrap();
+    assert!(actix.load(&key).await.unwrap().is_some());
+    actix.delete(&key).await.unwrap();
+
+    let readers = clock.0.lock().unwrap().clone();
+    assert!(!readers.is_empty(), "the engine read the clock");
+    let here = std::thread::current().id();
+    assert!(
+        readers.iter().all(|t| *t != here),
+        "{} of {} engine clock reads ran on the executor thread",
+        readers.iter().filter(|t| **t == here).count(),
+        readers.len()
+    );
 }
