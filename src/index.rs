@@ -177,12 +177,35 @@ impl Entry {
     }
 }
 
-/// `key`'s item in a tree layer. A short key searches as an inline [`Key`], whose comparisons
-/// take the fast path of [`Key::cmp`].
-fn tree_get<'a>(m: &'a BTreeMap<Key, Option<Entry>>, key: &[u8]) -> Option<&'a Option<Entry>> {
-    match Key::inline(key) {
-        Some(k) => m.get(&k),
-        None => m.get(key),
+/// A key being looked up in the layers. A short key searches as an inline [`Key`], whose
+/// comparisons take the fast path of [`Key::cmp`]; it is built once per lookup, not per layer.
+struct Probe<'a> {
+    bytes: &'a [u8],
+    inline: Option<Key>,
+}
+
+impl Probe<'_> {
+    fn new(bytes: &[u8]) -> Probe<'_> {
+        Probe {
+            bytes,
+            inline: Key::inline(bytes),
+        }
+    }
+
+    /// Its item in a tree layer.
+    fn in_tree<'m>(&self, m: &'m BTreeMap<Key, Option<Entry>>) -> Option<&'m Option<Entry>> {
+        match &self.inline {
+            Some(k) => m.get(k),
+            None => m.get(self.bytes),
+        }
+    }
+
+    /// Its place in the sorted base.
+    fn in_base(&self, base: &[(Key, Entry)]) -> Result<usize, usize> {
+        match &self.inline {
+            Some(q) => base.binary_search_by(|(k, _)| k.cmp(q)),
+            None => base.binary_search_by(|(k, _)| k.as_bytes().cmp(self.bytes)),
+        }
     }
 }
 
@@ -271,26 +294,24 @@ impl Index {
         self.live_bytes
     }
 
-    fn base_find(&self, key: &[u8]) -> Result<usize, usize> {
-        match Key::inline(key) {
-            Some(q) => self.base.binary_search_by(|(k, _)| k.cmp(&q)),
-            None => self.base.binary_search_by(|(k, _)| k.as_bytes().cmp(key)),
-        }
-    }
-
     /// The entry below the overlay: the frozen layer's, else the base's.
     fn below(&self, key: &[u8]) -> Option<&Entry> {
-        match tree_get(&self.frozen, key) {
+        self.below_probe(&Probe::new(key))
+    }
+
+    fn below_probe(&self, p: &Probe<'_>) -> Option<&Entry> {
+        match p.in_tree(&self.frozen) {
             Some(f) => f.as_ref(),
             None if self.base.is_empty() => None,
-            None => self.base_find(key).ok().map(|i| &self.base[i].1),
+            None => p.in_base(&self.base).ok().map(|i| &self.base[i].1),
         }
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
-        match tree_get(&self.overlay, key) {
+        let p = Probe::new(key);
+        match p.in_tree(&self.overlay) {
             Some(over) => over.as_ref(),
-            None => self.below(key),
+            None => self.below_probe(&p),
         }
     }
 
@@ -511,7 +532,7 @@ impl Index {
             return;
         }
         debug_assert!(self.frozen.is_empty());
-        if let Ok(i) = self.base_find(key) {
+        if let Ok(i) = Probe::new(key).in_base(&self.base) {
             let e = &mut self.base[i].1;
             if e.seq.get() == version {
                 e.expires_at_ms = expires_at_ms;
