@@ -13,6 +13,7 @@
 //! A crash before 4 leaves the old snapshot and the whole log; after 4, the new snapshot and
 //! every record after `S` (docs/design.md, "Checkpoint").
 
+use std::mem::MaybeUninit;
 use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::path::Path;
@@ -23,7 +24,7 @@ use crate::engine::Engine;
 use crate::engine::RollPoint;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
-use crate::index::{Entries, Entry, FileId, Index, Key, Loc, Slot, Source};
+use crate::index::{BaseEntries, BaseEntry, Entry, FileId, Index, Key, Slot, Source};
 use crate::limits;
 use crate::storage::{write_all_at, FileBytes, OpenMode, Storage};
 
@@ -48,7 +49,7 @@ pub(crate) fn load_snapshot(
     path: &Path,
     base_seq: u64,
     slot: Slot,
-) -> Result<(LoadedSnapshot, Entries)> {
+) -> Result<(LoadedSnapshot, BaseEntries)> {
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
@@ -62,7 +63,7 @@ pub(crate) fn decode_snapshot(
     path: &Path,
     base_seq: u64,
     slot: Slot,
-) -> Result<(LoadedSnapshot, Entries)> {
+) -> Result<(LoadedSnapshot, BaseEntries)> {
     let b = bytes.bytes();
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base_seq => {}
@@ -112,22 +113,31 @@ pub(crate) fn decode_snapshot(
         })
         .map_or(frames.len(), |i| i + 1);
     let (first, second) = frames.split_at(split);
+    // Both halves decode straight into their parts of one vector: no second copy of a
+    // million entries, and each thread takes the page faults of its own part.
+    let count_of = |fs: &[(usize, format::BlockFrame)]| fs.iter().map(|f| f.1.count).sum::<usize>();
+    let (n1, n2) = (count_of(first), count_of(second));
+    let mut out: BaseEntries = Vec::with_capacity(n1 + n2);
+    let (slots1, slots2) = out.spare_capacity_mut()[..n1 + n2].split_at_mut(n1);
     let (a, b2) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| decode_entries(b, end, second, path, slot));
-        let mine = decode_entries(b, end, first, path, slot);
+        let other = scope.spawn(|| decode_entries(b, end, second, path, slot, slots2));
+        let mine = decode_entries(b, end, first, path, slot, slots1);
         let other = other
             .join()
             .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot decoder thread panicked")));
         (mine, other)
     });
+    // An error in one half drops the other half's entries with its `Filling`.
     let (a, b2) = (a?, b2?);
+    let (a, b2) = (a.hand_over(), b2.hand_over());
+    // SAFETY: decode_entries returns Ok only with every slot of its slice written, and the two
+    // slices are slots 0..n1 + n2 of `out`; `hand_over` leaves the entries to `out`.
+    unsafe { out.set_len(n1 + n2) };
     if let (Some(l), Some((f, at))) = (a.last, b2.first) {
         if l >= f {
             return Err(Error::corruption(path, at, "snapshot keys are not in ascending order"));
         }
     }
-    let mut out = a.entries;
-    out.extend(b2.entries);
     let count = a.count + b2.count;
     if count != footer.entry_count {
         return Err(Error::corruption(
@@ -146,10 +156,10 @@ pub(crate) fn decode_snapshot(
 }
 
 /// One half of a snapshot, decoded.
-struct DecodedHalf<'a> {
-    /// The live entries.
-    entries: Entries,
-    /// All entries, expired ones included.
+struct DecodedHalf<'a, 's> {
+    /// Its slots, every one written.
+    filled: Filling<'s>,
+    /// Its entries, expired ones included.
     count: u64,
     /// The last key.
     last: Option<&'a [u8]>,
@@ -157,15 +167,74 @@ struct DecodedHalf<'a> {
     first: Option<(&'a [u8], u64)>,
 }
 
-/// Checks and decodes the framed blocks; keys must ascend.
-fn decode_entries<'a>(
+impl<'a> DecodedHalf<'a, '_> {
+    /// Leaves the entries to the vector; returns (count, first key and its offset, last key).
+    fn hand_over(self) -> HalfEnds<'a> {
+        self.filled.hand_over();
+        HalfEnds {
+            count: self.count,
+            first: self.first,
+            last: self.last,
+        }
+    }
+}
+
+/// What joins two decoded halves: their counts and the keys where they meet.
+struct HalfEnds<'a> {
+    count: u64,
+    first: Option<(&'a [u8], u64)>,
+    last: Option<&'a [u8]>,
+}
+
+/// Slots of a vector being filled; on an early return, the entries written so far are dropped
+/// (a long key owns heap memory).
+struct Filling<'s> {
+    slots: &'s mut [MaybeUninit<(Key, BaseEntry)>],
+    filled: usize,
+}
+
+impl Filling<'_> {
+    fn push(&mut self, item: (Key, BaseEntry)) -> bool {
+        let Some(slot) = self.slots.get_mut(self.filled) else {
+            return false;
+        };
+        slot.write(item);
+        self.filled += 1;
+        true
+    }
+
+    fn is_full(&self) -> bool {
+        self.filled == self.slots.len()
+    }
+
+    /// The vector owns the entries from now on.
+    fn hand_over(self) {
+        debug_assert!(self.is_full());
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        for slot in &mut self.slots[..self.filled] {
+            // SAFETY: slots before `filled` were written by `push`, and not handed to the
+            // vector (`hand_over` forgets the `Filling` instead of dropping it).
+            unsafe { slot.assume_init_drop() };
+        }
+    }
+}
+
+/// Checks and decodes the framed blocks into `slots`, which must be exactly as many as their
+/// entries; keys must ascend. Returns Ok only with every slot written.
+fn decode_entries<'a, 's>(
     b: &'a [u8],
     end: usize,
     frames: &[(usize, format::BlockFrame)],
     path: &Path,
     slot: Slot,
-) -> Result<DecodedHalf<'a>> {
-    let mut out: Entries = Vec::with_capacity(frames.iter().map(|f| f.1.count).sum());
+    slots: &'s mut [MaybeUninit<(Key, BaseEntry)>],
+) -> Result<DecodedHalf<'a, 's>> {
+    let mut out = Filling { slots, filled: 0 };
     let mut count = 0u64;
     let mut first: Option<(&[u8], u64)> = None;
     let mut prev_key: Option<&[u8]> = None;
@@ -190,26 +259,33 @@ fn decode_entries<'a>(
             let Some(seq) = NonZeroU64::new(e.seq) else {
                 return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
             };
-            let loc = Loc {
+            let entry = BaseEntry {
+                seq,
+                expires_at_ms: e.expires_at_ms,
                 offset,
                 slot,
                 // NOTE: cannot truncate: decode_block_entries bounds value_len by VALUE_SIZE_MAX_LIMIT.
                 len: e.value.len() as u32,
-                record_back: 0,
-                record_len: 0,
             };
-            out.push((
-                e.key.into(),
-                Entry {
-                    seq,
-                    expires_at_ms: e.expires_at_ms,
-                    loc,
-                },
-            ));
+            if !out.push((e.key.into(), entry)) {
+                return Err(Error::corruption(
+                    path,
+                    offset,
+                    "snapshot block holds more entries than it says",
+                ));
+            }
         }
     }
+    if !out.is_full() {
+        let at = frames.last().map_or(0, |f| f.0 as u64);
+        return Err(Error::corruption(
+            path,
+            at,
+            "snapshot blocks hold fewer entries than they say",
+        ));
+    }
     Ok(DecodedHalf {
-        entries: out,
+        filled: out,
         count,
         last: prev_key,
         first,
@@ -416,4 +492,89 @@ fn index_has_no_entry_in(index: &Index, segments: &[u64], snapshots: &[u64]) -> 
             Some(FileId::Snapshot(seq)) => !snapshots.contains(&seq),
             None => false,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The snapshot decoder fills one vector from two threads; these check what it hands back,
+    //! and that damage in either half is an error (the entries already decoded are dropped, not
+    //! kept or freed twice: run under valgrind, this test reports no leak and no invalid free).
+
+    use super::*;
+
+    const BASE: u64 = 9;
+
+    /// A snapshot of `n` entries with 40-byte keys (on the heap, not inline) in many blocks, and
+    /// where each block starts.
+    fn snapshot(n: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut out = format::encode_snapshot_header(BASE).to_vec();
+        let mut starts = Vec::new();
+        let mut block = BlockBuilder::new();
+        for i in 0..n {
+            let key = format!("session-key-that-is-long-enough-{i:08}");
+            block.push(SnapshotEntry {
+                key: key.as_bytes(),
+                value: &[i as u8; 100],
+                seq: i + 1,
+                expires_at_ms: 0,
+            });
+            if block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET || i + 1 == n {
+                starts.push(out.len());
+                out.extend_from_slice(&block.finish());
+            }
+        }
+        let footer = format::encode_snapshot_footer(SnapshotFooter {
+            entry_count: n,
+            base_seq: BASE,
+            end_seq: n,
+            footer_offset: out.len() as u64,
+        });
+        out.extend_from_slice(&footer);
+        (out, starts)
+    }
+
+    fn decode(bytes: Vec<u8>) -> Result<BaseEntries> {
+        let slot = Index::default().slot(FileId::Snapshot(BASE));
+        decode_snapshot(Arc::new(FileBytes::Owned(bytes)), Path::new("t.snap"), BASE, slot).map(|(_, e)| e)
+    }
+
+    #[test]
+    fn both_halves_land_in_order() {
+        let (bytes, starts) = snapshot(3_000);
+        assert!(starts.len() >= 4, "several blocks per half: {}", starts.len());
+        let entries = decode(bytes.clone()).expect("decodes");
+        assert_eq!(entries.len(), 3_000);
+        for (i, (k, e)) in entries.iter().enumerate() {
+            assert_eq!(
+                k.as_bytes(),
+                format!("session-key-that-is-long-enough-{i:08}").as_bytes()
+            );
+            assert_eq!(e.seq.get(), i as u64 + 1);
+            let value = &bytes[e.offset as usize..][..e.len as usize];
+            assert_eq!(value, &[i as u8; 100][..], "entry {i}'s value");
+        }
+    }
+
+    #[test]
+    fn damage_in_either_half_or_both_is_an_error_at_its_block() {
+        let (bytes, starts) = snapshot(3_000);
+        let last = *starts.last().expect("blocks");
+        for damaged in [vec![starts[0]], vec![last], vec![starts[0], last]] {
+            let mut b = bytes.clone();
+            for &at in &damaged {
+                // A byte inside the block's first entry's value: only its checksum can tell.
+                b[at + 100] ^= 0x40;
+            }
+            match decode(b) {
+                Err(Error::Corruption { offset, reason, .. }) => {
+                    assert!(
+                        damaged.contains(&(offset as usize)),
+                        "{reason} at {offset}, damaged {damaged:?}"
+                    );
+                    assert!(reason.contains("checksum"), "{reason}");
+                }
+                other => panic!("damage at {damaged:?}: {:?}", other.map(|e| e.len())),
+            }
+        }
+    }
 }

@@ -703,7 +703,7 @@ impl Engine {
         let found = {
             let index = self.index.read();
             match index.get(key) {
-                Some(e) if e.is_live(now) => Some((*e, self.source_of(&index, e.loc)?)),
+                Some(e) if e.is_live(now) => Some((e, self.source_of(&index, e.loc)?)),
                 _ => None,
             }
         };

@@ -12,6 +12,9 @@ use crate::storage::{FileBytes, StorageFile};
 /// Index entries with their keys, in key order.
 pub(crate) type Entries = Vec<(Key, Entry)>;
 
+/// Base entries (values in a snapshot) with their keys, in key order.
+pub(crate) type BaseEntries = Vec<(Key, BaseEntry)>;
+
 /// Keys up to this long are stored inside the index entry, with no heap allocation of their own.
 /// Session ids and most keys fit; a million of them load without a million `malloc`s.
 const KEY_INLINE_MAX: usize = 22;
@@ -164,6 +167,44 @@ pub(crate) struct Entry {
 const _: () = assert!(std::mem::size_of::<Entry>() == 40);
 const _: () = assert!(std::mem::size_of::<Option<Entry>>() == 40);
 
+/// An entry of the base: a value in a snapshot. It has no record to check on a read (the
+/// snapshot's blocks were verified when it was written or loaded), so it keeps 32 bytes where
+/// an [`Entry`] takes 40: with its inline key, 56 bytes a key instead of 64. The base holds
+/// nearly every key of a store that checkpoints, so this is most of the index's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BaseEntry {
+    pub seq: NonZeroU64,
+    /// Expiry deadline (ms since the epoch), 0 for none.
+    pub expires_at_ms: u64,
+    /// Offset of the value in the snapshot.
+    pub offset: u64,
+    pub slot: Slot,
+    /// Length of the value.
+    pub len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<BaseEntry>() == 32);
+
+impl BaseEntry {
+    pub(crate) fn entry(&self) -> Entry {
+        Entry {
+            seq: self.seq,
+            expires_at_ms: self.expires_at_ms,
+            loc: Loc {
+                offset: self.offset,
+                slot: self.slot,
+                len: self.len,
+                record_back: 0,
+                record_len: 0,
+            },
+        }
+    }
+
+    fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms == 0 || self.expires_at_ms > now_ms
+    }
+}
+
 /// A sequence number as an entry holds it. Sequence numbers start at 1 (the log and the
 /// snapshot reader never produce 0), so this is the number itself.
 pub(crate) fn entry_seq(seq: u64) -> NonZeroU64 {
@@ -201,7 +242,7 @@ impl Probe<'_> {
     }
 
     /// Its place in the sorted base.
-    fn in_base(&self, base: &[(Key, Entry)]) -> Result<usize, usize> {
+    fn in_base(&self, base: &[(Key, BaseEntry)]) -> Result<usize, usize> {
         match &self.inline {
             Some(q) => base.binary_search_by(|(k, _)| k.cmp(q)),
             None => base.binary_search_by(|(k, _)| k.as_bytes().cmp(self.bytes)),
@@ -210,14 +251,14 @@ impl Probe<'_> {
 }
 
 /// An entry of a tree layer, or its tombstone.
-type LayerItem<'a> = (&'a Key, Option<&'a Entry>);
+type LayerItem<'a> = (&'a Key, Option<Entry>);
 type LayerFn<'a> = fn((&'a Key, &'a Option<Entry>)) -> LayerItem<'a>;
 type LayerRange<'a> =
     std::iter::Peekable<std::iter::Map<std::collections::btree_map::Range<'a, Key, Option<Entry>>, LayerFn<'a>>>;
 
 /// The entries of one tree layer in `(lower, upper)`, tombstones as `None`.
 fn layer<'a>(m: &'a BTreeMap<Key, Option<Entry>>, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> LayerRange<'a> {
-    let f: LayerFn<'a> = |(k, e)| (k, e.as_ref());
+    let f: LayerFn<'a> = |(k, e)| (k, *e);
     m.range::<[u8], _>((lower, upper)).map(f).peekable()
 }
 
@@ -264,7 +305,7 @@ impl Source {
 /// about once, in the compact base, plus what changed since the checkpoint began.
 #[derive(Default)]
 pub(crate) struct Index {
-    base: Vec<(Key, Entry)>,
+    base: BaseEntries,
     frozen: BTreeMap<Key, Option<Entry>>,
     overlay: BTreeMap<Key, Option<Entry>>,
     /// A checkpoint is between its roll ([`Index::freeze`]) and [`Index::rebase`]: the base
@@ -295,22 +336,22 @@ impl Index {
     }
 
     /// The entry below the overlay: the frozen layer's, else the base's.
-    fn below(&self, key: &[u8]) -> Option<&Entry> {
+    fn below(&self, key: &[u8]) -> Option<Entry> {
         self.below_probe(&Probe::new(key))
     }
 
-    fn below_probe(&self, p: &Probe<'_>) -> Option<&Entry> {
+    fn below_probe(&self, p: &Probe<'_>) -> Option<Entry> {
         match p.in_tree(&self.frozen) {
-            Some(f) => f.as_ref(),
+            Some(f) => *f,
             None if self.base.is_empty() => None,
-            None => p.in_base(&self.base).ok().map(|i| &self.base[i].1),
+            None => p.in_base(&self.base).ok().map(|i| self.base[i].1.entry()),
         }
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Entry> {
         let p = Probe::new(key);
         match p.in_tree(&self.overlay) {
-            Some(over) => over.as_ref(),
+            Some(over) => *over,
             None => self.below_probe(&p),
         }
     }
@@ -371,7 +412,7 @@ impl Index {
         let below = if self.base.is_empty() && self.frozen.is_empty() {
             None
         } else {
-            self.below(&key).copied()
+            self.below(&key)
         };
         // One search of the overlay: the entry it replaces comes back from the insert (`None`
         // inside: a key below that was deleted).
@@ -398,19 +439,15 @@ impl Index {
     }
 
     /// Makes entries in strictly ascending key order the base (snapshot load, empty index only).
-    pub(crate) fn extend_sorted(&mut self, entries: impl IntoIterator<Item = (Key, Entry)>) {
+    pub(crate) fn extend_sorted(&mut self, entries: BaseEntries) {
         debug_assert!(
             self.base.is_empty() && self.overlay.is_empty() && self.frozen.is_empty(),
             "bulk load into an empty index only"
         );
-        self.base = entries.into_iter().collect();
+        self.base = entries;
         debug_assert!(self.base.windows(2).all(|w| w[0].0 < w[1].0), "base keys ascend");
         self.live = self.base.len();
-        self.live_bytes = self
-            .base
-            .iter()
-            .map(|(k, e)| k.len() as u64 + u64::from(e.loc.len))
-            .sum();
+        self.live_bytes = self.base.iter().map(|(k, e)| k.len() as u64 + u64::from(e.len)).sum();
     }
 
     /// A checkpoint fixed its base: what changed so far is frozen (the snapshot will hold it),
@@ -435,25 +472,21 @@ impl Index {
     /// The checkpoint's snapshot is durable and holds `entries` (in key order, pointing into
     /// it): they become the base and the frozen layer goes. Every change since the freeze is in
     /// the overlay, which stays; tombstones that hide nothing any more are dropped.
-    pub(crate) fn rebase(&mut self, entries: Entries) {
+    pub(crate) fn rebase(&mut self, entries: BaseEntries) {
         debug_assert!(self.frozen_active, "rebase follows freeze");
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "base keys ascend");
         self.base = entries;
         self.frozen = BTreeMap::new();
         self.frozen_active = false;
         let mut live = self.base.len();
-        let mut live_bytes: u64 = self
-            .base
-            .iter()
-            .map(|(k, e)| k.len() as u64 + u64::from(e.loc.len))
-            .sum();
+        let mut live_bytes: u64 = self.base.iter().map(|(k, e)| k.len() as u64 + u64::from(e.len)).sum();
         let base = &self.base;
         let find = |k: &[u8]| base.binary_search_by(|(b, _)| b.as_bytes().cmp(k)).ok();
         self.overlay.retain(|k, over| {
             let under = find(k).map(|i| &base[i].1);
             if let Some(u) = under {
                 live -= 1;
-                live_bytes -= k.len() as u64 + u64::from(u.loc.len);
+                live_bytes -= k.len() as u64 + u64::from(u.len);
             }
             match over {
                 Some(e) => {
@@ -484,7 +517,7 @@ impl Index {
         let mut base = self.base[bi..]
             .iter()
             .take_while(|(k, _)| below_upper(k))
-            .map(|(k, e)| (k, Some(e)))
+            .map(|(k, e)| (k, Some(e.entry())))
             .peekable();
         let mut frozen = layer(&self.frozen, lower, upper);
         let mut over = layer(&self.overlay, lower, upper);
@@ -495,7 +528,7 @@ impl Index {
             let Some(key) = heads.iter().flatten().map(|(k, _)| *k).min() else {
                 break;
             };
-            let mut winner: Option<Option<&Entry>> = None;
+            let mut winner: Option<Option<Entry>> = None;
             if over.peek().is_some_and(|(k, _)| *k == key) {
                 winner.get_or_insert(over.next().and_then(|(_, e)| e));
             }
@@ -508,7 +541,7 @@ impl Index {
                 winner.get_or_insert(e);
             }
             if let Some(Some(e)) = winner {
-                out.push((key.clone(), *e));
+                out.push((key.clone(), e));
             }
         }
         out
@@ -525,7 +558,7 @@ impl Index {
             return;
         }
         if self.frozen_active {
-            if let Some(&e) = self.below(key).filter(|e| e.seq.get() == version) {
+            if let Some(e) = self.below(key).filter(|e| e.seq.get() == version) {
                 let touched = Entry { expires_at_ms, ..e };
                 self.overlay.insert(Key::from(key), Some(touched));
             }
@@ -552,7 +585,7 @@ impl Index {
                 let keep = e.is_live(now_ms) || overlay.contains_key(k.as_bytes());
                 if !keep {
                     live -= 1;
-                    bytes -= k.len() as u64 + u64::from(e.loc.len);
+                    bytes -= k.len() as u64 + u64::from(e.len);
                 }
                 keep
             });
@@ -626,7 +659,7 @@ mod tests {
         let mut index = Index::default();
         let short = b"\0s0123456789abcdef".to_vec();
         let long = vec![7u8; 40];
-        index.extend_sorted([(Key::from(&short[..]), entry(1, 0, 1))]);
+        index.extend_sorted(vec![(Key::from(&short[..]), base_entry(1, 0, 1))]);
         index.freeze();
         index.put(Key::from(&long[..]), entry(2, 0, 1));
         assert_eq!(index.get(&short).map(|e| e.seq.get()), Some(1), "in the base");
@@ -648,6 +681,16 @@ mod tests {
         }
     }
 
+    fn base_entry(seq: u64, expires_at_ms: u64, len: u32) -> BaseEntry {
+        BaseEntry {
+            seq: entry_seq(seq),
+            expires_at_ms,
+            offset: 0,
+            slot: Slot(0),
+            len,
+        }
+    }
+
     fn keys(index: &Index) -> Vec<(Vec<u8>, u64)> {
         index
             .range_chunk(Bound::Unbounded, Bound::Unbounded, usize::MAX)
@@ -664,8 +707,8 @@ mod tests {
         index.put(Key::from(&b"k"[..]), entry(2, 0, 10));
         // The fuzzy copy saw k; then k is deleted.
         let snapshot = vec![
-            (Key::from(&b"a"[..]), entry(1, 0, 10)),
-            (Key::from(&b"k"[..]), entry(2, 0, 10)),
+            (Key::from(&b"a"[..]), base_entry(1, 0, 10)),
+            (Key::from(&b"k"[..]), base_entry(2, 0, 10)),
         ];
         index.delete(b"k");
         index.rebase(snapshot);
@@ -677,9 +720,9 @@ mod tests {
     #[test]
     fn a_touch_during_a_checkpoint_survives_a_snapshot_copied_before_it() {
         let mut index = Index::default();
-        index.extend_sorted(vec![(Key::from(&b"s"[..]), entry(5, 1000, 10))]);
+        index.extend_sorted(vec![(Key::from(&b"s"[..]), base_entry(5, 1000, 10))]);
         index.freeze();
-        let copied = vec![(Key::from(&b"s"[..]), entry(5, 1000, 10))];
+        let copied = vec![(Key::from(&b"s"[..]), base_entry(5, 1000, 10))];
         index.touch(b"s", 5, 9000);
         index.touch(b"s", 4, 1); // another version: ignored
         index.rebase(copied);
@@ -691,8 +734,8 @@ mod tests {
     fn overwrites_and_deletes_on_every_layer_count_right() {
         let mut index = Index::default();
         index.extend_sorted(vec![
-            (Key::from(&b"a"[..]), entry(1, 0, 1)),
-            (Key::from(&b"b"[..]), entry(2, 0, 1)),
+            (Key::from(&b"a"[..]), base_entry(1, 0, 1)),
+            (Key::from(&b"b"[..]), base_entry(2, 0, 1)),
         ]);
         index.put(Key::from(&b"c"[..]), entry(3, 0, 1));
         index.delete(b"a");
@@ -704,8 +747,8 @@ mod tests {
         assert_eq!(index.len(), 2);
         // The snapshot copied b before its overwrite, c before its delete, not d.
         index.rebase(vec![
-            (Key::from(&b"b"[..]), entry(2, 0, 1)),
-            (Key::from(&b"c"[..]), entry(3, 0, 1)),
+            (Key::from(&b"b"[..]), base_entry(2, 0, 1)),
+            (Key::from(&b"c"[..]), base_entry(3, 0, 1)),
         ]);
         assert_eq!(keys(&index), vec![(b"b".to_vec(), 4), (b"d".to_vec(), 5)]);
         assert_eq!((index.len(), index.live_bytes()), (2, 8));
@@ -723,7 +766,7 @@ mod tests {
         assert_eq!(keys(&index), vec![(b"a".to_vec(), 3)]);
         assert_eq!(index.len(), 1);
         index.freeze(); // and the next checkpoint can freeze again
-        index.rebase(vec![(Key::from(&b"a"[..]), entry(3, 0, 1))]);
+        index.rebase(vec![(Key::from(&b"a"[..]), base_entry(3, 0, 1))]);
         assert_eq!(keys(&index), vec![(b"a".to_vec(), 3)]);
     }
 }

@@ -10,7 +10,7 @@ use crate::checkpoint::{self, LoadedSnapshot};
 use crate::engine::Recovered;
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RecordRef, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use crate::index::{entry_seq, Entries, Entry, FileId, Index, Loc, Source};
+use crate::index::{entry_seq, BaseEntries, Entry, FileId, Index, Loc, Source};
 use crate::layout::{self, FileKind, Layout};
 use crate::options::{Options, RecoveryMode};
 use crate::stats::{RecoveryReport, Skipped};
@@ -335,7 +335,7 @@ fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Op
 
 /// What [`choose_snapshot`] picked: the snapshot and its entries, and, when every snapshot is
 /// damaged and the log is to stand in for them from sequence 1, the newest one's error.
-type Chosen = (Option<LoadedSnapshot>, Entries, Option<Error>);
+type Chosen = (Option<LoadedSnapshot>, BaseEntries, Option<Error>);
 
 /// Picks the newest snapshot that verifies, falling back to an older one only when the log
 /// still covers the gap after it.

@@ -110,8 +110,8 @@ pub fn decode_snapshot(bytes: &[u8], base_seq: u64) -> Result<DecodedSnapshot> {
         .map(|(key, e)| {
             // NOTE: the decoder checked every value against the file before handing out its
             // location; `get` keeps a wrong one from panicking all the same.
-            let at = e.loc.offset as usize;
-            let value = bytes.get(at..at + e.loc.len as usize).unwrap_or_default().to_vec();
+            let at = e.offset as usize;
+            let value = bytes.get(at..at + e.len as usize).unwrap_or_default().to_vec();
             SnapshotItem {
                 key: key.as_bytes().to_vec(),
                 value,
