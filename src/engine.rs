@@ -40,10 +40,37 @@ enum Apply {
     },
 }
 
+/// The index changes of one record: a single put or delete needs no list of its own.
+enum Applies {
+    One(Apply),
+    Many(Vec<Apply>),
+}
+
+impl Applies {
+    fn as_slice(&self) -> &[Apply] {
+        match self {
+            Applies::One(a) => std::slice::from_ref(a),
+            Applies::Many(v) => v,
+        }
+    }
+}
+
+impl IntoIterator for Applies {
+    type Item = Apply;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Apply>, std::vec::IntoIter<Apply>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Applies::One(a) => Some(a).into_iter().chain(Vec::new()),
+            Applies::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
 /// A record ready to join a commit group.
 struct Prepared {
     payload: Vec<u8>,
-    applies: Vec<Apply>,
+    applies: Applies,
     /// Its commit group must be synced before it returns (its [`Durability`] under the mode).
     sync: bool,
 }
@@ -125,7 +152,7 @@ impl GroupWait {
 struct CommitState {
     next_seq: u64,
     records: Vec<PendingRecord>,
-    applies: Vec<Vec<Apply>>,
+    applies: Vec<Applies>,
     group: Option<Arc<GroupWait>>,
     leader_active: bool,
     /// Whether the forming group must be synced (some record in it asked for that).
@@ -135,7 +162,8 @@ struct CommitState {
     pending: VecDeque<Pending>,
     /// Emptied buffers of the last group, reused for the next (no allocation per group).
     spare_records: Vec<PendingRecord>,
-    spare_applies: Vec<Vec<Apply>>,
+    spare_applies: Vec<Applies>,
+    spare_placed: Vec<(u64, u64)>,
 }
 
 impl CommitState {
@@ -381,36 +409,37 @@ impl Engine {
         format::encode_ops(&mut payload, ops);
         // Each value's offset within the payload follows from the layout (format.rs).
         let mut at = format::PAYLOAD_COUNT_SIZE;
-        let applies: Vec<Apply> = ops
-            .iter()
-            .map(|op| {
-                let apply = match *op {
-                    Op::Put {
-                        key,
-                        value,
-                        expires_at_ms,
-                    } => Apply::Put {
-                        key: key.into(),
-                        value_at: format::put_value_offset(at, key.len()),
-                        // NOTE: cannot truncate: value_len <= VALUE_SIZE_MAX_LIMIT (limits.rs).
-                        value_len: value.len() as u32,
-                        expires_at_ms,
-                    },
-                    Op::Delete { key } => Apply::Delete { key: key.into() },
-                    Op::Touch {
-                        key,
-                        version,
-                        expires_at_ms,
-                    } => Apply::Touch {
-                        key: key.into(),
-                        version,
-                        expires_at_ms,
-                    },
-                };
-                at += format::op_encoded_size(op);
-                apply
-            })
-            .collect();
+        let mut apply = |op: &Op<'_>| {
+            let apply = match *op {
+                Op::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => Apply::Put {
+                    key: key.into(),
+                    value_at: format::put_value_offset(at, key.len()),
+                    // NOTE: cannot truncate: value_len <= VALUE_SIZE_MAX_LIMIT (limits.rs).
+                    value_len: value.len() as u32,
+                    expires_at_ms,
+                },
+                Op::Delete { key } => Apply::Delete { key: key.into() },
+                Op::Touch {
+                    key,
+                    version,
+                    expires_at_ms,
+                } => Apply::Touch {
+                    key: key.into(),
+                    version,
+                    expires_at_ms,
+                },
+            };
+            at += format::op_encoded_size(op);
+            apply
+        };
+        let applies = match ops {
+            [op] => Applies::One(apply(op)),
+            _ => Applies::Many(ops.iter().map(apply).collect()),
+        };
         debug_assert_eq!(at, payload.len(), "the payload is as long as its layout says");
         debug_assert!(
             payload_decodes_to(&payload, ops),
@@ -436,7 +465,7 @@ impl Engine {
             });
         }
         st.next_seq += 1;
-        for a in &prepared.applies {
+        for a in prepared.applies.as_slice() {
             let (key, what) = match a {
                 Apply::Put { key, expires_at_ms, .. } => (
                     key,
@@ -477,33 +506,46 @@ impl Engine {
             self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
             return r;
         }
-        let group = Arc::new(GroupWait::default());
-        st.group = Some(group.clone());
-        // This writer leads the group: wait for the previous leader; meanwhile others join.
-        self.counters.writers_waiting.fetch_add(1, Ordering::Relaxed);
-        while st.leader_active {
-            self.leader_cv.wait(&mut st);
-        }
-        self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
+        let group = if st.leader_active {
+            // A group is in flight: this writer opens the next one and leads it when the
+            // previous leader is done; meanwhile others join it.
+            let group = Arc::new(GroupWait::default());
+            st.group = Some(group.clone());
+            self.counters.writers_waiting.fetch_add(1, Ordering::Relaxed);
+            while st.leader_active {
+                self.leader_cv.wait(&mut st);
+            }
+            self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
+            st.group = None;
+            Some(group)
+        } else {
+            // Nothing in flight: lead at once. The commit lock is held from the push above to
+            // taking leadership, so nobody joined and there is nobody to wake (a lone writer, as
+            // in a bulk load, allocates no group).
+            debug_assert_eq!(st.records.len(), 1);
+            None
+        };
         st.leader_active = true;
-        st.group = None;
         let sync = std::mem::take(&mut st.group_sync);
         let spare_records = std::mem::take(&mut st.spare_records);
         let spare_applies = std::mem::take(&mut st.spare_applies);
         let mut records = std::mem::replace(&mut st.records, spare_records);
         let mut applies = std::mem::replace(&mut st.applies, spare_applies);
+        let mut placed = std::mem::take(&mut st.spare_placed);
         drop(st);
 
-        let result = self.lead(&records, &mut applies, sync);
+        let result = self.lead(&records, &mut applies, &mut placed, sync);
         let last_seq = records.last().map_or(0, |r| r.seq);
         records.clear();
         applies.clear();
+        placed.clear();
         // Hand over leadership before waking this group: the next group starts its I/O at once.
         {
             let mut st = self.commit.lock();
             st.leader_active = false;
             st.spare_records = records;
             st.spare_applies = applies;
+            st.spare_placed = placed;
             if result.is_ok() {
                 // Applied: the index now answers for these writes.
                 while st.pending.front().is_some_and(|p| p.seq <= last_seq) {
@@ -512,25 +554,33 @@ impl Engine {
             }
         }
         self.leader_cv.notify_all();
-        group.complete(&result);
+        if let Some(group) = group {
+            group.complete(&result);
+        }
         result.map(|()| seq)
     }
 
     /// The leader's work: one write (per segment touched), one fsync if any record of the group
     /// needs it (`sync`), then the index. Any failure poisons the store; the group's writers all
     /// get the error.
-    fn lead(&self, records: &[PendingRecord], applies: &mut Vec<Vec<Apply>>, sync: bool) -> Result<()> {
+    fn lead(
+        &self,
+        records: &[PendingRecord],
+        applies: &mut Vec<Applies>,
+        placed: &mut Vec<(u64, u64)>,
+        sync: bool,
+    ) -> Result<()> {
         self.check_poison()?;
         let last_seq = records.last().map_or(0, |r| r.seq);
         let (placement, active) = {
             let mut log = self.log.lock();
             let durable = self.durable_seq.load(Ordering::Acquire);
             let bytes_before = log.bytes_written;
-            let placed = log.append(records, durable, |sealed_through| {
+            let appended = log.append(records, durable, placed, |sealed_through| {
                 self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.durable_seq.fetch_max(sealed_through, Ordering::AcqRel);
             });
-            let placement = placed.inspect_err(|e| self.poison(e))?;
+            let placement = appended.inspect_err(|e| self.poison(e))?;
             let written = log.bytes_written - bytes_before;
             self.counters
                 .log_bytes_since_checkpoint
@@ -553,7 +603,7 @@ impl Engine {
             self.counters.telemetry.fsync(started.elapsed());
             self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
         }
-        self.apply(records, applies, placement);
+        self.apply(records, applies, placement, placed);
         self.maybe_request_checkpoint();
         Ok(())
     }
@@ -595,8 +645,14 @@ impl Engine {
         result
     }
 
-    fn apply(&self, records: &[PendingRecord], applies: &mut Vec<Vec<Apply>>, placement: Placement) {
-        debug_assert_eq!(records.len(), placement.records.len());
+    fn apply(
+        &self,
+        records: &[PendingRecord],
+        applies: &mut Vec<Applies>,
+        placement: Placement,
+        placed: &[(u64, u64)],
+    ) {
+        debug_assert_eq!(records.len(), placed.len());
         let mut index = self.index.write();
         for seg in placement.sealed {
             index.set_source(sealed_source(&seg));
@@ -604,7 +660,7 @@ impl Engine {
         for seg in placement.activated {
             index.set_source(Source::file(FileId::Segment(seg.id), seg.file.clone()));
         }
-        for ((rec, ops), (segment, offset)) in records.iter().zip(applies.drain(..)).zip(placement.records) {
+        for ((rec, ops), (segment, offset)) in records.iter().zip(applies.drain(..)).zip(placed.iter().copied()) {
             let payload_at = offset + RECORD_HEADER_SIZE as u64;
             let slot = index.slot(FileId::Segment(segment));
             for op in ops {

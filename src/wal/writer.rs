@@ -177,11 +177,10 @@ pub(crate) struct PendingRecord {
     pub payload: Vec<u8>,
 }
 
-/// Where a group's records landed, and which segments it sealed and activated.
+/// Which segments a group sealed and activated (where its records landed is in the vector
+/// [`LogWriter::append`] fills).
 #[derive(Default)]
 pub(crate) struct Placement {
-    /// `(segment id, file offset of the record)` for each record, in order.
-    pub records: Vec<(u64, u64)>,
     /// Segments sealed by this group (now read-only).
     pub sealed: Vec<SegmentFile>,
     /// Segments activated by this group.
@@ -255,13 +254,17 @@ impl LogWriter {
 
     /// Writes a commit group with one write call per segment it touches. `durable_seq` is the
     /// highest sequence number known durable; it is stamped into each record. `on_seal` is told
-    /// the last sequence number of every segment sealed (and so fsynced) on the way.
+    /// the last sequence number of every segment sealed (and so fsynced) on the way. `placed`
+    /// (empty; the caller reuses it from group to group) gets `(segment id, file offset)` of each
+    /// record, in order.
     pub(crate) fn append(
         &mut self,
         records: &[PendingRecord],
         mut durable_seq: u64,
+        placed: &mut Vec<(u64, u64)>,
         mut on_seal: impl FnMut(u64),
     ) -> Result<Placement> {
+        debug_assert!(placed.is_empty());
         let mut placement = Placement::default();
         self.buf.clear();
         let mut buf_at = self.write_offset;
@@ -294,7 +297,7 @@ impl LogWriter {
                 );
                 placement.activated.push(self.active.clone());
             }
-            placement.records.push((self.active.id, buf_at + self.buf.len() as u64));
+            placed.push((self.active.id, buf_at + self.buf.len() as u64));
             format::encode_record(
                 &mut self.buf,
                 self.active.id,
