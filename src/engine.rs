@@ -1,6 +1,7 @@
 //! The engine shared by a [`crate::Db`] handle and its background threads: the write path
 //! (group commit), reads, sync. Checkpoints live in `checkpoint.rs`, opening in `recovery.rs`.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +39,14 @@ enum Apply {
         version: u64,
         expires_at_ms: u64,
     },
+}
+
+/// Payload buffers up to this size are kept for the thread's next write.
+const SPARE_PAYLOAD_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// An empty payload buffer for this thread's next write.
+    static SPARE_PAYLOAD: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// The index changes of one record: a single put or delete needs no list of its own.
@@ -405,7 +414,8 @@ impl Engine {
         let size = ops
             .iter()
             .fold(format::PAYLOAD_COUNT_SIZE, |n, op| n + format::op_encoded_size(op));
-        let mut payload = Vec::with_capacity(size);
+        let mut payload = SPARE_PAYLOAD.with(Cell::take);
+        payload.reserve(size);
         format::encode_ops(&mut payload, ops);
         // Each value's offset within the payload follows from the layout (format.rs).
         let mut at = format::PAYLOAD_COUNT_SIZE;
@@ -536,7 +546,18 @@ impl Engine {
 
         let result = self.lead(&records, &mut applies, &mut placed, sync);
         let last_seq = records.last().map_or(0, |r| r.seq);
-        records.clear();
+        // A lone writer's payload buffer goes back to it for its next put (no allocation per
+        // put in a bulk load); in a group, the leader keeps one.
+        for rec in records.drain(..) {
+            if rec.payload.capacity() <= SPARE_PAYLOAD_MAX {
+                let mut payload = rec.payload;
+                payload.clear();
+                SPARE_PAYLOAD.with(|spare| {
+                    let kept = spare.take();
+                    spare.set(if kept.capacity() == 0 { payload } else { kept });
+                });
+            }
+        }
         applies.clear();
         placed.clear();
         // Hand over leadership before waking this group: the next group starts its I/O at once.
