@@ -93,6 +93,8 @@ pub fn open(name: &str, dir: &Path, bulk: Option<u64>) -> Box<dyn Engine> {
 
 pub struct SessionDb {
     db: Option<sessiondb::Db>,
+    /// Opened in `SyncMode::Never`: a plain put is already lazy.
+    bulk: bool,
 }
 
 impl SessionDb {
@@ -103,7 +105,7 @@ impl SessionDb {
             sessiondb::SyncMode::Always
         };
         let db = sessiondb::Db::open_with(dir, sessiondb::Options::new().sync_mode(mode)).expect("open sessiondb");
-        SessionDb { db: Some(db) }
+        SessionDb { db: Some(db), bulk }
     }
 
     fn db(&self) -> &sessiondb::Db {
@@ -111,30 +113,35 @@ impl SessionDb {
     }
 }
 
-struct SessionDbWorker<'a>(&'a sessiondb::Db);
+struct SessionDbWorker<'a> {
+    db: &'a sessiondb::Db,
+    /// A plain put is lazy (the store is in `SyncMode::Never`).
+    bulk: bool,
+}
 
 const SESSION_TTL: Duration = Duration::from_secs(1800);
 
 impl Worker for SessionDbWorker<'_> {
     fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
-        if durable {
-            // Durability::Default: Always in the durable profile; Never in bulk, where no put
-            // is asked to be durable.
-            self.0.put(key, value).expect("sessiondb put");
+        if durable || self.bulk {
+            // Durability::Default: Always in the durable profile; Never in bulk (W3-W6), where
+            // no put is asked to be durable: the plain put a bulk loader would call.
+            self.db.put(key, value).expect("sessiondb put");
         } else {
+            // A lazy put in a durable store (W7's prefill): a batch marked Lazy.
             let mut b = sessiondb::Batch::new();
             b.put(key, value).durability(sessiondb::Durability::Lazy);
-            self.0.write(b).expect("sessiondb lazy put");
+            self.db.write(b).expect("sessiondb lazy put");
         }
     }
     fn get(&mut self, key: &[u8]) -> Option<usize> {
-        self.0.get(key).expect("sessiondb get").map(|v| v.len())
+        self.db.get(key).expect("sessiondb get").map(|v| v.len())
     }
     fn save(&mut self, key: &[u8], value: &[u8]) {
-        self.0.put_with_ttl(key, value, SESSION_TTL).expect("sessiondb save");
+        self.db.put_with_ttl(key, value, SESSION_TTL).expect("sessiondb save");
     }
     fn touch(&mut self, key: &[u8], _value: &[u8]) {
-        self.0
+        self.db
             .touch_with(key, SESSION_TTL, sessiondb::Durability::Lazy)
             .expect("sessiondb touch");
     }
@@ -142,7 +149,10 @@ impl Worker for SessionDbWorker<'_> {
 
 impl Engine for SessionDb {
     fn worker(&self) -> Box<dyn Worker + '_> {
-        Box::new(SessionDbWorker(self.db()))
+        Box::new(SessionDbWorker {
+            db: self.db(),
+            bulk: self.bulk,
+        })
     }
     fn sync(&self) {
         self.db().sync().expect("sessiondb sync");
