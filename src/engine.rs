@@ -5,7 +5,8 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
@@ -124,10 +125,17 @@ pub(crate) struct RollPoint {
 }
 
 /// The outcome every writer of a group waits for.
+///
+/// Each waiting writer parks its own thread and the leader unparks them one by one, so the
+/// woken writers run at once. (With a mutex and a condition variable they were handed the mutex
+/// one after another, each woken only when the previous one let go: on two CPUs the last writer
+/// of a group of 16 came back to write its next record long after the first.)
 #[derive(Default)]
 struct GroupWait {
-    done: Mutex<Option<Result<()>>>,
-    cv: Condvar,
+    /// Set once, by the leader.
+    outcome: OnceLock<Result<()>>,
+    /// The threads waiting for the outcome.
+    waiters: Mutex<Vec<Thread>>,
 }
 
 impl GroupWait {
@@ -136,22 +144,24 @@ impl GroupWait {
             Ok(()) => Ok(()),
             Err(e) => Err(e.duplicate()),
         };
-        *self.done.lock() = Some(copy);
-        self.cv.notify_all();
+        // NOTE: set before the waiters are taken: a writer that registers after that finds the
+        // outcome when it looks (its lock of `waiters` follows this one's).
+        let first = self.outcome.set(copy).is_ok();
+        debug_assert!(first, "a group completes once");
+        for waiter in self.waiters.lock().drain(..) {
+            waiter.unpark();
+        }
     }
 
     fn wait(&self) -> Result<()> {
-        let mut done = self.done.lock();
+        self.waiters.lock().push(std::thread::current());
         loop {
-            if let Some(r) = done.take() {
-                let copy = match &r {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(e.duplicate()),
-                };
-                *done = Some(r);
-                return copy;
+            match self.outcome.get() {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(e.duplicate()),
+                // Parks until unparked by `complete` (or spuriously: the loop looks again).
+                None => std::thread::park(),
             }
-            self.cv.wait(&mut done);
         }
     }
 }
