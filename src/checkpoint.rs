@@ -207,9 +207,13 @@ impl Filling<'_> {
         self.filled == self.slots.len()
     }
 
-    /// The vector owns the entries from now on.
+    /// The vector owns the entries from now on. Its length is set to cover every slot next, so
+    /// a slot left unwritten would be read as an entry: checked in every build.
     fn hand_over(self) {
-        debug_assert!(self.is_full());
+        assert!(
+            self.is_full(),
+            "a snapshot half handed over before all its slots were written"
+        );
         std::mem::forget(self);
     }
 }
