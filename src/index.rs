@@ -248,6 +248,7 @@ impl Probe<'_> {
     /// blocks whose keys can share its prefix, so the search of the large base array starts in
     /// a few cache lines instead of across all of it.
     fn in_base(&self, base: &[(Key, BaseEntry)], fences: &[u64]) -> Option<usize> {
+        debug_assert_eq!(fences.len(), base.len().div_ceil(FENCE_EVERY), "fences follow the base");
         // Blocks j with fences[j] <= prefix may hold it; of those, only the ones from the last
         // block starting below the prefix on.
         let upto = fences.partition_point(|&f| f <= self.prefix);
