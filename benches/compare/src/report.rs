@@ -291,14 +291,17 @@ fn targets(med: &Medians) -> String {
         against: "100 ms".into(),
         met: w5.map(|v| v <= 100.0),
     });
+    // First reopens after the load: a peer that flushes its replayed log at open is fast only
+    // from its second reopen on.
+    let w5_first = s("W5", "first_reopen_ms");
     let replaying = ["fjall", "sled", "rocksdb"]
         .iter()
-        .filter_map(|e| g("W5", e, "reopen_ms").map(|v| (e.to_string(), v)))
+        .filter_map(|e| g("W5", e, "first_reopen_ms").map(|v| (e.to_string(), v)))
         .reduce(|a, b| if b.1 < a.1 { b } else { a });
-    let r = ratio(replaying.as_ref().map(|b| b.1), w5);
+    let r = ratio(replaying.as_ref().map(|b| b.1), w5_first);
     t.push(Target {
-        what: "W5 ≥ 2.5 × faster than log-replaying peers",
-        value: w5,
+        what: "W5 first reopen ≥ 2.5 × faster than log-replaying peers'",
+        value: w5_first,
         ratio: r,
         against: replaying.map_or("".into(), |b| b.0),
         met: r.map(|r| r >= 2.5),
