@@ -558,16 +558,16 @@ impl Engine {
         let last_seq = records.last().map_or(0, |r| r.seq);
         // A lone writer's payload buffer goes back to it for its next put (no allocation per
         // put in a bulk load); in a group, the leader keeps one.
-        for rec in records.drain(..) {
-            if rec.payload.capacity() <= SPARE_PAYLOAD_MAX {
-                let mut payload = rec.payload;
-                payload.clear();
-                SPARE_PAYLOAD.with(|spare| {
-                    let kept = spare.take();
-                    spare.set(if kept.capacity() == 0 { payload } else { kept });
-                });
+        SPARE_PAYLOAD.with(|spare| {
+            let mut kept = spare.take();
+            for rec in records.drain(..) {
+                if kept.capacity() == 0 && rec.payload.capacity() <= SPARE_PAYLOAD_MAX {
+                    kept = rec.payload;
+                    kept.clear();
+                }
             }
-        }
+            spare.set(kept);
+        });
         applies.clear();
         placed.clear();
         // Hand over leadership before waking this group: the next group starts its I/O at once.
