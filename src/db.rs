@@ -4,7 +4,6 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::batch::{Batch, BatchOp, Conflict, Expiry};
@@ -18,6 +17,7 @@ use crate::limits;
 use crate::options::{Durability, Options, RecoveryMode, SyncMode};
 use crate::recovery;
 use crate::stats::Stats;
+use crate::sync::thread::{self, JoinHandle};
 use crate::wal::writer::SpareSlot;
 
 /// A live value with its version and expiry, from [`Db::get_versioned`].
@@ -404,7 +404,7 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 fn start_background(engine: &Arc<Engine>) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
+        thread::Builder::new()
             .name(name.to_string())
             .spawn(f)
             .map_err(|e| Error::io("spawn thread", name, e))

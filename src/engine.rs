@@ -4,11 +4,11 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::Thread;
 
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use crate::sync::thread::{self, Thread};
+use crate::sync::{self, Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::batch::Conflict;
 
@@ -154,13 +154,13 @@ impl GroupWait {
     }
 
     fn wait(&self) -> Result<()> {
-        self.waiters.lock().push(std::thread::current());
+        self.waiters.lock().push(thread::current());
         loop {
             match self.outcome.get() {
                 Some(Ok(())) => return Ok(()),
                 Some(Err(e)) => return Err(e.duplicate()),
                 // Parks until unparked by `complete` (or spuriously: the loop looks again).
-                None => std::thread::park(),
+                None => thread::park(),
             }
         }
     }
@@ -267,8 +267,8 @@ pub(crate) struct Engine {
     commit: Mutex<CommitState>,
     leader_cv: Condvar,
     /// Highest sequence number known durable.
-    pub durable_seq: AtomicU64,
-    poisoned: AtomicBool,
+    pub durable_seq: sync::AtomicU64,
+    poisoned: sync::AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub spare: Arc<SpareSlot>,
     /// Held for the whole of a checkpoint: one at a time.
@@ -304,8 +304,8 @@ impl Engine {
                 ..CommitState::default()
             }),
             leader_cv: Condvar::new(),
-            durable_seq: AtomicU64::new(r.durable_seq),
-            poisoned: AtomicBool::new(false),
+            durable_seq: sync::AtomicU64::new(r.durable_seq),
+            poisoned: sync::AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             spare,
             checkpoint_lock: Mutex::new(()),

@@ -20,6 +20,7 @@ mod repair;
 pub mod session;
 mod stats;
 pub mod storage;
+mod sync;
 pub mod telemetry;
 mod wal;
 

@@ -15,7 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use super::{read_exact_at, LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 use crate::layout::{self, FileKind};

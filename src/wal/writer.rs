@@ -10,7 +10,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
