@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::batch::{Batch, BatchOp, Conflict, Expiry};
 use crate::checkpoint;
 use crate::clock::deadline_ms;
-use crate::engine::{Engine, ScanItem};
+use crate::engine::{Cursor, Engine};
 use crate::error::{Error, Result};
 use crate::format::{self, Op, PAYLOAD_COUNT_SIZE};
 use crate::layout::Layout;
@@ -501,50 +501,20 @@ fn sync_loop(engine: &Engine, every: Duration) {
 }
 
 /// An iterator over live entries in key order, reading the index a chunk at a time so writers
-/// are never blocked for long. Entries written during the scan may or may not be seen.
+/// are never blocked for long. Entries written during the scan may or may not be seen; up to
+/// 256 entries at a time are read at one moment, so a scan of at most that many keys sees the
+/// store as it was at one moment.
 pub struct Iter<'a> {
     engine: &'a Engine,
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-    buffer: std::collections::VecDeque<ScanItem>,
-    done: bool,
+    cursor: Cursor,
 }
 
 impl<'a> Iter<'a> {
     fn new(engine: &'a Engine, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Iter<'a> {
-        let empty = match (&lower, &upper) {
-            (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
-                l > u || (l == u && !(matches!(lower, Bound::Included(_)) && matches!(upper, Bound::Included(_))))
-            }
-            _ => false,
-        };
         Iter {
             engine,
-            lower,
-            upper,
-            buffer: Default::default(),
-            done: empty,
+            cursor: Cursor::new(lower, upper),
         }
-    }
-
-    fn refill(&mut self) -> Result<()> {
-        let chunk = self
-            .engine
-            .scan_chunk(as_ref_bound(&self.lower), as_ref_bound(&self.upper))?;
-        match chunk.last() {
-            Some((k, _, _)) => self.lower = Bound::Excluded(k.to_vec()),
-            None => self.done = true,
-        }
-        self.buffer.extend(chunk);
-        Ok(())
-    }
-}
-
-fn as_ref_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(k) => Bound::Included(k),
-        Bound::Excluded(k) => Bound::Excluded(k),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
@@ -552,20 +522,10 @@ impl Iterator for Iter<'_> {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some((key, entry, source)) = self.buffer.pop_front() {
-                if !entry.is_live(self.engine.now_ms()) {
-                    continue;
-                }
-                return Some(self.engine.read_value(&source, entry.loc).map(|v| (key.to_vec(), v)));
-            }
-            if self.done {
-                return None;
-            }
-            if let Err(e) = self.refill() {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
+        let item = self.cursor.next(self.engine)?;
+        Some(item.and_then(|(key, entry, source)| {
+            let value = self.engine.read_value(&source, &key, &entry)?;
+            Ok((key.to_vec(), value))
+        }))
     }
 }

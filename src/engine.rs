@@ -12,7 +12,7 @@ use crate::sync::{self, Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::batch::Conflict;
 
-use crate::error::{Error, Result};
+use crate::error::{show_key, Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
 use crate::index::{entry_seq, Entry, FileId, Index, Key, Loc, Source, SourceData};
 use crate::layout::Layout;
@@ -279,6 +279,8 @@ pub(crate) struct Engine {
     pub background: Background,
     pub lock_guard: Mutex<Option<LockGuard>>,
     pub recovery: RecoveryReport,
+    /// The latest time [`Engine::now_ms`] returned.
+    clock_floor: AtomicU64,
 }
 
 /// An entry of a scan with the file to read its value from.
@@ -314,11 +316,29 @@ impl Engine {
             background: Background::default(),
             lock_guard: Mutex::new(Some(guard)),
             recovery: r.report,
+            clock_floor: AtomicU64::new(0),
         }
     }
 
+    /// The store's time for expiry: the clock, except that it never goes back. Expiry
+    /// decisions lean on that: a touch decided after a checkpoint fixed its cut finds its entry
+    /// live at the cut too, so the snapshot holds it (docs/design.md, "Concurrency"); and a
+    /// wall clock stepped back must not revive entries already read as expired.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.opts.clock.now_ms()
+        let now = self.opts.clock.now_ms();
+        let floor = self.clock_floor.load(Ordering::Acquire);
+        if now <= floor {
+            return floor;
+        }
+        self.clock_floor.fetch_max(now, Ordering::AcqRel).max(now)
+    }
+
+    /// Runs the test hook at `point` (builds with the `sim` feature; nothing otherwise).
+    #[cfg(feature = "sim")]
+    pub(crate) fn point(&self, point: crate::storage::sim::Point) {
+        if let Some(hook) = &self.opts.on_point {
+            hook(point);
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -790,13 +810,13 @@ impl Engine {
         let found = {
             let index = self.index.read();
             match index.get(key) {
-                Some(e) if e.is_live(now) => Some((e, self.source_of(&index, e.loc)?)),
+                Some(e) if e.is_live(now) => Some((e, self.source_of(&index, key, e.loc)?)),
                 _ => None,
             }
         };
         match found {
             Some((entry, source)) => Ok(Some((
-                self.read_value(&source, entry.loc)?,
+                self.read_value(&source, key, &entry)?,
                 entry.seq.get(),
                 entry.expires_at_ms,
             ))),
@@ -833,14 +853,24 @@ impl Engine {
         (examined, dropped, last)
     }
 
-    pub(crate) fn source_of(&self, index: &Index, loc: Loc) -> Result<Source> {
-        // NOTE: every entry's file is in the table (apply and recovery add it first); a miss is
-        // a bug of ours, reported rather than panicking.
+    /// The file `key`'s entry `loc` points into. Every entry's file is in the index's table
+    /// (apply and recovery add it first, a checkpoint removes a file only once no entry points
+    /// into it, and file numbers are never reused): a miss is a bug of ours, reported with the
+    /// key rather than read from another file or panicking.
+    pub(crate) fn source_of(&self, index: &Index, key: &[u8], loc: Loc) -> Result<Source> {
         index.source(loc.slot).cloned().ok_or_else(|| {
             let path = index
                 .file_of(loc.slot)
                 .map_or_else(|| self.layout.dir().to_path_buf(), |f| self.file_path(f));
-            Error::corruption(path, loc.offset, "index points into a file that is not open")
+            Error::corruption(
+                path,
+                loc.offset,
+                format!(
+                    "the entry of key {} points into file {}, which is not open",
+                    show_key(key),
+                    loc.slot
+                ),
+            )
         })
     }
 
@@ -851,25 +881,58 @@ impl Engine {
         }
     }
 
-    pub(crate) fn read_value(&self, source: &Source, loc: Loc) -> Result<Vec<u8>> {
+    /// The value `entry` of `key` points at, from `source`, returned only once the bytes around
+    /// it show that it is `key`'s value of that version: in a log record, the whole record's
+    /// checksum (seeded with its segment's id), its sequence number and the put's key; in a
+    /// snapshot, the entry's key, sequence number and length. A location into the wrong place
+    /// is `Corruption` naming the file, the offset and the key, never another value.
+    pub(crate) fn read_value(&self, source: &Source, key: &[u8], entry: &Entry) -> Result<Vec<u8>> {
+        let loc = entry.loc;
+        let seq = entry.seq.get();
+        let path = || self.file_path(source.file);
+        let not_its = |at: u64| {
+            Error::corruption(
+                path(),
+                at,
+                format!(
+                    "the bytes here are not the value of key {} at version {seq}",
+                    show_key(key)
+                ),
+            )
+        };
         if loc.record_len == 0 {
-            return self.read_bytes(source, loc.offset, loc.len as usize);
+            // A snapshot value: its entry's header and key lie just before it.
+            let back = format::snapshot_value_back(key.len());
+            let Some(start) = loc.offset.checked_sub(back as u64) else {
+                return Err(not_its(loc.offset));
+            };
+            let mut entry_bytes = self.read_bytes(source, start, back + loc.len as usize)?;
+            if !format::snapshot_value_is_for(&entry_bytes, back, key, seq, loc.len as usize) {
+                return Err(not_its(start));
+            }
+            entry_bytes.drain(..back);
+            return Ok(entry_bytes);
         }
         // A value in a log record: read the whole record and check it before trusting a byte.
-        let path = || self.file_path(source.file);
         let start = loc.offset.checked_sub(u64::from(loc.record_back));
         let (FileId::Segment(segment_id), Some(start)) = (source.file, start) else {
             return Err(Error::corruption(path(), loc.offset, "index entry names no log record"));
         };
         let back = loc.record_back as usize;
         let end = back + loc.len as usize;
-        let verifies = |record: &[u8]| {
-            matches!(
-                format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX),
-                format::RecordState::Valid(r) if r.len == record.len() && end <= record.len()
-            )
-        };
         let bad = || Error::corruption(path(), start, "record read back does not verify");
+        let check = |record: &[u8]| match format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX) {
+            format::RecordState::Valid(r) if r.len == record.len() && end <= record.len() => {
+                let in_payload = back.checked_sub(RECORD_HEADER_SIZE);
+                match in_payload {
+                    Some(at) if r.seq == seq && format::put_value_is_for(r.payload, at, key, loc.len as usize) => {
+                        Ok(())
+                    }
+                    _ => Err(not_its(start)),
+                }
+            }
+            _ => Err(bad()),
+        };
         match &source.data {
             SourceData::Bytes(bytes) => {
                 let at = usize::try_from(start).unwrap_or(usize::MAX);
@@ -877,17 +940,13 @@ impl Engine {
                     .checked_add(loc.record_len as usize)
                     .and_then(|end| bytes.bytes().get(at..end))
                     .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?;
-                if !verifies(record) {
-                    return Err(bad());
-                }
+                check(record)?;
                 Ok(record[back..end].to_vec())
             }
             SourceData::File(_) => {
                 // One allocation: the record is read, checked, then cut down to its value.
                 let mut record = self.read_bytes(source, start, loc.record_len as usize)?;
-                if !verifies(&record) {
-                    return Err(bad());
-                }
+                check(&record)?;
                 record.truncate(end);
                 record.drain(..back);
                 Ok(record)
@@ -918,14 +977,24 @@ impl Engine {
         }
     }
 
-    /// The next chunk of live entries in `(lower, upper)`, with their sources.
-    pub(crate) fn scan_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<Vec<ScanItem>> {
+    /// The next chunk of entries in `(lower, upper)`: the live ones with their sources, and the
+    /// last key examined (live or not), where the next chunk starts. One hold of the index lock,
+    /// liveness judged at one time read just before it: a chunk is the store's state at one
+    /// moment.
+    fn scan_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<(Vec<ScanItem>, Option<Key>)> {
+        let now = self.now_ms();
         let index = self.index.read();
-        index
-            .range_chunk(lower, upper, SCAN_CHUNK)
+        let chunk = index.range_chunk(lower, upper, SCAN_CHUNK);
+        let last = chunk.last().map(|(k, _)| k.clone());
+        let live = chunk
             .into_iter()
-            .map(|(k, e)| Ok((k, e, self.source_of(&index, e.loc)?)))
-            .collect()
+            .filter(|(_, e)| e.is_live(now))
+            .map(|(k, e)| {
+                let source = self.source_of(&index, &k, e.loc)?;
+                Ok((k, e, source))
+            })
+            .collect::<Result<_>>()?;
+        Ok((live, last))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -971,6 +1040,62 @@ impl Engine {
         c.telemetry.fill(&mut stats);
         stats
     }
+}
+
+/// A scan's position: live entries in `(lower, upper)`, fetched a chunk at a time so writers
+/// are never blocked for long ([`Engine::scan_chunk`]). Entries written during the scan may or
+/// may not be seen; each chunk is the state at one moment.
+pub(crate) struct Cursor {
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    buffer: VecDeque<ScanItem>,
+    done: bool,
+}
+
+impl Cursor {
+    pub(crate) fn new(lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Cursor {
+        let empty = match (&lower, &upper) {
+            (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
+                l > u || (l == u && !(matches!(lower, Bound::Included(_)) && matches!(upper, Bound::Included(_))))
+            }
+            _ => false,
+        };
+        Cursor {
+            lower,
+            upper,
+            buffer: VecDeque::new(),
+            done: empty,
+        }
+    }
+
+    /// The next live entry with the file to read its value from; an error ends the scan.
+    pub(crate) fn next(&mut self, engine: &Engine) -> Option<Result<ScanItem>> {
+        loop {
+            if let Some(item) = self.buffer.pop_front() {
+                return Some(Ok(item));
+            }
+            if self.done {
+                return None;
+            }
+            match engine.scan_chunk(as_slice_bound(&self.lower), as_slice_bound(&self.upper)) {
+                Ok((live, last)) => {
+                    match last {
+                        Some(k) => self.lower = Bound::Excluded(k.to_vec()),
+                        None => self.done = true,
+                    }
+                    self.buffer.extend(live);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    b.as_ref().map(Vec::as_slice)
 }
 
 /// Pair the checks (debug builds; the hot path skips it): an encoded payload decodes back to the

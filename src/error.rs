@@ -162,3 +162,12 @@ impl Error {
         }
     }
 }
+
+/// A key for an error message: printable ASCII as it is, other bytes escaped, at most 64 bytes
+/// of it (keys can be long, and session ids are secrets best not logged whole).
+pub(crate) fn show_key(key: &[u8]) -> String {
+    const SHOWN: usize = 64;
+    let shown = &key[..key.len().min(SHOWN)];
+    let more = if key.len() > SHOWN { "..." } else { "" };
+    format!("\"{}{more}\" ({} bytes)", shown.escape_ascii(), key.len())
+}

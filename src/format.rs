@@ -315,6 +315,26 @@ pub fn put_value_offset(op_start: usize, key_len: usize) -> usize {
     op_start + 4 + 8 + key_len + 8
 }
 
+/// Whether the value of `value_len` bytes at `value_at` in `payload` is the value of a put of
+/// `key`: the put's tag, key length, key and value length lie just before it. The bytes around
+/// a value name the key they were written for, so a location that points into the wrong place
+/// is caught even where a checksum over the surrounding bytes passes. Never panics.
+pub fn put_value_is_for(payload: &[u8], value_at: usize, key: &[u8], value_len: usize) -> bool {
+    let Some(op_at) = value_at.checked_sub(4 + 8 + key.len() + 8) else {
+        return false;
+    };
+    let key_at = op_at + 4 + 8;
+    let len_at = key_at + key.len();
+    value_at.checked_add(value_len).is_some_and(|end| end <= payload.len())
+        && u32_at(payload, op_at) == PUT_TAG
+        && u64_at(payload, op_at + 4) == key.len() as u64
+        && &payload[key_at..len_at] == key
+        && u64_at(payload, len_at) == value_len as u64
+}
+
+/// The bincode tag of [`Op::Put`] (its variant index).
+const PUT_TAG: u32 = 0;
+
 /// Bytes a delete of this key adds to a payload.
 pub fn delete_encoded_size(key_len: usize) -> usize {
     4 + 8 + key_len
@@ -452,6 +472,26 @@ pub struct SnapshotEntry<'a> {
 /// Bytes an entry takes in a block.
 pub fn snapshot_entry_size(key_len: usize, value_len: usize) -> usize {
     ENTRY_HEADER_SIZE + key_len + value_len
+}
+
+/// Whether the value of `value_len` bytes at `value_at` in the snapshot `file` is the value of
+/// `key` written at `seq`: the entry's header and key lie just before it (see
+/// [`put_value_is_for`] for why). Never panics.
+pub fn snapshot_value_is_for(file: &[u8], value_at: usize, key: &[u8], seq: u64, value_len: usize) -> bool {
+    let Some(entry_at) = value_at.checked_sub(ENTRY_HEADER_SIZE + key.len()) else {
+        return false;
+    };
+    let key_at = entry_at + ENTRY_HEADER_SIZE;
+    value_at.checked_add(value_len).is_some_and(|end| end <= file.len())
+        && u32_at(file, entry_at + ENTRY_KEY_LEN_AT) as usize == key.len()
+        && u32_at(file, entry_at + ENTRY_VALUE_LEN_AT) as usize == value_len
+        && u64_at(file, entry_at + ENTRY_SEQ_AT) == seq
+        && &file[key_at..value_at] == key
+}
+
+/// Bytes from the start of a snapshot entry to its value.
+pub fn snapshot_value_back(key_len: usize) -> usize {
+    ENTRY_HEADER_SIZE + key_len
 }
 
 /// Builds snapshot blocks: entries go in with [`BlockBuilder::push`]; [`BlockBuilder::finish`]

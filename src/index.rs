@@ -2,7 +2,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU64;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -130,11 +130,19 @@ pub(crate) enum FileId {
     Snapshot(u64),
 }
 
-/// A file's place in the index's file table: 4 bytes in every entry instead of a 16-byte
-/// [`FileId`]. Slots of removed files are reused; no entry points at a removed file (checked in
-/// debug builds when a checkpoint removes files).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A file's number in the index's file table: 4 bytes in every entry instead of a 16-byte
+/// [`FileId`]. Numbers are handed out in increasing order and never reused while the store is
+/// open, so a location that outlives its file (which a checkpoint checks never happens) finds
+/// no file, an error naming the key, instead of another file's bytes. (A number would come
+/// round again only after 2^32 files in one process: 256 TiB of log at the smallest segments.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Slot(u32);
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
 
 /// Where a value's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +306,9 @@ fn layer<'a>(m: &'a BTreeMap<Key, Option<Entry>>, lower: Bound<&[u8]>, upper: Bo
 pub(crate) struct Source {
     pub file: FileId,
     pub data: SourceData,
+    /// For a snapshot: where each of its blocks starts, ascending. A checkpoint verifies the
+    /// block around every value it copies from a snapshot.
+    pub blocks: Option<Arc<[u64]>>,
 }
 
 /// How a file's values are read.
@@ -314,6 +325,15 @@ impl Source {
         Source {
             file,
             data: SourceData::Bytes(bytes),
+            blocks: None,
+        }
+    }
+
+    pub(crate) fn snapshot(seq: u64, bytes: Arc<FileBytes>, blocks: Arc<[u64]>) -> Source {
+        Source {
+            file: FileId::Snapshot(seq),
+            data: SourceData::Bytes(bytes),
+            blocks: Some(blocks),
         }
     }
 
@@ -321,6 +341,7 @@ impl Source {
         Source {
             file,
             data: SourceData::File(handle),
+            blocks: None,
         }
     }
 }
@@ -348,13 +369,15 @@ pub(crate) struct Index {
     frozen_active: bool,
     /// Keys present (all layers together).
     live: usize,
-    /// Slot → the file in it and, once known, how to read it.
-    files: Vec<Option<(FileId, Option<Source>)>>,
+    /// The files by number, from `first_slot` on: the file and, once known, how to read it;
+    /// `None` for a number whose file was removed. Leading `None`s are dropped.
+    files: VecDeque<Option<(FileId, Option<Source>)>>,
+    /// The number of `files[0]`.
+    first_slot: u32,
     slots: HashMap<FileId, Slot>,
     /// The last file [`Index::slot`] was asked for, and its slot: nearly every write goes to
     /// the active segment, so this saves a hash lookup per write.
     last_slot: Option<(FileId, Slot)>,
-    free: Vec<Slot>,
     live_bytes: u64,
     /// Sequence number of the last write applied.
     pub applied_seq: u64,
@@ -390,17 +413,22 @@ impl Index {
         }
     }
 
+    /// The table's place of `slot`, if the number was handed out and is still in the table.
+    fn table_at(&self, slot: Slot) -> Option<&Option<(FileId, Option<Source>)>> {
+        self.files.get(slot.0.wrapping_sub(self.first_slot) as usize)
+    }
+
     /// The file in `slot` and how to read it.
     pub(crate) fn source(&self, slot: Slot) -> Option<&Source> {
-        self.files.get(slot.0 as usize)?.as_ref()?.1.as_ref()
+        self.table_at(slot)?.as_ref()?.1.as_ref()
     }
 
     /// The file in `slot`.
     pub(crate) fn file_of(&self, slot: Slot) -> Option<FileId> {
-        self.files.get(slot.0 as usize)?.as_ref().map(|f| f.0)
+        self.table_at(slot)?.as_ref().map(|f| f.0)
     }
 
-    /// The slot of `file`, given one if it has none yet.
+    /// The slot of `file`, given a new number if it has none yet.
     pub(crate) fn slot(&mut self, file: FileId) -> Slot {
         if let Some((f, s)) = self.last_slot {
             if f == file {
@@ -412,13 +440,13 @@ impl Index {
             self.last_slot = Some((file, s));
             return s;
         }
-        let s = self.free.pop().unwrap_or_else(|| {
-            // NOTE: slots are reused, so their number is bounded by the files open at once.
-            assert!(self.files.len() < u32::MAX as usize, "file table full");
-            self.files.push(None);
-            Slot((self.files.len() - 1) as u32)
-        });
-        self.files[s.0 as usize] = Some((file, None));
+        // NOTE: the table spans the numbers from the oldest open file to the newest, which a
+        // checkpoint bounds (it removes the files it covers); more than 2^32 of them would
+        // make numbers ambiguous.
+        assert!(self.files.len() < u32::MAX as usize, "file table full");
+        // NOTE: cannot truncate: the length is below u32::MAX (checked above).
+        let s = Slot(self.first_slot.wrapping_add(self.files.len() as u32));
+        self.files.push_back(Some((file, None)));
         self.slots.insert(file, s);
         s
     }
@@ -426,19 +454,54 @@ impl Index {
     /// Sets how `source.file` is read; returns its slot.
     pub(crate) fn set_source(&mut self, source: Source) -> Slot {
         let s = self.slot(source.file);
-        self.files[s.0 as usize] = Some((source.file, Some(source)));
+        let at = s.0.wrapping_sub(self.first_slot) as usize;
+        self.files[at] = Some((source.file, Some(source)));
         s
     }
 
-    /// Forgets `file`; its slot may be given to another file.
+    /// Forgets `file`. Its number is never given to another file.
     pub(crate) fn remove_source(&mut self, file: FileId) {
         if self.last_slot.is_some_and(|(f, _)| f == file) {
             self.last_slot = None;
         }
         if let Some(s) = self.slots.remove(&file) {
-            self.files[s.0 as usize] = None;
-            self.free.push(s);
+            let at = s.0.wrapping_sub(self.first_slot) as usize;
+            self.files[at] = None;
+            while self.files.front().is_some_and(Option::is_none) {
+                self.files.pop_front();
+                self.first_slot = self.first_slot.wrapping_add(1);
+            }
         }
+    }
+
+    /// The slot of `file`, if it is in the table.
+    pub(crate) fn slot_of(&self, file: FileId) -> Option<Slot> {
+        self.slots.get(&file).copied()
+    }
+
+    /// The slots some entry points into. Base entries all point into the newest snapshot, so
+    /// only the first is looked at (debug builds check the rest).
+    pub(crate) fn files_in_use(&self) -> std::collections::HashSet<Slot> {
+        let mut used: std::collections::HashSet<Slot> = self
+            .overlay
+            .values()
+            .chain(self.frozen.values())
+            .flatten()
+            .map(|e| e.loc.slot)
+            .collect();
+        if let Some((_, first)) = self.base.first() {
+            debug_assert!(self.base.iter().all(|(_, e)| e.slot == first.slot), "one base file");
+            used.insert(first.slot);
+        }
+        used
+    }
+
+    /// Every file in the table (with its slot), for checks.
+    pub(crate) fn open_files(&self) -> impl Iterator<Item = (Slot, FileId)> + '_ {
+        self.files.iter().enumerate().filter_map(|(i, f)| {
+            // NOTE: cannot truncate: the table holds fewer than u32::MAX files (Index::slot).
+            f.as_ref().map(|f| (Slot(self.first_slot.wrapping_add(i as u32)), f.0))
+        })
     }
 
     pub(crate) fn put(&mut self, key: Key, entry: Entry) {
@@ -506,7 +569,13 @@ impl Index {
 
     /// The checkpoint's snapshot is durable and holds `entries` (in key order, pointing into
     /// it): they become the base and the frozen layer goes. Every change since the freeze is in
-    /// the overlay, which stays; tombstones that hide nothing any more are dropped.
+    /// the overlay, which stays, except where the snapshot holds the very write the overlay
+    /// names (the same sequence number): then the base entry takes the overlay's deadline and
+    /// the overlay's entry goes. That is always so for an entry a touch copied up from below
+    /// during the checkpoint: its value lies in a file the checkpoint is about to delete, and
+    /// the snapshot holds that write (the key was live when the touch was decided, after the
+    /// snapshot's cut, and nothing else changed it since). Tombstones that hide nothing any
+    /// more are dropped.
     pub(crate) fn rebase(&mut self, entries: BaseEntries) {
         debug_assert!(self.frozen_active, "rebase follows freeze");
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "base keys ascend");
@@ -516,21 +585,35 @@ impl Index {
         self.frozen_active = false;
         let mut live = self.base.len();
         let mut live_bytes: u64 = self.base.iter().map(|(k, e)| k.len() as u64 + u64::from(e.len)).sum();
-        let base = &self.base;
-        let find = |k: &[u8]| base.binary_search_by(|(b, _)| b.as_bytes().cmp(k)).ok();
+        let (base, fences) = (&mut self.base, &self.fences);
         self.overlay.retain(|k, over| {
-            let under = find(k).map(|i| &base[i].1);
-            if let Some(u) = under {
-                live -= 1;
-                live_bytes -= k.len() as u64 + u64::from(u.len);
-            }
+            let Some(i) = Probe::new(k).in_base(base, fences) else {
+                return match over {
+                    Some(e) => {
+                        live += 1;
+                        live_bytes += k.len() as u64 + u64::from(e.loc.len);
+                        true
+                    }
+                    None => false,
+                };
+            };
+            let under = &mut base[i].1;
             match over {
+                Some(e) if e.seq == under.seq => {
+                    debug_assert_eq!(e.loc.len, under.len, "one write, one value length");
+                    under.expires_at_ms = e.expires_at_ms;
+                    false
+                }
                 Some(e) => {
-                    live += 1;
-                    live_bytes += k.len() as u64 + u64::from(e.loc.len);
+                    live_bytes -= u64::from(under.len);
+                    live_bytes += u64::from(e.loc.len);
                     true
                 }
-                None => under.is_some(),
+                None => {
+                    live -= 1;
+                    live_bytes -= k.len() as u64 + u64::from(under.len);
+                    true
+                }
             }
         });
         self.live = live;
@@ -806,6 +889,62 @@ mod tests {
         index.rebase(copied);
         assert_eq!(index.get(b"s").map(|e| e.expires_at_ms), Some(9000));
         assert_eq!(index.len(), 1);
+    }
+
+    /// The touched entry lives on in the new base, with the touch's deadline, and nothing points
+    /// into the old snapshot's or an old segment's file any more (issue 12: the checkpoint then
+    /// deletes those files).
+    #[test]
+    fn a_touch_during_a_checkpoint_leaves_nothing_in_the_files_it_covers() {
+        let mut index = Index::default();
+        let old_snapshot = index.slot(FileId::Snapshot(1));
+        let old_segment = index.slot(FileId::Segment(1));
+        let new_snapshot = index.slot(FileId::Snapshot(9));
+        let at = |slot, seq, expires| BaseEntry {
+            slot,
+            ..base_entry(seq, expires, 10)
+        };
+        index.extend_sorted(vec![(Key::from(&b"in-snapshot"[..]), at(old_snapshot, 1, 1000))]);
+        index.put(
+            Key::from(&b"in-segment"[..]),
+            Entry {
+                loc: Loc {
+                    slot: old_segment,
+                    ..entry(5, 1000, 10).loc
+                },
+                ..entry(5, 1000, 10)
+            },
+        );
+        index.freeze();
+        index.touch(b"in-snapshot", 1, 7000);
+        index.touch(b"in-segment", 5, 8000);
+        // The fuzzy copy saw neither touch.
+        index.rebase(vec![
+            (Key::from(&b"in-segment"[..]), at(new_snapshot, 5, 1000)),
+            (Key::from(&b"in-snapshot"[..]), at(new_snapshot, 1, 1000)),
+        ]);
+        assert_eq!(index.get(b"in-snapshot").map(|e| e.expires_at_ms), Some(7000));
+        assert_eq!(index.get(b"in-segment").map(|e| e.expires_at_ms), Some(8000));
+        assert_eq!(index.files_in_use(), [new_snapshot].into_iter().collect());
+        assert_eq!((index.len(), index.live_bytes()), (2, 2 * 10 + 21));
+    }
+
+    #[test]
+    fn a_removed_files_number_is_never_given_again() {
+        let mut index = Index::default();
+        let a = index.slot(FileId::Segment(1));
+        let b = index.slot(FileId::Segment(2));
+        index.remove_source(FileId::Segment(1));
+        assert_eq!((index.file_of(a), index.file_of(b)), (None, Some(FileId::Segment(2))));
+        let c = index.slot(FileId::Segment(3));
+        index.remove_source(FileId::Segment(2));
+        let d = index.slot(FileId::Snapshot(3));
+        assert!([b, c, d].iter().all(|s| *s != a) && c != b && d != b && d != c);
+        assert_eq!(index.file_of(a), None);
+        assert_eq!(index.file_of(b), None);
+        assert_eq!(index.file_of(c), Some(FileId::Segment(3)));
+        assert_eq!(index.file_of(d), Some(FileId::Snapshot(3)));
+        assert_eq!(index.open_files().count(), 2);
     }
 
     #[test]

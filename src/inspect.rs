@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::db::{prefix_successor, Db};
-use crate::engine::ScanItem;
+use crate::engine::Cursor;
 use crate::error::{Error, Result};
 use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
 use crate::layout::{self, FileKind, Layout};
@@ -269,10 +269,7 @@ impl View {
         let upper = prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
         Entries {
             view: self,
-            lower: Bound::Included(prefix),
-            upper,
-            buffer: Default::default(),
-            done: false,
+            cursor: Cursor::new(Bound::Included(prefix), upper),
         }
     }
 }
@@ -280,18 +277,7 @@ impl View {
 /// Live entries of a [`View`], in key order.
 pub struct Entries<'a> {
     view: &'a View,
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-    buffer: std::collections::VecDeque<ScanItem>,
-    done: bool,
-}
-
-fn as_ref_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(k) => Bound::Included(k),
-        Bound::Excluded(k) => Bound::Excluded(k),
-        Bound::Unbounded => Bound::Unbounded,
-    }
+    cursor: Cursor,
 }
 
 impl Iterator for Entries<'_> {
@@ -299,39 +285,15 @@ impl Iterator for Entries<'_> {
 
     fn next(&mut self) -> Option<Result<LiveEntry>> {
         let engine = self.view.db.engine();
-        loop {
-            if let Some((key, entry, source)) = self.buffer.pop_front() {
-                if !entry.is_live(engine.now_ms()) {
-                    continue;
-                }
-                let value = match engine.read_value(&source, entry.loc) {
-                    Ok(v) => v,
-                    Err(e) => return Some(Err(e)),
-                };
-                return Some(Ok(LiveEntry {
-                    key: key.to_vec(),
-                    value,
-                    seq: entry.seq.get(),
-                    expires_at_ms: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
-                }));
-            }
-            if self.done {
-                return None;
-            }
-            match engine.scan_chunk(as_ref_bound(&self.lower), as_ref_bound(&self.upper)) {
-                Ok(chunk) => {
-                    match chunk.last() {
-                        Some((k, _, _)) => self.lower = Bound::Excluded(k.to_vec()),
-                        None => self.done = true,
-                    }
-                    self.buffer.extend(chunk);
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
+        let item = self.cursor.next(engine)?;
+        Some(item.and_then(|(key, entry, source)| {
+            Ok(LiveEntry {
+                value: engine.read_value(&source, &key, &entry)?,
+                key: key.to_vec(),
+                seq: entry.seq.get(),
+                expires_at_ms: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
+            })
+        }))
     }
 }
 

@@ -2,6 +2,15 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
+/// Runs the test hook of [`Options::on_point`] at a protocol point (only in builds with the
+/// `sim` feature; nothing otherwise).
+macro_rules! point {
+    ($engine:expr, $point:ident) => {
+        #[cfg(feature = "sim")]
+        $engine.point(crate::storage::sim::Point::$point);
+    };
+}
+
 mod backup;
 mod batch;
 mod checkpoint;

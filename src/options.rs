@@ -83,6 +83,9 @@ pub struct Options {
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) storage: Arc<dyn Storage>,
+    /// Runs at each protocol point (tests only).
+    #[cfg(feature = "sim")]
+    pub(crate) on_point: Option<Arc<dyn Fn(crate::storage::sim::Point) + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -99,6 +102,8 @@ impl Default for Options {
             sweep_interval: Some(limits::SWEEP_INTERVAL_DEFAULT),
             clock: Arc::new(SystemClock),
             storage: Arc::new(FsStorage),
+            #[cfg(feature = "sim")]
+            on_point: None,
         }
     }
 }
@@ -126,6 +131,16 @@ impl Options {
     /// checkpoints every 256 MiB of log.
     pub fn new() -> Options {
         Options::default()
+    }
+
+    /// Runs `hook` on the thread that reaches each [`crate::storage::sim::Point`] of the
+    /// engine's protocols, so a test can line up another thread's work exactly there (with a
+    /// channel, not a sleep). Only in builds with the `sim` feature.
+    #[cfg(feature = "sim")]
+    #[must_use]
+    pub fn on_point(mut self, hook: impl Fn(crate::storage::sim::Point) + Send + Sync + 'static) -> Options {
+        self.on_point = Some(Arc::new(hook));
+        self
     }
 
     /// When a write counts as durable. Default: [`SyncMode::Always`].

@@ -129,7 +129,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let base = snapshot.as_ref().map_or(0, |s| s.base_seq);
 
     if let Some(s) = &snapshot {
-        index.set_source(Source::bytes(FileId::Snapshot(s.base_seq), s.bytes.clone()));
+        index.set_source(s.source());
         report.snapshot_seq = Some(s.base_seq);
         report.snapshot_entries = s.entries;
     }

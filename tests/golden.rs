@@ -981,3 +981,42 @@ fn hostile_footers_are_damage() {
     }));
     assert!(decode_snapshot_footer(&backwards).is_err(), "end_seq < base_seq");
 }
+
+/// The identity checks a read makes around a value (`put_value_is_for`,
+/// `snapshot_value_is_for`): true exactly for the key, version and length the value was written
+/// with, false for any other, and no panic at any offset of the bytes.
+#[test]
+fn the_bytes_around_a_value_name_its_key_and_version() {
+    use sessiondb::format::{put_value_is_for, put_value_offset, snapshot_value_is_for};
+
+    let p = payload(&batch());
+    let at = put_value_offset(PAYLOAD_COUNT_SIZE, b"user:42".len());
+    assert_eq!(&p[at..at + 12], b"session-blob");
+    assert!(put_value_is_for(&p, at, b"user:42", 12));
+    assert!(!put_value_is_for(&p, at, b"user:43", 12), "another key");
+    assert!(!put_value_is_for(&p, at, b"user:4", 12), "a shorter key");
+    assert!(!put_value_is_for(&p, at, b"user:42", 11), "another length");
+    let s = snapshot();
+    let entry_value_at = SNAPSHOT_HEADER_SIZE + BLOCK_HEADER_SIZE + ENTRY_HEADER_SIZE + entries()[0].key.len();
+    let e = entries()[0];
+    assert_eq!(&s[entry_value_at..entry_value_at + e.value.len()], e.value);
+    assert!(snapshot_value_is_for(&s, entry_value_at, e.key, e.seq, e.value.len()));
+    assert!(
+        !snapshot_value_is_for(&s, entry_value_at, e.key, e.seq + 1, e.value.len()),
+        "another version"
+    );
+    assert!(
+        !snapshot_value_is_for(&s, entry_value_at, b"other", e.seq, e.value.len()),
+        "another key"
+    );
+    for bytes in [&p[..], &s[..], &[][..], &[0xff; 7][..]] {
+        for at in 0..bytes.len() + 2 {
+            for len in [0, 1, 12, usize::MAX] {
+                let _ = put_value_is_for(bytes, at, b"user:42", len);
+                let _ = snapshot_value_is_for(bytes, at, e.key, e.seq, len);
+            }
+        }
+    }
+    assert!(!put_value_is_for(&p, usize::MAX, b"k", 1));
+    assert!(!snapshot_value_is_for(&s, usize::MAX, b"k", 1, 1));
+}

@@ -184,3 +184,30 @@ fn checkpoint_drops_expired_entries() {
     assert_eq!(db.stats().recovery.snapshot_entries, 5, "{:?}", db.stats().recovery);
     assert_eq!(keys_of(&db, b""), ["p0", "p1", "p2", "p3", "p4"]);
 }
+
+/// The store's time never goes back while it is open: a clock stepped back (a wall clock set by
+/// hand or by NTP) revives no entry already read as expired, in `get`, scans or a touch.
+/// Expiry decisions across threads rely on it (docs/design.md, "Concurrency").
+#[test]
+fn a_clock_stepped_back_revives_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    db.put_with_ttl(b"s:short", b"1", Duration::from_millis(1000)).unwrap();
+    clock.advance(Duration::from_millis(1000));
+    assert_eq!(db.get(b"s:short").unwrap(), None, "expired at the deadline");
+    clock.set(T0);
+    assert_eq!(
+        db.get(b"s:short").unwrap(),
+        None,
+        "still expired with the clock stepped back"
+    );
+    assert!(keys_of(&db, b"s:").is_empty());
+    assert!(
+        !db.touch(b"s:short", Duration::from_secs(60)).unwrap(),
+        "a touch finds nothing live"
+    );
+    assert_eq!(db.now_ms(), T0 + 1000, "the store's time stays where it was");
+    clock.set(T0 + 2000);
+    assert_eq!(db.now_ms(), T0 + 2000, "and moves on with the clock");
+}

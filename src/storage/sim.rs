@@ -34,6 +34,24 @@ use crate::sync::{Condvar, Mutex};
 
 use super::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 
+/// A point in the engine's protocols where the hook of [`crate::Options::on_point`] runs, on
+/// the thread that reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Point {
+    /// A checkpoint fixed its base and froze the index; leadership is released, writers go
+    /// on, and nothing is copied yet.
+    CheckpointFrozen,
+    /// The checkpoint's snapshot is written and fsynced under its temporary name; the index
+    /// is still frozen.
+    CheckpointWritten,
+    /// The snapshot is the index's base (the frozen layer is gone); the files it covers are
+    /// still on disk and open.
+    CheckpointRebased,
+    /// The checkpoint deleted the files its snapshot covers.
+    CheckpointDone,
+}
+
 /// Probabilities (0.0 to 1.0) of faults injected on each operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Faults {
