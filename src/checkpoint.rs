@@ -388,7 +388,7 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
     let (loaded, entries) = decode_snapshot(bytes, &path, base_seq, slot)?;
     let mut index = engine.index.write();
     index.set_source(loaded.source());
-    index.rebase(entries);
+    index.rebase(entries, roll.base, roll.cut_ms);
     Ok(size)
 }
 
@@ -529,8 +529,13 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
         let mut index = engine.index.write();
         let in_use = index.files_in_use();
         let unused = |file: FileId| {
-            let used = index.slot_of(file).is_some_and(|s| in_use.contains(&s));
-            debug_assert!(!used, "{file:?} is still in use after the checkpoint at {base_seq}");
+            let slot = index.slot_of(file);
+            let used = slot.is_some_and(|s| in_use.contains(&s));
+            debug_assert!(
+                !used,
+                "{file:?} is still in use after the checkpoint at {base_seq}:{}",
+                slot.map(|s| index.describe_entries_in(s)).unwrap_or_default()
+            );
             !used
         };
         let active = log.active().id;

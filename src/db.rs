@@ -501,9 +501,9 @@ fn sync_loop(engine: &Engine, every: Duration) {
 }
 
 /// An iterator over live entries in key order, reading the index a chunk at a time so writers
-/// are never blocked for long. Entries written during the scan may or may not be seen; up to
-/// 256 entries at a time are read at one moment, so a scan of at most that many keys sees the
-/// store as it was at one moment.
+/// are never blocked for long. Entries written during the scan may or may not be seen; 256
+/// entries at a time are read at one moment, so a scan of a range that holds fewer sees the
+/// store as it was at one moment (never half of a batch).
 pub struct Iter<'a> {
     engine: &'a Engine,
     cursor: Cursor,

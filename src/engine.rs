@@ -103,6 +103,16 @@ enum PendingWhat {
 /// A live value's version and expiry deadline.
 type VersionAndExpiry = (u64, u64);
 
+/// What a checked write does, decided under the commit lock.
+enum Decision<'o> {
+    Conflict(Conflict),
+    /// Write these (touches of keys not live left out); `touched` counts the touches kept.
+    Write {
+        resolved: Vec<Op<'o>>,
+        touched: usize,
+    },
+}
+
 /// What a checked write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Checked {
@@ -388,55 +398,77 @@ impl Engine {
         expect: &[(Vec<u8>, Option<u64>)],
         durability: Durability,
     ) -> Result<Result<Checked, Conflict>> {
-        let st = self.commit.lock();
-        self.check_poison()?;
+        let mut st = self.commit.lock();
+        loop {
+            self.check_poison()?;
+            let seq = st.next_seq;
+            let outcome = match self.decide(&st, ops, expect) {
+                Decision::Write { resolved, touched } if !resolved.is_empty() => {
+                    let prepared = self.prepare(&resolved, durability);
+                    // Returns once its group is applied, and so every write ordered before it.
+                    return self.join(st, prepared).map(|seq| Ok(Checked { seq, touched }));
+                }
+                Decision::Write { touched, .. } => Ok(Checked { seq: seq - 1, touched }),
+                Decision::Conflict(c) => Err(c),
+            };
+            // Decided without writing: the outcome rests on the writes ordered so far, some
+            // perhaps not yet applied (in `SyncMode::Always` not before their fsync). Returned
+            // now, a conflict could name a version that no read can see yet, and a touch could
+            // find nothing where a read still finds the value. So it is returned only once no
+            // write to its keys is pending, and decided again after each wait (the writes
+            // applied meanwhile may change it): linearizable.
+            let involved = |k: &[u8]| expect.iter().any(|(e, _)| e == k) || ops.iter().any(|op| op.key() == k);
+            if !st.pending.iter().any(|p| involved(p.key.as_bytes())) {
+                return Ok(outcome);
+            }
+            self.leader_cv.wait(&mut st);
+        }
+    }
+
+    /// What a checked write does if ordered now: the first precondition that fails, or the
+    /// operations to write (touches of keys that are not live left out).
+    fn decide<'o>(&self, st: &CommitState, ops: &[Op<'o>], expect: &[(Vec<u8>, Option<u64>)]) -> Decision<'o> {
         let now = self.now_ms();
         let seq = st.next_seq;
-        let mut resolved: Vec<Op<'_>> = Vec::with_capacity(ops.len());
+        let mut resolved: Vec<Op<'o>> = Vec::with_capacity(ops.len());
         let mut touched = 0;
-        {
-            let index = self.index.read();
-            for (key, expected) in expect {
-                let actual = st.current(&index, key, now).map(|c| c.0);
-                if actual != *expected {
-                    return Ok(Err(Conflict {
-                        key: key.clone(),
-                        expected: *expected,
-                        actual,
-                    }));
-                }
-            }
-            // Keys this batch already wrote, newest last: a touch after a put in the same batch
-            // touches that put (version = this record's sequence number).
-            let mut mine: Vec<(&[u8], Option<VersionAndExpiry>)> = Vec::new();
-            for op in ops {
-                match *op {
-                    Op::Put { key, expires_at_ms, .. } => mine.push((key, Some((seq, expires_at_ms)))),
-                    Op::Delete { key } => mine.push((key, None)),
-                    Op::Touch { key, expires_at_ms, .. } => {
-                        let before = match mine.iter().rev().find(|m| m.0 == key) {
-                            Some(m) => m.1.filter(|&(_, e)| e == 0 || e > now),
-                            None => st.current(&index, key, now),
-                        };
-                        let Some((version, _)) = before else { continue };
-                        mine.push((key, Some((version, expires_at_ms))));
-                        touched += 1;
-                        resolved.push(Op::Touch {
-                            key,
-                            version,
-                            expires_at_ms,
-                        });
-                        continue;
-                    }
-                }
-                resolved.push(*op);
+        let index = self.index.read();
+        for (key, expected) in expect {
+            let actual = st.current(&index, key, now).map(|c| c.0);
+            if actual != *expected {
+                return Decision::Conflict(Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    actual,
+                });
             }
         }
-        if resolved.is_empty() {
-            return Ok(Ok(Checked { seq: seq - 1, touched }));
+        // Keys this batch already wrote, newest last: a touch after a put in the same batch
+        // touches that put (version = this record's sequence number).
+        let mut mine: Vec<(&[u8], Option<VersionAndExpiry>)> = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Put { key, expires_at_ms, .. } => mine.push((key, Some((seq, expires_at_ms)))),
+                Op::Delete { key } => mine.push((key, None)),
+                Op::Touch { key, expires_at_ms, .. } => {
+                    let before = match mine.iter().rev().find(|m| m.0 == key) {
+                        Some(m) => m.1.filter(|&(_, e)| e == 0 || e > now),
+                        None => st.current(&index, key, now),
+                    };
+                    let Some((version, _)) = before else { continue };
+                    mine.push((key, Some((version, expires_at_ms))));
+                    touched += 1;
+                    resolved.push(Op::Touch {
+                        key,
+                        version,
+                        expires_at_ms,
+                    });
+                    continue;
+                }
+            }
+            resolved.push(*op);
         }
-        let prepared = self.prepare(&resolved, durability);
-        self.join(st, prepared).map(|seq| Ok(Checked { seq, touched }))
+        Decision::Write { resolved, touched }
     }
 
     /// Encodes `ops` as a record payload and works out the index changes it makes.
@@ -978,14 +1010,21 @@ impl Engine {
     }
 
     /// The next chunk of entries in `(lower, upper)`: the live ones with their sources, and the
-    /// last key examined (live or not), where the next chunk starts. One hold of the index lock,
-    /// liveness judged at one time read just before it: a chunk is the store's state at one
-    /// moment.
+    /// last key examined (live or not), where the next chunk starts; `None` when the chunk
+    /// reached the end of the range. One hold of the index lock, liveness judged at one time
+    /// read just before it: a chunk is the store's state at one moment, and so is a whole scan
+    /// of a range that holds fewer entries than a chunk.
     fn scan_chunk(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Result<(Vec<ScanItem>, Option<Key>)> {
         let now = self.now_ms();
         let index = self.index.read();
         let chunk = index.range_chunk(lower, upper, SCAN_CHUNK);
-        let last = chunk.last().map(|(k, _)| k.clone());
+        // NOTE: a chunk shorter than asked for ends the range; fetching another one later could
+        // add keys written after this one was read (a scan that shows half a batch).
+        let last = if chunk.len() < SCAN_CHUNK {
+            None
+        } else {
+            chunk.last().map(|(k, _)| k.clone())
+        };
         let live = chunk
             .into_iter()
             .filter(|(_, e)| e.is_live(now))

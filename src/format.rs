@@ -292,6 +292,15 @@ pub enum Op<'a> {
     },
 }
 
+impl<'a> Op<'a> {
+    /// The key the operation is on.
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            Op::Put { key, .. } | Op::Delete { key } | Op::Touch { key, .. } => key,
+        }
+    }
+}
+
 /// Bincode's configuration for payloads: little-endian, fixed-width integers (lengths are `u64`,
 /// enum tags `u32`), and a decode limit so no length can make the decoder allocate past it.
 fn bincode_config() -> impl bincode::config::Config {

@@ -496,6 +496,21 @@ impl Index {
         used
     }
 
+    /// For a failed check: the overlay's and frozen layer's entries in `slot`, each with the base
+    /// entry of its key.
+    pub(crate) fn describe_entries_in(&self, slot: Slot) -> String {
+        let mut out = String::new();
+        for (layer, m) in [("overlay", &self.overlay), ("frozen", &self.frozen)] {
+            for (k, e) in m.iter().filter_map(|(k, e)| e.map(|e| (k, e))) {
+                if e.loc.slot == slot {
+                    let under = Probe::new(k).in_base(&self.base, &self.fences).map(|i| self.base[i].1);
+                    out.push_str(&format!("\n  {layer} {k:?}: {e:?}; base: {under:?}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Every file in the table (with its slot), for checks.
     pub(crate) fn open_files(&self) -> impl Iterator<Item = (Slot, FileId)> + '_ {
         self.files.iter().enumerate().filter_map(|(i, f)| {
@@ -569,14 +584,19 @@ impl Index {
 
     /// The checkpoint's snapshot is durable and holds `entries` (in key order, pointing into
     /// it): they become the base and the frozen layer goes. Every change since the freeze is in
-    /// the overlay, which stays, except where the snapshot holds the very write the overlay
-    /// names (the same sequence number): then the base entry takes the overlay's deadline and
-    /// the overlay's entry goes. That is always so for an entry a touch copied up from below
-    /// during the checkpoint: its value lies in a file the checkpoint is about to delete, and
-    /// the snapshot holds that write (the key was live when the touch was decided, after the
-    /// snapshot's cut, and nothing else changed it since). Tombstones that hide nothing any
-    /// more are dropped.
-    pub(crate) fn rebase(&mut self, entries: BaseEntries) {
+    /// the overlay, which stays, except:
+    /// - where the snapshot holds the very write the overlay names (the same sequence number):
+    ///   the base entry takes the overlay's deadline and the overlay's entry goes. That is
+    ///   always so for an entry a touch copied up from below during the checkpoint, whose value
+    ///   lies in a file the checkpoint is about to delete, when the snapshot kept it;
+    /// - an entry a touch copied up whose key the snapshot left out: the snapshot left it out
+    ///   as expired at the cut (`cut_ms`), so the touch gave it a deadline at or before the cut
+    ///   (a touch decided after the cut found the entry live, and the snapshot copied either
+    ///   the entry then or the touched one), and it goes too.
+    ///
+    /// Tombstones that hide nothing any more are dropped. Afterwards no entry of a write at or
+    /// below `base_seq` is left outside the base.
+    pub(crate) fn rebase(&mut self, entries: BaseEntries, base_seq: u64, cut_ms: u64) {
         debug_assert!(self.frozen_active, "rebase follows freeze");
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "base keys ascend");
         self.base = entries;
@@ -589,7 +609,9 @@ impl Index {
         self.overlay.retain(|k, over| {
             let Some(i) = Probe::new(k).in_base(base, fences) else {
                 return match over {
+                    Some(e) if e.seq.get() <= base_seq && !e.is_live(cut_ms) => false,
                     Some(e) => {
+                        debug_assert!(e.seq.get() > base_seq, "{k:?}: {e:?} is older than the snapshot");
                         live += 1;
                         live_bytes += k.len() as u64 + u64::from(e.loc.len);
                         true
@@ -872,7 +894,7 @@ mod tests {
             (Key::from(&b"k"[..]), base_entry(2, 0, 10)),
         ];
         index.delete(b"k");
-        index.rebase(snapshot);
+        index.rebase(snapshot, 1, 0);
         assert!(index.get(b"k").is_none(), "the delete after the freeze holds");
         assert_eq!(keys(&index), vec![(b"a".to_vec(), 1)]);
         assert_eq!((index.len(), index.live_bytes()), (1, 11));
@@ -886,7 +908,7 @@ mod tests {
         let copied = vec![(Key::from(&b"s"[..]), base_entry(5, 1000, 10))];
         index.touch(b"s", 5, 9000);
         index.touch(b"s", 4, 1); // another version: ignored
-        index.rebase(copied);
+        index.rebase(copied, 5, 0);
         assert_eq!(index.get(b"s").map(|e| e.expires_at_ms), Some(9000));
         assert_eq!(index.len(), 1);
     }
@@ -919,14 +941,43 @@ mod tests {
         index.touch(b"in-snapshot", 1, 7000);
         index.touch(b"in-segment", 5, 8000);
         // The fuzzy copy saw neither touch.
-        index.rebase(vec![
-            (Key::from(&b"in-segment"[..]), at(new_snapshot, 5, 1000)),
-            (Key::from(&b"in-snapshot"[..]), at(new_snapshot, 1, 1000)),
-        ]);
+        index.rebase(
+            vec![
+                (Key::from(&b"in-segment"[..]), at(new_snapshot, 5, 1000)),
+                (Key::from(&b"in-snapshot"[..]), at(new_snapshot, 1, 1000)),
+            ],
+            5,
+            0,
+        );
         assert_eq!(index.get(b"in-snapshot").map(|e| e.expires_at_ms), Some(7000));
         assert_eq!(index.get(b"in-segment").map(|e| e.expires_at_ms), Some(8000));
         assert_eq!(index.files_in_use(), [new_snapshot].into_iter().collect());
         assert_eq!((index.len(), index.live_bytes()), (2, 2 * 10 + 21));
+    }
+
+    /// A touch whose deadline was already past at the cut (its TTL counted from before a
+    /// delay): the snapshot left the key out as expired, and the touched copy goes with it
+    /// rather than stay pointing into a file the checkpoint deletes.
+    #[test]
+    fn a_touch_to_a_past_deadline_during_a_checkpoint_goes_with_the_snapshots_choice() {
+        let mut index = Index::default();
+        let old = index.slot(FileId::Segment(1));
+        index.put(
+            Key::from(&b"s"[..]),
+            Entry {
+                loc: Loc {
+                    slot: old,
+                    ..entry(4, 5000, 10).loc
+                },
+                ..entry(4, 5000, 10)
+            },
+        );
+        index.freeze(); // the cut: 3000
+        index.touch(b"s", 4, 2500); // decided at 3000 or later, its deadline from before
+        index.rebase(Vec::new(), 4, 3000); // the copy saw the touched entry, expired at 3000
+        assert!(index.get(b"s").is_none());
+        assert!(index.files_in_use().is_empty(), "nothing points into segment 1");
+        assert_eq!((index.len(), index.live_bytes()), (0, 0));
     }
 
     #[test]
@@ -963,10 +1014,14 @@ mod tests {
         assert_eq!(keys(&index), vec![(b"b".to_vec(), 4), (b"d".to_vec(), 5)]);
         assert_eq!(index.len(), 2);
         // The snapshot copied b before its overwrite, c before its delete, not d.
-        index.rebase(vec![
-            (Key::from(&b"b"[..]), base_entry(2, 0, 1)),
-            (Key::from(&b"c"[..]), base_entry(3, 0, 1)),
-        ]);
+        index.rebase(
+            vec![
+                (Key::from(&b"b"[..]), base_entry(2, 0, 1)),
+                (Key::from(&b"c"[..]), base_entry(3, 0, 1)),
+            ],
+            3,
+            0,
+        );
         assert_eq!(keys(&index), vec![(b"b".to_vec(), 4), (b"d".to_vec(), 5)]);
         assert_eq!((index.len(), index.live_bytes()), (2, 8));
     }
@@ -983,7 +1038,7 @@ mod tests {
         assert_eq!(keys(&index), vec![(b"a".to_vec(), 3)]);
         assert_eq!(index.len(), 1);
         index.freeze(); // and the next checkpoint can freeze again
-        index.rebase(vec![(Key::from(&b"a"[..]), base_entry(3, 0, 1))]);
+        index.rebase(vec![(Key::from(&b"a"[..]), base_entry(3, 0, 1))], 3, 0);
         assert_eq!(keys(&index), vec![(b"a".to_vec(), 3)]);
     }
 }
