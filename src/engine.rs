@@ -178,7 +178,7 @@ impl GroupWait {
 
 /// The forming commit group and who leads.
 #[derive(Default)]
-struct CommitState {
+pub(crate) struct CommitState {
     next_seq: u64,
     records: Vec<PendingRecord>,
     applies: Vec<Applies>,
@@ -291,6 +291,17 @@ pub(crate) struct Engine {
     pub recovery: RecoveryReport,
     /// The latest time [`Engine::now_ms`] returned.
     clock_floor: AtomicU64,
+}
+
+/// Commit leadership taken by [`Engine::lead_alone`]; handed back when dropped (also when the
+/// holder fails or panics: a leadership never handed back would stop every writer).
+pub(crate) struct Leadership<'e>(&'e Engine);
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        self.0.commit.lock().leader_active = false;
+        self.0.leader_cv.notify_all();
+    }
 }
 
 /// An entry of a scan with the file to read its value from.
@@ -691,41 +702,46 @@ impl Engine {
         Ok(())
     }
 
-    /// Rolls the log at a quiet point for a checkpoint and returns the sequence number it ends
-    /// at, which becomes the snapshot's base. Holds leadership so no group is in flight: the
-    /// index reflects exactly the writes up to the returned sequence number.
-    pub(crate) fn roll_for_checkpoint(&self) -> Result<RollPoint> {
+    /// Takes commit leadership, so no commit group is in flight until the returned guard is
+    /// dropped: every record in the log is applied to the index, and the log ends at a record
+    /// boundary that readers already see. `read` runs under the commit lock as leadership is
+    /// taken (the forming group's writes are in `pending`, ordered after everything in the log);
+    /// the lock is released before this returns, and writers queue behind the leadership.
+    pub(crate) fn lead_alone<T>(&self, read: impl FnOnce(&CommitState) -> T) -> (Leadership<'_>, T) {
         let mut st = self.commit.lock();
         while st.leader_active {
             self.leader_cv.wait(&mut st);
         }
         st.leader_active = true;
+        let read = read(&st);
+        (Leadership(self), read)
+    }
+
+    /// Rolls the log at a quiet point for a checkpoint and returns the sequence number it ends
+    /// at, which becomes the snapshot's base. Holds leadership so no group is in flight: the
+    /// index reflects exactly the writes up to the returned sequence number.
+    pub(crate) fn roll_for_checkpoint(&self) -> Result<RollPoint> {
         // With no leader, what is pending is the forming group, ordered after the base.
-        let cut_ms = self.now_ms();
-        let pending: Vec<Key> = st.pending.iter().map(|p| p.key.clone()).collect();
-        drop(st);
-        let result = (|| {
-            self.check_poison()?;
-            let mut log = self.log.lock();
-            let base = log.written_seq;
-            let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
-            drop(log);
-            let mut index = self.index.write();
-            if let Some((sealed, active)) = rolled {
-                self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
-                self.durable_seq.fetch_max(base, Ordering::AcqRel);
-                index.set_source(sealed_source(&sealed));
-                index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
-            }
-            debug_assert_eq!(index.applied_seq, base, "no group is in flight");
-            // Everything up to the base is in the index now and will be in the snapshot.
-            index.freeze();
-            drop(index);
-            Ok(RollPoint { base, cut_ms, pending })
-        })();
-        self.commit.lock().leader_active = false;
-        self.leader_cv.notify_all();
-        result
+        let (_leading, (cut_ms, pending)) = self.lead_alone(|st| {
+            let pending: Vec<Key> = st.pending.iter().map(|p| p.key.clone()).collect();
+            (self.now_ms(), pending)
+        });
+        self.check_poison()?;
+        let mut log = self.log.lock();
+        let base = log.written_seq;
+        let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
+        drop(log);
+        let mut index = self.index.write();
+        if let Some((sealed, active)) = rolled {
+            self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
+            self.durable_seq.fetch_max(base, Ordering::AcqRel);
+            index.set_source(sealed_source(&sealed));
+            index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
+        }
+        debug_assert_eq!(index.applied_seq, base, "no group is in flight");
+        // Everything up to the base is in the index now and will be in the snapshot.
+        index.freeze();
+        Ok(RollPoint { base, cut_ms, pending })
     }
 
     fn apply(

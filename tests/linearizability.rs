@@ -93,8 +93,6 @@ fn options(rng: &mut Rng, storage: &Arc<dyn Storage>, clock: &ManualClock) -> Op
 
 /// One storage's campaign for `budget`.
 fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: Duration) -> Figures {
-    // Backups rename a directory, which the simulated storage does not model.
-    let backups = if env.real_files { 1 } else { 0 };
     let mut rng = Rng::new(seed);
     let clock = ManualClock::new(T0);
     let recorder = Arc::new(Recorder::new(clock.clone()));
@@ -105,7 +103,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
     let mix = Mix {
         keys: KEYS,
         clock_moves: 4,
-        backups,
+        backups: 1,
     };
     let started = Instant::now();
     let mut round = 0u64;

@@ -462,6 +462,54 @@ fn crash_change(s: &mut State, data: &mut Vec<u8>, change: &Change, sector: usiz
     }
 }
 
+/// Renames directory `from` (and everything in it) to `to`, which must not exist. Like the
+/// creation of a directory, this is durable at once: the fault model is about the entries of
+/// files, and a backup's final rename (the only directory rename) is followed by a directory
+/// fsync anyway.
+fn rename_dir(s: &mut State, from: &Path, to: &Path) -> io::Result<()> {
+    if s.dirs.contains(to) || s.names.contains_key(to) {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "sim: the new name exists"));
+    }
+    let moved = |p: &Path| p.strip_prefix(from).ok().map(|rest| to.join(rest));
+    let move_keys = |m: &mut BTreeMap<PathBuf, usize>| {
+        let inside: Vec<PathBuf> = m.keys().filter(|p| p.starts_with(from)).cloned().collect();
+        for p in inside {
+            if let (Some(i), Some(q)) = (m.remove(&p), moved(&p)) {
+                m.insert(q, i);
+            }
+        }
+    };
+    move_keys(&mut s.names);
+    move_keys(&mut s.durable_names);
+    let dirs: Vec<PathBuf> = s.dirs.iter().filter(|p| p.starts_with(from)).cloned().collect();
+    for d in dirs {
+        s.dirs.remove(&d);
+        if let Some(q) = moved(&d) {
+            s.dirs.insert(q);
+        }
+    }
+    let pending: Vec<PathBuf> = s.pending_dirs.keys().filter(|p| p.starts_with(from)).cloned().collect();
+    for d in pending {
+        let changes = s.pending_dirs.remove(&d).unwrap_or_default();
+        let changes = changes
+            .into_iter()
+            .map(|c| match c {
+                DirChange::Link { path, inode } => DirChange::Link {
+                    path: moved(&path).unwrap_or(path),
+                    inode,
+                },
+                DirChange::Unlink { path } => DirChange::Unlink {
+                    path: moved(&path).unwrap_or(path),
+                },
+            })
+            .collect();
+        if let Some(q) = moved(&d) {
+            s.pending_dirs.insert(q, changes);
+        }
+    }
+    Ok(())
+}
+
 fn not_found() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "sim: no such file")
 }
@@ -650,6 +698,9 @@ impl Storage for SimStorage {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = self.state.lock();
         s.op(None)?;
+        if s.dirs.contains(from) {
+            return rename_dir(&mut s, from, to);
+        }
         let i = *s.names.get(from).ok_or_else(not_found)?;
         s.unlink(from);
         s.link(to, i);

@@ -233,7 +233,7 @@ pub struct Call {
 pub struct Env {
     pub storage: std::sync::Arc<dyn sessiondb::storage::Storage>,
     pub backups: std::path::PathBuf,
-    /// Whether `storage` is the real file system (backups are then removed once read).
+    /// Whether `storage` is the real file system (backups' directories are then removed too).
     pub real_files: bool,
 }
 
@@ -341,6 +341,18 @@ fn checked(r: sessiondb::Result<Result<u64, sessiondb::Conflict>>) -> Outcome {
 
 static BACKUPS: AtomicU64 = AtomicU64::new(0);
 
+/// Removes the files of a store that was read back (a backup), through its storage.
+fn remove_store(env: &Env, dir: &std::path::Path) {
+    for d in [dir.join("wal"), dir.to_path_buf()] {
+        for name in env.storage.list(&d).unwrap_or_default() {
+            let _ = env.storage.remove(&d.join(name));
+        }
+    }
+    if env.real_files {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Runs `op` on `db`.
 pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
     let ms = Duration::from_millis;
@@ -436,9 +448,7 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
                 let out = entries(copy.scan_prefix(b"k"));
                 copy.close().map_or_else(failed, |()| out)
             });
-            if env.real_files {
-                let _ = std::fs::remove_dir_all(&dest);
-            }
+            remove_store(env, &dest);
             read
         }
     }
