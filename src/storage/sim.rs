@@ -153,6 +153,8 @@ struct State {
     syncs_waiting: u64,
     /// Syncs the held gate lets through before it closes again.
     sync_passes: u64,
+    /// Syncs still to fail (F5) whatever the fault probabilities, from [`SimStorage::fail_next_syncs`].
+    syncs_to_fail: u64,
 }
 
 impl State {
@@ -262,6 +264,7 @@ impl SimStorage {
                 syncs_held: false,
                 syncs_waiting: 0,
                 sync_passes: 0,
+                syncs_to_fail: 0,
             })),
             gate: Arc::new(Condvar::new()),
         }
@@ -288,6 +291,12 @@ impl SimStorage {
     pub fn pass_syncs(&self, n: u64) {
         self.state.lock().sync_passes += n;
         self.gate.notify_all();
+    }
+
+    /// The next `n` syncs (of any file) fail with EIO and drop the file's unsynced writes, as
+    /// [`Faults::sync_eio`] does; the ones after succeed again.
+    pub fn fail_next_syncs(&self, n: u64) {
+        self.state.lock().syncs_to_fail = n;
     }
 
     /// Syncs waiting at the gate now.
@@ -596,15 +605,21 @@ impl StorageFile for SimFile {
         s.syncs_waiting -= 1;
         s.op(Some(self.generation))?;
         let p = s.faults.sync_eio;
-        if s.chance(p) {
+        let forced = s.syncs_to_fail > 0;
+        s.syncs_to_fail = s.syncs_to_fail.saturating_sub(1);
+        if forced || s.chance(p) {
             // Linux: the dirty pages are dropped (marked clean) and the error reported once.
             s.counts.sync_eio += 1;
             s.inodes[self.inode].pending.clear();
             return Err(io::Error::other("sim: fsync EIO"));
         }
+        // What reaches the disk is the changes since the last sync, not what reads see: after
+        // a failed sync, the writes it dropped stay visible (the page cache still holds them,
+        // marked clean) but a later successful sync does not write them.
         let inode = &mut s.inodes[self.inode];
-        inode.pending.clear();
-        inode.durable = inode.data.clone();
+        for change in std::mem::take(&mut inode.pending) {
+            apply(&mut inode.durable, &change);
+        }
         Ok(())
     }
 
