@@ -21,7 +21,7 @@ use crate::options::{Durability, Options};
 use crate::stats::{RecoveryReport, Stats};
 use crate::storage::{read_exact_at, LockGuard, Storage};
 use crate::telemetry::Telemetry;
-use crate::wal::writer::{LogWriter, PendingRecord, Placement, SegmentFile, SpareSlot};
+use crate::wal::writer::{FsyncGate, LogWriter, PendingRecord, Placement, SegmentFile, SpareSlot};
 
 /// An index change a record makes once durable.
 enum Apply {
@@ -291,6 +291,8 @@ pub(crate) struct Engine {
     pub recovery: RecoveryReport,
     /// The latest time [`Engine::now_ms`] returned.
     clock_floor: AtomicU64,
+    /// Every fsync of the log goes through it (the log writer's own seals too).
+    fsync: Arc<FsyncGate>,
 }
 
 /// Commit leadership taken by [`Engine::lead_alone`]; handed back when dropped (also when the
@@ -316,7 +318,9 @@ impl Engine {
         counters
             .log_bytes_since_checkpoint
             .store(r.log_bytes_since_checkpoint, Ordering::Relaxed);
+        let fsync = r.log.fsync_gate();
         Engine {
+            fsync,
             storage: opts.storage.clone(),
             layout,
             opts,
@@ -688,11 +692,10 @@ impl Engine {
         if sync {
             let (active_id, active_file) = active;
             let started = std::time::Instant::now();
-            if let Err(e) = active_file.sync_data() {
-                let e = Error::io("fdatasync", self.layout.segment(active_id), e);
-                self.poison(&e);
-                return Err(e);
-            }
+            let path = self.layout.segment(active_id);
+            self.fsync
+                .sync_data(active_file.as_ref(), &path)
+                .inspect_err(|e| self.poison(e))?;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.counters.telemetry.fsync(started.elapsed());
             self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
@@ -835,14 +838,13 @@ impl Engine {
         if self.durable_seq.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        // NOTE: no lock is held across the fsync; a segment sealed meanwhile was fsynced by the
-        // roll, so syncing the segment that was active covers everything up to `target`.
+        // NOTE: no lock of the engine is held across the fsync (only the fsync gate, which
+        // orders fsyncs of the log); a segment sealed meanwhile was fsynced by the roll, so
+        // syncing the segment that was active covers everything up to `target`.
         let started = std::time::Instant::now();
-        if let Err(e) = file.sync_data() {
-            let e = Error::io("fdatasync", path, e);
-            self.poison(&e);
-            return Err(e);
-        }
+        self.fsync
+            .sync_data(file.as_ref(), &path)
+            .inspect_err(|e| self.poison(e))?;
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.counters.telemetry.fsync(started.elapsed());
         self.durable_seq.fetch_max(target, Ordering::AcqRel);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use history_support::{check, empty_states, final_reads, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
-use sessiondb::storage::sim::SimStorage;
+use sessiondb::storage::sim::{CrashMode, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
@@ -395,6 +395,41 @@ fn roll_vs_spare_handoff() {
     a.join().unwrap();
     b.join().unwrap();
     s.finish(db);
+}
+
+/// A failed fsync against a concurrent one of the same segment (faults.md F5): a writer's
+/// commit group fsyncs while another thread calls `sync`, and the first fsync fails, dropping the
+/// unsynced writes. Linux reports such an error to one fsync of the file only: the other returns
+/// success. Whatever the order, a write that returned `Ok` survives a power loss, and so does
+/// every write that returned before a `sync` that returned `Ok`.
+fn fsync_error_against_sync() {
+    let s = Store::new();
+    let db = s.open(s.options());
+    db.put("before", "durable").unwrap();
+    s.sim.fail_next_syncs(1);
+    let writer = {
+        let db = db.clone();
+        thread::spawn(move || db.put("written", "maybe").is_ok())
+    };
+    let synced = db.sync().is_ok();
+    let written = writer.join().unwrap();
+    s.sim.crash(CrashMode::DropUnsynced);
+    drop(db);
+    let db = Db::open_with(Path::new("/store"), s.options()).unwrap();
+    assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"durable"[..]));
+    if written {
+        assert_eq!(
+            db.get("written").unwrap().as_deref(),
+            Some(&b"maybe"[..]),
+            "a write acknowledged as durable was lost (the sync returned {synced})"
+        );
+    }
+    db.close().unwrap();
+}
+
+#[test]
+fn fsync_error_against_a_concurrent_sync() {
+    explore("fsync error vs sync", fsync_error_against_sync);
 }
 
 #[test]

@@ -162,6 +162,35 @@ impl SpareSlot {
     }
 }
 
+/// Every `fdatasync` of a log segment goes through here, one at a time.
+///
+/// Linux reports a failed writeback to one fsync of a file only (faults.md F5): another fsync
+/// of the same file, running alongside or after it, returns success although the writes it was
+/// to cover are gone. With a commit group's fsync, a seal and `Db::sync` on different threads,
+/// that one could acknowledge writes the other's error dropped. So once an fsync of the log
+/// fails, every later one fails too, with the first error: nothing is acknowledged as durable
+/// after it (the store is poisoned; reopening runs recovery).
+#[derive(Default)]
+pub(crate) struct FsyncGate {
+    /// The first failure, if any.
+    failed: Mutex<Option<String>>,
+}
+
+impl FsyncGate {
+    /// `fdatasync` of `file` (at `path`), unless an earlier one failed.
+    pub(crate) fn sync_data(&self, file: &dyn StorageFile, path: &std::path::Path) -> Result<()> {
+        let mut failed = self.failed.lock();
+        if let Some(cause) = &*failed {
+            return Err(Error::Poisoned { cause: cause.clone() });
+        }
+        file.sync_data().map_err(|e| {
+            let e = Error::io("fdatasync", path, e);
+            *failed = Some(e.to_string());
+            e
+        })
+    }
+}
+
 /// An activated segment still on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegInfo {
@@ -206,6 +235,7 @@ pub(crate) struct LogWriter {
     /// Every activated segment still on disk, by id.
     pub segments: BTreeMap<u64, SegInfo>,
     buf: Vec<u8>,
+    fsync: Arc<FsyncGate>,
 }
 
 /// The state recovery leaves the log in.
@@ -240,11 +270,17 @@ impl LogWriter {
             bytes_written: 0,
             segments: start.segments,
             buf: Vec::new(),
+            fsync: Arc::new(FsyncGate::default()),
         }
     }
 
     pub(crate) fn active(&self) -> &SegmentFile {
         &self.active
+    }
+
+    /// The gate every fsync of the log goes through.
+    pub(crate) fn fsync_gate(&self) -> Arc<FsyncGate> {
+        self.fsync.clone()
     }
 
     /// Bytes used in all segments on disk.
@@ -380,9 +416,6 @@ impl LogWriter {
 
     /// `fdatasync` of the active segment.
     pub(crate) fn sync(&self) -> Result<()> {
-        self.active
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &self.active.path, e))
+        self.fsync.sync_data(self.active.file.as_ref(), &self.active.path)
     }
 }
