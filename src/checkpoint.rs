@@ -320,7 +320,6 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     let roll = engine.roll_for_checkpoint()?;
     point!(engine, CheckpointFrozen);
     let base_seq = roll.base;
-    let log_bytes_at_start = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
     // The index is frozen at the base until the snapshot replaces its lower layers.
     let snapshot_bytes = match write_and_rebase(engine, &roll) {
         Ok(bytes) => bytes,
@@ -354,7 +353,7 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     engine
         .counters
         .log_bytes_since_checkpoint
-        .fetch_sub(log_bytes_at_start, Ordering::Relaxed);
+        .fetch_sub(roll.log_bytes, Ordering::Relaxed);
     Ok(())
 }
 

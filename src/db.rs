@@ -438,18 +438,8 @@ fn start_background(engine: &Arc<Engine>) -> Result<Vec<JoinHandle<()>>> {
 /// while a quarter or more of what a pass saw had expired, up to a bound, like Redis's active
 /// expiry; the cursor wraps at the end of the index.
 fn sweep_loop(engine: &Engine, every: Duration) {
-    let bg = &engine.background;
     let mut cursor: Option<crate::index::Key> = None;
-    let mut st = bg.state.lock();
-    loop {
-        if st.shutdown {
-            return;
-        }
-        let timed_out = bg.cv.wait_for(&mut st, every).timed_out();
-        if !timed_out || st.shutdown || engine.is_poisoned() {
-            continue;
-        }
-        drop(st);
+    every_interval(engine, every, || {
         for _ in 0..limits::SWEEP_ROUND_PASSES_MAX {
             let lower = cursor
                 .as_ref()
@@ -460,6 +450,31 @@ fn sweep_loop(engine: &Engine, every: Duration) {
                 break;
             }
         }
+    });
+}
+
+/// Runs `work` every `every` until shutdown, skipping rounds while the store is poisoned. The
+/// rounds keep to their times whatever else wakes the thread (the background threads share one
+/// condition variable, which checkpoint requests notify too).
+fn every_interval(engine: &Engine, every: Duration, mut work: impl FnMut()) {
+    let bg = &engine.background;
+    let mut next = std::time::Instant::now() + every;
+    let mut st = bg.state.lock();
+    loop {
+        if st.shutdown {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if now < next {
+            bg.cv.wait_for(&mut st, next - now);
+            continue;
+        }
+        next = now + every;
+        if engine.is_poisoned() {
+            continue;
+        }
+        drop(st);
+        work();
         st = bg.state.lock();
     }
 }
@@ -475,9 +490,15 @@ fn checkpoint_loop(engine: &Engine) {
             drop(st);
             // NOTE: a failed background checkpoint leaves the old snapshot and the whole log;
             // the next trigger tries again. Log failures poison the store through sync.
-            let _ = checkpoint::run(engine);
+            let before = engine.counters.checkpoints.load(Ordering::Relaxed);
+            let ran = checkpoint::run(engine);
+            let wrote = engine.counters.checkpoints.load(Ordering::Relaxed) > before;
             st = bg.state.lock();
-            st.checkpoint_wanted = false;
+            // A request made while this one ran found it wanted already and was dropped: if
+            // the log is still over the threshold, go again (only after a checkpoint that wrote
+            // a snapshot: a failure is retried by the next write's request, not in a loop).
+            let since = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+            st.checkpoint_wanted = ran.is_ok() && wrote && since >= engine.opts.checkpoint_log_bytes;
             continue;
         }
         bg.cv.wait(&mut st);
@@ -485,19 +506,9 @@ fn checkpoint_loop(engine: &Engine) {
 }
 
 fn sync_loop(engine: &Engine, every: Duration) {
-    let bg = &engine.background;
-    let mut st = bg.state.lock();
-    loop {
-        if st.shutdown {
-            return;
-        }
-        let timed_out = bg.cv.wait_for(&mut st, every).timed_out();
-        if timed_out && !st.shutdown {
-            drop(st);
-            let _ = engine.sync();
-            st = bg.state.lock();
-        }
-    }
+    every_interval(engine, every, || {
+        let _ = engine.sync();
+    });
 }
 
 /// An iterator over live entries in key order, reading the index a chunk at a time so writers

@@ -132,6 +132,9 @@ pub(crate) struct RollPoint {
     pub cut_ms: u64,
     /// Keys with writes ordered but not yet applied at the base (the forming commit group).
     pub pending: Vec<Key>,
+    /// Log bytes written since the last checkpoint, at the base (the new segment's header
+    /// included): what this checkpoint takes off the count that triggers the next one.
+    pub log_bytes: u64,
 }
 
 /// The outcome every writer of a group waits for.
@@ -301,6 +304,12 @@ pub(crate) struct Leadership<'e>(&'e Engine);
 
 impl Drop for Leadership<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the holder was doing is half done (a roll, say): nothing more is written.
+            self.0.poison(&Error::Poisoned {
+                cause: "a thread holding commit leadership panicked".into(),
+            });
+        }
         self.0.commit.lock().leader_active = false;
         self.0.leader_cv.notify_all();
     }
@@ -621,7 +630,22 @@ impl Engine {
         let mut placed = std::mem::take(&mut st.spare_placed);
         drop(st);
 
-        let result = self.lead(&records, &mut applies, &mut placed, sync);
+        // A panic while leading (a bug, or a storage that panics) must not leave leadership
+        // taken and the group waiting forever: the store is poisoned, leadership handed back,
+        // the group told, and then the panic goes on in this thread.
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.lead(&records, &mut applies, &mut placed, sync)
+        }));
+        let (result, panicked) = match led {
+            Ok(result) => (result, None),
+            Err(panic) => {
+                let e = Error::Poisoned {
+                    cause: "a commit group's leader panicked".into(),
+                };
+                self.poison(&e);
+                (Err(e), Some(panic))
+            }
+        };
         let last_seq = records.last().map_or(0, |r| r.seq);
         // A lone writer's payload buffer goes back to it for its next put (no allocation per
         // put in a bulk load); in a group, the leader keeps one.
@@ -654,6 +678,9 @@ impl Engine {
         self.leader_cv.notify_all();
         if let Some(group) = group {
             group.complete(&result);
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
         result.map(|()| seq)
     }
@@ -744,7 +771,14 @@ impl Engine {
         debug_assert_eq!(index.applied_seq, base, "no group is in flight");
         // Everything up to the base is in the index now and will be in the snapshot.
         index.freeze();
-        Ok(RollPoint { base, cut_ms, pending })
+        // The log the snapshot will cover, read before any writer goes on.
+        let log_bytes = self.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        Ok(RollPoint {
+            base,
+            cut_ms,
+            pending,
+            log_bytes,
+        })
     }
 
     fn apply(

@@ -477,6 +477,11 @@ impl SessionStore {
     /// Loads session `id`, lets `f` change its data, and saves it, retrying from a fresh load
     /// when another save came in between. Returns the new version, or `None` if the session
     /// does not exist.
+    ///
+    /// `f` runs while this store's other retrying operations on the same session (`replace`,
+    /// `update`, `touch`, `destroy`, `regenerate`, `save_map`, and those of sessions that share
+    /// its lock stripe, 1 in 1,024) wait their turn: it must not call them itself, which would
+    /// wait for itself. Loads and `save` are fine.
     pub fn update(&self, id: &SessionId, mut f: impl FnMut(&mut Vec<u8>)) -> Result<Option<u64>> {
         let mut retry = self.retry(id);
         while retry.next() {

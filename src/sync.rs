@@ -68,15 +68,6 @@ mod imp {
     #[derive(Debug, Default)]
     pub(crate) struct Condvar(shuttle::sync::Condvar);
 
-    /// Whether a timed wait timed out.
-    pub(crate) struct WaitTimeoutResult(bool);
-
-    impl WaitTimeoutResult {
-        pub(crate) fn timed_out(&self) -> bool {
-            self.0
-        }
-    }
-
     impl Condvar {
         pub(crate) fn new() -> Condvar {
             Condvar(shuttle::sync::Condvar::new())
@@ -90,9 +81,8 @@ mod imp {
         /// shuttle does not model time: this wait ends only when notified, never by its
         /// timeout. Work that runs on a timer in a real build (the sweeper, interval syncs) is
         /// driven by the test instead.
-        pub(crate) fn wait_for<T>(&self, guard: &mut MutexGuard<'_, T>, _timeout: Duration) -> WaitTimeoutResult {
+        pub(crate) fn wait_for<T>(&self, guard: &mut MutexGuard<'_, T>, _timeout: Duration) {
             self.wait(guard);
-            WaitTimeoutResult(false)
         }
 
         pub(crate) fn notify_all(&self) {

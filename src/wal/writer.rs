@@ -144,7 +144,20 @@ impl SpareSlot {
             };
             s.preparing = Some(id);
             drop(s);
+            // A panic while preparing (a storage that panics) must not leave `preparing` set:
+            // the writer's next roll would wait for it forever, holding the log mutex.
+            struct Unmark<'a>(&'a SpareSlot);
+            impl Drop for Unmark<'_> {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.state.lock().preparing = None;
+                        self.0.cv.notify_all();
+                    }
+                }
+            }
+            let unmark = Unmark(self);
             let made = create_segment(storage, layout, id, size);
+            drop(unmark);
             s = self.state.lock();
             s.preparing = None;
             // On failure the writer creates the segment itself and reports the error.
