@@ -121,6 +121,8 @@ struct Inode {
     durable: Vec<u8>,
     /// Changes since the last sync, in order.
     pending: Vec<Change>,
+    /// Open handles (of any generation).
+    handles: usize,
 }
 
 /// A directory entry change not yet made durable by `sync_dir`.
@@ -192,7 +194,9 @@ impl State {
     }
 
     fn link(&mut self, path: &Path, inode: usize) {
-        self.names.insert(path.to_path_buf(), inode);
+        if let Some(replaced) = self.names.insert(path.to_path_buf(), inode) {
+            self.release_if_unused(replaced);
+        }
         let dir = parent(path);
         self.pending_dirs.entry(dir).or_default().push(DirChange::Link {
             path: path.to_path_buf(),
@@ -201,11 +205,35 @@ impl State {
     }
 
     fn unlink(&mut self, path: &Path) {
-        self.names.remove(path);
+        let removed = self.names.remove(path);
         let dir = parent(path);
         self.pending_dirs.entry(dir).or_default().push(DirChange::Unlink {
             path: path.to_path_buf(),
         });
+        if let Some(i) = removed {
+            self.release_if_unused(i);
+        }
+    }
+
+    /// Frees the bytes of inode `i` once nothing can reach it again: no open handle, no name
+    /// now or after a crash, no pending directory change that could give it one. (A long run
+    /// creates and deletes segments by the million; without this their bytes stayed.)
+    fn release_if_unused(&mut self, i: usize) {
+        if self.inodes[i].handles > 0
+            || self.names.values().any(|&n| n == i)
+            || self.durable_names.values().any(|&n| n == i)
+            || self
+                .pending_dirs
+                .values()
+                .flatten()
+                .any(|c| matches!(c, DirChange::Link { inode, .. } if *inode == i))
+        {
+            return;
+        }
+        let inode = &mut self.inodes[i];
+        inode.data = Vec::new();
+        inode.durable = Vec::new();
+        inode.pending = Vec::new();
     }
 }
 
@@ -358,6 +386,9 @@ impl SimStorage {
         }
         s.names = names.clone();
         s.durable_names = names;
+        for i in 0..s.inodes.len() {
+            s.release_if_unused(i);
+        }
     }
 
     /// Flips one bit of a file, in what is durable and what reads see (F8).
@@ -539,6 +570,14 @@ impl fmt::Debug for SimFile {
     }
 }
 
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut s = self.state.lock();
+        s.inodes[self.inode].handles -= 1;
+        s.release_if_unused(self.inode);
+    }
+}
+
 impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut s = self.state.lock();
@@ -701,6 +740,7 @@ impl Storage for SimStorage {
             (_, Some(i)) => i,
             (_, None) => return Err(not_found()),
         };
+        s.inodes[inode].handles += 1;
         Ok(Arc::new(SimFile {
             state: self.state.clone(),
             gate: self.gate.clone(),
@@ -758,13 +798,12 @@ impl Storage for SimStorage {
         s.op(None)?;
         let changes = s.pending_dirs.remove(dir).unwrap_or_default();
         for change in changes {
-            match change {
-                DirChange::Link { path, inode } => {
-                    s.durable_names.insert(path, inode);
-                }
-                DirChange::Unlink { path } => {
-                    s.durable_names.remove(&path);
-                }
+            let replaced = match change {
+                DirChange::Link { path, inode } => s.durable_names.insert(path, inode),
+                DirChange::Unlink { path } => s.durable_names.remove(&path),
+            };
+            if let Some(i) = replaced {
+                s.release_if_unused(i);
             }
         }
         Ok(())

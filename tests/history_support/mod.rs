@@ -347,6 +347,8 @@ fn remove_store(env: &Env, dir: &std::path::Path) {
         for name in env.storage.list(&d).unwrap_or_default() {
             let _ = env.storage.remove(&d.join(name));
         }
+        // Durable, so the simulated storage lets go of the files' bytes.
+        let _ = env.storage.sync_dir(&d);
     }
     if env.real_files {
         let _ = std::fs::remove_dir_all(dir);
