@@ -292,8 +292,9 @@ pub(crate) struct Engine {
     pub background: Background,
     pub lock_guard: Mutex<Option<LockGuard>>,
     pub recovery: RecoveryReport,
-    /// The latest time [`Engine::now_ms`] returned.
-    clock_floor: AtomicU64,
+    /// The latest time [`Engine::now_ms`] returned (a protocol atomic: expiry decisions on
+    /// different threads rest on it).
+    clock_floor: sync::AtomicU64,
     /// Every fsync of the log goes through it (the log writer's own seals too).
     fsync: Arc<FsyncGate>,
 }
@@ -350,7 +351,7 @@ impl Engine {
             background: Background::default(),
             lock_guard: Mutex::new(Some(guard)),
             recovery: r.report,
-            clock_floor: AtomicU64::new(0),
+            clock_floor: sync::AtomicU64::new(0),
         }
     }
 

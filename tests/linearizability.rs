@@ -1,6 +1,6 @@
 //! Concurrent histories checked for linearizability (issue 12).
 //!
-//! Scenario: four threads issue every kind of call (`put`, `put_with_ttl`, `delete`, `write`
+//! Scenario: four threads (`SESSIONDB_CHECKER_THREADS`) issue every kind of call (`put`, `put_with_ttl`, `delete`, `write`
 //! with and without preconditions, `put_if_version`, `delete_if_version`, `touch` and
 //! `touch_with` in each durability, `get`, `get_with_version`, `get_versioned`, `scan_prefix`,
 //! `range`, `backup`) on six keys, so they collide on every key, while checkpoints (automatic,
@@ -38,7 +38,14 @@ use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
 
 const KEYS: u8 = 6;
-const WORKERS: usize = 4;
+
+/// Worker threads: `SESSIONDB_CHECKER_THREADS`, default 4.
+fn workers() -> usize {
+    std::env::var("SESSIONDB_CHECKER_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+}
 const T0: u64 = 1_700_000_000_000;
 
 /// Figures of a campaign.
@@ -129,7 +136,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
                 Ok(())
             })
         };
-        let workers: Vec<_> = (0..WORKERS)
+        let workers: Vec<_> = (0..workers())
             .map(|t| {
                 let (db, recorder, env, clock) = (db.clone(), recorder.clone(), env.clone(), clock.clone());
                 let mut worker = Worker::new(t, round, rng.next(), mix);
