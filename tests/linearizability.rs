@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use history_support::{check, final_reads, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
+use history_support::{check, final_reads, seed, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
@@ -57,18 +57,6 @@ struct Figures {
     states: u64,
     checkpoints: u64,
     reopens: u64,
-}
-
-fn seed() -> u64 {
-    match std::env::var("SESSIONDB_SEED") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("SESSIONDB_SEED={s} is not a u64")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    }
 }
 
 fn budget() -> Duration {

@@ -34,24 +34,33 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
         .expect("value bytes are in the segment")
 }
 
-#[test]
-fn active_segment_reads_verify_their_record() {
-    let sim = SimStorage::new(1);
-    let opts = Options::new()
+/// A store on `sim` whose writes all go to one active segment, with nothing in the background.
+fn one_segment(sim: &SimStorage) -> Options {
+    Options::new()
         .segment_size(1 << 20)
         .value_size_max(4096)
         .batch_size_max(64 * 1024)
         .auto_checkpoint(false)
         .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()));
+        .storage(Arc::new(sim.clone()))
+}
+
+/// The store's one segment on `sim`.
+fn the_segment(sim: &SimStorage) -> std::path::PathBuf {
+    sim.files()
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap()
+}
+
+#[test]
+fn active_segment_reads_verify_their_record() {
+    let sim = SimStorage::new(1);
+    let opts = one_segment(&sim);
     let db = Db::open_with("/rv", opts).unwrap();
     db.put("good", "fine value").unwrap();
     db.put("bad", "value to be damaged").unwrap();
-    let seg = sim
-        .files()
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "wal"))
-        .unwrap();
+    let seg = the_segment(&sim);
     let at = find(&sim.read_file(&seg).unwrap(), b"value to be damaged");
     sim.flip_bit(&seg, at as u64 + 3, 0).unwrap();
 
@@ -97,20 +106,10 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
     use sessiondb::format::{encode_ops, encode_record, Op, ENTRY_HEADER_SIZE, KIND_OPS, SEGMENT_HEADER_SIZE};
 
     let sim = SimStorage::new(3);
-    let opts = Options::new()
-        .segment_size(1 << 20)
-        .value_size_max(4096)
-        .batch_size_max(64 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()));
+    let opts = one_segment(&sim);
     let db = Db::open_with("/id", opts).unwrap();
     db.put("key-a", "value of a").unwrap(); // sequence 1, the first record of segment 1
-    let seg = sim
-        .files()
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "wal"))
-        .unwrap();
+    let seg = the_segment(&sim);
     // A valid record of segment 1 and sequence 1 that puts another key, written where key-a's is.
     let mut payload = Vec::new();
     encode_ops(

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use history_support::{check, empty_states, final_reads, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
+use history_support::{check, empty_states, final_reads, seed, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
 use sessiondb::storage::sim::{CrashMode, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
@@ -28,18 +28,6 @@ use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{thread, Config, Runner};
 
 const T0: u64 = 1_700_000_000_000;
-
-fn seed() -> u64 {
-    match std::env::var("SESSIONDB_SEED") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("SESSIONDB_SEED={s} is not a u64")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    }
-}
 
 fn schedules() -> usize {
     std::env::var("SESSIONDB_SCHEDULES")

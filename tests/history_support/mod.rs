@@ -85,6 +85,19 @@ pub fn parse_value(bytes: &[u8]) -> Result<ValId, String> {
     Ok(id)
 }
 
+/// The seed of a randomised run: `SESSIONDB_SEED` when set, else the time.
+pub fn seed() -> u64 {
+    match std::env::var("SESSIONDB_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SESSIONDB_SEED={s} is not a u64")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    }
+}
+
 /// A small seeded generator (splitmix64).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
