@@ -512,6 +512,7 @@ impl Index {
     }
 
     /// Every file in the table (with its slot), for checks.
+    #[cfg(any(debug_assertions, test))]
     pub(crate) fn open_files(&self) -> impl Iterator<Item = (Slot, FileId)> + '_ {
         self.files.iter().enumerate().filter_map(|(i, f)| {
             // NOTE: cannot truncate: the table holds fewer than u32::MAX files (Index::slot).
