@@ -26,11 +26,12 @@
 //! - The sweeper, checkpoints, syncs and backups change nothing a read can see: any effect of
 //!   theirs shows up as a violation.
 //!
-//! Scans read every key of their range as one moment's state when they fit one chunk (256
-//! keys, always here); each key checks its part as a read at some point of the scan's window.
-//! A backup is read back (its copy opened with the clock at the backup's return) and checked
-//! the same way. Across keys, a scan or backup that shows one key's value from a batch must not
-//! show, for another key of that batch, a value written before the batch began.
+//! Scans read every key of their range as one moment's state when they hold fewer entries than
+//! a chunk (256; always here); each key checks its part as a read at some point of the scan's
+//! window. A backup is read back (its copy opened with the clock at the backup's return) and
+//! checked the same way. Across keys, a scan or backup must show one moment: a time after
+//! every write it shows was invoked and before any of those values was surely replaced, and no
+//! value of a batch without the batch's other values.
 
 #![allow(dead_code)]
 
@@ -1092,6 +1093,7 @@ pub fn check(calls: &[Call], init: &BTreeMap<Key, KeyState>, keys: u8) -> Result
     }
     let versions = learn_versions(calls)?;
     check_batches_whole(calls)?;
+    check_scans_at_one_moment(calls)?;
     let mut figures = Checked {
         calls: calls.len() as u64,
         ..Checked::default()
@@ -1199,6 +1201,69 @@ fn learn_versions(calls: &[Call]) -> Result<Versions, String> {
     Ok(Versions { of, owner })
 }
 
+/// A scan or backup shows the store at one moment: some time T in its window at which every
+/// value it shows was current. A value's write took effect after its invocation, and stopped
+/// being current before any write of that key invoked after it returned had itself returned;
+/// so T lies after the latest invocation of the writes shown, and before the earliest
+/// response of a write that surely replaced one of them. If those bounds cross, no moment
+/// explains the scan, even though each key's part of it is explained on its own.
+fn check_scans_at_one_moment(calls: &[Call]) -> Result<(), String> {
+    // The calls that wrote something, per key: (invoke, response, value written or None).
+    let mut writes: HashMap<Key, Vec<(u64, u64, Option<ValId>)>> = HashMap::new();
+    for c in calls {
+        let wrote = matches!(c.outcome, Outcome::Done | Outcome::Seq(_));
+        if !wrote {
+            continue;
+        }
+        let mut add = |k: Key, v: Option<ValId>| writes.entry(k).or_default().push((c.invoke, c.response, v));
+        match &c.op {
+            Op::Put { key, val, .. } | Op::PutIfVersion { key, val, .. } => add(*key, Some(*val)),
+            Op::Delete { key } | Op::DeleteIfVersion { key, .. } => add(*key, None),
+            Op::Write { ops, .. } => {
+                for (i, o) in ops.iter().enumerate() {
+                    match o {
+                        BatchOp::Put { key, val, .. } if is_last_write(ops, i) => add(*key, Some(*val)),
+                        BatchOp::Delete { key } if is_last_write(ops, i) => add(*key, None),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for c in calls {
+        let Outcome::Entries(found) = &c.outcome else { continue };
+        let (mut after, mut before) = (c.invoke, c.response);
+        let mut why = (String::from("its invocation"), String::from("its response"));
+        for &(k, v) in found {
+            let Some(w) = writes.get(&k).and_then(|ws| ws.iter().find(|w| w.2 == Some(v))) else {
+                continue; // written before this history began
+            };
+            if w.0 > after {
+                after = w.0;
+                why.0 = format!("k{k}'s value {v:#x} was written");
+            }
+            for x in writes[&k].iter().filter(|x| x.0 > w.1) {
+                if x.1 < before {
+                    before = x.1;
+                    why.1 = format!(
+                        "k{k}'s value {v:#x} was surely replaced (by a write returned at {})",
+                        x.1
+                    );
+                }
+            }
+        }
+        if after >= before {
+            return Err(format!(
+                "{:?} [{} .. {}] shows no one moment of the store: it must come after {} (at {after}), \
+                 but before {} (at {before}); it returned {found:?}",
+                c.op, c.invoke, c.response, why.0, why.1
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A scan or backup that shows one key's value from a batch shows, for every other key the
 /// batch put, nothing written before the batch began.
 fn check_batches_whole(calls: &[Call]) -> Result<(), String> {
@@ -1226,8 +1291,11 @@ fn check_batches_whole(calls: &[Call]) -> Result<(), String> {
             let Some(&b) = writer.get(&v) else { continue };
             let batch = &calls[b];
             let Op::Write { ops, .. } = &batch.op else { continue };
-            for o in ops {
+            for (i, o) in ops.iter().enumerate() {
                 let BatchOp::Put { key, val, .. } = o else { continue };
+                if !is_last_write(ops, i) {
+                    continue; // overwritten in the batch itself
+                }
                 let Some(&other) = seen.get(key) else { continue };
                 if other == *val {
                     continue;
