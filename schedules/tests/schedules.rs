@@ -13,6 +13,10 @@
 //! schedulers are seeded from `SESSIONDB_SEED`; a failure prints that seed and shuttle's
 //! encoded schedule, which `shuttle::replay` runs again step for step.
 
+// The library as this package builds it (with shuttle), under its usual name, which the shared
+// history module uses too.
+extern crate sessiondb_shuttle as sessiondb;
+
 #[path = "../../tests/history_support/mod.rs"]
 mod history_support;
 

@@ -14,6 +14,7 @@
 //! written; backups and dumps are consistent states; repair keeps damaged files as `*.broken`,
 //! leaves a store that verifies, and returns only values that were written.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
