@@ -867,6 +867,7 @@ fn floor_r(dir: &Path, keys: usize) -> (f64, f64) {
         if e.file_name().to_string_lossy().ends_with(".snap") {
             let f = File::open(e.path()).expect("open snapshot");
             // SAFETY: the store is closed; nothing writes or truncates the file while mapped.
+            #[allow(unsafe_code)]
             let map = unsafe { memmap2::Mmap::map(&f) }.expect("map snapshot");
             crc ^= crc32fast::hash(&map);
         }

@@ -141,7 +141,10 @@ pub(crate) fn decode_snapshot(
     let (a, b2) = (a.hand_over(), b2.hand_over());
     // SAFETY: decode_entries returns Ok only with every slot of its slice written, and the two
     // slices are slots 0..n1 + n2 of `out`; `hand_over` leaves the entries to `out`.
-    unsafe { out.set_len(n1 + n2) };
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(n1 + n2)
+    };
     if let (Some(l), Some((f, at))) = (a.last, b2.first) {
         if l >= f {
             return Err(Error::corruption(path, at, "snapshot keys are not in ascending order"));
@@ -233,7 +236,10 @@ impl Drop for Filling<'_> {
         for slot in &mut self.slots[..self.filled] {
             // SAFETY: slots before `filled` were written by `push`, and not handed to the
             // vector (`hand_over` forgets the `Filling` instead of dropping it).
-            unsafe { slot.assume_init_drop() };
+            #[allow(unsafe_code)]
+            unsafe {
+                slot.assume_init_drop()
+            };
         }
     }
 }

@@ -5,6 +5,10 @@
 //! unchecked length: they return a [`Damage`] that the caller turns into
 //! [`crate::Error::Corruption`] with the file and offset.
 
+// Decoders and recovery read bytes a file may have damaged: no unwrap or expect here, only
+// errors that name the damage.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use crate::limits;
 
 /// The format version this build writes and reads, in every file header.

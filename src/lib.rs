@@ -1,5 +1,4 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs)]
 
 /// Runs the test hook of [`Options::on_point`] at a protocol point (only in builds with the

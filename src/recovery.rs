@@ -1,6 +1,10 @@
 //! Opening a store: lock, load the newest valid snapshot, replay the log after it, cut a torn
 //! tail, and leave the log ready for appends (docs/design.md, "Recovery").
 
+// Decoders and recovery read bytes a file may have damaged: no unwrap or expect here, only
+// errors that name the damage.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -60,6 +60,7 @@ impl StorageFile for FsFile {
         // files read during recovery), and it holds the store's exclusive lock, so no other
         // sessiondb handle changes or truncates them while mapped. A foreign process truncating
         // the file would raise SIGBUS; that is outside the contract (docs/design.md).
+        #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&self.file)? };
         Ok(Some(Arc::new(FsMap(map))))
     }

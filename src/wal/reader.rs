@@ -4,6 +4,10 @@
 //! reported. A record vouches for damage when its `durable_seq` reaches the sequence number
 //! expected where the damage is: that write had been fsynced.
 
+// Decoders and recovery read bytes a file may have damaged: no unwrap or expect here, only
+// errors that name the damage.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use crate::error::{Error, Result};
