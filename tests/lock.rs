@@ -127,13 +127,17 @@ fn path_that_is_a_file_is_an_error() {
     let file = dir.path().join("plain-file");
     fs::write(&file, b"not a store").unwrap();
     let result = Db::open_with(&file, small_opts());
-    assert!(result.is_err(), "opening a regular file as a store must fail");
+    assert!(
+        matches!(&result, Err(Error::Io { path, .. }) if *path == file),
+        "opening a regular file as a store fails naming it: {result:?}"
+    );
     assert_eq!(fs::read(&file).unwrap(), b"not a store", "the file is left alone");
 
     let below = file.join("db");
+    let below_result = Db::open_with(&below, small_opts());
     assert!(
-        Db::open_with(&below, small_opts()).is_err(),
-        "a path below a regular file must fail"
+        matches!(&below_result, Err(Error::Io { path, .. }) if *path == below),
+        "a path below a regular file fails naming it: {below_result:?}"
     );
 }
 

@@ -116,7 +116,10 @@ fn put_if_version_writes_only_over_the_expected_version() {
     );
 
     // Deletes too; and the error form of write().
-    assert!(db.delete_if_version("s", v1).unwrap().is_err());
+    assert!(
+        matches!(db.delete_if_version("s", v1).unwrap(), Err(c) if c.expected == Some(v1) && c.actual == Some(v2)),
+        "a delete expecting a stale version is refused with the version it found"
+    );
     let mut batch = Batch::new();
     batch.put("s", "x").expect_version("s", Some(v1));
     assert!(matches!(db.write(batch), Err(Error::Conflict(c)) if c.actual == Some(v2)));
