@@ -5,24 +5,18 @@
 //! by itself, and the log written during the first counts toward it. The waits end by a
 //! deadline; no sleeps.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::wait_until;
 use sessiondb::storage::sim::{Point, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Spins (yielding) until `done` holds or the deadline passes.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < DEADLINE, "waited {DEADLINE:?} for {what}");
-        std::thread::yield_now();
-    }
-}
 
 fn options(sim: &SimStorage) -> Options {
     Options::new()

@@ -83,18 +83,14 @@ fn torn_group_round(seed: u64, sector: usize) -> (u64, usize) {
         let db = db.clone();
         thread::spawn(move || db.put("first", "x"))
     };
-    while sim.syncs_waiting() == 0 {
-        thread::yield_now();
-    }
+    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
     let writers: Vec<_> = (0..GROUP)
         .map(|i| {
             let db = db.clone();
             thread::spawn(move || db.put(format!("g{i}"), group_value(i)))
         })
         .collect();
-    while db.stats().writers_waiting < GROUP as u64 {
-        thread::yield_now();
-    }
+    common::wait_until("the group to line up", || db.stats().writers_waiting >= GROUP as u64);
     // The held fsync and the group's one write go through; the machine stops at the group's
     // fsync.
     sim.halt_after(Some(sim.ops() + 2));

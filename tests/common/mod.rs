@@ -61,6 +61,19 @@ pub fn seeded(test: &'static str) -> (u64, SeedGuard) {
     (s, SeedGuard::new(test, s))
 }
 
+/// How long a test waits for another thread before it fails instead of hanging.
+pub const WAIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Spins (yielding, never sleeping) until `done` holds; fails the test naming `what` if that
+/// takes longer than [`WAIT_DEADLINE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT_DEADLINE, "waited {WAIT_DEADLINE:?} for {what}");
+        std::thread::yield_now();
+    }
+}
+
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
