@@ -378,7 +378,7 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
         engine.sync()?;
     }
     storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
-    // The rename must be durable before the segments it replaces are deleted (faults.md F4).
+    // The rename must be durable before the segments it replaces are deleted (docs/reliability.md, F4).
     storage
         .sync_dir(engine.layout.dir())
         .map_err(|e| Error::io("fsync", engine.layout.dir(), e))?;

@@ -186,7 +186,7 @@ pub struct RecordRef<'a> {
 
 fn record_crc(segment_id: u64, header_and_payload: &[u8]) -> u32 {
     // The checksum covers the segment id (not stored in the record), so a valid record written
-    // into the wrong segment fails it (faults.md F10), then the length and everything after the
+    // into the wrong segment fails it (docs/reliability.md, F10), then the length and everything after the
     // checksum field.
     let mut h = crc32fast::Hasher::new();
     h.update(&segment_id.to_le_bytes());

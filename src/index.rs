@@ -154,7 +154,7 @@ pub(crate) struct Loc {
     pub len: u32,
     /// For a value in a log record: how far before the value the record starts. A read checks
     /// the whole record's checksum first, so bytes that never landed where the index says (a
-    /// misdirected write, faults.md F10) are an error, never a value. 0 for snapshot values,
+    /// misdirected write, docs/reliability.md F10) are an error, never a value. 0 for snapshot values,
     /// whose blocks were verified when the snapshot was written or loaded.
     pub record_back: u32,
     /// Length of that record (header and payload); 0 for snapshot values.

@@ -6,7 +6,7 @@
 //! n-th storage operation, for every n, then loses power, under "drop everything unsynced" and
 //! under "random torn subset" (512- and 4096-byte sectors).
 //! Method: the real engine on `SimStorage`, deterministic (no background threads), then reopen.
-//! Invariant (faults.md oracle): the recovered contents equal the model after the first k
+//! Invariant (oracle of docs/reliability.md): the recovered contents equal the model after the first k
 //! operations for some k ≥ the number acknowledged; a second reopen gives the same contents.
 
 use sessiondb::storage::sim::{CrashMode, SimStorage};

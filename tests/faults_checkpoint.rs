@@ -21,7 +21,7 @@
 //! prefix. Seeds come from `SESSIONDB_SEED` (printed on failure).
 //!
 //! Invariant: after a crash in a checkpoint, open never fails (there is always a usable snapshot
-//! or the log to rebuild it) and the faults.md oracle holds (the model after k operations, k ≥
+//! or the log to rebuild it) and the oracle of docs/reliability.md holds (the model after k operations, k ≥
 //! the number that must survive, the same again on a second open), and the store checkpoints
 //! again. A damaged newest snapshot falls back to the older one only when the log covers the
 //! gap, with the right contents; otherwise open fails with `Error::Corruption` naming the damaged

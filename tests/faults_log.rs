@@ -1,4 +1,4 @@
-//! Faults while appending to the log (faults.md F2, F3, F4, F6, F7, F9), on the simulated
+//! Faults while appending to the log (docs/reliability.md, F2, F3, F4, F6, F7, F9), on the simulated
 //! storage.
 //!
 //! Scenario, one test each:
@@ -23,7 +23,7 @@
 //! clock), a `BTreeMap` model of every prefix of the issued operations, record boundaries from
 //! the documented segment framing. Seeds come from `SESSIONDB_SEED` (printed on failure).
 //!
-//! Invariant (faults.md oracle): the recovered contents equal the model after the first k issued
+//! Invariant (oracle of docs/reliability.md): the recovered contents equal the model after the first k issued
 //! operations for some k ≥ the number acknowledged; batches are whole; nothing after a hole is
 //! replayed; a second open gives the same state; writes after a recovery survive the next one;
 //! an ENOSPC write is not acknowledged and poisons the store; short writes leave files
@@ -240,7 +240,7 @@ fn zero_tail() {
 fn zero_tail_case(seed: u64, old: &[Op], damage: Damage, new_len: usize, crash: CrashMode, what: &str) {
     let sim = SimStorage::new(seed);
     // Records after ZT_SYNCED carry durable_seq = ZT_SYNCED: nothing vouches for them, so
-    // damage among them is a tail to cut (faults.md F2/F9), not corruption.
+    // damage among them is a tail to cut (docs/reliability.md, F2/F9), not corruption.
     let db = Db::open_with(DIR, options(&sim, SyncMode::Never)).unwrap();
     run_all(&db, &old[..ZT_SYNCED], what);
     db.sync().unwrap();

@@ -1,4 +1,4 @@
-//! What recovery meets on disk after a fault (faults.md F8, F10, F11, F12), and a crash in the
+//! What recovery meets on disk after a fault (docs/reliability.md, F8, F10, F11, F12), and a crash in the
 //! middle of recovery itself, on the simulated storage.
 //!
 //! Scenario, one test each:
@@ -26,7 +26,7 @@
 //! `Error::Corruption { path, offset }` naming the segment and an offset inside the damaged
 //! record, never silently cut; `Salvage` opens and returns no value that was never written; a
 //! read error fails the open or the read with `Error::Io` naming a file of the store, never a
-//! wrong value; recovery interrupted by a crash is idempotent: the faults.md oracle holds and a
+//! wrong value; recovery interrupted by a crash is idempotent: the oracle of docs/reliability.md holds and a
 //! further open gives the same state.
 
 mod common;

@@ -1,4 +1,4 @@
-//! A failed fsync fails every writer of its commit group and poisons the store (faults.md F5).
+//! A failed fsync fails every writer of its commit group and poisons the store (docs/reliability.md, F5).
 //!
 //! Scenario: one writer's fsync is held at a gate in the simulated storage while 16 more writers
 //! line up in the next commit group; then every fsync starts failing with EIO (Linux semantics:

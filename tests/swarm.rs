@@ -9,7 +9,7 @@
 //! would.
 //! Method: the real engine on `SimStorage`, single-threaded and deterministic per seed; a
 //! `BTreeMap` model of every issued operation.
-//! Invariant (faults.md oracle): after every recovery the contents equal the model after some
+//! Invariant (oracle of docs/reliability.md): after every recovery the contents equal the model after some
 //! prefix of the issued operations that includes every acknowledged one; in `Always` mode every
 //! acknowledged operation (but a `Durability::Lazy` one only once a later durable write or a sync
 //! covered it), in the lazy modes every one acknowledged before the last successful `sync()` or

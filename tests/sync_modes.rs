@@ -1,7 +1,7 @@
 //! What each `SyncMode` promises about power loss, on the simulated storage.
 //!
 //! Scenario: writes in `Never`, `Interval` and `Always` mode, then a power loss that drops every
-//! unsynced byte (faults.md F1). Method: the real engine on `SimStorage`; waits are on the
+//! unsynced byte (docs/reliability.md, F1). Method: the real engine on `SimStorage`; waits are on the
 //! engine's own fsync counter, never sleeps. Invariant: `Always` loses nothing acknowledged;
 //! `Never` keeps what `sync()` covered; `Interval` keeps what its background sync covered; and in
 //! `Always` mode a write is not visible to readers before its fsync returns.

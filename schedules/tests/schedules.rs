@@ -389,7 +389,7 @@ fn roll_vs_spare_handoff() {
     s.finish(db);
 }
 
-/// A failed fsync against a concurrent one of the same segment (faults.md F5): a writer's
+/// A failed fsync against a concurrent one of the same segment (docs/reliability.md, F5): a writer's
 /// commit group fsyncs while another thread calls `sync`, and the first fsync fails, dropping the
 /// unsynced writes. Linux reports such an error to one fsync of the file only: the other returns
 /// success. Whatever the order, a write that returned `Ok` survives a power loss, and so does

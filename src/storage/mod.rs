@@ -104,7 +104,7 @@ pub(crate) fn read_exact_at(file: &dyn StorageFile, mut buf: &mut [u8], mut offs
     Ok(())
 }
 
-/// Writes all of `buf` at `offset`, retrying short writes (faults.md F7).
+/// Writes all of `buf` at `offset`, retrying short writes (docs/reliability.md, F7).
 pub(crate) fn write_all_at(file: &dyn StorageFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {
         match file.write_at(buf, offset) {

@@ -2,7 +2,7 @@
 //!
 //! It keeps, for every file and every directory entry, what is durable apart from what was only
 //! written, and [`SimStorage::crash`] makes a new durable truth under a [`CrashMode`]. Faults from
-//! `../shared/faults.md` are injected from one seed:
+//! docs/reliability.md are injected from one seed:
 //!
 //! | fault | how |
 //! |---|---|

@@ -45,7 +45,7 @@ pub(crate) struct SegmentScan {
     /// End of the last valid record (0 if the segment holds nothing usable).
     pub valid_end: u64,
     /// End of the last non-zero byte at or after `valid_end`; bytes in between must be zeroed
-    /// before anything is appended (a stale record must never be parsed later, faults.md F9).
+    /// before anything is appended (a stale record must never be parsed later, docs/reliability.md F9).
     pub dirty_end: u64,
     /// Damage skipped (salvage).
     pub skipped: Vec<Skipped>,

@@ -3,7 +3,7 @@
 //! Segments are created at full size and zero-filled, then fsynced with their directory entry,
 //! before any record goes into them: an `fdatasync` after an append then never has to commit a
 //! size change or a new directory entry, and the zeros past the written end read as "end of log"
-//! (faults.md F9). A background thread prepares the next segment while the current one fills.
+//! (docs/reliability.md, F9). A background thread prepares the next segment while the current one fills.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -57,7 +57,7 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
         at += n as u64;
     }
     // Size and data durable before the name: then the directory entry, since a segment whose
-    // name could vanish in a crash must never hold an acknowledged write (faults.md F4).
+    // name could vanish in a crash must never hold an acknowledged write (docs/reliability.md, F4).
     file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
     storage
@@ -177,7 +177,7 @@ impl SpareSlot {
 
 /// Every `fdatasync` of a log segment goes through here, one at a time.
 ///
-/// Linux reports a failed writeback to one fsync of a file only (faults.md F5): another fsync
+/// Linux reports a failed writeback to one fsync of a file only (docs/reliability.md, F5): another fsync
 /// of the same file, running alongside or after it, returns success although the writes it was
 /// to cover are gone. With a commit group's fsync, a seal and `Db::sync` on different threads,
 /// that one could acknowledge writes the other's error dropped. So once an fsync of the log

@@ -1,7 +1,7 @@
 //! Shared pieces of the fault tests (`faults_log.rs`, `faults_checkpoint.rs`,
 //! `faults_recovery.rs`): a workload of puts, deletes and batches with a `BTreeMap` model of the
 //! state after every prefix of it, deterministic options for the simulated storage, the
-//! faults.md oracle, and helpers that find segments and records inside `SimStorage`.
+//! oracle of docs/reliability.md, and helpers that find segments and records inside `SimStorage`.
 
 #![allow(dead_code)]
 
@@ -190,7 +190,7 @@ pub fn prefix_k(states: &[State], got: &State, lo: usize, hi: usize) -> Option<u
     (lo..=hi.min(states.len() - 1)).rev().find(|&k| &states[k] == got)
 }
 
-/// faults.md's oracle: opens the store, whose contents must equal the model after the first k
+/// the oracle of docs/reliability.md: opens the store, whose contents must equal the model after the first k
 /// operations for some `acked <= k <= issued`; a second open must give the same contents.
 /// Returns k.
 pub fn check_oracle(opts: &Options, states: &[State], acked: usize, issued: usize, what: &str) -> usize {

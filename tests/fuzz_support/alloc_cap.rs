@@ -1,6 +1,6 @@
 //! A global allocator that aborts on any single allocation larger than [`ALLOC_BYTES_MAX`].
 //!
-//! The parsers must never allocate what a length field asks for (docs/design.md, faults.md
+//! The parsers must never allocate what a length field asks for (docs/design.md, docs/reliability.md
 //! "Hostile input"): every fuzz input is far smaller than this cap, so an allocation above it
 //! can only come from a length read out of the input. libFuzzer's own `-malloc_limit_mb` needs
 //! a sanitizer's malloc hooks; this works with `-s none` and under `cargo test` alike. It aborts

@@ -1,6 +1,6 @@
 //! Target `ops_vs_model`: arbitrary sequences of writes, clock moves, checkpoints, syncs,
 //! closes and power losses through the simulated storage, against the swarm's `BTreeMap` model
-//! and faults.md's oracle (`tests/swarm_support/`, shared with `swarm.rs`).
+//! and the oracle of docs/reliability.md (`tests/swarm_support/`, shared with `swarm.rs`).
 //!
 //! Input: a structured [`OpsSpec`]: sync mode, segment size, fault rates (short writes, ENOSPC,
 //! fsync EIO), the simulator's seed, and up to 64 steps: puts (with or without a TTL), deletes,

@@ -1,6 +1,6 @@
 //! The model of the seeded swarm (`swarm.rs`) and of the `ops_vs_model` fuzz target
 //! (`fuzz_support/ops_vs_model.rs`): the operations they issue, a `BTreeMap` of key → (value,
-//! deadline) they apply to, and faults.md's oracle as a search for the prefix of the issued
+//! deadline) they apply to, and the oracle of docs/reliability.md as a search for the prefix of the issued
 //! operations that a recovered store holds.
 
 #![allow(dead_code)]
@@ -75,7 +75,7 @@ pub fn visible(state: &State, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .collect()
 }
 
-/// faults.md's oracle: the model after the longest prefix of `issued` (each with the clock at
+/// the oracle of docs/reliability.md: the model after the longest prefix of `issued` (each with the clock at
 /// its issue) applied to `base`, holding at least the first `must_survive`, whose live entries
 /// (deadlines included: a lost touch changes only a deadline) equal `got` at `now_ms`.
 /// `None` when no such prefix exists.
