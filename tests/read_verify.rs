@@ -34,6 +34,24 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
         .expect("value bytes are in the segment")
 }
 
+/// `Corruption` naming a file ending in `ext` and the key asked for.
+fn corruption_naming(r: Result<Option<Vec<u8>>, Error>, ext: &str, key: &str) {
+    match r {
+        Err(Error::Corruption { path, reason, .. }) => {
+            assert!(path.to_string_lossy().ends_with(ext), "{}", path.display());
+            assert!(reason.contains(key), "names the key: {reason}");
+        }
+        other => panic!("expected Corruption naming {key}, got {other:?}"),
+    }
+}
+
+/// Overwrites bytes of a real file in place (no truncation: a store may have it mapped).
+fn write_in_place(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
 /// A store on `sim` whose writes all go to one active segment, with nothing in the background.
 fn one_segment(sim: &SimStorage) -> Options {
     Options::new()
@@ -123,13 +141,7 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
     let mut record = Vec::new();
     encode_record(&mut record, 1, 1, 0, KIND_OPS, &payload);
     sim.write_durable(&seg, SEGMENT_HEADER_SIZE as u64, &record).unwrap();
-    match db.get("key-a") {
-        Err(Error::Corruption { path, reason, .. }) => {
-            assert!(path.to_string_lossy().ends_with(".wal"), "{}", path.display());
-            assert!(reason.contains("key-a"), "names the key: {reason}");
-        }
-        other => panic!("expected Corruption naming key-a, got {other:?}"),
-    }
+    corruption_naming(db.get("key-a"), ".wal", "key-a");
 
     // The same in a snapshot, on real files (it is mapped, so a change behind the engine's back
     // is seen): key-d's entry (same lengths) where key-c's is.
@@ -142,18 +154,8 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
     let bytes = std::fs::read(&snap).unwrap();
     let (c, d) = (find(&bytes, b"key-c"), find(&bytes, b"key-d"));
     let d_entry = bytes[d - ENTRY_HEADER_SIZE..d - ENTRY_HEADER_SIZE + (d - c)].to_vec();
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&snap).unwrap();
-        f.write_all_at(&d_entry, (c - ENTRY_HEADER_SIZE) as u64).unwrap();
-    }
-    match db.get("key-c") {
-        Err(Error::Corruption { path, reason, .. }) => {
-            assert!(path.to_string_lossy().ends_with(".snap"), "{}", path.display());
-            assert!(reason.contains("key-c"), "names the key: {reason}");
-        }
-        other => panic!("expected Corruption naming key-c, got {other:?}"),
-    }
+    write_in_place(&snap, (c - ENTRY_HEADER_SIZE) as u64, &d_entry);
+    corruption_naming(db.get("key-c"), ".snap", "key-c");
     assert_eq!(db.get("key-d").unwrap().as_deref(), Some(&b"value of d"[..]));
 }
 
@@ -170,11 +172,7 @@ fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
     let snap = common::snapshot_files(tmp.path()).remove(0);
     let bytes = std::fs::read(&snap).unwrap();
     let at = find(&bytes, b"damaged at rest");
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&snap).unwrap();
-        f.write_all_at(&[bytes[at] ^ 0x01], at as u64).unwrap();
-    }
+    write_in_place(&snap, at as u64, &[bytes[at] ^ 0x01]);
     db.put("new", "so the next checkpoint has work").unwrap();
     match db.checkpoint() {
         Err(Error::Corruption { path, reason, .. }) => {
