@@ -182,6 +182,10 @@ fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
         other => panic!("expected Corruption naming the snapshot, got {other:?}"),
     }
     assert_eq!(common::snapshot_files(tmp.path()), vec![snap], "no new snapshot");
+    assert!(
+        common::files_with_ext(tmp.path(), "tmp").is_empty(),
+        "the failed checkpoint removed its temporary file"
+    );
     assert_eq!(
         db.get("new").unwrap().as_deref(),
         Some(&b"so the next checkpoint has work"[..])
