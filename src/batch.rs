@@ -44,7 +44,7 @@ impl BatchOp {
 ///
 /// A batch may carry preconditions ([`Batch::expect_version`]): then it is written only if every
 /// one holds at the moment it is ordered among other writes, and [`crate::Db::write_if`] reports
-/// the first that does not as a [`Conflict`].
+/// the first that does not as a [`Conflict`](crate::Conflict).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     pub(crate) ops: Vec<BatchOp>,
@@ -135,29 +135,3 @@ impl Batch {
         self.ops.is_empty()
     }
 }
-
-/// A precondition that did not hold: the write was not made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict {
-    /// The key whose version differed.
-    pub key: Vec<u8>,
-    /// The version the write expected (`None`: absent or expired).
-    pub expected: Option<u64>,
-    /// The version it found (`None`: absent or expired).
-    pub actual: Option<u64>,
-}
-
-impl std::fmt::Display for Conflict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = |v: Option<u64>| v.map_or_else(|| "absent".to_string(), |v| format!("version {v}"));
-        write!(
-            f,
-            "key {:?}: expected {}, found {}",
-            String::from_utf8_lossy(&self.key),
-            v(self.expected),
-            v(self.actual)
-        )
-    }
-}
-
-impl std::error::Error for Conflict {}

@@ -6,17 +6,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::batch::{Batch, BatchOp, Conflict, Expiry};
+use crate::batch::{Batch, BatchOp, Expiry};
 use crate::checkpoint;
 use crate::clock::deadline_ms;
 use crate::engine::{Cursor, Engine};
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, Result};
 use crate::format::{self, Op, PAYLOAD_COUNT_SIZE};
-use crate::layout::Layout;
 use crate::limits;
 use crate::options::{Durability, Options, RecoveryMode, SyncMode};
 use crate::recovery;
 use crate::stats::Stats;
+use crate::storage::layout::Layout;
 use crate::sync::thread::{self, JoinHandle};
 use crate::wal::writer::SpareSlot;
 
@@ -332,13 +332,6 @@ impl Db {
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
         self.engine.stats()
-    }
-
-    /// Writes an online, consistent backup of the store to `dest`, a directory that must not
-    /// exist yet, while writers go on: one fsynced snapshot of the state at some sequence
-    /// number, which opens as a store ([`crate::restore`] copies it back). See `src/backup.rs`.
-    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<crate::BackupReport> {
-        crate::backup::run(&self.engine, dest.as_ref())
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -79,7 +79,7 @@ pub enum Error {
     /// A precondition of [`crate::Db::write`] did not hold; nothing was written.
     /// ([`crate::Db::write_if`] and the `*_if_version` methods return it as a value instead.)
     #[error("version conflict: {0}")]
-    Conflict(crate::batch::Conflict),
+    Conflict(Conflict),
 
     /// A session id string is not one this store issues (22 URL-safe base64 characters).
     #[error("invalid session id {0:?}")]
@@ -171,3 +171,29 @@ pub(crate) fn show_key(key: &[u8]) -> String {
     let more = if key.len() > SHOWN { "..." } else { "" };
     format!("\"{}{more}\" ({} bytes)", shown.escape_ascii(), key.len())
 }
+
+/// A precondition that did not hold: the write was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The key whose version differed.
+    pub key: Vec<u8>,
+    /// The version the write expected (`None`: absent or expired).
+    pub expected: Option<u64>,
+    /// The version it found (`None`: absent or expired).
+    pub actual: Option<u64>,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = |v: Option<u64>| v.map_or_else(|| "absent".to_string(), |v| format!("version {v}"));
+        write!(
+            f,
+            "key {:?}: expected {}, found {}",
+            String::from_utf8_lossy(&self.key),
+            v(self.expected),
+            v(self.actual)
+        )
+    }
+}
+
+impl std::error::Error for Conflict {}

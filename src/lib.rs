@@ -10,33 +10,39 @@ macro_rules! point {
     };
 }
 
-mod backup;
+// Public types: the API a user holds (db.rs, batch.rs, options.rs, error.rs, stats.rs, clock.rs,
+// limits.rs). Then the data flow: engine (group commit, reads) → wal (segments) → storage (the
+// seam); checkpoint (snapshots) and recovery (open) beside them; format (every on-disk byte) and
+// index (the in-memory map) underneath; tools (inspect, backup, repair) and session on top.
 mod batch;
-mod checkpoint;
 pub mod clock;
 mod db;
-mod engine;
 mod error;
-pub mod format;
-mod index;
-pub mod inspect;
-pub mod layout;
 pub mod limits;
 mod options;
-mod recovery;
-mod repair;
-pub mod session;
 mod stats;
+
+mod checkpoint;
+mod engine;
+pub mod format;
+mod index;
+mod recovery;
 pub mod storage;
 mod sync;
-pub mod telemetry;
 mod wal;
 
-pub use backup::{backup_dir, restore, BackupReport, RestoreReport};
-pub use batch::{Batch, Conflict};
+pub mod session;
+pub mod telemetry;
+mod tools;
+
+pub use storage::layout;
+pub use tools::inspect;
+
+pub use batch::Batch;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{Db, Iter, Versioned};
-pub use error::{Error, Result};
+pub use error::{Conflict, Error, Result};
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
-pub use repair::{repair, RepairReport};
 pub use stats::{RecoveryReport, Skipped, Stats};
+pub use tools::backup::{backup_dir, restore, BackupReport, RestoreReport};
+pub use tools::repair::{repair, RepairReport};

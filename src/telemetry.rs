@@ -21,68 +21,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::stats::Stats;
-
-/// Buckets of a [`LatencyHistogram`].
-pub const LATENCY_BUCKETS: usize = 24;
-
-/// A histogram of latencies in power-of-two buckets of microseconds.
-///
-/// Bucket 0 counts latencies below 2 µs; bucket `i` (0 < i < 23) counts latencies in
-/// `2^i .. 2^(i+1)` µs; the last bucket counts everything from 2^23 µs (about 8.4 s) up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LatencyHistogram {
-    /// Samples per bucket.
-    pub buckets: [u64; LATENCY_BUCKETS],
-    /// Samples in all.
-    pub count: u64,
-    /// Sum of all samples.
-    pub sum: Duration,
-    /// Largest sample.
-    pub max: Duration,
-}
-
-impl LatencyHistogram {
-    /// The exclusive upper bound of bucket `i` (`Duration::MAX` for the last).
-    pub fn bucket_upper_bound(i: usize) -> Duration {
-        if i + 1 >= LATENCY_BUCKETS {
-            return Duration::MAX;
-        }
-        Duration::from_micros(2u64 << i)
-    }
-
-    /// Mean of the samples, if any.
-    pub fn mean(&self) -> Option<Duration> {
-        let n = u32::try_from(self.count).ok().filter(|&n| n > 0)?;
-        Some(self.sum / n)
-    }
-
-    /// An upper bound for quantile `q` (0.0 to 1.0): the upper bound of the bucket holding it,
-    /// capped at the largest sample. `None` without samples.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.count == 0 {
-            return None;
-        }
-        // NOTE: rank in 1..=count; the float is a bounded fraction of a u64 count.
-        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(Self::bucket_upper_bound(i).min(self.max));
-            }
-        }
-        Some(self.max)
-    }
-}
-
-/// Which bucket a latency falls into.
-fn bucket_of(d: Duration) -> usize {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    let i = (u64::BITS - us.max(1).leading_zeros() - 1) as usize;
-    i.min(LATENCY_BUCKETS - 1)
-}
+use crate::stats::{bucket_of, LatencyHistogram, Stats, LATENCY_BUCKETS};
 
 /// A [`LatencyHistogram`] that threads add to.
 #[derive(Default)]

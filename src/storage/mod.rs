@@ -5,6 +5,7 @@
 //! crash tests run the engine's real code.
 
 mod fs;
+pub mod layout;
 pub(crate) mod overlay;
 #[cfg(feature = "sim")]
 pub mod sim;

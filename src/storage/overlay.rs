@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::sync::Mutex;
 
 use super::{read_exact_at, LockGuard, MappedFile, OpenMode, Storage, StorageFile};
-use crate::layout::{self, FileKind};
+use crate::storage::layout::{self, FileKind};
 
 /// A copy-on-write, lock-free, never-writing view of `below`.
 pub(crate) struct Overlay {

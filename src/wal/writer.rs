@@ -14,7 +14,7 @@ use crate::sync::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use crate::layout::Layout;
+use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
 
 /// Zeros are written in chunks of this size when a segment is preallocated. Measured: with 1 MiB

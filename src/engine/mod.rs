@@ -10,15 +10,15 @@ use std::sync::{Arc, OnceLock};
 use crate::sync::thread::{self, Thread};
 use crate::sync::{self, Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::batch::Conflict;
+use crate::error::Conflict;
 
 use crate::error::{show_key, Error, Result};
 use crate::format::{self, Op, RECORD_HEADER_SIZE};
 use crate::index::{entry_seq, Entry, FileId, Index, Key, Loc, Source, SourceData};
-use crate::layout::Layout;
 use crate::limits;
 use crate::options::{Durability, Options};
 use crate::stats::{RecoveryReport, Stats};
+use crate::storage::layout::Layout;
 use crate::storage::{read_exact_at, LockGuard, Storage};
 use crate::telemetry::Telemetry;
 use crate::wal::writer::{FsyncGate, LogWriter, PendingRecord, Placement, SegmentFile, SpareSlot};

@@ -3,7 +3,7 @@
 //!
 //! 1. Take the store's lock and hold it throughout: a store open anywhere is refused
 //!    ([`Error::Locked`]).
-//! 2. [`crate::inspect::verify`]: every problem by file and offset. An intact store is left as
+//! 2. [`crate::tools::inspect::verify`]: every problem by file and offset. An intact store is left as
 //!    it is.
 //! 3. Salvage, without writing: in a read-only view of the store (`inspect::View`), each damaged
 //!    snapshot is replaced by one rebuilt from its blocks that verify (same base sequence
@@ -25,15 +25,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backup::write_snapshot;
 use crate::error::{Error, Result};
-use crate::inspect::{self, Problem, View, BROKEN_SUFFIX};
-use crate::layout::Layout;
 use crate::options::RecoveryMode;
 use crate::recovery;
 use crate::stats::Skipped;
+use crate::storage::layout::Layout;
 use crate::storage::overlay::Overlay;
 use crate::storage::{write_all_at, FsStorage, OpenMode, Storage};
+use crate::tools::backup::write_snapshot;
+use crate::tools::inspect::{self, Problem, View, BROKEN_SUFFIX};
 
 /// What [`repair`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -26,11 +26,11 @@ use crate::db::Db;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, SnapshotEntry, SnapshotFooter};
-use crate::inspect::{self, Entries, View};
-use crate::layout::{self, Layout};
 use crate::limits;
 use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::storage::layout::{self, Layout};
 use crate::storage::{read_exact_at, write_all_at, FsStorage, OpenMode, Storage};
+use crate::tools::inspect::{self, Entries, View};
 
 /// Bytes copied per read and write.
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
@@ -202,40 +202,49 @@ fn remove_log(storage: &dyn Storage, tmp: &Layout) -> Result<()> {
     sync_dir(storage, tmp.dir())
 }
 
-/// [`crate::Db::backup`].
-pub(crate) fn run(engine: &Engine, dest: &Path) -> Result<BackupReport> {
-    let started = Instant::now();
-    let storage = engine.storage.clone();
-    let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
-    let tmp = Layout::new(&tmp_dir);
-    copy_consistent_prefix(engine, &tmp)?;
+// `Db::backup` is defined here, with the rest of backups: the operator tools depend on `Db`,
+// never the reverse.
+impl Db {
+    /// Writes an online, consistent backup of the store to `dest`, a directory that must not
+    /// exist yet, while writers go on: one fsynced snapshot of the state at some sequence
+    /// number, which opens as a store ([`crate::restore`] copies it back). See
+    /// `src/tools/backup.rs`.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        let engine = self.engine();
+        let dest = dest.as_ref();
+        let started = Instant::now();
+        let storage = engine.storage.clone();
+        let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
+        let tmp = Layout::new(&tmp_dir);
+        copy_consistent_prefix(engine, &tmp)?;
 
-    // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
-    let db = Db::open_with(&tmp_dir, copy_options(storage.clone(), &engine.opts))?;
-    db.checkpoint()?;
-    let stats = db.stats();
-    db.close()?;
-    remove_log(storage.as_ref(), &tmp)?;
+        // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
+        let db = Db::open_with(&tmp_dir, copy_options(storage.clone(), &engine.opts))?;
+        db.checkpoint()?;
+        let stats = db.stats();
+        db.close()?;
+        remove_log(storage.as_ref(), &tmp)?;
 
-    // Step 4: in place, durably.
-    storage
-        .rename(&tmp_dir, dest)
-        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-    sync_dir(storage.as_ref(), &parent)?;
-    let bytes = match stats.last_checkpoint_seq {
-        0 => 0,
-        seq => storage
-            .open(&Layout::new(dest).snapshot(seq), OpenMode::Read)
-            .and_then(|f| f.len())
-            .unwrap_or(0),
-    };
-    Ok(BackupReport {
-        path: dest.to_path_buf(),
-        seq: stats.last_seq,
-        keys: stats.keys,
-        bytes,
-        duration: started.elapsed(),
-    })
+        // Step 4: in place, durably.
+        storage
+            .rename(&tmp_dir, dest)
+            .map_err(|e| Error::io("rename", &tmp_dir, e))?;
+        sync_dir(storage.as_ref(), &parent)?;
+        let bytes = match stats.last_checkpoint_seq {
+            0 => 0,
+            seq => storage
+                .open(&Layout::new(dest).snapshot(seq), OpenMode::Read)
+                .and_then(|f| f.len())
+                .unwrap_or(0),
+        };
+        Ok(BackupReport {
+            path: dest.to_path_buf(),
+            seq: stats.last_seq,
+            keys: stats.keys,
+            bytes,
+            duration: started.elapsed(),
+        })
+    }
 }
 
 /// Writes a consistent backup of the store in `dir` to `dest` (a directory that must not exist)

@@ -17,8 +17,9 @@ use crate::sync::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::batch::{Batch, Conflict};
+use crate::batch::Batch;
 use crate::db::Db;
+use crate::error::Conflict;
 use crate::error::{Error, Result};
 use crate::format::{self, SessionMapEntries, SessionRecord};
 use crate::options::Durability;

@@ -30,10 +30,10 @@ use crate::db::{prefix_successor, Db};
 use crate::engine::Cursor;
 use crate::error::{Error, Result};
 use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
-use crate::layout::{self, FileKind, Layout};
 use crate::limits;
 use crate::options::{Options, RecoveryMode, SyncMode};
 use crate::stats::Stats;
+use crate::storage::layout::{self, FileKind, Layout};
 use crate::storage::overlay::Overlay;
 use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
 use crate::wal::reader::{self, ScanInput};
@@ -59,7 +59,7 @@ pub struct Inventory {
     /// Temporary files of an interrupted or running checkpoint or segment creation (an open
     /// removes them).
     pub temp_files: Vec<PathBuf>,
-    /// Damaged files set aside by [`crate::repair`] (`*.broken`).
+    /// Damaged files set aside by [`crate::tools::repair`] (`*.broken`).
     pub broken_files: Vec<PathBuf>,
     /// The format version in the headers of the store's segments and snapshots (the highest
     /// one, if they differ); `None` if no file has a readable header yet.
@@ -148,7 +148,7 @@ pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inv
     Ok(inv)
 }
 
-/// The suffix [`crate::repair`] gives a damaged file it sets aside.
+/// The suffix [`crate::tools::repair`] gives a damaged file it sets aside.
 pub(crate) const BROKEN_SUFFIX: &str = ".broken";
 
 /// Size of a file; 0 if it vanished since it was listed (a store open elsewhere).
@@ -669,7 +669,7 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
     walk
 }
 
-/// A damaged snapshot rebuilt from its blocks that verify, for [`crate::repair`]: a valid
+/// A damaged snapshot rebuilt from its blocks that verify, for [`crate::tools::repair`]: a valid
 /// snapshot with the same base sequence number holding every entry that could be read. Returns
 /// its bytes, the entries it holds, and the entries the footer says the original held (when the
 /// footer verifies). `None` if nothing of it can be used (another format version).
