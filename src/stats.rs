@@ -39,8 +39,8 @@ pub struct Stats {
     pub commit_group_sizes: [u64; 8],
     /// Checkpoints completed since open.
     pub checkpoints: u64,
-    /// Latency of the fsyncs on the commit path (each commit group's that is fsynced before its
-    /// writers return, and each [`crate::Db::sync`]'s) since open.
+    /// Latency of the fsyncs counted in `fsyncs` (commit groups', seals', checkpoint rolls' and
+    /// [`crate::Db::sync`]'s) since open.
     pub fsync_latency: LatencyHistogram,
     /// Time the last checkpoint took, from its start until the log it covers was deleted.
     pub checkpoint_duration_last: Duration,

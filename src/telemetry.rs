@@ -6,7 +6,7 @@
 //!
 //! | name (feature `metrics`)          | kind      | what                                          |
 //! |-----------------------------------|-----------|-----------------------------------------------|
-//! | `sessiondb_fsync_seconds`         | histogram | each commit-group or `sync()` fsync           |
+//! | `sessiondb_fsync_seconds`         | histogram | each fsync of the log (group, seal, `sync()`) |
 //! | `sessiondb_commit_group_size`     | histogram | records per commit group                      |
 //! | `sessiondb_checkpoint_seconds`    | histogram | each checkpoint, start to covered log deleted |
 //! | `sessiondb_checkpoint_bytes`      | histogram | snapshot bytes each checkpoint wrote          |
@@ -59,7 +59,6 @@ impl LatencyRecorder {
 /// The engine's measurements beyond plain counters.
 #[derive(Default)]
 pub(crate) struct Telemetry {
-    fsync: LatencyRecorder,
     checkpoint_ns_total: AtomicU64,
     checkpoint_ns_last: AtomicU64,
     checkpoint_bytes_total: AtomicU64,
@@ -67,13 +66,6 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    /// A commit group's or `sync()`'s fsync took `d`.
-    pub(crate) fn fsync(&self, d: Duration) {
-        self.fsync.record(d);
-        #[cfg(feature = "metrics")]
-        ::metrics::histogram!("sessiondb_fsync_seconds").record(d.as_secs_f64());
-    }
-
     /// A commit group of `records` records was written.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn commit_group(&self, records: usize) {
@@ -97,12 +89,18 @@ impl Telemetry {
     /// Fills the fields of `stats` this measures.
     pub(crate) fn fill(&self, stats: &mut Stats) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        stats.fsync_latency = self.fsync.snapshot();
         stats.checkpoint_duration_total = Duration::from_nanos(load(&self.checkpoint_ns_total));
         stats.checkpoint_duration_last = Duration::from_nanos(load(&self.checkpoint_ns_last));
         stats.checkpoint_bytes_total = load(&self.checkpoint_bytes_total);
         stats.checkpoint_bytes_last = load(&self.checkpoint_bytes_last);
     }
+}
+
+/// An fsync of the log took `d` (its count and latency histogram are kept by the log itself).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn fsync(d: Duration) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!("sessiondb_fsync_seconds").record(d.as_secs_f64());
 }
 
 /// An open's recovery took `d`.

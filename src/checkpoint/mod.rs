@@ -374,7 +374,7 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
     point!(engine, CheckpointWritten);
     // The snapshot may hold writes up to end_seq; they must be durable in the log before the
     // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
-    if engine.durable_seq.load(Ordering::Acquire) < end_seq {
+    if engine.log_sync.durable_seq() < end_seq {
         engine.sync()?;
     }
     storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;

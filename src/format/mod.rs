@@ -370,12 +370,46 @@ pub fn op_encoded_size(op: &Op<'_>) -> usize {
 /// Bytes of the payload's leading op count.
 pub const PAYLOAD_COUNT_SIZE: usize = 8;
 
-/// Encodes a batch payload into `out` (cleared first).
-pub fn encode_ops(out: &mut Vec<u8>, ops: &[Op<'_>]) {
+/// Encodes a batch payload into `out` (cleared first) and returns where each op's value lies in
+/// it ([`value_offsets`]).
+pub fn encode_ops<'a>(out: &mut Vec<u8>, ops: &'a [Op<'a>]) -> ValueOffsets<'a> {
     out.clear();
     // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
     if let Err(e) = bincode::encode_into_std_write(ops, out, bincode_config()) {
         unreachable!("encoding into a Vec failed: {e}");
+    }
+    value_offsets(ops)
+}
+
+/// Where each op's value lies in the payload that encodes `ops`, from the layout (no bytes
+/// read): for each op in order, `Some(offset in the payload)` of a put's value, `None` for a
+/// delete or a touch.
+pub fn value_offsets<'a>(ops: &'a [Op<'a>]) -> ValueOffsets<'a> {
+    ValueOffsets {
+        ops: ops.iter(),
+        at: PAYLOAD_COUNT_SIZE,
+    }
+}
+
+/// The iterator [`value_offsets`] returns.
+#[derive(Debug, Clone)]
+pub struct ValueOffsets<'a> {
+    ops: std::slice::Iter<'a, Op<'a>>,
+    /// Where the next op's encoding starts.
+    at: usize,
+}
+
+impl Iterator for ValueOffsets<'_> {
+    type Item = Option<usize>;
+
+    fn next(&mut self) -> Option<Option<usize>> {
+        let op = self.ops.next()?;
+        let value_at = match op {
+            Op::Put { key, .. } => Some(put_value_offset(self.at, key.len())),
+            Op::Delete { .. } | Op::Touch { .. } => None,
+        };
+        self.at += op_encoded_size(op);
+        Some(value_at)
     }
 }
 

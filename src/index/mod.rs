@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use crate::storage::{FileBytes, StorageFile};
 
+mod change;
+pub(crate) use change::{Change, RecordAt};
+
 /// Index entries with their keys, in key order.
 pub(crate) type Entries = Vec<(Key, Entry)>;
 

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
 use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
+use crate::wal::sync::{LogSync, SyncTarget};
 
 /// Zeros are written in chunks of this size when a segment is preallocated. Measured: with 1 MiB
 /// writes the page cache holds the file in large folios, and every small append afterwards walks
@@ -175,35 +176,6 @@ impl SpareSlot {
     }
 }
 
-/// Every `fdatasync` of a log segment goes through here, one at a time.
-///
-/// Linux reports a failed writeback to one fsync of a file only (docs/reliability.md, F5): another fsync
-/// of the same file, running alongside or after it, returns success although the writes it was
-/// to cover are gone. With a commit group's fsync, a seal and `Db::sync` on different threads,
-/// that one could acknowledge writes the other's error dropped. So once an fsync of the log
-/// fails, every later one fails too, with the first error: nothing is acknowledged as durable
-/// after it (the store is poisoned; reopening runs recovery).
-#[derive(Default)]
-pub(crate) struct FsyncGate {
-    /// The first failure, if any.
-    failed: Mutex<Option<String>>,
-}
-
-impl FsyncGate {
-    /// `fdatasync` of `file` (at `path`), unless an earlier one failed.
-    pub(crate) fn sync_data(&self, file: &dyn StorageFile, path: &std::path::Path) -> Result<()> {
-        let mut failed = self.failed.lock();
-        if let Some(cause) = &*failed {
-            return Err(Error::Poisoned { cause: cause.clone() });
-        }
-        file.sync_data().map_err(|e| {
-            let e = Error::io("fdatasync", path, e);
-            *failed = Some(e.to_string());
-            e
-        })
-    }
-}
-
 /// An activated segment still on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegInfo {
@@ -248,7 +220,8 @@ pub(crate) struct LogWriter {
     /// Every activated segment still on disk, by id.
     pub segments: BTreeMap<u64, SegInfo>,
     buf: Vec<u8>,
-    fsync: Arc<FsyncGate>,
+    /// Every fsync of the log goes through it, the seals here and the engine's syncs.
+    sync: Arc<LogSync>,
 }
 
 /// The state recovery leaves the log in.
@@ -283,7 +256,9 @@ impl LogWriter {
             bytes_written: 0,
             segments: start.segments,
             buf: Vec::new(),
-            fsync: Arc::new(FsyncGate::default()),
+            // Recovery fsynced the log it read before handing it over (docs/design.md,
+            // "Recovery", step 8): everything written so far is durable.
+            sync: Arc::new(LogSync::new(start.written_seq)),
         }
     }
 
@@ -291,9 +266,19 @@ impl LogWriter {
         &self.active
     }
 
-    /// The gate every fsync of the log goes through.
-    pub(crate) fn fsync_gate(&self) -> Arc<FsyncGate> {
-        self.fsync.clone()
+    /// What every fsync of the log goes through, and what they made durable.
+    pub(crate) fn log_sync(&self) -> Arc<LogSync> {
+        self.sync.clone()
+    }
+
+    /// What an fsync of the active segment would make durable: every record written so far (an
+    /// older segment was fsynced when it was sealed).
+    pub(crate) fn sync_target(&self) -> SyncTarget {
+        SyncTarget {
+            file: self.active.file.clone(),
+            path: self.active.path.clone(),
+            through: self.written_seq,
+        }
     }
 
     /// Bytes used in all segments on disk.
@@ -301,18 +286,12 @@ impl LogWriter {
         self.segments.values().map(|s| s.bytes).sum()
     }
 
-    /// Writes a commit group with one write call per segment it touches. `durable_seq` is the
-    /// highest sequence number known durable; it is stamped into each record. `on_seal` is told
-    /// the last sequence number of every segment sealed (and so fsynced) on the way. `placed`
-    /// (empty; the caller reuses it from group to group) gets `(segment id, file offset)` of each
-    /// record, in order.
-    pub(crate) fn append(
-        &mut self,
-        records: &[PendingRecord],
-        mut durable_seq: u64,
-        placed: &mut Vec<(u64, u64)>,
-        mut on_seal: impl FnMut(u64),
-    ) -> Result<Placement> {
+    /// Writes a commit group with one write call per segment it touches, sealing (fsyncing)
+    /// each segment it fills on the way. Each record carries the highest sequence number known
+    /// durable as it is framed. `placed` (empty; the caller reuses it from group to group) gets
+    /// `(segment id, file offset)` of each record, in order. Nothing is durable by this alone
+    /// but what a seal made so ([`LogWriter::sync_target`] for the rest).
+    pub(crate) fn append(&mut self, records: &[PendingRecord], placed: &mut Vec<(u64, u64)>) -> Result<Placement> {
         debug_assert!(placed.is_empty());
         let mut placement = Placement::default();
         self.buf.clear();
@@ -322,11 +301,7 @@ impl LogWriter {
             let need = RECORD_HEADER_SIZE + rec.payload.len() + if self.activated { 0 } else { SEGMENT_HEADER_SIZE };
             if buf_at + self.buf.len() as u64 + need as u64 > self.active.capacity {
                 self.flush(buf_at)?;
-                let sealed_through = self.written_seq;
-                let sealed = self.roll()?;
-                on_seal(sealed_through);
-                durable_seq = durable_seq.max(sealed_through);
-                placement.sealed.push(sealed);
+                placement.sealed.push(self.roll()?);
                 buf_at = 0;
             }
             if !self.activated {
@@ -351,7 +326,7 @@ impl LogWriter {
                 &mut self.buf,
                 self.active.id,
                 rec.seq,
-                durable_seq,
+                self.sync.durable_seq(),
                 KIND_OPS,
                 &rec.payload,
             );
@@ -427,8 +402,8 @@ impl LogWriter {
         Ok(Some((sealed, self.active.clone())))
     }
 
-    /// `fdatasync` of the active segment.
-    pub(crate) fn sync(&self) -> Result<()> {
-        self.fsync.sync_data(self.active.file.as_ref(), &self.active.path)
+    /// `fdatasync` of the active segment: every record written so far becomes durable.
+    fn sync(&self) -> Result<()> {
+        self.sync.sync(&self.sync_target())
     }
 }

@@ -1,0 +1,695 @@
+//! Group commit: ordering writes, leading commit groups, making them durable and applying them
+//! to the index (docs/design.md, "Write path").
+//!
+//! A write is *prepared* (encoded, its index changes worked out) without any lock, then
+//! *ordered* under the commit mutex: it gets the next sequence number, its changes go on the
+//! pending list, and it joins the forming group. The group's first writer *leads* it once the
+//! previous leader is done: it appends the group to the log, makes it durable if any record needs
+//! that, applies it to the index, *hands leadership over*, and wakes its group.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use crate::error::{Conflict, Error, Result};
+use crate::format::{self, Op, RECORD_HEADER_SIZE};
+use crate::index::{Change, FileId, Index, Key, RecordAt, Source};
+use crate::limits;
+use crate::options::Durability;
+use crate::sync::thread::{self, Thread};
+use crate::sync::{Mutex, MutexGuard};
+use crate::wal::sync::SyncTarget;
+use crate::wal::writer::{PendingRecord, Placement};
+
+use super::{sealed_source, Engine};
+
+/// Payload buffers up to this size are kept for the thread's next write.
+const SPARE_PAYLOAD_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// An empty payload buffer for this thread's next write.
+    static SPARE_PAYLOAD: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The index changes of one record: a single put or delete needs no list of its own.
+enum Changes {
+    One(Change),
+    Many(Vec<Change>),
+}
+
+impl Changes {
+    fn as_slice(&self) -> &[Change] {
+        match self {
+            Changes::One(c) => std::slice::from_ref(c),
+            Changes::Many(v) => v,
+        }
+    }
+}
+
+impl IntoIterator for Changes {
+    type Item = Change;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Change>, std::vec::IntoIter<Change>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Changes::One(c) => Some(c).into_iter().chain(Vec::new()),
+            Changes::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
+/// A record ready to join a commit group.
+struct Prepared {
+    payload: Vec<u8>,
+    changes: Changes,
+    /// Its commit group must be synced before it returns (its [`Durability`] under the mode).
+    sync: bool,
+}
+
+/// A write ordered (given a sequence number) but not yet applied to the index: what version
+/// checks and the expiry sweeper must see besides the index.
+struct Pending {
+    seq: u64,
+    key: Key,
+    what: PendingWhat,
+}
+
+#[derive(Clone, Copy)]
+enum PendingWhat {
+    Put { expires_at_ms: u64 },
+    Delete,
+    Touch { version: u64, expires_at_ms: u64 },
+}
+
+impl Pending {
+    fn of(seq: u64, change: &Change) -> Pending {
+        let what = match *change {
+            Change::Put { expires_at_ms, .. } => PendingWhat::Put { expires_at_ms },
+            Change::Delete { .. } => PendingWhat::Delete,
+            Change::Touch {
+                version, expires_at_ms, ..
+            } => PendingWhat::Touch { version, expires_at_ms },
+        };
+        Pending {
+            seq,
+            key: change.key().clone(),
+            what,
+        }
+    }
+}
+
+/// A live value's version and expiry deadline.
+type VersionAndExpiry = (u64, u64);
+
+/// What a checked write does, decided under the commit lock.
+enum Decision<'o> {
+    Conflict(Conflict),
+    /// Write these (touches of keys not live left out); `touched` counts the touches kept.
+    Write {
+        resolved: Vec<Op<'o>>,
+        touched: usize,
+    },
+}
+
+/// What a checked write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// Sequence number of its record; with nothing to write, of the last write ordered before it.
+    pub seq: u64,
+    /// Touches that found their key live (the others were dropped).
+    pub touched: usize,
+}
+
+/// Where a checkpoint's snapshot starts, and what it may drop as expired.
+pub(crate) struct RollPoint {
+    /// Every write up to here is in the index and in sealed, synced segments.
+    pub base: u64,
+    /// The clock when the base was fixed. Every touch ordered after the base was decided at or
+    /// after this, so an entry expired by then has no later touch to replay, unless one was
+    /// already waiting: those keys are in `pending`.
+    pub cut_ms: u64,
+    /// Keys with writes ordered but not yet applied at the base (the forming commit group).
+    pub pending: Vec<Key>,
+    /// Log bytes written since the last checkpoint, at the base (the new segment's header
+    /// included): what this checkpoint takes off the count that triggers the next one.
+    pub log_bytes: u64,
+}
+
+/// The outcome every writer of a group waits for.
+///
+/// Each waiting writer parks its own thread and the leader unparks them one by one, so the
+/// woken writers run at once. (With a mutex and a condition variable they were handed the mutex
+/// one after another, each woken only when the previous one let go: on two CPUs the last writer
+/// of a group of 16 came back to write its next record long after the first.)
+#[derive(Default)]
+struct GroupWait {
+    /// Set once, by the leader.
+    outcome: OnceLock<Result<()>>,
+    /// The threads waiting for the outcome.
+    waiters: Mutex<Vec<Thread>>,
+}
+
+impl GroupWait {
+    fn complete(&self, result: &Result<()>) {
+        let copy = match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.duplicate()),
+        };
+        // NOTE: set before the waiters are taken: a writer that registers after that finds the
+        // outcome when it looks (its lock of `waiters` follows this one's).
+        let first = self.outcome.set(copy).is_ok();
+        debug_assert!(first, "a group completes once");
+        for waiter in self.waiters.lock().drain(..) {
+            waiter.unpark();
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.waiters.lock().push(thread::current());
+        loop {
+            match self.outcome.get() {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(e.duplicate()),
+                // Parks until unparked by `complete` (or spuriously: the loop looks again).
+                None => thread::park(),
+            }
+        }
+    }
+}
+
+/// A commit group taken by its leader: its records, their index changes, and where the log put
+/// them. The buffers go back to [`CommitState`] for the next group (no allocation per group).
+#[derive(Default)]
+struct Group {
+    records: Vec<PendingRecord>,
+    changes: Vec<Changes>,
+    /// `(segment id, file offset)` of each record, filled by the log.
+    placed: Vec<(u64, u64)>,
+    /// Some record of the group must be durable before it returns.
+    sync: bool,
+}
+
+/// The forming commit group and who leads.
+#[derive(Default)]
+pub(crate) struct CommitState {
+    next_seq: u64,
+    /// The forming group (its `placed` and `sync` unused until a leader takes it).
+    forming: Group,
+    /// Emptied buffers of the last group, reused for the next.
+    spare: Group,
+    /// The forming group's outcome, once a writer waits to lead it.
+    group: Option<Arc<GroupWait>>,
+    leader_active: bool,
+    /// Writes ordered but not yet applied, in sequence order: the forming group and the one in
+    /// flight. Version checks read it before the index; the leader drains it after applying.
+    pending: VecDeque<Pending>,
+}
+
+impl CommitState {
+    /// Before the first write, whose sequence number will be `next_seq`.
+    pub(super) fn new(next_seq: u64) -> CommitState {
+        CommitState {
+            next_seq,
+            ..CommitState::default()
+        }
+    }
+
+    /// The live version of `key` and its expiry, as the writes ordered so far leave it: the
+    /// pending writes over the index.
+    fn current(&self, index: &Index, key: &[u8], now_ms: u64) -> Option<VersionAndExpiry> {
+        let live = |version: u64, expires_at_ms: u64| {
+            (expires_at_ms == 0 || expires_at_ms > now_ms).then_some((version, expires_at_ms))
+        };
+        // The newest touch seen so far (scanning newest first) applies to the value under it.
+        let mut touch: Option<VersionAndExpiry> = None;
+        for p in self.pending.iter().rev().filter(|p| p.key.as_bytes() == key) {
+            match p.what {
+                PendingWhat::Touch { version, expires_at_ms } => {
+                    touch.get_or_insert((version, expires_at_ms));
+                }
+                PendingWhat::Put { expires_at_ms } => {
+                    let expires = touch.filter(|t| t.0 == p.seq).map_or(expires_at_ms, |t| t.1);
+                    return live(p.seq, expires);
+                }
+                PendingWhat::Delete => return None,
+            }
+        }
+        let e = index.get(key)?;
+        let seq = e.seq.get();
+        let expires = touch.filter(|t| t.0 == seq).map_or(e.expires_at_ms, |t| t.1);
+        live(seq, expires)
+    }
+
+    pub(super) fn is_pending(&self, key: &[u8]) -> bool {
+        self.pending.iter().any(|p| p.key.as_bytes() == key)
+    }
+
+    /// Keys with writes ordered but not yet applied.
+    pub(super) fn pending_keys(&self) -> Vec<Key> {
+        self.pending.iter().map(|p| p.key.clone()).collect()
+    }
+}
+
+/// Commit leadership taken by [`Engine::lead_alone`]; handed back when dropped (also when the
+/// holder fails or panics: a leadership never handed back would stop every writer).
+pub(crate) struct Leadership<'e>(&'e Engine);
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the holder was doing is half done (a roll, say): nothing more is written.
+            self.0.poison(&Error::Poisoned {
+                cause: "a thread holding commit leadership panicked".into(),
+            });
+        }
+        self.0.commit.lock().leader_active = false;
+        self.0.leader_cv.notify_all();
+    }
+}
+
+impl Engine {
+    /// Writes `ops` as one record and returns its sequence number once it is durable (per
+    /// `durability` and the sync mode) and applied to the index. Limits are checked by the
+    /// caller. Touches need a decision under the commit lock: they go through [`Engine::write_checked`].
+    pub(crate) fn write_ops(&self, ops: &[Op<'_>], durability: Durability) -> Result<u64> {
+        debug_assert!(!ops.iter().any(|op| matches!(op, Op::Touch { .. })));
+        let prepared = self.prepare(ops, durability);
+        let st = self.commit.lock();
+        self.check_poison()?;
+        self.join(st, prepared)
+    }
+
+    /// Writes `ops` as one record if every precondition in `expect` holds when the record is
+    /// ordered; touches (`Op::Touch`, whose `version` is filled in here) are kept only for keys
+    /// live at that moment. Decided and encoded under the commit lock, so no write can come
+    /// between the check and the record.
+    pub(crate) fn write_checked(
+        &self,
+        ops: &[Op<'_>],
+        expect: &[(Vec<u8>, Option<u64>)],
+        durability: Durability,
+    ) -> Result<Result<Checked, Conflict>> {
+        let mut st = self.commit.lock();
+        loop {
+            self.check_poison()?;
+            let seq = st.next_seq;
+            let outcome = match self.decide(&st, ops, expect) {
+                Decision::Write { resolved, touched } if !resolved.is_empty() => {
+                    let prepared = self.prepare(&resolved, durability);
+                    // Returns once its group is applied, and so every write ordered before it.
+                    return self.join(st, prepared).map(|seq| Ok(Checked { seq, touched }));
+                }
+                Decision::Write { touched, .. } => Ok(Checked { seq: seq - 1, touched }),
+                Decision::Conflict(c) => Err(c),
+            };
+            // Decided without writing: the outcome rests on the writes ordered so far, some
+            // perhaps not yet applied (in `SyncMode::Always` not before their fsync). Returned
+            // now, a conflict could name a version that no read can see yet, and a touch could
+            // find nothing where a read still finds the value. So it is returned only once no
+            // write to its keys is pending, and decided again after each wait (the writes
+            // applied meanwhile may change it): linearizable.
+            let involved = |k: &[u8]| expect.iter().any(|(e, _)| e == k) || ops.iter().any(|op| op.key() == k);
+            if !st.pending.iter().any(|p| involved(p.key.as_bytes())) {
+                return Ok(outcome);
+            }
+            self.leader_cv.wait(&mut st);
+        }
+    }
+
+    /// What a checked write does if ordered now: the first precondition that fails, or the
+    /// operations to write (touches of keys that are not live left out).
+    fn decide<'o>(&self, st: &CommitState, ops: &[Op<'o>], expect: &[(Vec<u8>, Option<u64>)]) -> Decision<'o> {
+        let now = self.now_ms();
+        let seq = st.next_seq;
+        let mut resolved: Vec<Op<'o>> = Vec::with_capacity(ops.len());
+        let mut touched = 0;
+        let index = self.index.read();
+        for (key, expected) in expect {
+            let actual = st.current(&index, key, now).map(|c| c.0);
+            if actual != *expected {
+                return Decision::Conflict(Conflict {
+                    key: key.clone(),
+                    expected: *expected,
+                    actual,
+                });
+            }
+        }
+        // Keys this batch already wrote, newest last: a touch after a put in the same batch
+        // touches that put (version = this record's sequence number).
+        let mut mine: Vec<(&[u8], Option<VersionAndExpiry>)> = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Put { key, expires_at_ms, .. } => mine.push((key, Some((seq, expires_at_ms)))),
+                Op::Delete { key } => mine.push((key, None)),
+                Op::Touch { key, expires_at_ms, .. } => {
+                    let before = match mine.iter().rev().find(|m| m.0 == key) {
+                        Some(m) => m.1.filter(|&(_, e)| e == 0 || e > now),
+                        None => st.current(&index, key, now),
+                    };
+                    let Some((version, _)) = before else { continue };
+                    mine.push((key, Some((version, expires_at_ms))));
+                    touched += 1;
+                    resolved.push(Op::Touch {
+                        key,
+                        version,
+                        expires_at_ms,
+                    });
+                    continue;
+                }
+            }
+            resolved.push(*op);
+        }
+        Decision::Write { resolved, touched }
+    }
+
+    /// Encodes `ops` as a record payload and works out the index changes it makes.
+    fn prepare(&self, ops: &[Op<'_>], durability: Durability) -> Prepared {
+        let size = ops
+            .iter()
+            .fold(format::PAYLOAD_COUNT_SIZE, |n, op| n + format::op_encoded_size(op));
+        let mut payload = SPARE_PAYLOAD.with(Cell::take);
+        payload.reserve(size);
+        let mut value_offsets = format::encode_ops(&mut payload, ops);
+        let changes = match ops {
+            [op] => Changes::One(Change::of(op, value_offsets.next().flatten())),
+            _ => Changes::Many(
+                ops.iter()
+                    .zip(value_offsets)
+                    .map(|(op, at)| Change::of(op, at))
+                    .collect(),
+            ),
+        };
+        debug_assert_eq!(size, payload.len(), "the payload is as long as its layout says");
+        debug_assert!(
+            payload_decodes_to(&payload, ops),
+            "the payload decodes to what was asked"
+        );
+        Prepared {
+            payload,
+            changes,
+            sync: durability.needs_sync(self.opts.sync_mode),
+        }
+    }
+
+    /// Orders `prepared` in the forming commit group and waits for it: as a member, until its
+    /// leader is done; as the group's first writer, by leading it once the previous group is.
+    fn join(&self, mut st: MutexGuard<'_, CommitState>, prepared: Prepared) -> Result<u64> {
+        let seq = Self::order(&mut st, prepared)?;
+        if let Some(group) = &st.group {
+            let group = group.clone();
+            drop(st);
+            return self.waiting(|| group.wait()).map(|()| seq);
+        }
+        let (wait, group) = self.take_leadership(st);
+        let (result, panicked) = self.lead_caught(group);
+        if let Some(wait) = wait {
+            wait.complete(&result);
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        result.map(|()| seq)
+    }
+
+    /// Gives `prepared` the next sequence number and puts it in the forming group, its changes
+    /// on the pending list.
+    fn order(st: &mut CommitState, prepared: Prepared) -> Result<u64> {
+        let seq = st.next_seq;
+        if seq > limits::SEQ_MAX {
+            // Recovery reads no sequence number above SEQ_MAX, so none is ever written.
+            return Err(Error::TooLarge {
+                what: "sequence number",
+                size: seq,
+                max: limits::SEQ_MAX,
+            });
+        }
+        st.next_seq += 1;
+        for change in prepared.changes.as_slice() {
+            st.pending.push_back(Pending::of(seq, change));
+        }
+        st.forming.sync |= prepared.sync;
+        st.forming.records.push(PendingRecord {
+            seq,
+            payload: prepared.payload,
+        });
+        st.forming.changes.push(prepared.changes);
+        Ok(seq)
+    }
+
+    /// `wait`, counted in [`crate::Stats::writers_waiting`].
+    fn waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
+        self.counters.writers_waiting.fetch_add(1, Ordering::Relaxed);
+        let r = wait();
+        self.counters.writers_waiting.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    /// Makes this writer the forming group's leader once the previous leader is done, and takes
+    /// the group (the next writers form a new one). Returns what the group's other writers wait
+    /// on (`None`: nobody can have joined).
+    fn take_leadership(&self, mut st: MutexGuard<'_, CommitState>) -> (Option<Arc<GroupWait>>, Group) {
+        let wait = if st.leader_active {
+            // A group is in flight: this writer opens the next one and leads it when the
+            // previous leader is done; meanwhile others join it.
+            let wait = Arc::new(GroupWait::default());
+            st.group = Some(wait.clone());
+            self.waiting(|| {
+                while st.leader_active {
+                    self.leader_cv.wait(&mut st);
+                }
+            });
+            st.group = None;
+            Some(wait)
+        } else {
+            // Nothing in flight: lead at once. The commit lock is held from `order` to taking
+            // leadership, so nobody joined and there is nobody to wake (a lone writer, as in a
+            // bulk load, allocates no group).
+            debug_assert_eq!(st.forming.records.len(), 1);
+            None
+        };
+        st.leader_active = true;
+        let spare = std::mem::take(&mut st.spare);
+        let group = std::mem::replace(&mut st.forming, spare);
+        (wait, group)
+    }
+
+    /// Leads `group` and hands leadership over. A panic while leading (a bug, or a storage that
+    /// panics) must not leave leadership taken and the group waiting forever: the store is
+    /// poisoned, leadership handed back, and the panic returned, for the caller to tell the group
+    /// and then go on with it.
+    fn lead_caught(&self, mut group: Group) -> (Result<()>, Option<Box<dyn std::any::Any + Send>>) {
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.lead(&mut group)));
+        let (result, panicked) = match led {
+            Ok(result) => (result, None),
+            Err(panic) => {
+                let e = Error::Poisoned {
+                    cause: "a commit group's leader panicked".into(),
+                };
+                self.poison(&e);
+                (Err(e), Some(panic))
+            }
+        };
+        self.hand_over(group, result.is_ok());
+        (result, panicked)
+    }
+
+    /// The leader's work: one write (per segment touched), one fsync if any record of the group
+    /// needs it, then the index. Any failure poisons the store; the group's writers all get the
+    /// error.
+    fn lead(&self, group: &mut Group) -> Result<()> {
+        self.check_poison()?;
+        let (placement, target) = self.append(group)?;
+        self.count_group(group.records.len());
+        // NOTE: the fsync runs without the log mutex, so stats() and sync() never wait behind a
+        // slow disk; leadership alone keeps groups in order, and a segment is only ever sealed
+        // by the leader.
+        if group.sync {
+            self.make_durable(&target)?;
+        }
+        self.apply(group, placement);
+        self.maybe_request_checkpoint();
+        Ok(())
+    }
+
+    /// Writes the group to the log; returns where it went and what an fsync would make durable.
+    fn append(&self, group: &mut Group) -> Result<(Placement, SyncTarget)> {
+        let mut log = self.log.lock();
+        let bytes_before = log.bytes_written;
+        let placement = log
+            .append(&group.records, &mut group.placed)
+            .inspect_err(|e| self.poison(e))?;
+        let written = log.bytes_written - bytes_before;
+        self.counters
+            .log_bytes_since_checkpoint
+            .fetch_add(written, Ordering::Relaxed);
+        Ok((placement, log.sync_target()))
+    }
+
+    /// Applies the group to the index, in sequence order, with the segments it sealed and
+    /// activated.
+    fn apply(&self, group: &mut Group, placement: Placement) {
+        debug_assert_eq!(group.records.len(), group.placed.len());
+        let mut index = self.index.write();
+        for seg in placement.sealed {
+            index.set_source(sealed_source(&seg));
+        }
+        for seg in placement.activated {
+            index.set_source(Source::file(FileId::Segment(seg.id), seg.file.clone()));
+        }
+        let records = group.records.iter().zip(group.placed.iter().copied());
+        for ((rec, (segment, offset)), changes) in records.zip(group.changes.drain(..)) {
+            let at = RecordAt {
+                slot: index.slot(FileId::Segment(segment)),
+                offset,
+                // NOTE: cannot truncate: payloads are at most RECORD_PAYLOAD_MAX < 1 GiB.
+                len: (RECORD_HEADER_SIZE + rec.payload.len()) as u32,
+                seq: rec.seq,
+            };
+            index.apply_record(&at, changes);
+        }
+    }
+
+    /// Hands leadership to the next group's leader (before this group's writers are woken: the
+    /// next group starts its I/O at once), dropping the applied writes from the pending list,
+    /// and keeps the group's buffers for the next one.
+    fn hand_over(&self, mut group: Group, applied: bool) {
+        let last_seq = group.records.last().map_or(0, |r| r.seq);
+        // A lone writer's payload buffer goes back to it for its next put (no allocation per
+        // put in a bulk load); in a group, the leader keeps one.
+        SPARE_PAYLOAD.with(|spare| {
+            let mut kept = spare.take();
+            for rec in group.records.drain(..) {
+                if kept.capacity() == 0 && rec.payload.capacity() <= SPARE_PAYLOAD_MAX {
+                    kept = rec.payload;
+                    kept.clear();
+                }
+            }
+            spare.set(kept);
+        });
+        group.changes.clear();
+        group.placed.clear();
+        group.sync = false;
+        {
+            let mut st = self.commit.lock();
+            st.leader_active = false;
+            st.spare = group;
+            if applied {
+                // Applied: the index now answers for these writes.
+                while st.pending.front().is_some_and(|p| p.seq <= last_seq) {
+                    st.pending.pop_front();
+                }
+            }
+        }
+        self.leader_cv.notify_all();
+    }
+
+    /// Takes commit leadership, so no commit group is in flight until the returned guard is
+    /// dropped: every record in the log is applied to the index, and the log ends at a record
+    /// boundary that readers already see. `read` runs under the commit lock as leadership is
+    /// taken (the forming group's writes are in `pending`, ordered after everything in the log);
+    /// the lock is released before this returns, and writers queue behind the leadership.
+    pub(crate) fn lead_alone<T>(&self, read: impl FnOnce(&CommitState) -> T) -> (Leadership<'_>, T) {
+        let mut st = self.commit.lock();
+        while st.leader_active {
+            self.leader_cv.wait(&mut st);
+        }
+        st.leader_active = true;
+        let read = read(&st);
+        (Leadership(self), read)
+    }
+
+    /// Rolls the log at a quiet point for a checkpoint and returns the sequence number it ends
+    /// at, which becomes the snapshot's base. Holds leadership so no group is in flight: the
+    /// index reflects exactly the writes up to the returned sequence number.
+    pub(crate) fn roll_for_checkpoint(&self) -> Result<RollPoint> {
+        // With no leader, what is pending is the forming group, ordered after the base.
+        let (_leading, (cut_ms, pending)) = self.lead_alone(|st| (self.now_ms(), st.pending_keys()));
+        self.check_poison()?;
+        let mut log = self.log.lock();
+        let base = log.written_seq;
+        // Seals (fsyncs) the active segment and makes the next one's header durable.
+        let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
+        drop(log);
+        let mut index = self.index.write();
+        if let Some((sealed, active)) = rolled {
+            index.set_source(sealed_source(&sealed));
+            index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
+        }
+        debug_assert_eq!(index.applied_seq, base, "no group is in flight");
+        // Everything up to the base is in the index now and will be in the snapshot.
+        index.freeze();
+        // The log the snapshot will cover, read before any writer goes on.
+        let log_bytes = self.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        Ok(RollPoint {
+            base,
+            cut_ms,
+            pending,
+            log_bytes,
+        })
+    }
+
+    fn count_group(&self, size: usize) {
+        let c = &self.counters;
+        c.commit_groups.fetch_add(1, Ordering::Relaxed);
+        c.records.fetch_add(size as u64, Ordering::Relaxed);
+        c.commit_group_size_max.fetch_max(size as u64, Ordering::Relaxed);
+        let bucket = (usize::BITS - 1 - size.max(1).leading_zeros()) as usize;
+        c.commit_group_sizes[bucket.min(7)].fetch_add(1, Ordering::Relaxed);
+        c.telemetry.commit_group(size);
+    }
+
+    fn maybe_request_checkpoint(&self) {
+        if !self.opts.auto_checkpoint {
+            return;
+        }
+        let since = self.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        if since >= self.opts.checkpoint_log_bytes {
+            let mut bg = self.background.state.lock();
+            if !bg.checkpoint_wanted {
+                bg.checkpoint_wanted = true;
+                self.background.cv.notify_all();
+            }
+        }
+    }
+
+    /// Makes every write handed to the OS so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.check_poison()?;
+        // NOTE: no lock of the engine is held across the fsync (only the log's, which orders
+        // fsyncs of the log); a segment sealed meanwhile was fsynced by the roll, so syncing the
+        // segment that was active covers everything up to the target.
+        let target = self.log.lock().sync_target();
+        self.make_durable(&target)
+    }
+
+    /// Makes the log durable through `target.through` (nothing to do if it already is); an
+    /// error poisons the store.
+    fn make_durable(&self, target: &SyncTarget) -> Result<()> {
+        if self.log_sync.durable_seq() >= target.through {
+            return Ok(());
+        }
+        self.log_sync.sync(target).inspect_err(|e| self.poison(e))
+    }
+}
+
+/// Pair the checks (debug builds; the hot path skips it): an encoded payload decodes back to the
+/// operations it was made from, each value where the layout puts it.
+fn payload_decodes_to(payload: &[u8], ops: &[Op<'_>]) -> bool {
+    let Ok(decoded) = format::decode_ops(payload) else {
+        return false;
+    };
+    decoded.len() == ops.len()
+        && decoded
+            .iter()
+            .zip(ops)
+            .zip(format::value_offsets(ops))
+            .all(|((d, o), at)| {
+                let value_ok = match (d, at) {
+                    (Op::Put { value, .. }, Some(at)) => value.as_ptr() as usize - payload.as_ptr() as usize == at,
+                    (Op::Put { .. }, None) => false,
+                    (_, at) => at.is_none(),
+                };
+                value_ok && d == o
+            })
+}
