@@ -278,26 +278,11 @@ impl Db {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        if key.len() > limits::KEY_SIZE_MAX {
-            return Err(Error::TooLarge {
-                what: "key",
-                size: key.len() as u64,
-                max: limits::KEY_SIZE_MAX as u64,
-            });
-        }
-        Ok(())
+        Error::check_size("key", key.len(), limits::KEY_SIZE_MAX)
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
-        let max = self.engine.opts.value_size_max;
-        if value.len() > max {
-            return Err(Error::TooLarge {
-                what: "value",
-                size: value.len() as u64,
-                max: max as u64,
-            });
-        }
-        Ok(())
+        Error::check_size("value", value.len(), self.engine.opts.value_size_max)
     }
 
     /// Live entries whose keys start with `prefix`, in ascending key order.

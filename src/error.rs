@@ -113,6 +113,18 @@ fn at_offset(offset: Option<u64>) -> String {
 }
 
 impl Error {
+    /// `Ok` if `size` is at most `max`, else [`Error::TooLarge`] naming `what`.
+    pub(crate) fn check_size(what: &'static str, size: usize, max: usize) -> Result<()> {
+        if size > max {
+            return Err(Error::TooLarge {
+                what,
+                size: size as u64,
+                max: max as u64,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),

@@ -47,29 +47,77 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+// Both file headers (docs/format.md, "Segment header", "Snapshot header"): the preamble (magic,
+// format version, preamble checksum), then the header's u64 fields, a checksum of everything
+// before it, and 4 zero bytes.
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = MAGIC_AT + 8;
+const PREAMBLE_CRC_AT: usize = VERSION_AT + 4;
+const FIELDS_AT: usize = PREAMBLE_CRC_AT + 4;
+
 /// Bytes covered by a header's preamble checksum: the magic and the format version. Every
 /// format version keeps these 12 bytes and the checksum after them, so a damaged version field
 /// reads as damage, never as a newer format.
-const PREAMBLE_SIZE: usize = 12;
+const PREAMBLE_SIZE: usize = PREAMBLE_CRC_AT;
 
-const _: () = assert!(SEG_PREAMBLE_CRC_AT == PREAMBLE_SIZE && SNAP_PREAMBLE_CRC_AT == PREAMBLE_SIZE);
+/// Bytes in a header with `fields` u64 fields.
+const fn header_size(fields: usize) -> usize {
+    FIELDS_AT + 8 * fields + 4 + 4
+}
 
 fn preamble_crc(b: &[u8]) -> u32 {
     crc32fast::hash(&b[..PREAMBLE_SIZE])
 }
 
+/// A header of `N` bytes for files starting with `magic`, holding `fields`.
+fn encode_header<const N: usize>(magic: &[u8; 8], fields: &[u64]) -> [u8; N] {
+    debug_assert_eq!(N, header_size(fields.len()));
+    let mut b = [0u8; N];
+    b[MAGIC_AT..VERSION_AT].copy_from_slice(magic);
+    b[VERSION_AT..PREAMBLE_CRC_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let pre = preamble_crc(&b);
+    b[PREAMBLE_CRC_AT..FIELDS_AT].copy_from_slice(&pre.to_le_bytes());
+    for (i, field) in fields.iter().enumerate() {
+        let at = FIELDS_AT + 8 * i;
+        b[at..at + 8].copy_from_slice(&field.to_le_bytes());
+    }
+    let crc_at = N - 8;
+    let crc = crc32fast::hash(&b[..crc_at]);
+    b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a header of `F` fields from `b` (at least that long) for files starting with
+/// `magic`: preamble, version, checksum, and every field (an id or a sequence number) at most
+/// [`limits::SEQ_MAX`]. `what` names the file kind, `fields` the fields, in messages.
+fn decode_header<const F: usize>(b: &[u8], magic: &[u8; 8], what: &str, fields: &str) -> HeaderState<[u64; F]> {
+    debug_assert!(b.len() >= header_size(F));
+    if let Some(state) = check_preamble(b, magic, what) {
+        return state;
+    }
+    let crc_at = header_size(F) - 8;
+    if crc32fast::hash(&b[..crc_at]) != u32_at(b, crc_at) {
+        return HeaderState::Damaged(damage(crc_at, format!("{what} header checksum mismatch")));
+    }
+    let values: [u64; F] = std::array::from_fn(|i| u64_at(b, FIELDS_AT + 8 * i));
+    if values.iter().any(|&v| v > limits::SEQ_MAX) {
+        return HeaderState::Damaged(damage(FIELDS_AT, format!("{what} {fields} above the maximum")));
+    }
+    HeaderState::Valid(values)
+}
+
 /// Checks a header's magic and preamble checksum, then its version.
 fn check_preamble<H>(b: &[u8], magic: &[u8; 8], what: &str) -> Option<HeaderState<H>> {
-    if b[..8] != magic[..] {
-        return Some(HeaderState::Damaged(damage(0, format!("bad {what} magic"))));
+    if b[MAGIC_AT..VERSION_AT] != magic[..] {
+        return Some(HeaderState::Damaged(damage(MAGIC_AT, format!("bad {what} magic"))));
     }
-    if preamble_crc(b) != u32_at(b, PREAMBLE_SIZE) {
+    if preamble_crc(b) != u32_at(b, PREAMBLE_CRC_AT) {
         return Some(HeaderState::Damaged(damage(
-            PREAMBLE_SIZE,
+            PREAMBLE_CRC_AT,
             format!("{what} preamble checksum mismatch"),
         )));
     }
-    let version = u32_at(b, 8);
+    let version = u32_at(b, VERSION_AT);
     if version != FORMAT_VERSION {
         return Some(HeaderState::UnsupportedVersion(version));
     }
@@ -79,15 +127,8 @@ fn check_preamble<H>(b: &[u8], magic: &[u8; 8], what: &str) -> Option<HeaderStat
 // ---------------------------------------------------------------------------------------------
 // Segment header (docs/format.md, "Segment header")
 
-const SEG_MAGIC_AT: usize = 0;
-const SEG_VERSION_AT: usize = SEG_MAGIC_AT + 8;
-const SEG_PREAMBLE_CRC_AT: usize = SEG_VERSION_AT + 4;
-const SEG_ID_AT: usize = SEG_PREAMBLE_CRC_AT + 4;
-const SEG_FIRST_SEQ_AT: usize = SEG_ID_AT + 8;
-const SEG_CRC_AT: usize = SEG_FIRST_SEQ_AT + 8;
-const SEG_PAD_AT: usize = SEG_CRC_AT + 4;
-/// Bytes in a segment header.
-pub const SEGMENT_HEADER_SIZE: usize = SEG_PAD_AT + 4;
+/// Bytes in a segment header: the preamble, segment id, first sequence number, checksum, pad.
+pub const SEGMENT_HEADER_SIZE: usize = header_size(2);
 
 /// A decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,48 +152,33 @@ pub enum HeaderState<H> {
     Damaged(Damage),
 }
 
+impl<H> HeaderState<H> {
+    fn map<T>(self, f: impl FnOnce(H) -> T) -> HeaderState<T> {
+        match self {
+            HeaderState::Valid(h) => HeaderState::Valid(f(h)),
+            HeaderState::Zero => HeaderState::Zero,
+            HeaderState::UnsupportedVersion(v) => HeaderState::UnsupportedVersion(v),
+            HeaderState::Damaged(d) => HeaderState::Damaged(d),
+        }
+    }
+}
+
 /// Encodes a segment header.
 pub fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_SIZE] {
-    let mut b = [0u8; SEGMENT_HEADER_SIZE];
-    b[SEG_MAGIC_AT..SEG_VERSION_AT].copy_from_slice(&SEGMENT_MAGIC);
-    b[SEG_VERSION_AT..SEG_PREAMBLE_CRC_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let pre = preamble_crc(&b);
-    b[SEG_PREAMBLE_CRC_AT..SEG_ID_AT].copy_from_slice(&pre.to_le_bytes());
-    b[SEG_ID_AT..SEG_FIRST_SEQ_AT].copy_from_slice(&h.segment_id.to_le_bytes());
-    b[SEG_FIRST_SEQ_AT..SEG_CRC_AT].copy_from_slice(&h.first_seq.to_le_bytes());
-    let crc = crc32fast::hash(&b[..SEG_CRC_AT]);
-    b[SEG_CRC_AT..SEG_PAD_AT].copy_from_slice(&crc.to_le_bytes());
-    b
+    encode_header(&SEGMENT_MAGIC, &[h.segment_id, h.first_seq])
 }
 
 /// Decodes a segment header from the first bytes of a segment file.
 pub fn decode_segment_header(b: &[u8]) -> HeaderState<SegmentHeader> {
-    if b.len() < SEGMENT_HEADER_SIZE {
-        if b.iter().all(|&x| x == 0) {
-            return HeaderState::Zero;
-        }
-        return HeaderState::Damaged(damage(0, "segment header is cut short"));
-    }
-    let b = &b[..SEGMENT_HEADER_SIZE];
+    let b = &b[..b.len().min(SEGMENT_HEADER_SIZE)];
     if b.iter().all(|&x| x == 0) {
         return HeaderState::Zero;
     }
-    if let Some(state) = check_preamble(b, &SEGMENT_MAGIC, "segment") {
-        return state;
+    if b.len() < SEGMENT_HEADER_SIZE {
+        return HeaderState::Damaged(damage(0, "segment header is cut short"));
     }
-    if crc32fast::hash(&b[..SEG_CRC_AT]) != u32_at(b, SEG_CRC_AT) {
-        return HeaderState::Damaged(damage(SEG_CRC_AT, "segment header checksum mismatch"));
-    }
-    if u64_at(b, SEG_ID_AT) > limits::SEQ_MAX || u64_at(b, SEG_FIRST_SEQ_AT) > limits::SEQ_MAX {
-        return HeaderState::Damaged(damage(
-            SEG_ID_AT,
-            "segment id or first sequence number above the maximum",
-        ));
-    }
-    HeaderState::Valid(SegmentHeader {
-        segment_id: u64_at(b, SEG_ID_AT),
-        first_seq: u64_at(b, SEG_FIRST_SEQ_AT),
-    })
+    decode_header(b, &SEGMENT_MAGIC, "segment", "id or first sequence number")
+        .map(|[segment_id, first_seq]| SegmentHeader { segment_id, first_seq })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,14 +460,8 @@ pub fn decode_ops(payload: &[u8]) -> Result<Vec<Op<'_>>, Damage> {
 // ---------------------------------------------------------------------------------------------
 // Snapshot (docs/format.md, "Snapshot")
 
-const SNAP_MAGIC_AT: usize = 0;
-const SNAP_VERSION_AT: usize = SNAP_MAGIC_AT + 8;
-const SNAP_PREAMBLE_CRC_AT: usize = SNAP_VERSION_AT + 4;
-const SNAP_BASE_SEQ_AT: usize = SNAP_PREAMBLE_CRC_AT + 4;
-const SNAP_CRC_AT: usize = SNAP_BASE_SEQ_AT + 8;
-const SNAP_PAD_AT: usize = SNAP_CRC_AT + 4;
-/// Bytes in a snapshot header.
-pub const SNAPSHOT_HEADER_SIZE: usize = SNAP_PAD_AT + 4;
+/// Bytes in a snapshot header: the preamble, base sequence number, checksum, pad.
+pub const SNAPSHOT_HEADER_SIZE: usize = header_size(1);
 
 const BLOCK_LEN_AT: usize = 0;
 const BLOCK_COUNT_AT: usize = BLOCK_LEN_AT + 4;
@@ -472,15 +492,7 @@ pub const SNAPSHOT_FOOTER_SIZE: usize = FOOT_PAD_AT + 4;
 /// Encodes a snapshot header. `base_seq`: every write with a sequence number at or below it is
 /// reflected in the snapshot.
 pub fn encode_snapshot_header(base_seq: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
-    let mut b = [0u8; SNAPSHOT_HEADER_SIZE];
-    b[SNAP_MAGIC_AT..SNAP_VERSION_AT].copy_from_slice(&SNAPSHOT_MAGIC);
-    b[SNAP_VERSION_AT..SNAP_PREAMBLE_CRC_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let pre = preamble_crc(&b);
-    b[SNAP_PREAMBLE_CRC_AT..SNAP_BASE_SEQ_AT].copy_from_slice(&pre.to_le_bytes());
-    b[SNAP_BASE_SEQ_AT..SNAP_CRC_AT].copy_from_slice(&base_seq.to_le_bytes());
-    let crc = crc32fast::hash(&b[..SNAP_CRC_AT]);
-    b[SNAP_CRC_AT..SNAP_PAD_AT].copy_from_slice(&crc.to_le_bytes());
-    b
+    encode_header(&SNAPSHOT_MAGIC, &[base_seq])
 }
 
 /// Decodes a snapshot header; the value is its `base_seq`.
@@ -488,19 +500,7 @@ pub fn decode_snapshot_header(b: &[u8]) -> HeaderState<u64> {
     if b.len() < SNAPSHOT_HEADER_SIZE {
         return HeaderState::Damaged(damage(0, "snapshot header is cut short"));
     }
-    if let Some(state) = check_preamble(b, &SNAPSHOT_MAGIC, "snapshot") {
-        return state;
-    }
-    if crc32fast::hash(&b[..SNAP_CRC_AT]) != u32_at(b, SNAP_CRC_AT) {
-        return HeaderState::Damaged(damage(SNAP_CRC_AT, "snapshot header checksum mismatch"));
-    }
-    if u64_at(b, SNAP_BASE_SEQ_AT) > limits::SEQ_MAX {
-        return HeaderState::Damaged(damage(
-            SNAP_BASE_SEQ_AT,
-            "snapshot base sequence number above the maximum",
-        ));
-    }
-    HeaderState::Valid(u64_at(b, SNAP_BASE_SEQ_AT))
+    decode_header(b, &SNAPSHOT_MAGIC, "snapshot", "base sequence number").map(|[base_seq]| base_seq)
 }
 
 /// One live entry of a snapshot.

@@ -868,6 +868,15 @@ mod tests {
         }
     }
 
+    /// An entry whose value lies in the file at `slot`.
+    fn entry_in(slot: Slot, seq: u64, expires_at_ms: u64, len: u32) -> Entry {
+        let e = entry(seq, expires_at_ms, len);
+        Entry {
+            loc: Loc { slot, ..e.loc },
+            ..e
+        }
+    }
+
     fn base_entry(seq: u64, expires_at_ms: u64, len: u32) -> BaseEntry {
         BaseEntry {
             seq: entry_seq(seq),
@@ -931,16 +940,7 @@ mod tests {
             ..base_entry(seq, expires, 10)
         };
         index.extend_sorted(vec![(Key::from(&b"in-snapshot"[..]), at(old_snapshot, 1, 1000))]);
-        index.put(
-            Key::from(&b"in-segment"[..]),
-            Entry {
-                loc: Loc {
-                    slot: old_segment,
-                    ..entry(5, 1000, 10).loc
-                },
-                ..entry(5, 1000, 10)
-            },
-        );
+        index.put(Key::from(&b"in-segment"[..]), entry_in(old_segment, 5, 1000, 10));
         index.freeze();
         index.touch(b"in-snapshot", 1, 7000);
         index.touch(b"in-segment", 5, 8000);
@@ -966,16 +966,7 @@ mod tests {
     fn a_touch_to_a_past_deadline_during_a_checkpoint_goes_with_the_snapshots_choice() {
         let mut index = Index::default();
         let old = index.slot(FileId::Segment(1));
-        index.put(
-            Key::from(&b"s"[..]),
-            Entry {
-                loc: Loc {
-                    slot: old,
-                    ..entry(4, 5000, 10).loc
-                },
-                ..entry(4, 5000, 10)
-            },
-        );
+        index.put(Key::from(&b"s"[..]), entry_in(old, 4, 5000, 10));
         index.freeze(); // the cut: 3000
         index.touch(b"s", 4, 2500); // decided at 3000 or later, its deadline from before
         index.rebase(Vec::new(), 4, 3000); // the copy saw the touched entry, expired at 3000

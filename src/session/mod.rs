@@ -309,25 +309,11 @@ impl SessionStore {
     }
 
     fn check_size(&self, data: &[u8]) -> Result<()> {
-        if data.len() > self.opts.max_session_bytes {
-            return Err(Error::TooLarge {
-                what: "session",
-                size: data.len() as u64,
-                max: self.opts.max_session_bytes as u64,
-            });
-        }
-        Ok(())
+        Error::check_size("session", data.len(), self.opts.max_session_bytes)
     }
 
     fn check_user(user: &[u8]) -> Result<()> {
-        if user.len() > USER_ID_MAX {
-            return Err(Error::TooLarge {
-                what: "user id",
-                size: user.len() as u64,
-                max: USER_ID_MAX as u64,
-            });
-        }
-        Ok(())
+        Error::check_size("user id", user.len(), USER_ID_MAX)
     }
 
     fn get(&self, id: &SessionId) -> Result<Option<Stored>> {
