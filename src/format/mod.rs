@@ -781,6 +781,35 @@ pub fn peek_record(b: &[u8]) -> Option<RecordPeek> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Session keys (docs/format.md, "Session keys and values"): the keys the session layer chooses
+
+/// Every session's key begins with this.
+pub const SESSION_KEY_PREFIX: &[u8] = b"\0s";
+/// Every per-user index entry's key begins with this.
+const USER_INDEX_PREFIX: &[u8] = b"\0u";
+/// Bytes of a session id.
+pub const SESSION_ID_BYTES: usize = 16;
+
+/// The key of the session with id `id`.
+pub fn session_key(id: &[u8; SESSION_ID_BYTES]) -> Vec<u8> {
+    [SESSION_KEY_PREFIX, id].concat()
+}
+
+/// The key prefix of `user`'s per-user index entries: the user's length as a big-endian `u16`
+/// (so one user's entries form one prefix and sort by length, then user), then the user. `None`
+/// for a user id longer than `u16::MAX` bytes.
+pub fn user_index_prefix(user: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(user.len()).ok()?.to_be_bytes();
+    Some([USER_INDEX_PREFIX, &len, user].concat())
+}
+
+/// The session id of a per-user index entry's key that begins with `prefix`
+/// ([`user_index_prefix`]); `None` if what follows is not one id.
+pub fn user_index_id(key: &[u8], prefix: &[u8]) -> Option<[u8; SESSION_ID_BYTES]> {
+    key.strip_prefix(prefix)?.try_into().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Session records (docs/format.md, "Session records"): values the session layer stores
 
 /// First byte of every session record's value: the layout version of what follows.

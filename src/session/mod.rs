@@ -24,9 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, SessionMapEntries, SessionRecord};
 use crate::options::Durability;
 
-const SESSION_PREFIX: &[u8] = b"\0s";
-const USER_PREFIX: &[u8] = b"\0u";
-const ID_BYTES: usize = 16;
+const ID_BYTES: usize = format::SESSION_ID_BYTES;
 /// Characters of an id's string form: 16 bytes in unpadded URL-safe base64.
 const ID_CHARS: usize = 22;
 /// Largest user id: its length is stored as a `u16`.
@@ -64,7 +62,7 @@ impl SessionId {
     }
 
     fn key(&self) -> Vec<u8> {
-        [SESSION_PREFIX, &self.0].concat()
+        format::session_key(&self.0)
     }
 }
 
@@ -260,16 +258,20 @@ impl Retry<'_> {
     }
 }
 
-fn user_key(user: &[u8], id: &SessionId) -> Vec<u8> {
-    // NOTE: cannot truncate: callers check user.len() <= USER_ID_MAX.
-    let len = (user.len() as u16).to_be_bytes();
-    [USER_PREFIX, &len, user, &id.0].concat()
+/// The key prefix of `user`'s index entries (docs/format.md, "Session keys and values").
+fn user_prefix(user: &[u8]) -> Result<Vec<u8>> {
+    format::user_index_prefix(user).ok_or(Error::TooLarge {
+        what: "user id",
+        size: user.len() as u64,
+        max: USER_ID_MAX as u64,
+    })
 }
 
-fn user_prefix(user: &[u8]) -> Vec<u8> {
-    // NOTE: cannot truncate: callers check user.len() <= USER_ID_MAX.
-    let len = (user.len() as u16).to_be_bytes();
-    [USER_PREFIX, &len, user].concat()
+/// The key of `user`'s index entry for session `id`.
+fn user_key(user: &[u8], id: &SessionId) -> Result<Vec<u8>> {
+    let mut key = user_prefix(user)?;
+    key.extend_from_slice(&id.0);
+    Ok(key)
 }
 
 impl SessionStore {
@@ -352,7 +354,7 @@ impl SessionStore {
             }
         }
         Err(Error::Conflict(Conflict {
-            key: SESSION_PREFIX.to_vec(),
+            key: format::SESSION_KEY_PREFIX.to_vec(),
             expected: None,
             actual: None,
         }))
@@ -372,7 +374,7 @@ impl SessionStore {
         let mut batch = Batch::new();
         batch.put_with_ttl(id.key(), record, ttl).expect_version(id.key(), None);
         if let Some(user) = user {
-            batch.put_with_ttl(user_key(user, id), [], ttl);
+            batch.put_with_ttl(user_key(user, id)?, [], ttl);
         }
         Ok(self.write(batch)?.is_ok())
     }
@@ -413,7 +415,7 @@ impl SessionStore {
                 .put_with_ttl(id.key(), record, ttl)
                 .expect_version(id.key(), expected);
             if let Some(user) = user {
-                batch.put_with_ttl(user_key(user, id), [], ttl);
+                batch.put_with_ttl(user_key(user, id)?, [], ttl);
             }
             if let Ok(version) = self.write(batch)? {
                 return Ok(Some(version));
@@ -501,7 +503,7 @@ impl SessionStore {
             let mut batch = Batch::new();
             batch.touch(id.key(), ttl);
             if let Some(user) = &user {
-                batch.touch(user_key(user, id), ttl);
+                batch.touch(user_key(user, id)?, ttl);
             }
             // The session must still be the one read, so its index entry is touched with it (a
             // regenerate in between moves both); a save in between only means reading again.
@@ -524,7 +526,7 @@ impl SessionStore {
             let mut batch = Batch::new();
             batch.delete(id.key()).expect_version(id.key(), Some(stored.version));
             if let Some(user) = &user {
-                batch.delete(user_key(user, id));
+                batch.delete(user_key(user, id)?);
             }
             if self.write(batch)?.is_ok() {
                 return Ok(true);
@@ -549,9 +551,11 @@ impl SessionStore {
                 .expect_version(id.key(), Some(stored.version))
                 .expect_version(new.key(), None);
             if let Some(user) = &user {
-                batch
-                    .delete(user_key(user, id))
-                    .put_expiring_at(&user_key(user, &new), Vec::new(), stored.deadline_ms);
+                batch.delete(user_key(user, id)?).put_expiring_at(
+                    &user_key(user, &new)?,
+                    Vec::new(),
+                    stored.deadline_ms,
+                );
             }
             if self.write(batch)?.is_ok() {
                 return Ok(Some(new));
@@ -563,11 +567,11 @@ impl SessionStore {
     /// The live sessions of `user`.
     pub fn sessions_of(&self, user: &[u8]) -> Result<Vec<SessionId>> {
         Self::check_user(user)?;
-        let prefix = user_prefix(user);
+        let prefix = user_prefix(user)?;
         let mut out = Vec::new();
         for item in self.db.scan_prefix(&prefix) {
             let (key, _) = item?;
-            let Ok(bytes) = <[u8; ID_BYTES]>::try_from(&key[prefix.len()..]) else {
+            let Some(bytes) = format::user_index_id(&key, &prefix) else {
                 return Err(Error::corruption(
                     self.db.path(),
                     0,
@@ -592,14 +596,14 @@ impl SessionStore {
             for chunk in ids.chunks(256) {
                 let mut batch = Batch::new();
                 for id in chunk {
-                    batch.delete(id.key()).delete(user_key(user, id));
+                    batch.delete(id.key()).delete(user_key(user, id)?);
                 }
                 self.write(batch)?.map_err(Error::Conflict)?;
                 removed += chunk.len() as u64;
             }
         }
         Err(Error::Conflict(Conflict {
-            key: user_prefix(user),
+            key: user_prefix(user)?,
             expected: None,
             actual: None,
         }))
@@ -614,7 +618,7 @@ impl SessionStore {
     /// Live sessions.
     pub fn count(&self) -> Result<u64> {
         let mut n = 0;
-        for item in self.db.scan_prefix(SESSION_PREFIX) {
+        for item in self.db.scan_prefix(format::SESSION_KEY_PREFIX) {
             item?;
             n += 1;
         }
