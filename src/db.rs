@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::batch::{Batch, BatchOp, Expiry};
 use crate::checkpoint;
 use crate::clock::deadline_ms;
-use crate::engine::{Cursor, Engine};
+use crate::engine::{Engine, Entries};
 use crate::error::{Conflict, Error, Result};
 use crate::format::{self, Op, PAYLOAD_COUNT_SIZE};
 use crate::limits;
@@ -494,15 +494,13 @@ fn sync_loop(engine: &Engine, every: Duration) {
 /// entries at a time are read at one moment, so a scan of a range that holds fewer sees the
 /// store as it was at one moment (never half of a batch).
 pub struct Iter<'a> {
-    engine: &'a Engine,
-    cursor: Cursor,
+    entries: Entries<'a>,
 }
 
 impl<'a> Iter<'a> {
     fn new(engine: &'a Engine, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Iter<'a> {
         Iter {
-            engine,
-            cursor: Cursor::new(lower, upper),
+            entries: Entries::new(engine, lower, upper),
         }
     }
 }
@@ -511,10 +509,6 @@ impl Iterator for Iter<'_> {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.cursor.next(self.engine)?;
-        Some(item.and_then(|(key, entry, source)| {
-            let value = self.engine.read_value(&source, &key, &entry)?;
-            Ok((key.to_vec(), value))
-        }))
+        Some(self.entries.next()?.map(|live| (live.key.to_vec(), live.value)))
     }
 }

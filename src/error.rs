@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong in sessiondb.
 ///
-/// Each variant reads as a sentence and names the file (relative to the store's directory where
-/// it lies inside it) and, for damage, the byte offset.
+/// Each variant reads as a sentence and names the file and, for damage, the byte offset. A file
+/// of the store is named by the store's directory as it was given to [`crate::Db::open`] (or the
+/// tool) joined with the file's name in it, e.g. `/var/lib/app/sessions/wal/00000000000000000003.wal`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -276,3 +276,47 @@ impl Cursor {
 fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     b.as_ref().map(Vec::as_slice)
 }
+
+/// A live entry with its value, as scans return it.
+pub(crate) struct Live {
+    pub key: Key,
+    pub value: Vec<u8>,
+    /// Its version: the sequence number of the write that set it.
+    pub seq: u64,
+    /// Its deadline (ms since the epoch), 0 for none.
+    pub expires_at_ms: u64,
+}
+
+/// Live entries in a key range with their values, in key order: the one iterator behind
+/// [`crate::Db::scan`] and the inspection tools' entries. The index is read a chunk at a time
+/// ([`Cursor`]); each value is read back and checked as [`Engine::read_value`] does.
+pub(crate) struct Entries<'e> {
+    engine: &'e Engine,
+    cursor: Cursor,
+}
+
+impl<'e> Entries<'e> {
+    pub(crate) fn new(engine: &'e Engine, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Entries<'e> {
+        Entries {
+            engine,
+            cursor: Cursor::new(lower, upper),
+        }
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<Live>;
+
+    fn next(&mut self) -> Option<Result<Live>> {
+        let item = self.cursor.next(self.engine)?;
+        Some(item.and_then(|(key, entry, source)| {
+            let value = self.engine.read_value(&source, &key, &entry)?;
+            Ok(Live {
+                key,
+                value,
+                seq: entry.seq.get(),
+                expires_at_ms: entry.expires_at_ms,
+            })
+        }))
+    }
+}
