@@ -21,7 +21,7 @@ use crate::wal::sync::LogSync;
 use crate::wal::writer::{LogWriter, SegmentFile, SpareSlot};
 
 pub(crate) use commit::{CommitState, RollPoint};
-pub(crate) use read::{Cursor, Entries, Live};
+pub(crate) use read::Entries;
 
 /// Counters for [`Stats`].
 #[derive(Default)]

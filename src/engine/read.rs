@@ -224,7 +224,7 @@ impl Engine {
 /// A scan's position: live entries in `(lower, upper)`, fetched a chunk at a time so writers
 /// are never blocked for long ([`Engine::scan_chunk`]). Entries written during the scan may or
 /// may not be seen; each chunk is the state at one moment.
-pub(crate) struct Cursor {
+struct Cursor {
     lower: Bound<Vec<u8>>,
     upper: Bound<Vec<u8>>,
     buffer: VecDeque<ScanItem>,
@@ -232,7 +232,7 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
-    pub(crate) fn new(lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Cursor {
+    fn new(lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>) -> Cursor {
         let empty = match (&lower, &upper) {
             (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
                 l > u || (l == u && !(matches!(lower, Bound::Included(_)) && matches!(upper, Bound::Included(_))))
@@ -248,7 +248,7 @@ impl Cursor {
     }
 
     /// The next live entry with the file to read its value from; an error ends the scan.
-    pub(crate) fn next(&mut self, engine: &Engine) -> Option<Result<ScanItem>> {
+    fn next(&mut self, engine: &Engine) -> Option<Result<ScanItem>> {
         loop {
             if let Some(item) = self.buffer.pop_front() {
                 return Some(Ok(item));

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::db::{prefix_successor, Db};
-use crate::engine::Cursor;
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
 use crate::limits;
@@ -268,31 +268,25 @@ impl View {
         let prefix = prefix.as_ref().to_vec();
         let upper = prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
         Entries {
-            view: self,
-            cursor: Cursor::new(Bound::Included(prefix), upper),
+            entries: engine::Entries::new(self.db.engine(), Bound::Included(prefix), upper),
         }
     }
 }
 
 /// Live entries of a [`View`], in key order.
 pub struct Entries<'a> {
-    view: &'a View,
-    cursor: Cursor,
+    entries: engine::Entries<'a>,
 }
 
 impl Iterator for Entries<'_> {
     type Item = Result<LiveEntry>;
 
     fn next(&mut self) -> Option<Result<LiveEntry>> {
-        let engine = self.view.db.engine();
-        let item = self.cursor.next(engine)?;
-        Some(item.and_then(|(key, entry, source)| {
-            Ok(LiveEntry {
-                value: engine.read_value(&source, &key, &entry)?,
-                key: key.to_vec(),
-                seq: entry.seq.get(),
-                expires_at_ms: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
-            })
+        Some(self.entries.next()?.map(|live| LiveEntry {
+            key: live.key.to_vec(),
+            value: live.value,
+            seq: live.seq,
+            expires_at_ms: (live.expires_at_ms != 0).then_some(live.expires_at_ms),
         }))
     }
 }
