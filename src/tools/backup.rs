@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::SnapshotWriter;
 use crate::db::Db;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::format::{self, BlockBuilder, SnapshotEntry, SnapshotFooter};
+use crate::format::SnapshotEntry;
 use crate::limits;
 use crate::options::{Options, RecoveryMode, SyncMode};
 use crate::storage::layout::{self, Layout};
@@ -34,8 +35,6 @@ use crate::tools::inspect::{self, Entries, View};
 
 /// Bytes copied per read and write.
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
-/// Bytes buffered before a write to a snapshot file.
-const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// What [`crate::Db::backup`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,7 +267,7 @@ pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) 
     let seq = stats.last_seq;
     let mut bytes = 0;
     if seq > 0 {
-        bytes = write_snapshot(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
+        bytes = write_entries(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
         storage
             .rename(&tmp.snapshot_tmp(seq), &tmp.snapshot(seq))
             .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
@@ -333,46 +332,17 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
 
 /// Writes the entries as a snapshot with base (and end) sequence number `base` to `tmp`
 /// (docs/format.md, "Snapshots"), fsynced. Returns its size.
-pub(crate) fn write_snapshot(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
-    // A leftover from an interrupted repair with the same base would make create fail.
-    let _ = storage.remove(tmp);
-    let file = storage
-        .open(tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create", tmp, e))?;
-    let mut out = Vec::with_capacity(WRITE_BUFFER_BYTES + limits::SNAPSHOT_BLOCK_BYTES_TARGET);
-    out.extend_from_slice(&format::encode_snapshot_header(base));
-    let mut written = 0u64;
-    let mut block = BlockBuilder::new();
-    let mut count = 0u64;
+pub(crate) fn write_entries(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
+    let mut writer = SnapshotWriter::create(storage, tmp, base)?;
     for e in entries {
         let e = e?;
         debug_assert!(e.seq <= base, "an entry is no newer than the state it is part of");
-        block.push(SnapshotEntry {
+        writer.push(SnapshotEntry {
             key: &e.key,
             value: &e.value,
             seq: e.seq,
             expires_at_ms: e.expires_at_ms.unwrap_or(0),
-        });
-        count += 1;
-        if block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET {
-            out.extend_from_slice(&block.finish());
-        }
-        if out.len() >= WRITE_BUFFER_BYTES {
-            write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
-            written += out.len() as u64;
-            out.clear();
-        }
+        })?;
     }
-    if !block.is_empty() {
-        out.extend_from_slice(&block.finish());
-    }
-    out.extend_from_slice(&format::encode_snapshot_footer(SnapshotFooter {
-        entry_count: count,
-        base_seq: base,
-        end_seq: base,
-        footer_offset: written + out.len() as u64,
-    }));
-    write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
-    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
-    Ok(written + out.len() as u64)
+    writer.finish(base)
 }

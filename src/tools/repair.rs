@@ -32,7 +32,7 @@ use crate::stats::Skipped;
 use crate::storage::layout::Layout;
 use crate::storage::overlay::Overlay;
 use crate::storage::{write_all_at, FsStorage, OpenMode, Storage};
-use crate::tools::backup::write_snapshot;
+use crate::tools::backup::write_entries;
 use crate::tools::inspect::{self, Problem, View, BROKEN_SUFFIX};
 
 /// What [`repair`] found and did.
@@ -134,7 +134,7 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
 
     let new_snapshot = (base > 0).then(|| layout.snapshot(base));
     if base > 0 {
-        write_snapshot(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
+        write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
     }
     drop(view);
     let mut damaged: Vec<PathBuf> = check.problems.iter().map(|p| p.path.clone()).collect();
