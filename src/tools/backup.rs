@@ -92,7 +92,7 @@ fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(Pa
             }));
         }
     }
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = layout::staging_dir(&parent, name, std::process::id());
     if siblings.iter().any(|n| tmp.file_name() == Some(n.as_os_str())) {
         return Err(Error::InvalidPath {
             path: tmp,

@@ -134,7 +134,7 @@ pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inv
             Some(FileKind::Segment(id)) => inv.segments.push((id, path.clone(), size()?)),
             Some(FileKind::Snapshot(seq)) => inv.snapshots.push((seq, path.clone(), size()?)),
             Some(FileKind::SnapshotTmp(_) | FileKind::SegmentTmp(_)) => inv.temp_files.push(path),
-            None if name.to_str().is_some_and(|n| n.ends_with(BROKEN_SUFFIX)) => inv.broken_files.push(path),
+            None if layout::is_broken(&name) => inv.broken_files.push(path),
             None => {}
         }
     }
@@ -147,9 +147,6 @@ pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inv
     }
     Ok(inv)
 }
-
-/// The suffix [`crate::tools::repair`] gives a damaged file it sets aside.
-pub(crate) const BROKEN_SUFFIX: &str = ".broken";
 
 /// Size of a file; 0 if it vanished since it was listed (a store open elsewhere).
 fn file_size(storage: &dyn Storage, path: &Path) -> Result<u64> {

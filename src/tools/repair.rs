@@ -29,11 +29,11 @@ use crate::error::{Error, Result};
 use crate::options::RecoveryMode;
 use crate::recovery;
 use crate::stats::Skipped;
-use crate::storage::layout::Layout;
+use crate::storage::layout::{self, Layout};
 use crate::storage::overlay::Overlay;
 use crate::storage::{write_all_at, FsStorage, OpenMode, Storage};
 use crate::tools::backup::write_entries;
-use crate::tools::inspect::{self, Problem, View, BROKEN_SUFFIX};
+use crate::tools::inspect::{self, Problem, View};
 
 /// What [`repair`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -187,17 +187,12 @@ fn sync_dirs(storage: &dyn Storage, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// `<path>.broken`, or `<path>.<n>.broken` for the first `n` not taken.
+/// The first name [`layout::broken`] gives `path` that is not taken.
 fn broken_name(storage: &dyn Storage, path: &Path) -> Result<PathBuf> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let names = storage.list(parent).map_err(|e| Error::io("list", parent, e))?;
-    let base = path.as_os_str().to_string_lossy().into_owned();
     for n in 0u32.. {
-        let candidate = match n {
-            0 => format!("{base}{BROKEN_SUFFIX}"),
-            n => format!("{base}.{n}{BROKEN_SUFFIX}"),
-        };
-        let candidate = PathBuf::from(candidate);
+        let candidate = layout::broken(path, n);
         if !names.iter().any(|x| candidate.file_name() == Some(x.as_os_str())) {
             return Ok(candidate);
         }
