@@ -27,8 +27,7 @@ use crate::db::Db;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::SnapshotEntry;
-use crate::limits;
-use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::options::{Options, RecoveryMode};
 use crate::storage::layout::{self, Layout};
 use crate::storage::{read_exact_at, write_all_at, FsStorage, OpenMode, Storage};
 use crate::tools::inspect::{self, Entries, View};
@@ -66,9 +65,10 @@ pub struct RestoreReport {
     pub bytes: u64,
 }
 
-/// `dest`'s parent and a temporary sibling of it; refuses a destination that exists (unless
-/// `empty_dir_ok` and it is an empty directory).
-fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(PathBuf, PathBuf)> {
+/// `dest`'s parent, and the layout of a store in a temporary sibling of it (its directories
+/// created); refuses a destination that exists (unless `empty_dir_ok` and it is an empty
+/// directory).
+fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(PathBuf, Layout)> {
     let invalid = |reason: &str| Error::InvalidPath {
         path: dest.to_path_buf(),
         reason: reason.to_string(),
@@ -99,9 +99,10 @@ fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(Pa
             reason: "a temporary directory of an interrupted backup or restore is in the way; remove it".into(),
         });
     }
+    let tmp = Layout::new(&tmp);
     storage
-        .create_dir_all(&tmp.join(layout::WAL_DIR))
-        .map_err(|e| Error::io("create directory", &tmp, e))?;
+        .create_dir_all(tmp.wal_dir())
+        .map_err(|e| Error::io("create directory", tmp.dir(), e))?;
     Ok((parent, tmp))
 }
 
@@ -135,18 +136,10 @@ fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     storage.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))
 }
 
-/// Options to open a copy with: nothing in the background, small segments (the copy is only
-/// checkpointed), the source's storage and clock (expiry is judged by the same time).
+/// Options to open a copy with: a tool's (the copy is only checkpointed), on the source's
+/// storage, with its clock (expiry is judged by the same time).
 fn copy_options(storage: Arc<dyn Storage>, source: &Options) -> Options {
-    Options::new()
-        .storage(storage)
-        .clock(source.clock.clone())
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sync_mode(SyncMode::Never)
-        .segment_size(limits::SEGMENT_SIZE_MIN)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
+    super::tool_options(storage).clock(source.clock.clone())
 }
 
 /// Step 1 and 2: copies the newest snapshot and the log after it into `tmp`.
@@ -184,7 +177,8 @@ fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// Removes every file of the store in `tmp` but its snapshots: the log and the lock file.
+/// Removes every file of the store in `tmp` but its snapshots: the log and the lock file
+/// ([`put_in_place`] fsyncs the directories).
 fn remove_log(storage: &dyn Storage, tmp: &Layout) -> Result<()> {
     let wal = tmp.wal_dir();
     for name in storage.list(wal).map_err(|e| Error::io("list", wal, e))? {
@@ -193,12 +187,21 @@ fn remove_log(storage: &dyn Storage, tmp: &Layout) -> Result<()> {
     }
     let lock = tmp.lock_file();
     match storage.remove(&lock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove", &lock, e)),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &lock, e)),
     }
-    sync_dir(storage, wal)?;
-    sync_dir(storage, tmp.dir())
+}
+
+/// The last step of a backup or restore: fsyncs the store built in the staging directory
+/// `tmp`, renames it to `dest` and fsyncs `dest`'s parent.
+fn put_in_place(storage: &dyn Storage, tmp: &Layout, dest: &Path, parent: &Path) -> Result<()> {
+    sync_dir(storage, tmp.wal_dir())?;
+    sync_dir(storage, tmp.dir())?;
+    storage
+        .rename(tmp.dir(), dest)
+        .map_err(|e| Error::io("rename", tmp.dir(), e))?;
+    sync_dir(storage, parent)
 }
 
 // `Db::backup` is defined here, with the rest of backups: the operator tools depend on `Db`,
@@ -213,22 +216,18 @@ impl Db {
         let dest = dest.as_ref();
         let started = Instant::now();
         let storage = engine.storage.clone();
-        let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
-        let tmp = Layout::new(&tmp_dir);
+        let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
         copy_consistent_prefix(engine, &tmp)?;
 
         // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
-        let db = Db::open_with(&tmp_dir, copy_options(storage.clone(), &engine.opts))?;
+        let db = Db::open_with(tmp.dir(), copy_options(storage.clone(), &engine.opts))?;
         db.checkpoint()?;
         let stats = db.stats();
         db.close()?;
         remove_log(storage.as_ref(), &tmp)?;
 
         // Step 4: in place, durably.
-        storage
-            .rename(&tmp_dir, dest)
-            .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-        sync_dir(storage.as_ref(), &parent)?;
+        put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
         let bytes = match stats.last_checkpoint_seq {
             0 => 0,
             seq => storage
@@ -260,8 +259,7 @@ pub fn backup_dir(dir: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<Backu
 pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) -> Result<BackupReport> {
     let started = Instant::now();
     inspect::check_is_store(storage.as_ref(), &Layout::new(dir))?;
-    let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
-    let tmp = Layout::new(&tmp_dir);
+    let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
     let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
     let stats = view.stats();
     let seq = stats.last_seq;
@@ -273,12 +271,7 @@ pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) 
             .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
     }
     drop(view);
-    sync_dir(storage.as_ref(), tmp.wal_dir())?;
-    sync_dir(storage.as_ref(), &tmp_dir)?;
-    storage
-        .rename(&tmp_dir, dest)
-        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-    sync_dir(storage.as_ref(), &parent)?;
+    put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
     Ok(BackupReport {
         path: dest.to_path_buf(),
         seq,
@@ -305,8 +298,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
         });
     }
     let files = inspect::inventory_in(storage.as_ref(), &Layout::new(backup))?;
-    let (parent, tmp_dir) = staging(storage.as_ref(), dir, true)?;
-    let tmp = Layout::new(&tmp_dir);
+    let (parent, tmp) = staging(storage.as_ref(), dir, true)?;
     let mut bytes = 0;
     for (seq, path, _) in &files.snapshots {
         bytes += copy_file(storage.as_ref(), path, &tmp.snapshot(*seq), None, true)?;
@@ -314,12 +306,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
     for (id, path, _) in &files.segments {
         bytes += copy_file(storage.as_ref(), path, &tmp.segment(*id), None, true)?;
     }
-    sync_dir(storage.as_ref(), tmp.wal_dir())?;
-    sync_dir(storage.as_ref(), &tmp_dir)?;
-    storage
-        .rename(&tmp_dir, dir)
-        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-    sync_dir(storage.as_ref(), &parent)?;
+    put_in_place(storage.as_ref(), &tmp, dir, &parent)?;
     let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail)?;
     let stats = view.stats();
     Ok(RestoreReport {

@@ -31,7 +31,7 @@ use crate::engine::Cursor;
 use crate::error::{Error, Result};
 use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
 use crate::limits;
-use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::options::RecoveryMode;
 use crate::stats::Stats;
 use crate::storage::layout::{self, FileKind, Layout};
 use crate::storage::overlay::Overlay;
@@ -199,21 +199,6 @@ pub struct LiveEntry {
     pub expires_at_ms: Option<u64>,
 }
 
-/// Options for running recovery on an overlay: no background threads, no automatic checkpoint,
-/// and small segments, so the segment an open may create costs 64 KiB of memory, not 64 MiB.
-/// (Replay bounds lengths by the format, not by these options: `recovery.rs`.)
-fn view_options(overlay: Arc<Overlay>, mode: RecoveryMode) -> Options {
-    Options::new()
-        .storage(overlay)
-        .recovery_mode(mode)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sync_mode(SyncMode::Never)
-        .segment_size(limits::SEGMENT_SIZE_MIN)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-}
-
 impl View {
     /// Opens the store in `dir` read-only, as a default open would recover it (a torn tail is
     /// cut in the view; other damage is an error).
@@ -246,7 +231,7 @@ impl View {
     /// One pass of [`View::open_in`], on an overlay the caller may have changed first (repair
     /// puts salvaged snapshots in it).
     pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode) -> Result<View> {
-        Db::open_with(dir, view_options(overlay, mode)).map(|db| View { db })
+        Db::open_with(dir, super::tool_options(overlay).recovery_mode(mode)).map(|db| View { db })
     }
 
     /// The store's statistics as an open would start with them. `recovery.duration` is the
