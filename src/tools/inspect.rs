@@ -164,15 +164,12 @@ fn preamble_version(storage: &dyn Storage, path: &Path) -> Result<Option<u32>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
-    let mut b = [0u8; 16];
-    if file.len().map_err(|e| Error::io("stat", path, e))? < 16 {
+    let mut b = [0u8; format::PREAMBLE_BYTES];
+    if file.len().map_err(|e| Error::io("stat", path, e))? < b.len() as u64 {
         return Ok(None);
     }
     read_exact_at(file.as_ref(), &mut b, 0).map_err(|e| Error::read(path, e))?;
-    let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-    let crc = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
-    let ours = b[..8] == format::SEGMENT_MAGIC || b[..8] == format::SNAPSHOT_MAGIC;
-    Ok((ours && crc32fast::hash(&b[..12]) == crc).then_some(v))
+    Ok(format::decode_preamble_version(&b))
 }
 
 // ---------------------------------------------------------------------------------------------
