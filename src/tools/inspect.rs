@@ -20,7 +20,6 @@
 //! it moved. Values are read from files that are never truncated, so no read sees a hole.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -73,22 +72,57 @@ impl Inventory {
     }
 }
 
-/// Every name in the store's directory and its `wal/` directory (`wal/` names prefixed), sorted:
-/// two equal listings mean no file was created, renamed or removed in between.
-fn listing(storage: &dyn Storage, layout: &Layout) -> Result<Vec<OsString>> {
-    let dir = layout.dir();
-    let mut names = storage.list(dir).map_err(|e| Error::io("list", dir, e))?;
-    match storage.list(layout.wal_dir()) {
-        Ok(wal) => names.extend(wal.into_iter().map(|n| {
-            let mut p = OsString::from("wal/");
-            p.push(n);
-            p
-        })),
+/// Every file (and directory) in the store's directory and its `wal/` directory, sorted: two
+/// equal listings mean no file was created, renamed or removed in between.
+fn listing(storage: &dyn Storage, layout: &Layout) -> Result<Vec<PathBuf>> {
+    let (dir, wal) = (layout.dir(), layout.wal_dir());
+    let names = storage.list(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut paths: Vec<PathBuf> = names.into_iter().map(|n| dir.join(n)).collect();
+    match storage.list(wal) {
+        Ok(names) => paths.extend(names.into_iter().map(|n| wal.join(n))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("list", layout.wal_dir(), e)),
+        Err(e) => return Err(Error::io("list", wal, e)),
     }
-    names.sort();
-    Ok(names)
+    paths.sort();
+    Ok(paths)
+}
+
+/// What [`in_passes`] does after a pass.
+enum Then {
+    /// The result stands.
+    Stand,
+    /// Read again.
+    Again,
+    /// Read again if the file list changed during the pass; otherwise the result stands.
+    AgainIfMoved,
+}
+
+/// Reads the store in `dir` in passes until a result stands (see the module docs): `pass` reads
+/// it once, given the pass number and the file list the pass starts from; `then` judges what it
+/// read. After [`PASSES_MAX`] passes, the last result stands.
+fn in_passes<T>(
+    storage: &dyn Storage,
+    dir: &Path,
+    mut pass: impl FnMut(usize, &[PathBuf]) -> T,
+    then: impl Fn(&T, usize) -> Then,
+) -> Result<T> {
+    let layout = Layout::new(dir);
+    check_is_store(storage, &layout)?;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let before = listing(storage, &layout)?;
+        let result = pass(n, &before);
+        let again = n < PASSES_MAX
+            && match then(&result, n) {
+                Then::Stand => false,
+                Then::Again => true,
+                Then::AgainIfMoved => listing(storage, &layout)? != before,
+            };
+        if !again {
+            return Ok(result);
+        }
+    }
 }
 
 /// Refuses a directory that holds no store (so nothing reads an empty or unrelated directory
@@ -123,18 +157,22 @@ pub fn inventory(dir: impl AsRef<Path>) -> Result<Inventory> {
 
 pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inventory> {
     check_is_store(storage, layout)?;
+    inventory_of(storage, &listing(storage, layout)?)
+}
+
+/// The inventory of the files `listed` (a [`listing`]).
+fn inventory_of(storage: &dyn Storage, listed: &[PathBuf]) -> Result<Inventory> {
     let mut inv = Inventory::default();
-    for name in listing(storage, layout)? {
-        let (path, name) = match name.to_str().and_then(|n| n.strip_prefix("wal/")) {
-            Some(n) => (layout.wal_dir().join(n), OsString::from(n)),
-            None => (layout.dir().join(&name), name),
+    for path in listed {
+        let Some(name) = path.file_name() else {
+            continue;
         };
-        let size = || file_size(storage, &path);
-        match layout::classify(&name) {
+        let size = || file_size(storage, path);
+        match layout::classify(name) {
             Some(FileKind::Segment(id)) => inv.segments.push((id, path.clone(), size()?)),
             Some(FileKind::Snapshot(seq)) => inv.snapshots.push((seq, path.clone(), size()?)),
-            Some(FileKind::SnapshotTmp(_) | FileKind::SegmentTmp(_)) => inv.temp_files.push(path),
-            None if layout::is_broken(&name) => inv.broken_files.push(path),
+            Some(FileKind::SnapshotTmp(_) | FileKind::SegmentTmp(_)) => inv.temp_files.push(path.clone()),
+            None if layout::is_broken(name) => inv.broken_files.push(path.clone()),
             None => {}
         }
     }
@@ -180,6 +218,7 @@ fn preamble_version(storage: &dyn Storage, path: &Path) -> Result<Option<u32>> {
 #[derive(Debug)]
 pub struct View {
     db: Db,
+    files: Inventory,
 }
 
 /// A live entry, as [`View::entries`] yields it.
@@ -204,31 +243,34 @@ impl View {
     }
 
     pub(crate) fn open_in(storage: Arc<dyn Storage>, dir: &Path, mode: RecoveryMode) -> Result<View> {
-        let layout = Layout::new(dir);
-        check_is_store(storage.as_ref(), &layout)?;
-        let mut pass = 0;
-        loop {
-            pass += 1;
-            let before = listing(storage.as_ref(), &layout)?;
-            let overlay = Arc::new(Overlay::new(storage.clone()));
-            let err = match View::open_on(overlay, dir, mode) {
-                Ok(view) => return Ok(view),
-                Err(e) => e,
-            };
+        let opened = in_passes(
+            storage.as_ref(),
+            dir,
+            |_, listed| {
+                let files = inventory_of(storage.as_ref(), listed)?;
+                View::open_on(Arc::new(Overlay::new(storage.clone())), dir, mode, files)
+            },
             // A store open elsewhere may have checkpointed or rolled while it was read: a file
             // gone, or a snapshot and a log listed at different moments. Read it again.
-            let vanished = matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
-            let changed = listing(storage.as_ref(), &layout)? != before;
-            if pass >= PASSES_MAX || !(vanished || changed) {
-                return Err(err);
-            }
-        }
+            |opened, _| match opened {
+                Ok(_) => Then::Stand,
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Then::Again,
+                Err(_) => Then::AgainIfMoved,
+            },
+        );
+        opened?
     }
 
     /// One pass of [`View::open_in`], on an overlay the caller may have changed first (repair
-    /// puts salvaged snapshots in it).
-    pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode) -> Result<View> {
-        Db::open_with(dir, super::tool_options(overlay).recovery_mode(mode)).map(|db| View { db })
+    /// puts salvaged snapshots in it), of a store whose files are `files`.
+    pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode, files: Inventory) -> Result<View> {
+        let db = Db::open_with(dir, super::tool_options(overlay).recovery_mode(mode))?;
+        Ok(View { db, files })
+    }
+
+    /// The store's files, as this view listed them just before its recovery read them.
+    pub fn files(&self) -> &Inventory {
+        &self.files
     }
 
     /// The store's statistics as an open would start with them. `recovery.duration` is the
@@ -372,6 +414,15 @@ impl VerifyReport {
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// The problems grouped by file, for messages.
+    pub fn problems_by_file(&self) -> BTreeMap<&Path, Vec<&Problem>> {
+        let mut out: BTreeMap<&Path, Vec<&Problem>> = BTreeMap::new();
+        for p in &self.problems {
+            out.entry(p.path.as_path()).or_default().push(p);
+        }
+        out
+    }
 }
 
 /// Checks every file of the store in `dir` without changing anything or taking its lock, and
@@ -383,31 +434,31 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 }
 
 pub(crate) fn verify_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyReport> {
-    let layout = Layout::new(dir);
-    check_is_store(storage.as_ref(), &layout)?;
-    let mut pass = 0;
-    loop {
-        pass += 1;
-        let before = listing(storage.as_ref(), &layout)?;
-        let mut report = verify_once(&storage, &layout)?;
-        report.passes = pass;
-        if report.is_intact() || pass >= PASSES_MAX {
-            return Ok(report);
-        }
+    let report = in_passes(
+        storage.as_ref(),
+        dir,
+        |n, listed| {
+            let mut report = verify_once(&storage, dir, listed)?;
+            report.passes = n;
+            Ok(report)
+        },
         // Problems: real damage stays; what a concurrent writer caused (a file list that moved,
         // a record read while it was being written) does not. One more pass always, more while
         // the file list keeps changing.
-        let changed = listing(storage.as_ref(), &layout)? != before;
-        if !changed && pass >= 2 {
-            return Ok(report);
-        }
-    }
+        |report: &Result<VerifyReport>, n| match report {
+            Ok(r) if !r.is_intact() && n < 2 => Then::Again,
+            Ok(r) if !r.is_intact() => Then::AgainIfMoved,
+            _ => Then::Stand,
+        },
+    );
+    report?
 }
 
-fn verify_once(storage: &Arc<dyn Storage>, layout: &Layout) -> Result<VerifyReport> {
-    let inv = inventory_in(storage.as_ref(), layout)?;
+/// One pass of [`verify_in`] over the files `listed`.
+fn verify_once(storage: &Arc<dyn Storage>, dir: &Path, listed: &[PathBuf]) -> Result<VerifyReport> {
+    let inv = inventory_of(storage.as_ref(), listed)?;
     let mut report = VerifyReport {
-        dir: layout.dir().to_path_buf(),
+        dir: dir.to_path_buf(),
         ..VerifyReport::default()
     };
     for p in &inv.temp_files {
@@ -432,14 +483,14 @@ fn verify_once(storage: &Arc<dyn Storage>, layout: &Layout) -> Result<VerifyRepo
     check_segments(storage.as_ref(), &inv, newest_intact.unwrap_or(0), &mut report);
     // The open an application would do, on a read-only view: catches what no single file shows
     // (a missing segment, a log that does not reach a snapshot's end).
-    match View::open_in(storage.clone(), layout.dir(), RecoveryMode::TolerateTornTail) {
+    match View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail) {
         Ok(view) => {
             let s = view.stats();
             report.keys = Some(s.keys);
             report.last_seq = Some(s.last_seq);
         }
         Err(e) => {
-            let p = problem_of(layout.dir(), &e);
+            let p = problem_of(dir, &e);
             if !report.problems.iter().any(|q| q.path == p.path) {
                 report.problems.push(p);
             }
@@ -813,38 +864,4 @@ fn scan_one(
     scan.last_seq
         .map(|l| l + 1)
         .or_else(|| scan.header.map(|h| h.first_seq))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Summaries used by the CLI
-
-/// A store's statistics and files, read without opening it (see [`View`]).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct StoreInfo {
-    /// What an open would start with. `recovery.duration` is how long this read-only recovery
-    /// took.
-    pub stats: Stats,
-    /// The store's files.
-    pub files: Inventory,
-}
-
-/// Statistics and files of the store in `dir`, read-only.
-pub fn info(dir: impl AsRef<Path>) -> Result<StoreInfo> {
-    let dir = dir.as_ref();
-    let files = inventory(dir)?;
-    let view = View::open(dir)?;
-    Ok(StoreInfo {
-        stats: view.stats(),
-        files,
-    })
-}
-
-/// Problems grouped by file, for messages.
-pub fn problems_by_file(problems: &[Problem]) -> BTreeMap<&Path, Vec<&Problem>> {
-    let mut out: BTreeMap<&Path, Vec<&Problem>> = BTreeMap::new();
-    for p in problems {
-        out.entry(p.path.as_path()).or_default().push(p);
-    }
-    out
 }

@@ -99,7 +99,7 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     let st = storage.as_ref();
 
     // Steps 3 and 4: the salvaged state, as of `base`, into a new snapshot's temp file.
-    let (view, base) = salvage(&storage, dir, &check, &mut report)?;
+    let (view, base) = salvage(&storage, dir, &check, &files, &mut report)?;
     let new_snapshot = (base > 0).then(|| layout.snapshot(base));
     if base > 0 {
         write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
@@ -146,6 +146,7 @@ fn salvage(
     storage: &Arc<dyn Storage>,
     dir: &Path,
     check: &VerifyReport,
+    files: &Inventory,
     report: &mut RepairReport,
 ) -> Result<(View, u64)> {
     let overlay = Arc::new(Overlay::new(storage.clone()));
@@ -169,7 +170,7 @@ fn salvage(
             _ => None,
         };
     }
-    let view = View::open_on(overlay, dir, RecoveryMode::Salvage)?;
+    let view = View::open_on(overlay, dir, RecoveryMode::Salvage, files.clone())?;
     let salvaged = view.stats();
     report.skipped = salvaged.recovery.skipped.clone();
     report.torn_tail_bytes = salvaged.recovery.torn_tail_bytes;
