@@ -28,14 +28,14 @@ use std::sync::Arc;
 use crate::db::{prefix_successor, Db};
 use crate::engine::Cursor;
 use crate::error::{Error, Result};
-use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
+use crate::format::{self, HeaderState, SnapshotFooter, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
 use crate::limits;
 use crate::options::RecoveryMode;
 use crate::stats::Stats;
 use crate::storage::layout::{self, FileKind, Layout};
 use crate::storage::overlay::Overlay;
 use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
-use crate::wal::reader::{self, ScanInput};
+use crate::wal::reader::{self, ScanInput, SegmentScan};
 
 #[cfg(feature = "sim")]
 #[doc(hidden)]
@@ -581,7 +581,7 @@ struct SnapshotWalk {
     /// Byte ranges of the blocks that verify, in file order.
     verified_blocks: Vec<std::ops::Range<usize>>,
     /// The footer, if it verifies.
-    footer: Option<format::SnapshotFooter>,
+    footer: Option<SnapshotFooter>,
     /// The version in the header, if it is not ours (nothing else is read then).
     unsupported: bool,
 }
@@ -595,6 +595,36 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         footer: None,
         unsupported: false,
     };
+    if !check_snapshot_header(b, path, base, problems) {
+        walk.unsupported = true;
+        return walk;
+    }
+    walk.footer = check_snapshot_footer(b, path, base, problems);
+    // Without a footer, walk the blocks to where the footer would be.
+    let end = walk
+        .footer
+        .map_or(b.len().saturating_sub(format::SNAPSHOT_FOOTER_SIZE), |f| {
+            f.footer_offset as usize
+        });
+    let all_verified = walk_blocks(b, end, path, problems, &mut walk);
+    if let Some(f) = walk.footer {
+        if all_verified && walk.entries != f.entry_count {
+            problems.push(problem(
+                path,
+                f.footer_offset,
+                format!(
+                    "snapshot holds {} entries, its footer says {}",
+                    walk.entries, f.entry_count
+                ),
+            ));
+        }
+    }
+    walk
+}
+
+/// Checks a snapshot's header; false if it is of another format version (nothing else can be
+/// read then).
+fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> bool {
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base => {}
         HeaderState::Valid(seq) => problems.push(problem(path, 0, format!("snapshot header says base sequence {seq}"))),
@@ -607,13 +637,17 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
                     format::FORMAT_VERSION
                 ),
             ));
-            walk.unsupported = true;
-            return walk;
+            return false;
         }
         HeaderState::Zero => problems.push(problem(path, 0, "snapshot header is zero")),
         HeaderState::Damaged(d) => problems.push(problem(path, d.offset, d.reason)),
     }
-    walk.footer = match format::decode_snapshot_footer(b) {
+    true
+}
+
+/// A snapshot's footer, if it verifies.
+fn check_snapshot_footer(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> Option<SnapshotFooter> {
+    match format::decode_snapshot_footer(b) {
         Ok(f) => {
             if f.base_seq != base {
                 problems.push(problem(
@@ -628,13 +662,12 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
             problems.push(problem(path, d.offset, d.reason));
             None
         }
-    };
-    // Without a footer, walk the blocks to where the footer would be.
-    let end = walk
-        .footer
-        .map_or(b.len().saturating_sub(format::SNAPSHOT_FOOTER_SIZE), |f| {
-            f.footer_offset as usize
-        });
+    }
+}
+
+/// Checks the blocks between the header and `end`, block by block, adding the entries and
+/// ranges of those that verify to `walk`. Returns whether every block did.
+fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, walk: &mut SnapshotWalk) -> bool {
     let mut at = SNAPSHOT_HEADER_SIZE.min(end);
     let mut all_verified = true;
     // The last key of the last block kept: a kept block's keys must all come after it, so the
@@ -648,33 +681,18 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
                 let mut p = problem(path, at as u64 + d.offset, d.reason);
                 p.bytes = Some((end - at) as u64);
                 problems.push(p);
-                return walk;
+                return false;
             }
         };
         let verified =
             format::verify_block(&b[at..end], frame).and_then(|()| format::decode_block_entries(&b[at..end], frame));
         match verified {
-            Ok(decoded) => {
-                let before = problems.len();
-                let mut last = prev_key;
-                for d in &decoded {
-                    let offset = (at + d.value_at) as u64;
-                    if last.is_some_and(|p| p >= d.entry.key) {
-                        problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
-                    }
-                    if d.entry.seq == 0 {
-                        problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
-                    }
-                    last = Some(d.entry.key);
-                }
-                if problems.len() == before {
-                    walk.entries += decoded.len() as u64;
-                    walk.verified_blocks.push(at..at + frame.len);
-                    prev_key = last;
-                } else {
-                    all_verified = false;
-                }
+            Ok(decoded) if check_block_entries(&decoded, at, prev_key, path, problems) => {
+                walk.entries += decoded.len() as u64;
+                walk.verified_blocks.push(at..at + frame.len);
+                prev_key = decoded.last().map(|d| d.entry.key).or(prev_key);
             }
+            Ok(_) => all_verified = false,
             Err(d) => {
                 all_verified = false;
                 let mut p = problem(path, at as u64 + d.offset, d.reason);
@@ -684,19 +702,31 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         }
         at += frame.len;
     }
-    if let Some(f) = walk.footer {
-        if all_verified && walk.entries != f.entry_count {
-            problems.push(problem(
-                path,
-                f.footer_offset,
-                format!(
-                    "snapshot holds {} entries, its footer says {}",
-                    walk.entries, f.entry_count
-                ),
-            ));
+    all_verified
+}
+
+/// Checks the entries of a block that verifies (at `at`; `prev_key`: the last key before it):
+/// keys ascend, no sequence number is 0. Returns whether they passed.
+fn check_block_entries(
+    decoded: &[format::DecodedEntry<'_>],
+    at: usize,
+    prev_key: Option<&[u8]>,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let before = problems.len();
+    let mut last = prev_key;
+    for d in decoded {
+        let offset = (at + d.value_at) as u64;
+        if last.is_some_and(|p| p >= d.entry.key) {
+            problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
         }
+        if d.entry.seq == 0 {
+            problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
+        }
+        last = Some(d.entry.key);
     }
-    walk
+    problems.len() == before
 }
 
 /// A damaged snapshot rebuilt from its blocks that verify, for [`crate::tools::repair`]: a valid
@@ -715,7 +745,7 @@ pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<
     // The entries kept were written no later than the original's end_seq, which recovery then
     // expects the log to reach; without a footer, the base is all that is known.
     let end_seq = walk.footer.map_or(base, |f| f.end_seq.max(base));
-    let footer = format::encode_snapshot_footer(format::SnapshotFooter {
+    let footer = format::encode_snapshot_footer(SnapshotFooter {
         entry_count: walk.entries,
         base_seq: base,
         end_seq,
@@ -839,19 +869,9 @@ fn scan_one(
     check.valid_end = scan.valid_end;
     check.seqs = records.first().zip(records.last()).map(|(f, l)| (f.1, l.1));
     let first_expected = scan.header.map(|h| h.first_seq).or(expected);
-    for s in &scan.skipped {
-        let before = records.iter().rev().find(|r| r.0 < s.offset).map(|r| r.1 + 1);
-        let after = records.iter().find(|r| r.0 > s.offset);
-        let mut p = problem(path, s.offset, s.reason.clone());
-        match after {
-            Some(&(at, seq)) => {
-                p.bytes = Some(at - s.offset);
-                p.records_lost = before.or(first_expected).map(|want| seq.saturating_sub(want));
-            }
-            None => p.bytes = Some(scan.dirty_end.saturating_sub(s.offset)),
-        }
-        report.problems.push(p);
-    }
+    report
+        .problems
+        .extend(skipped_damage(path, &scan, &records, first_expected));
     report.problems.extend(undecodable);
     if is_last && scan.dirty_end > scan.valid_end {
         report.notes.push(format!(
@@ -864,4 +884,30 @@ fn scan_one(
     scan.last_seq
         .map(|l| l + 1)
         .or_else(|| scan.header.map(|h| h.first_seq))
+}
+
+/// The damage a salvage scan skipped, each region with the bytes it covers (up to the next valid
+/// record, or the end of the written bytes) and the records lost in it (the gap in sequence
+/// numbers around it, from `records`: `(offset, seq)` of every valid record).
+fn skipped_damage(
+    path: &Path,
+    scan: &SegmentScan,
+    records: &[(u64, u64)],
+    first_expected: Option<u64>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for s in &scan.skipped {
+        let before = records.iter().rev().find(|r| r.0 < s.offset).map(|r| r.1 + 1);
+        let after = records.iter().find(|r| r.0 > s.offset);
+        let mut p = problem(path, s.offset, s.reason.clone());
+        match after {
+            Some(&(at, seq)) => {
+                p.bytes = Some(at - s.offset);
+                p.records_lost = before.or(first_expected).map(|want| seq.saturating_sub(want));
+            }
+            None => p.bytes = Some(scan.dirty_end.saturating_sub(s.offset)),
+        }
+        problems.push(p);
+    }
+    problems
 }
