@@ -221,7 +221,8 @@ pub struct View {
     files: Inventory,
 }
 
-/// A live entry, as [`View::entries`] yields it.
+/// A live entry, as [`View::entries`] yields it (and, expired ones too, the fuzzing entry points
+/// of a snapshot's decoder).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LiveEntry {
@@ -233,6 +234,18 @@ pub struct LiveEntry {
     pub seq: u64,
     /// Expiry deadline in milliseconds since the Unix epoch, if the entry expires.
     pub expires_at_ms: Option<u64>,
+}
+
+impl LiveEntry {
+    /// An entry as the index and the files hold it: an expiry deadline of 0 is none.
+    pub(crate) fn new(key: Vec<u8>, value: Vec<u8>, seq: u64, expires_at_ms: u64) -> LiveEntry {
+        LiveEntry {
+            key,
+            value,
+            seq,
+            expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+        }
+    }
 }
 
 impl View {
@@ -308,12 +321,13 @@ impl Iterator for Entries<'_> {
         let engine = self.view.db.engine();
         let item = self.cursor.next(engine)?;
         Some(item.and_then(|(key, entry, source)| {
-            Ok(LiveEntry {
-                value: engine.read_value(&source, &key, &entry)?,
-                key: key.to_vec(),
-                seq: entry.seq.get(),
-                expires_at_ms: (entry.expires_at_ms != 0).then_some(entry.expires_at_ms),
-            })
+            let value = engine.read_value(&source, &key, &entry)?;
+            Ok(LiveEntry::new(
+                key.to_vec(),
+                value,
+                entry.seq.get(),
+                entry.expires_at_ms,
+            ))
         }))
     }
 }
