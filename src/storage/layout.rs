@@ -6,7 +6,8 @@
 //! DIR/wal/<segment-id>.wal.tmp   a segment being created and zero-filled (removed by recovery)
 //! DIR/<base-seq>.snap            snapshots; 20-digit zero-padded base sequence numbers
 //! DIR/<base-seq>.snap.tmp        a snapshot being written (removed by recovery)
-//! DIR/**/<name>.broken           a damaged file repair set aside (`<name>.<n>.broken` if taken)
+//! <segment or snapshot>.broken  a damaged file repair set aside, in its own directory
+//!                                (`<file>.<n>.broken` when that name is taken); never opened
 //! PARENT/.<name>.tmp-<pid>       a backup or restore into PARENT/<name> being built
 //! ```
 
