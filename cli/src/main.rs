@@ -273,10 +273,10 @@ fn now_ms() -> u64 {
 
 fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("reading the store");
-    let info = inspect::info(dir)?;
+    let view = View::open(dir)?;
     spin.finish_and_clear();
-    let s = &info.stats;
-    let f = &info.files;
+    let s = &view.stats();
+    let f = view.files();
     let version = f.format_version.unwrap_or(sessiondb::format::FORMAT_VERSION);
     if json {
         let obj = out::Obj::new()
@@ -422,7 +422,7 @@ fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
             if s.intact { "ok" } else { "DAMAGED" }
         );
     }
-    let damaged = inspect::problems_by_file(&r.problems);
+    let damaged = r.problems_by_file();
     for s in &r.segments {
         let records = match s.seqs {
             Some((a, b)) => format!("{} records, sequence {a}..={b}", s.records),

@@ -124,6 +124,19 @@ fn check_preamble<H>(b: &[u8], magic: &[u8; 8], what: &str) -> Option<HeaderStat
     None
 }
 
+/// Bytes [`decode_preamble_version`] reads: the preamble and its checksum.
+pub(crate) const PREAMBLE_BYTES: usize = FIELDS_AT;
+
+/// The format version in the preamble at the start of `b`, the first bytes of a segment or a
+/// snapshot, if the magic is one of ours and the preamble checksum verifies (a damaged preamble
+/// is never trusted). Any version, this build's or not.
+pub fn decode_preamble_version(b: &[u8]) -> Option<u32> {
+    let pre = b.get(..PREAMBLE_BYTES)?;
+    let magic = &pre[MAGIC_AT..VERSION_AT];
+    let ours = magic == SEGMENT_MAGIC || magic == SNAPSHOT_MAGIC;
+    (ours && preamble_crc(pre) == u32_at(pre, PREAMBLE_CRC_AT)).then(|| u32_at(pre, VERSION_AT))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Segment header (docs/format.md, "Segment header")
 
@@ -886,5 +899,37 @@ fn decode_exact<'a, T: bincode::BorrowDecode<'a, ()>>(b: &'a [u8]) -> Result<T, 
         Ok((v, used)) if used == b.len() => Ok(v),
         Ok((_, used)) => Err(damage(used, "trailing bytes")),
         Err(e) => Err(damage(0, format!("does not decode: {e}"))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The format version of a file, for the operator tools (docs/format.md, "Magic, version and
+// preamble checksum")
+
+#[cfg(test)]
+mod preamble_version_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_version_of_an_intact_preamble_only() {
+        let seg = encode_segment_header(SegmentHeader {
+            segment_id: 3,
+            first_seq: 9,
+        });
+        let snap = encode_snapshot_header(9);
+        assert_eq!(decode_preamble_version(&seg), Some(FORMAT_VERSION));
+        assert_eq!(decode_preamble_version(&snap[..PREAMBLE_BYTES]), Some(FORMAT_VERSION));
+        assert_eq!(decode_preamble_version(&snap[..PREAMBLE_BYTES - 1]), None, "cut short");
+        for i in 0..PREAMBLE_BYTES {
+            let mut b = seg;
+            b[i] ^= 1;
+            assert_eq!(decode_preamble_version(&b), None, "byte {i} flipped");
+        }
+        // Another version, with its preamble checksum: read, not judged.
+        let mut other = snap;
+        other[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = preamble_crc(&other);
+        other[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_preamble_version(&other), Some(2));
     }
 }

@@ -6,6 +6,9 @@
 //! DIR/wal/<segment-id>.wal.tmp   a segment being created and zero-filled (removed by recovery)
 //! DIR/<base-seq>.snap            snapshots; 20-digit zero-padded base sequence numbers
 //! DIR/<base-seq>.snap.tmp        a snapshot being written (removed by recovery)
+//! <segment or snapshot>.broken  a damaged file repair set aside, in its own directory
+//!                                (`<file>.<n>.broken` when that name is taken); never opened
+//! PARENT/.<name>.tmp-<pid>       a backup or restore into PARENT/<name> being built
 //! ```
 
 use std::ffi::OsStr;
@@ -21,6 +24,8 @@ pub const WAL_DIR: &str = "wal";
 const SEGMENT_EXT: &str = ".wal";
 const SNAPSHOT_EXT: &str = ".snap";
 const TMP_EXT: &str = ".tmp";
+/// No name above ends with it, so an open ignores a file set aside by repair.
+const BROKEN_EXT: &str = ".broken";
 const ID_DIGITS: usize = 20;
 
 /// The store's paths.
@@ -88,6 +93,28 @@ impl Layout {
     }
 }
 
+/// The name repair gives the damaged file `path` when it sets it aside: `<path>.broken`, or
+/// `<path>.<n>.broken` for `n > 0` (when the names before are taken).
+pub(crate) fn broken(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    if n > 0 {
+        name.push(format!(".{n}"));
+    }
+    name.push(BROKEN_EXT);
+    PathBuf::from(name)
+}
+
+/// Whether `name` is one [`broken`] gives.
+pub(crate) fn is_broken(name: &OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.ends_with(BROKEN_EXT))
+}
+
+/// The temporary directory a backup or restore into `<parent>/<name>` is built in, by process
+/// `pid`, before it is renamed into place: `<parent>/.<name>.tmp-<pid>`.
+pub(crate) fn staging_dir(parent: &Path, name: &str, pid: u32) -> PathBuf {
+    parent.join(format!(".{name}{TMP_EXT}-{pid}"))
+}
+
 fn parse_id(digits: &str) -> Option<u64> {
     if digits.len() == ID_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
         digits.parse().ok().filter(|&n| n <= limits::SEQ_MAX)
@@ -141,5 +168,16 @@ mod tests {
         assert_eq!(classify(OsStr::new("42.wal")), None);
         assert_eq!(classify(OsStr::new("notes.txt")), None);
         assert_eq!(classify(OsStr::new("0000000000000000000x.wal")), None);
+    }
+
+    #[test]
+    fn names_of_tools() {
+        let seg = Layout::new(Path::new("/s")).segment(3);
+        let first = broken(&seg, 0);
+        assert_eq!(first, Path::new("/s/wal/00000000000000000003.wal.broken"));
+        assert_eq!(broken(&seg, 2), Path::new("/s/wal/00000000000000000003.wal.2.broken"));
+        assert!(is_broken(first.file_name().unwrap()));
+        assert_eq!(classify(first.file_name().unwrap()), None, "an open ignores it");
+        assert_eq!(staging_dir(Path::new("/b"), "dest", 42), Path::new("/b/.dest.tmp-42"));
     }
 }

@@ -22,20 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::SnapshotWriter;
 use crate::db::Db;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::format::{self, BlockBuilder, SnapshotEntry, SnapshotFooter};
-use crate::limits;
-use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::format::SnapshotEntry;
+use crate::options::{Options, RecoveryMode};
 use crate::storage::layout::{self, Layout};
 use crate::storage::{read_exact_at, write_all_at, FsStorage, OpenMode, Storage};
 use crate::tools::inspect::{self, Entries, View};
 
 /// Bytes copied per read and write.
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
-/// Bytes buffered before a write to a snapshot file.
-const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// What [`crate::Db::backup`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,9 +65,10 @@ pub struct RestoreReport {
     pub bytes: u64,
 }
 
-/// `dest`'s parent and a temporary sibling of it; refuses a destination that exists (unless
-/// `empty_dir_ok` and it is an empty directory).
-fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(PathBuf, PathBuf)> {
+/// `dest`'s parent, and the layout of a store in a temporary sibling of it (its directories
+/// created); refuses a destination that exists (unless `empty_dir_ok` and it is an empty
+/// directory).
+fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(PathBuf, Layout)> {
     let invalid = |reason: &str| Error::InvalidPath {
         path: dest.to_path_buf(),
         reason: reason.to_string(),
@@ -93,16 +92,17 @@ fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(Pa
             }));
         }
     }
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = layout::staging_dir(&parent, name, std::process::id());
     if siblings.iter().any(|n| tmp.file_name() == Some(n.as_os_str())) {
         return Err(Error::InvalidPath {
             path: tmp,
             reason: "a temporary directory of an interrupted backup or restore is in the way; remove it".into(),
         });
     }
+    let tmp = Layout::new(&tmp);
     storage
-        .create_dir_all(&tmp.join(layout::WAL_DIR))
-        .map_err(|e| Error::io("create directory", &tmp, e))?;
+        .create_dir_all(tmp.wal_dir())
+        .map_err(|e| Error::io("create directory", tmp.dir(), e))?;
     Ok((parent, tmp))
 }
 
@@ -136,18 +136,10 @@ fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     storage.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))
 }
 
-/// Options to open a copy with: nothing in the background, small segments (the copy is only
-/// checkpointed), the source's storage and clock (expiry is judged by the same time).
+/// Options to open a copy with: a tool's (the copy is only checkpointed), on the source's
+/// storage, with its clock (expiry is judged by the same time).
 fn copy_options(storage: Arc<dyn Storage>, source: &Options) -> Options {
-    Options::new()
-        .storage(storage)
-        .clock(source.clock.clone())
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sync_mode(SyncMode::Never)
-        .segment_size(limits::SEGMENT_SIZE_MIN)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
+    super::tool_options(storage).clock(source.clock.clone())
 }
 
 /// Step 1 and 2: copies the newest snapshot and the log after it into `tmp`.
@@ -185,7 +177,8 @@ fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// Removes every file of the store in `tmp` but its snapshots: the log and the lock file.
+/// Removes every file of the store in `tmp` but its snapshots: the log and the lock file
+/// ([`put_in_place`] fsyncs the directories).
 fn remove_log(storage: &dyn Storage, tmp: &Layout) -> Result<()> {
     let wal = tmp.wal_dir();
     for name in storage.list(wal).map_err(|e| Error::io("list", wal, e))? {
@@ -194,12 +187,21 @@ fn remove_log(storage: &dyn Storage, tmp: &Layout) -> Result<()> {
     }
     let lock = tmp.lock_file();
     match storage.remove(&lock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("remove", &lock, e)),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &lock, e)),
     }
-    sync_dir(storage, wal)?;
-    sync_dir(storage, tmp.dir())
+}
+
+/// The last step of a backup or restore: fsyncs the store built in the staging directory
+/// `tmp`, renames it to `dest` and fsyncs `dest`'s parent.
+fn put_in_place(storage: &dyn Storage, tmp: &Layout, dest: &Path, parent: &Path) -> Result<()> {
+    sync_dir(storage, tmp.wal_dir())?;
+    sync_dir(storage, tmp.dir())?;
+    storage
+        .rename(tmp.dir(), dest)
+        .map_err(|e| Error::io("rename", tmp.dir(), e))?;
+    sync_dir(storage, parent)
 }
 
 // `Db::backup` is defined here, with the rest of backups: the operator tools depend on `Db`,
@@ -214,22 +216,18 @@ impl Db {
         let dest = dest.as_ref();
         let started = Instant::now();
         let storage = engine.storage.clone();
-        let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
-        let tmp = Layout::new(&tmp_dir);
+        let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
         copy_consistent_prefix(engine, &tmp)?;
 
         // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
-        let db = Db::open_with(&tmp_dir, copy_options(storage.clone(), &engine.opts))?;
+        let db = Db::open_with(tmp.dir(), copy_options(storage.clone(), &engine.opts))?;
         db.checkpoint()?;
         let stats = db.stats();
         db.close()?;
         remove_log(storage.as_ref(), &tmp)?;
 
         // Step 4: in place, durably.
-        storage
-            .rename(&tmp_dir, dest)
-            .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-        sync_dir(storage.as_ref(), &parent)?;
+        put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
         let bytes = match stats.last_checkpoint_seq {
             0 => 0,
             seq => storage
@@ -261,25 +259,19 @@ pub fn backup_dir(dir: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<Backu
 pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) -> Result<BackupReport> {
     let started = Instant::now();
     inspect::check_is_store(storage.as_ref(), &Layout::new(dir))?;
-    let (parent, tmp_dir) = staging(storage.as_ref(), dest, false)?;
-    let tmp = Layout::new(&tmp_dir);
+    let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
     let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
     let stats = view.stats();
     let seq = stats.last_seq;
     let mut bytes = 0;
     if seq > 0 {
-        bytes = write_snapshot(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
+        bytes = write_entries(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
         storage
             .rename(&tmp.snapshot_tmp(seq), &tmp.snapshot(seq))
             .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
     }
     drop(view);
-    sync_dir(storage.as_ref(), tmp.wal_dir())?;
-    sync_dir(storage.as_ref(), &tmp_dir)?;
-    storage
-        .rename(&tmp_dir, dest)
-        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-    sync_dir(storage.as_ref(), &parent)?;
+    put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
     Ok(BackupReport {
         path: dest.to_path_buf(),
         seq,
@@ -306,8 +298,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
         });
     }
     let files = inspect::inventory_in(storage.as_ref(), &Layout::new(backup))?;
-    let (parent, tmp_dir) = staging(storage.as_ref(), dir, true)?;
-    let tmp = Layout::new(&tmp_dir);
+    let (parent, tmp) = staging(storage.as_ref(), dir, true)?;
     let mut bytes = 0;
     for (seq, path, _) in &files.snapshots {
         bytes += copy_file(storage.as_ref(), path, &tmp.snapshot(*seq), None, true)?;
@@ -315,12 +306,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
     for (id, path, _) in &files.segments {
         bytes += copy_file(storage.as_ref(), path, &tmp.segment(*id), None, true)?;
     }
-    sync_dir(storage.as_ref(), tmp.wal_dir())?;
-    sync_dir(storage.as_ref(), &tmp_dir)?;
-    storage
-        .rename(&tmp_dir, dir)
-        .map_err(|e| Error::io("rename", &tmp_dir, e))?;
-    sync_dir(storage.as_ref(), &parent)?;
+    put_in_place(storage.as_ref(), &tmp, dir, &parent)?;
     let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail)?;
     let stats = view.stats();
     Ok(RestoreReport {
@@ -333,46 +319,17 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
 
 /// Writes the entries as a snapshot with base (and end) sequence number `base` to `tmp`
 /// (docs/format.md, "Snapshots"), fsynced. Returns its size.
-pub(crate) fn write_snapshot(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
-    // A leftover from an interrupted repair with the same base would make create fail.
-    let _ = storage.remove(tmp);
-    let file = storage
-        .open(tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io("create", tmp, e))?;
-    let mut out = Vec::with_capacity(WRITE_BUFFER_BYTES + limits::SNAPSHOT_BLOCK_BYTES_TARGET);
-    out.extend_from_slice(&format::encode_snapshot_header(base));
-    let mut written = 0u64;
-    let mut block = BlockBuilder::new();
-    let mut count = 0u64;
+pub(crate) fn write_entries(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
+    let mut writer = SnapshotWriter::create(storage, tmp, base)?;
     for e in entries {
         let e = e?;
         debug_assert!(e.seq <= base, "an entry is no newer than the state it is part of");
-        block.push(SnapshotEntry {
+        writer.push(SnapshotEntry {
             key: &e.key,
             value: &e.value,
             seq: e.seq,
             expires_at_ms: e.expires_at_ms.unwrap_or(0),
-        });
-        count += 1;
-        if block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET {
-            out.extend_from_slice(&block.finish());
-        }
-        if out.len() >= WRITE_BUFFER_BYTES {
-            write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
-            written += out.len() as u64;
-            out.clear();
-        }
+        })?;
     }
-    if !block.is_empty() {
-        out.extend_from_slice(&block.finish());
-    }
-    out.extend_from_slice(&format::encode_snapshot_footer(SnapshotFooter {
-        entry_count: count,
-        base_seq: base,
-        end_seq: base,
-        footer_offset: written + out.len() as u64,
-    }));
-    write_all_at(file.as_ref(), &out, written).map_err(|e| Error::io("write", tmp, e))?;
-    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
-    Ok(written + out.len() as u64)
+    writer.finish(base)
 }

@@ -20,7 +20,6 @@
 //! it moved. Values are read from files that are never truncated, so no read sees a hole.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -29,14 +28,14 @@ use std::sync::Arc;
 use crate::db::{prefix_successor, Db};
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::format::{self, HeaderState, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
+use crate::format::{self, HeaderState, SnapshotFooter, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
 use crate::limits;
-use crate::options::{Options, RecoveryMode, SyncMode};
+use crate::options::RecoveryMode;
 use crate::stats::Stats;
 use crate::storage::layout::{self, FileKind, Layout};
 use crate::storage::overlay::Overlay;
 use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
-use crate::wal::reader::{self, ScanInput};
+use crate::wal::reader::{self, ScanInput, SegmentScan};
 
 #[cfg(feature = "sim")]
 #[doc(hidden)]
@@ -73,22 +72,57 @@ impl Inventory {
     }
 }
 
-/// Every name in the store's directory and its `wal/` directory (`wal/` names prefixed), sorted:
-/// two equal listings mean no file was created, renamed or removed in between.
-fn listing(storage: &dyn Storage, layout: &Layout) -> Result<Vec<OsString>> {
-    let dir = layout.dir();
-    let mut names = storage.list(dir).map_err(|e| Error::io("list", dir, e))?;
-    match storage.list(layout.wal_dir()) {
-        Ok(wal) => names.extend(wal.into_iter().map(|n| {
-            let mut p = OsString::from("wal/");
-            p.push(n);
-            p
-        })),
+/// Every file (and directory) in the store's directory and its `wal/` directory, sorted: two
+/// equal listings mean no file was created, renamed or removed in between.
+fn listing(storage: &dyn Storage, layout: &Layout) -> Result<Vec<PathBuf>> {
+    let (dir, wal) = (layout.dir(), layout.wal_dir());
+    let names = storage.list(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut paths: Vec<PathBuf> = names.into_iter().map(|n| dir.join(n)).collect();
+    match storage.list(wal) {
+        Ok(names) => paths.extend(names.into_iter().map(|n| wal.join(n))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("list", layout.wal_dir(), e)),
+        Err(e) => return Err(Error::io("list", wal, e)),
     }
-    names.sort();
-    Ok(names)
+    paths.sort();
+    Ok(paths)
+}
+
+/// What [`in_passes`] does after a pass.
+enum Then {
+    /// The result stands.
+    Stand,
+    /// Read again.
+    Again,
+    /// Read again if the file list changed during the pass; otherwise the result stands.
+    AgainIfMoved,
+}
+
+/// Reads the store in `dir` in passes until a result stands (see the module docs): `pass` reads
+/// it once, given the pass number and the file list the pass starts from; `then` judges what it
+/// read. After [`PASSES_MAX`] passes, the last result stands.
+fn in_passes<T>(
+    storage: &dyn Storage,
+    dir: &Path,
+    mut pass: impl FnMut(usize, &[PathBuf]) -> T,
+    then: impl Fn(&T, usize) -> Then,
+) -> Result<T> {
+    let layout = Layout::new(dir);
+    check_is_store(storage, &layout)?;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let before = listing(storage, &layout)?;
+        let result = pass(n, &before);
+        let again = n < PASSES_MAX
+            && match then(&result, n) {
+                Then::Stand => false,
+                Then::Again => true,
+                Then::AgainIfMoved => listing(storage, &layout)? != before,
+            };
+        if !again {
+            return Ok(result);
+        }
+    }
 }
 
 /// Refuses a directory that holds no store (so nothing reads an empty or unrelated directory
@@ -123,18 +157,22 @@ pub fn inventory(dir: impl AsRef<Path>) -> Result<Inventory> {
 
 pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inventory> {
     check_is_store(storage, layout)?;
+    inventory_of(storage, &listing(storage, layout)?)
+}
+
+/// The inventory of the files `listed` (a [`listing`]).
+fn inventory_of(storage: &dyn Storage, listed: &[PathBuf]) -> Result<Inventory> {
     let mut inv = Inventory::default();
-    for name in listing(storage, layout)? {
-        let (path, name) = match name.to_str().and_then(|n| n.strip_prefix("wal/")) {
-            Some(n) => (layout.wal_dir().join(n), OsString::from(n)),
-            None => (layout.dir().join(&name), name),
+    for path in listed {
+        let Some(name) = path.file_name() else {
+            continue;
         };
-        let size = || file_size(storage, &path);
-        match layout::classify(&name) {
+        let size = || file_size(storage, path);
+        match layout::classify(name) {
             Some(FileKind::Segment(id)) => inv.segments.push((id, path.clone(), size()?)),
             Some(FileKind::Snapshot(seq)) => inv.snapshots.push((seq, path.clone(), size()?)),
-            Some(FileKind::SnapshotTmp(_) | FileKind::SegmentTmp(_)) => inv.temp_files.push(path),
-            None if name.to_str().is_some_and(|n| n.ends_with(BROKEN_SUFFIX)) => inv.broken_files.push(path),
+            Some(FileKind::SnapshotTmp(_) | FileKind::SegmentTmp(_)) => inv.temp_files.push(path.clone()),
+            None if layout::is_broken(name) => inv.broken_files.push(path.clone()),
             None => {}
         }
     }
@@ -147,9 +185,6 @@ pub(crate) fn inventory_in(storage: &dyn Storage, layout: &Layout) -> Result<Inv
     }
     Ok(inv)
 }
-
-/// The suffix [`crate::tools::repair`] gives a damaged file it sets aside.
-pub(crate) const BROKEN_SUFFIX: &str = ".broken";
 
 /// Size of a file; 0 if it vanished since it was listed (a store open elsewhere).
 fn file_size(storage: &dyn Storage, path: &Path) -> Result<u64> {
@@ -167,15 +202,12 @@ fn preamble_version(storage: &dyn Storage, path: &Path) -> Result<Option<u32>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
-    let mut b = [0u8; 16];
-    if file.len().map_err(|e| Error::io("stat", path, e))? < 16 {
+    let mut b = [0u8; format::PREAMBLE_BYTES];
+    if file.len().map_err(|e| Error::io("stat", path, e))? < b.len() as u64 {
         return Ok(None);
     }
     read_exact_at(file.as_ref(), &mut b, 0).map_err(|e| Error::read(path, e))?;
-    let v = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-    let crc = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
-    let ours = b[..8] == format::SEGMENT_MAGIC || b[..8] == format::SNAPSHOT_MAGIC;
-    Ok((ours && crc32fast::hash(&b[..12]) == crc).then_some(v))
+    Ok(format::decode_preamble_version(&b))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,9 +218,11 @@ fn preamble_version(storage: &dyn Storage, path: &Path) -> Result<Option<u32>> {
 #[derive(Debug)]
 pub struct View {
     db: Db,
+    files: Inventory,
 }
 
-/// A live entry, as [`View::entries`] yields it.
+/// A live entry, as [`View::entries`] yields it (and, expired ones too, the fuzzing entry points
+/// of a snapshot's decoder).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LiveEntry {
@@ -202,19 +236,16 @@ pub struct LiveEntry {
     pub expires_at_ms: Option<u64>,
 }
 
-/// Options for running recovery on an overlay: no background threads, no automatic checkpoint,
-/// and small segments, so the segment an open may create costs 64 KiB of memory, not 64 MiB.
-/// (Replay bounds lengths by the format, not by these options: `recovery.rs`.)
-fn view_options(overlay: Arc<Overlay>, mode: RecoveryMode) -> Options {
-    Options::new()
-        .storage(overlay)
-        .recovery_mode(mode)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sync_mode(SyncMode::Never)
-        .segment_size(limits::SEGMENT_SIZE_MIN)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
+impl LiveEntry {
+    /// An entry as the index and the files hold it: an expiry deadline of 0 is none.
+    pub(crate) fn new(key: Vec<u8>, value: Vec<u8>, seq: u64, expires_at_ms: u64) -> LiveEntry {
+        LiveEntry {
+            key,
+            value,
+            seq,
+            expires_at_ms: (expires_at_ms != 0).then_some(expires_at_ms),
+        }
+    }
 }
 
 impl View {
@@ -225,31 +256,34 @@ impl View {
     }
 
     pub(crate) fn open_in(storage: Arc<dyn Storage>, dir: &Path, mode: RecoveryMode) -> Result<View> {
-        let layout = Layout::new(dir);
-        check_is_store(storage.as_ref(), &layout)?;
-        let mut pass = 0;
-        loop {
-            pass += 1;
-            let before = listing(storage.as_ref(), &layout)?;
-            let overlay = Arc::new(Overlay::new(storage.clone()));
-            let err = match View::open_on(overlay, dir, mode) {
-                Ok(view) => return Ok(view),
-                Err(e) => e,
-            };
+        let opened = in_passes(
+            storage.as_ref(),
+            dir,
+            |_, listed| {
+                let files = inventory_of(storage.as_ref(), listed)?;
+                View::open_on(Arc::new(Overlay::new(storage.clone())), dir, mode, files)
+            },
             // A store open elsewhere may have checkpointed or rolled while it was read: a file
             // gone, or a snapshot and a log listed at different moments. Read it again.
-            let vanished = matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
-            let changed = listing(storage.as_ref(), &layout)? != before;
-            if pass >= PASSES_MAX || !(vanished || changed) {
-                return Err(err);
-            }
-        }
+            |opened, _| match opened {
+                Ok(_) => Then::Stand,
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Then::Again,
+                Err(_) => Then::AgainIfMoved,
+            },
+        );
+        opened?
     }
 
     /// One pass of [`View::open_in`], on an overlay the caller may have changed first (repair
-    /// puts salvaged snapshots in it).
-    pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode) -> Result<View> {
-        Db::open_with(dir, view_options(overlay, mode)).map(|db| View { db })
+    /// puts salvaged snapshots in it), of a store whose files are `files`.
+    pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode, files: Inventory) -> Result<View> {
+        let db = Db::open_with(dir, super::tool_options(overlay).recovery_mode(mode))?;
+        Ok(View { db, files })
+    }
+
+    /// The store's files, as this view listed them just before its recovery read them.
+    pub fn files(&self) -> &Inventory {
+        &self.files
     }
 
     /// The store's statistics as an open would start with them. `recovery.duration` is the
@@ -282,12 +316,11 @@ impl Iterator for Entries<'_> {
     type Item = Result<LiveEntry>;
 
     fn next(&mut self) -> Option<Result<LiveEntry>> {
-        Some(self.entries.next()?.map(|live| LiveEntry {
-            key: live.key.to_vec(),
-            value: live.value,
-            seq: live.seq,
-            expires_at_ms: (live.expires_at_ms != 0).then_some(live.expires_at_ms),
-        }))
+        Some(
+            self.entries
+                .next()?
+                .map(|live| LiveEntry::new(live.key.to_vec(), live.value, live.seq, live.expires_at_ms)),
+        )
     }
 }
 
@@ -387,6 +420,15 @@ impl VerifyReport {
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// The problems grouped by file, for messages.
+    pub fn problems_by_file(&self) -> BTreeMap<&Path, Vec<&Problem>> {
+        let mut out: BTreeMap<&Path, Vec<&Problem>> = BTreeMap::new();
+        for p in &self.problems {
+            out.entry(p.path.as_path()).or_default().push(p);
+        }
+        out
+    }
 }
 
 /// Checks every file of the store in `dir` without changing anything or taking its lock, and
@@ -398,31 +440,31 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
 }
 
 pub(crate) fn verify_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyReport> {
-    let layout = Layout::new(dir);
-    check_is_store(storage.as_ref(), &layout)?;
-    let mut pass = 0;
-    loop {
-        pass += 1;
-        let before = listing(storage.as_ref(), &layout)?;
-        let mut report = verify_once(&storage, &layout)?;
-        report.passes = pass;
-        if report.is_intact() || pass >= PASSES_MAX {
-            return Ok(report);
-        }
+    let report = in_passes(
+        storage.as_ref(),
+        dir,
+        |n, listed| {
+            let mut report = verify_once(&storage, dir, listed)?;
+            report.passes = n;
+            Ok(report)
+        },
         // Problems: real damage stays; what a concurrent writer caused (a file list that moved,
         // a record read while it was being written) does not. One more pass always, more while
         // the file list keeps changing.
-        let changed = listing(storage.as_ref(), &layout)? != before;
-        if !changed && pass >= 2 {
-            return Ok(report);
-        }
-    }
+        |report: &Result<VerifyReport>, n| match report {
+            Ok(r) if !r.is_intact() && n < 2 => Then::Again,
+            Ok(r) if !r.is_intact() => Then::AgainIfMoved,
+            _ => Then::Stand,
+        },
+    );
+    report?
 }
 
-fn verify_once(storage: &Arc<dyn Storage>, layout: &Layout) -> Result<VerifyReport> {
-    let inv = inventory_in(storage.as_ref(), layout)?;
+/// One pass of [`verify_in`] over the files `listed`.
+fn verify_once(storage: &Arc<dyn Storage>, dir: &Path, listed: &[PathBuf]) -> Result<VerifyReport> {
+    let inv = inventory_of(storage.as_ref(), listed)?;
     let mut report = VerifyReport {
-        dir: layout.dir().to_path_buf(),
+        dir: dir.to_path_buf(),
         ..VerifyReport::default()
     };
     for p in &inv.temp_files {
@@ -447,14 +489,14 @@ fn verify_once(storage: &Arc<dyn Storage>, layout: &Layout) -> Result<VerifyRepo
     check_segments(storage.as_ref(), &inv, newest_intact.unwrap_or(0), &mut report);
     // The open an application would do, on a read-only view: catches what no single file shows
     // (a missing segment, a log that does not reach a snapshot's end).
-    match View::open_in(storage.clone(), layout.dir(), RecoveryMode::TolerateTornTail) {
+    match View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail) {
         Ok(view) => {
             let s = view.stats();
             report.keys = Some(s.keys);
             report.last_seq = Some(s.last_seq);
         }
         Err(e) => {
-            let p = problem_of(layout.dir(), &e);
+            let p = problem_of(dir, &e);
             if !report.problems.iter().any(|q| q.path == p.path) {
                 report.problems.push(p);
             }
@@ -545,7 +587,7 @@ struct SnapshotWalk {
     /// Byte ranges of the blocks that verify, in file order.
     verified_blocks: Vec<std::ops::Range<usize>>,
     /// The footer, if it verifies.
-    footer: Option<format::SnapshotFooter>,
+    footer: Option<SnapshotFooter>,
     /// The version in the header, if it is not ours (nothing else is read then).
     unsupported: bool,
 }
@@ -559,6 +601,36 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         footer: None,
         unsupported: false,
     };
+    if !check_snapshot_header(b, path, base, problems) {
+        walk.unsupported = true;
+        return walk;
+    }
+    walk.footer = check_snapshot_footer(b, path, base, problems);
+    // Without a footer, walk the blocks to where the footer would be.
+    let end = walk
+        .footer
+        .map_or(b.len().saturating_sub(format::SNAPSHOT_FOOTER_SIZE), |f| {
+            f.footer_offset as usize
+        });
+    let all_verified = walk_blocks(b, end, path, problems, &mut walk);
+    if let Some(f) = walk.footer {
+        if all_verified && walk.entries != f.entry_count {
+            problems.push(problem(
+                path,
+                f.footer_offset,
+                format!(
+                    "snapshot holds {} entries, its footer says {}",
+                    walk.entries, f.entry_count
+                ),
+            ));
+        }
+    }
+    walk
+}
+
+/// Checks a snapshot's header; false if it is of another format version (nothing else can be
+/// read then).
+fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> bool {
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(seq) if seq == base => {}
         HeaderState::Valid(seq) => problems.push(problem(path, 0, format!("snapshot header says base sequence {seq}"))),
@@ -571,13 +643,17 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
                     format::FORMAT_VERSION
                 ),
             ));
-            walk.unsupported = true;
-            return walk;
+            return false;
         }
         HeaderState::Zero => problems.push(problem(path, 0, "snapshot header is zero")),
         HeaderState::Damaged(d) => problems.push(problem(path, d.offset, d.reason)),
     }
-    walk.footer = match format::decode_snapshot_footer(b) {
+    true
+}
+
+/// A snapshot's footer, if it verifies.
+fn check_snapshot_footer(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> Option<SnapshotFooter> {
+    match format::decode_snapshot_footer(b) {
         Ok(f) => {
             if f.base_seq != base {
                 problems.push(problem(
@@ -592,13 +668,12 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
             problems.push(problem(path, d.offset, d.reason));
             None
         }
-    };
-    // Without a footer, walk the blocks to where the footer would be.
-    let end = walk
-        .footer
-        .map_or(b.len().saturating_sub(format::SNAPSHOT_FOOTER_SIZE), |f| {
-            f.footer_offset as usize
-        });
+    }
+}
+
+/// Checks the blocks between the header and `end`, block by block, adding the entries and
+/// ranges of those that verify to `walk`. Returns whether every block did.
+fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, walk: &mut SnapshotWalk) -> bool {
     let mut at = SNAPSHOT_HEADER_SIZE.min(end);
     let mut all_verified = true;
     // The last key of the last block kept: a kept block's keys must all come after it, so the
@@ -612,33 +687,18 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
                 let mut p = problem(path, at as u64 + d.offset, d.reason);
                 p.bytes = Some((end - at) as u64);
                 problems.push(p);
-                return walk;
+                return false;
             }
         };
         let verified =
             format::verify_block(&b[at..end], frame).and_then(|()| format::decode_block_entries(&b[at..end], frame));
         match verified {
-            Ok(decoded) => {
-                let before = problems.len();
-                let mut last = prev_key;
-                for d in &decoded {
-                    let offset = (at + d.value_at) as u64;
-                    if last.is_some_and(|p| p >= d.entry.key) {
-                        problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
-                    }
-                    if d.entry.seq == 0 {
-                        problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
-                    }
-                    last = Some(d.entry.key);
-                }
-                if problems.len() == before {
-                    walk.entries += decoded.len() as u64;
-                    walk.verified_blocks.push(at..at + frame.len);
-                    prev_key = last;
-                } else {
-                    all_verified = false;
-                }
+            Ok(decoded) if check_block_entries(&decoded, at, prev_key, path, problems) => {
+                walk.entries += decoded.len() as u64;
+                walk.verified_blocks.push(at..at + frame.len);
+                prev_key = decoded.last().map(|d| d.entry.key).or(prev_key);
             }
+            Ok(_) => all_verified = false,
             Err(d) => {
                 all_verified = false;
                 let mut p = problem(path, at as u64 + d.offset, d.reason);
@@ -648,19 +708,31 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         }
         at += frame.len;
     }
-    if let Some(f) = walk.footer {
-        if all_verified && walk.entries != f.entry_count {
-            problems.push(problem(
-                path,
-                f.footer_offset,
-                format!(
-                    "snapshot holds {} entries, its footer says {}",
-                    walk.entries, f.entry_count
-                ),
-            ));
+    all_verified
+}
+
+/// Checks the entries of a block that verifies (at `at`; `prev_key`: the last key before it):
+/// keys ascend, no sequence number is 0. Returns whether they passed.
+fn check_block_entries(
+    decoded: &[format::DecodedEntry<'_>],
+    at: usize,
+    prev_key: Option<&[u8]>,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let before = problems.len();
+    let mut last = prev_key;
+    for d in decoded {
+        let offset = (at + d.value_at) as u64;
+        if last.is_some_and(|p| p >= d.entry.key) {
+            problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
         }
+        if d.entry.seq == 0 {
+            problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
+        }
+        last = Some(d.entry.key);
     }
-    walk
+    problems.len() == before
 }
 
 /// A damaged snapshot rebuilt from its blocks that verify, for [`crate::tools::repair`]: a valid
@@ -679,7 +751,7 @@ pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<
     // The entries kept were written no later than the original's end_seq, which recovery then
     // expects the log to reach; without a footer, the base is all that is known.
     let end_seq = walk.footer.map_or(base, |f| f.end_seq.max(base));
-    let footer = format::encode_snapshot_footer(format::SnapshotFooter {
+    let footer = format::encode_snapshot_footer(SnapshotFooter {
         entry_count: walk.entries,
         base_seq: base,
         end_seq,
@@ -803,19 +875,9 @@ fn scan_one(
     check.valid_end = scan.valid_end;
     check.seqs = records.first().zip(records.last()).map(|(f, l)| (f.1, l.1));
     let first_expected = scan.header.map(|h| h.first_seq).or(expected);
-    for s in &scan.skipped {
-        let before = records.iter().rev().find(|r| r.0 < s.offset).map(|r| r.1 + 1);
-        let after = records.iter().find(|r| r.0 > s.offset);
-        let mut p = problem(path, s.offset, s.reason.clone());
-        match after {
-            Some(&(at, seq)) => {
-                p.bytes = Some(at - s.offset);
-                p.records_lost = before.or(first_expected).map(|want| seq.saturating_sub(want));
-            }
-            None => p.bytes = Some(scan.dirty_end.saturating_sub(s.offset)),
-        }
-        report.problems.push(p);
-    }
+    report
+        .problems
+        .extend(skipped_damage(path, &scan, &records, first_expected));
     report.problems.extend(undecodable);
     if is_last && scan.dirty_end > scan.valid_end {
         report.notes.push(format!(
@@ -830,36 +892,28 @@ fn scan_one(
         .or_else(|| scan.header.map(|h| h.first_seq))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Summaries used by the CLI
-
-/// A store's statistics and files, read without opening it (see [`View`]).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct StoreInfo {
-    /// What an open would start with. `recovery.duration` is how long this read-only recovery
-    /// took.
-    pub stats: Stats,
-    /// The store's files.
-    pub files: Inventory,
-}
-
-/// Statistics and files of the store in `dir`, read-only.
-pub fn info(dir: impl AsRef<Path>) -> Result<StoreInfo> {
-    let dir = dir.as_ref();
-    let files = inventory(dir)?;
-    let view = View::open(dir)?;
-    Ok(StoreInfo {
-        stats: view.stats(),
-        files,
-    })
-}
-
-/// Problems grouped by file, for messages.
-pub fn problems_by_file(problems: &[Problem]) -> BTreeMap<&Path, Vec<&Problem>> {
-    let mut out: BTreeMap<&Path, Vec<&Problem>> = BTreeMap::new();
-    for p in problems {
-        out.entry(p.path.as_path()).or_default().push(p);
+/// The damage a salvage scan skipped, each region with the bytes it covers (up to the next valid
+/// record, or the end of the written bytes) and the records lost in it (the gap in sequence
+/// numbers around it, from `records`: `(offset, seq)` of every valid record).
+fn skipped_damage(
+    path: &Path,
+    scan: &SegmentScan,
+    records: &[(u64, u64)],
+    first_expected: Option<u64>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for s in &scan.skipped {
+        let before = records.iter().rev().find(|r| r.0 < s.offset).map(|r| r.1 + 1);
+        let after = records.iter().find(|r| r.0 > s.offset);
+        let mut p = problem(path, s.offset, s.reason.clone());
+        match after {
+            Some(&(at, seq)) => {
+                p.bytes = Some(at - s.offset);
+                p.records_lost = before.or(first_expected).map(|want| seq.saturating_sub(want));
+            }
+            None => p.bytes = Some(scan.dirty_end.saturating_sub(s.offset)),
+        }
+        problems.push(p);
     }
-    out
+    problems
 }

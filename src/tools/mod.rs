@@ -5,3 +5,24 @@
 pub(crate) mod backup;
 pub mod inspect;
 pub(crate) mod repair;
+
+use std::sync::Arc;
+
+use crate::limits;
+use crate::options::{Options, SyncMode};
+use crate::storage::Storage;
+
+/// Options for a store a tool opens for a moment on `storage` (a read-only view, a copy being
+/// checkpointed): no background threads, no automatic checkpoint, and small segments, so the
+/// segment an open may create costs 64 KiB, not 64 MiB. (Replay bounds lengths by the format,
+/// not by these options: `recovery/`.)
+fn tool_options(storage: Arc<dyn Storage>) -> Options {
+    Options::new()
+        .storage(storage)
+        .auto_checkpoint(false)
+        .preallocate_ahead(false)
+        .sync_mode(SyncMode::Never)
+        .segment_size(limits::SEGMENT_SIZE_MIN)
+        .value_size_max(4096)
+        .batch_size_max(16 * 1024)
+}

@@ -29,11 +29,11 @@ use crate::error::{Error, Result};
 use crate::options::RecoveryMode;
 use crate::recovery;
 use crate::stats::Skipped;
-use crate::storage::layout::Layout;
+use crate::storage::layout::{self, Layout};
 use crate::storage::overlay::Overlay;
 use crate::storage::{write_all_at, FsStorage, OpenMode, Storage};
-use crate::tools::backup::write_snapshot;
-use crate::tools::inspect::{self, Problem, View, BROKEN_SUFFIX};
+use crate::tools::backup::write_entries;
+use crate::tools::inspect::{self, Inventory, Problem, VerifyReport, View};
 
 /// What [`repair`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,6 +95,39 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     }
     report.repaired = true;
     let files = inspect::inventory_in(storage.as_ref(), &layout)?;
+    count_losses(&check, &files, &mut report);
+    let st = storage.as_ref();
+
+    // Steps 3 and 4: the salvaged state, as of `base`, into a new snapshot's temp file.
+    let (view, base) = salvage(&storage, dir, &check, &files, &mut report)?;
+    let new_snapshot = (base > 0).then(|| layout.snapshot(base));
+    if base > 0 {
+        write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
+    }
+    drop(view);
+    // Steps 5 to 7: damaged files aside, the new snapshot in place, the rest of the old gone.
+    set_aside_damaged(st, &check, &files, &mut report)?;
+    sync_dirs(st, &layout)?;
+    if let Some(snap) = &new_snapshot {
+        let tmp = layout.snapshot_tmp(base);
+        st.rename(&tmp, snap).map_err(|e| Error::io("rename", &tmp, e))?;
+        // The new snapshot must be the store's durable base before the old files go.
+        st.sync_dir(layout.dir())
+            .map_err(|e| Error::io("fsync", layout.dir(), e))?;
+    }
+    remove_replaced(st, &files, new_snapshot.as_ref(), &mut report)?;
+    sync_dirs(st, &layout)?;
+    report.snapshot = new_snapshot;
+
+    // Step 8.
+    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?.stats();
+    report.seq = repaired.last_seq;
+    report.keys = repaired.keys;
+    Ok(report)
+}
+
+/// Step 2's problems into the report, with the damage they add up to.
+fn count_losses(check: &VerifyReport, files: &Inventory, report: &mut RepairReport) {
     let is_snapshot = |p: &Path| files.snapshots.iter().any(|f| f.1 == p);
     for p in &check.problems {
         report.bytes_lost += p.bytes.unwrap_or(0);
@@ -104,6 +137,18 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
         }
     }
     report.problems = check.problems.clone();
+}
+
+/// Step 3: a read-only view of the store in which each damaged snapshot is replaced by one
+/// rebuilt from its blocks that verify, recovered in [`RecoveryMode::Salvage`]; and its last
+/// sequence number.
+fn salvage(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    check: &VerifyReport,
+    files: &Inventory,
+    report: &mut RepairReport,
+) -> Result<(View, u64)> {
     let overlay = Arc::new(Overlay::new(storage.clone()));
     report.snapshot_entries_lost = Some(0);
     for snap in check.snapshots.iter().filter(|s| !s.intact) {
@@ -125,18 +170,20 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
             _ => None,
         };
     }
-    let view = View::open_on(overlay, dir, RecoveryMode::Salvage)?;
+    let view = View::open_on(overlay, dir, RecoveryMode::Salvage, files.clone())?;
     let salvaged = view.stats();
     report.skipped = salvaged.recovery.skipped.clone();
     report.torn_tail_bytes = salvaged.recovery.torn_tail_bytes;
-    let base = salvaged.last_seq;
-    let st = storage.as_ref();
+    Ok((view, salvaged.last_seq))
+}
 
-    let new_snapshot = (base > 0).then(|| layout.snapshot(base));
-    if base > 0 {
-        write_snapshot(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
-    }
-    drop(view);
+/// Step 5: renames each damaged segment and snapshot to a `.broken` name.
+fn set_aside_damaged(
+    st: &dyn Storage,
+    check: &VerifyReport,
+    files: &Inventory,
+    report: &mut RepairReport,
+) -> Result<()> {
     let mut damaged: Vec<PathBuf> = check.problems.iter().map(|p| p.path.clone()).collect();
     damaged.sort();
     damaged.dedup();
@@ -146,18 +193,20 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
         st.rename(&path, &to).map_err(|e| Error::io("rename", &path, e))?;
         report.broken_files.push((path, to));
     }
-    sync_dirs(st, &layout)?;
-    if let Some(snap) = &new_snapshot {
-        let tmp = layout.snapshot_tmp(base);
-        st.rename(&tmp, snap).map_err(|e| Error::io("rename", &tmp, e))?;
-        // The new snapshot must be the store's durable base before the old files go.
-        st.sync_dir(layout.dir())
-            .map_err(|e| Error::io("fsync", layout.dir(), e))?;
-    }
+    Ok(())
+}
+
+/// Step 7: deletes the segments and snapshots that were neither set aside nor the new snapshot.
+fn remove_replaced(
+    st: &dyn Storage,
+    files: &Inventory,
+    new_snapshot: Option<&PathBuf>,
+    report: &mut RepairReport,
+) -> Result<()> {
     let set_aside = |p: &Path| report.broken_files.iter().any(|b| b.0 == p);
     let mut removed = Vec::new();
     for (_, path, _) in files.segments.iter().chain(&files.snapshots) {
-        if set_aside(path) || Some(path) == new_snapshot.as_ref() {
+        if set_aside(path) || Some(path) == new_snapshot {
             continue;
         }
         match st.remove(path) {
@@ -167,13 +216,7 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
         }
     }
     report.removed_files = removed;
-    sync_dirs(st, &layout)?;
-    report.snapshot = new_snapshot;
-
-    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?.stats();
-    report.seq = repaired.last_seq;
-    report.keys = repaired.keys;
-    Ok(report)
+    Ok(())
 }
 
 fn sync_dirs(storage: &dyn Storage, layout: &Layout) -> Result<()> {
@@ -187,17 +230,12 @@ fn sync_dirs(storage: &dyn Storage, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// `<path>.broken`, or `<path>.<n>.broken` for the first `n` not taken.
+/// The first name [`layout::broken`] gives `path` that is not taken.
 fn broken_name(storage: &dyn Storage, path: &Path) -> Result<PathBuf> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let names = storage.list(parent).map_err(|e| Error::io("list", parent, e))?;
-    let base = path.as_os_str().to_string_lossy().into_owned();
     for n in 0u32.. {
-        let candidate = match n {
-            0 => format!("{base}{BROKEN_SUFFIX}"),
-            n => format!("{base}.{n}{BROKEN_SUFFIX}"),
-        };
-        let candidate = PathBuf::from(candidate);
+        let candidate = layout::broken(path, n);
         if !names.iter().any(|x| candidate.file_name() == Some(x.as_os_str())) {
             return Ok(candidate);
         }

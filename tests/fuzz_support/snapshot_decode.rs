@@ -66,7 +66,7 @@ pub fn run(data: &[u8]) {
         let got: Vec<_> = s
             .items
             .iter()
-            .map(|i| (i.key.clone(), i.value.clone(), i.seq, i.expires_at_ms))
+            .map(|i| (i.key.clone(), i.value.clone(), i.seq, i.expires_at_ms.unwrap_or(0)))
             .collect();
         assert_eq!(got, entries, "a pristine snapshot loads other entries");
     }

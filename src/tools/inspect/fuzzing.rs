@@ -13,6 +13,8 @@ use crate::options::RecoveryMode;
 use crate::storage::FileBytes;
 use crate::wal::reader::{self, ScanInput};
 
+use super::LiveEntry;
+
 /// A valid record the reader accepted, as recovery would replay it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScannedRecord {
@@ -78,26 +80,13 @@ pub fn scan_segment(
     })
 }
 
-/// One entry of a decoded snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotItem {
-    /// The key.
-    pub key: Vec<u8>,
-    /// The value, read where the index would read it.
-    pub value: Vec<u8>,
-    /// Sequence number of the write that set it.
-    pub seq: u64,
-    /// Expiry deadline, or 0.
-    pub expires_at_ms: u64,
-}
-
 /// A snapshot as recovery loads it: its `end_seq` and entries in key order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedSnapshot {
     /// The footer's `end_seq`.
     pub end_seq: u64,
-    /// Every entry, expired ones included.
-    pub items: Vec<SnapshotItem>,
+    /// Every entry, expired ones included; each value read where the index would read it.
+    pub items: Vec<LiveEntry>,
 }
 
 /// Verifies and decodes `bytes` as the snapshot named `<base_seq>.snap`, as recovery does.
@@ -112,12 +101,7 @@ pub fn decode_snapshot(bytes: &[u8], base_seq: u64) -> Result<DecodedSnapshot> {
             // location; `get` keeps a wrong one from panicking all the same.
             let at = e.offset as usize;
             let value = bytes.get(at..at + e.len as usize).unwrap_or_default().to_vec();
-            SnapshotItem {
-                key: key.as_bytes().to_vec(),
-                value,
-                seq: e.seq.get(),
-                expires_at_ms: e.expires_at_ms,
-            }
+            LiveEntry::new(key.as_bytes().to_vec(), value, e.seq.get(), e.expires_at_ms)
         })
         .collect();
     Ok(DecodedSnapshot {
