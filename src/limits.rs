@@ -29,7 +29,7 @@ pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 pub const BATCH_OPS_MAX: usize = 1 << 20;
 
 /// Hard upper bound for `Options::batch_size_max`. Below bincode's 1 GiB decode limit
-/// (format.rs), so every batch that can be written can be read back.
+/// (src/format/), so every batch that can be written can be read back.
 pub const BATCH_SIZE_MAX_LIMIT: usize = 512 * 1024 * 1024;
 
 /// Largest record payload any store can hold, whatever its options: the reader bounds length

@@ -1,6 +1,6 @@
 //! A copy-on-write view of another storage: reads go to the files below, every change stays in
 //! memory. The real recovery code runs on it to inspect a store without changing a byte of it
-//! (`src/inspect.rs`): cutting a torn tail, removing temp files, creating a segment and writing a
+//! (`src/tools/inspect.rs`): cutting a torn tail, removing temp files, creating a segment and writing a
 //! snapshot all happen in this view only, and no lock is taken.
 //!
 //! Files below are opened read-only. A file is copied into memory when it is first written, or

@@ -4,7 +4,7 @@
 //! Nothing here writes a byte, removes a file or takes the store's lock, so all of it works on
 //! a store that another process has open. Two tools:
 //!
-//! - **A read-only view** ([`View`]): the real recovery (`recovery.rs`) runs on a copy-on-write
+//! - **A read-only view** ([`View`]): the real recovery (`src/recovery/`) runs on a copy-on-write
 //!   overlay of the store's files (`storage/overlay.rs`), so the view sees exactly what an open
 //!   would, while whatever recovery would change (a torn tail cut, temp files removed) changes
 //!   only in memory. Segments are copied into memory as they are read, so a segment another
