@@ -1,7 +1,8 @@
 //! Every size limit of sessiondb, in one place. Names end in `_max` / `_min`; each says why.
 
 /// Longest key. Session ids and user-scoped keys are far shorter; a bound keeps index memory and
-/// every length check honest. Keys are `u32`-length-prefixed on disk, so this also fits there.
+/// every length check honest. Snapshot entries store key lengths as `u32` (log payloads as `u64`),
+/// so this fits either way.
 pub const KEY_SIZE_MAX: usize = 4 * 1024;
 
 /// Default longest value (`Options::value_size_max`). Sessions are small; 1 MiB leaves room.
@@ -22,7 +23,10 @@ pub const SEGMENT_SIZE_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Smallest segment: tests use small segments to roll often.
 pub const SEGMENT_SIZE_MIN: u64 = 64 * 1024;
 
-/// Largest segment: record offsets within a segment are kept as `u32` in the index.
+/// Largest segment. Nothing in the format needs the bound (offsets are `u64` on disk and in the
+/// index); a segment is preallocated whole (zeros written and fsynced) and its unwritten tail is
+/// read at open, so its size is disk an idle store holds and work an open does: 4 GiB is far
+/// beyond any useful size.
 pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
 
 /// Largest number of operations in one batch. Bounds the decoder's allocation.
