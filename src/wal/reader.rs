@@ -418,3 +418,161 @@ impl<'i, 'a> Scanner<'i, 'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // Each row of the decision table named by the judgement, and its cells in both columns.
+    use super::*;
+    use crate::format::{encode_record, encode_segment_header};
+
+    const ID: u64 = 3;
+
+    /// Segment `ID`, preallocated: its header (first sequence 1), then records 1, 2, ... with
+    /// the `durable_seq` fields given. Returns the bytes and each record's offset.
+    fn segment(durable: &[u64]) -> (Vec<u8>, Vec<usize>) {
+        let mut b = encode_segment_header(SegmentHeader {
+            segment_id: ID,
+            first_seq: 1,
+        })
+        .to_vec();
+        let mut at = Vec::new();
+        for (seq, &d) in (1..).zip(durable) {
+            at.push(b.len());
+            encode_record(&mut b, ID, seq, d, KIND_OPS, b"payload");
+        }
+        b.resize(limits::SEGMENT_SIZE_MIN as usize, 0);
+        (b, at)
+    }
+
+    fn input(bytes: &[u8], is_last: bool, mode: RecoveryMode, expected_seq: Option<u64>) -> ScanInput<'_> {
+        ScanInput {
+            bytes,
+            segment_id: ID,
+            path: Path::new("wal/test.wal"),
+            payload_max: limits::RECORD_PAYLOAD_MAX,
+            is_last,
+            mode,
+            expected_seq,
+        }
+    }
+
+    /// The header's row, as its variant's name (`Intact` for an intact header).
+    fn header_row(bytes: &[u8], expected_seq: Option<u64>) -> String {
+        match judge_header(&input(bytes, true, RecoveryMode::TolerateTornTail, expected_seq)) {
+            Header::Intact(_) => "Intact".to_string(),
+            Header::Row(row) => format!("{row:?}"),
+        }
+    }
+
+    fn row_id(row: &str) -> &str {
+        row.split('(').next().unwrap_or(row)
+    }
+
+    #[test]
+    fn header_rows() {
+        let (good, _) = segment(&[0, 1]);
+        assert_eq!(header_row(&good, Some(1)), "Intact");
+        let zero = vec![0u8; good.len()];
+        assert_eq!(header_row(&zero, None), "R5UnusedSpare");
+
+        let mut zeroed = good.clone();
+        zeroed[..SEGMENT_HEADER_SIZE].fill(0);
+        // Record 2 vouches for record 1, so for the header written with it.
+        assert_eq!(row_id(&header_row(&zeroed, None)), "R4Vouched");
+        let (mut unvouched, _) = segment(&[0, 0]);
+        unvouched[..SEGMENT_HEADER_SIZE].fill(0);
+        assert_eq!(row_id(&header_row(&unvouched, None)), "R5bZeroHeaderWithData");
+
+        let (mut torn, _) = segment(&[0, 0]);
+        torn[33] ^= 1; // the header's checksum
+        assert_eq!(row_id(&header_row(&torn, None)), "R6TornActivation");
+        assert_eq!(row_id(&header_row(&torn[..200], None)), "R6bNotOurs");
+
+        let (mut version, _) = segment(&[0]);
+        version[8] = 2;
+        assert_eq!(row_id(&header_row(&version, None)), "R7bDamagedVersion");
+        let preamble_crc = crc32fast::hash(&version[..12]);
+        version[12..16].copy_from_slice(&preamble_crc.to_le_bytes());
+        assert_eq!(header_row(&version, None), "R7OtherVersion(2)");
+
+        assert_eq!(row_id(&header_row(&good, Some(5))), "R8WrongStart");
+        let mut other = encode_segment_header(SegmentHeader {
+            segment_id: ID + 1,
+            first_seq: 1,
+        })
+        .to_vec();
+        other.resize(good.len(), 0);
+        assert_eq!(row_id(&header_row(&other, None)), "R8WrongSegment");
+    }
+
+    /// The rows met after the header, in order, and how the scan ended.
+    fn record_rows(bytes: &[u8]) -> Vec<String> {
+        let scan_input = input(bytes, true, RecoveryMode::TolerateTornTail, None);
+        let mut scanner = Scanner::new(&scan_input);
+        let Header::Intact(h) = judge_header(&scan_input) else {
+            panic!("the header is damaged");
+        };
+        scanner.start(h);
+        let mut rows = Vec::new();
+        loop {
+            let row = scanner.judge_record();
+            let name = row_id(&format!("{row:?}")).to_string();
+            let more = matches!(row, Row::R1Record(_));
+            rows.push(name);
+            if !more {
+                return rows;
+            }
+            assert!(matches!(scanner.act(row, &mut |_, _| Ok(())), Ok(Flow::Read)));
+        }
+    }
+
+    #[test]
+    fn record_rows_r1_to_r4() {
+        let (clean, _) = segment(&[0, 1, 2]);
+        assert_eq!(record_rows(&clean), ["R1Record", "R1Record", "R1Record", "R2CleanEnd"]);
+        let (mut torn, at) = segment(&[0, 1, 1]);
+        torn[at[1] + RECORD_HEADER_SIZE] ^= 1;
+        assert_eq!(record_rows(&torn), ["R1Record", "R3Unvouched"]);
+        let (mut vouched, at) = segment(&[0, 1, 2]);
+        vouched[at[1] + RECORD_HEADER_SIZE] ^= 1;
+        assert_eq!(record_rows(&vouched), ["R1Record", "R4Vouched"]);
+    }
+
+    /// What a scan ends in: `cut N` (bytes to zero after the valid ones), `clean`, `skipped N`
+    /// or the error's kind.
+    fn outcome(bytes: &[u8], is_last: bool, mode: RecoveryMode) -> String {
+        match scan_segment(&input(bytes, is_last, mode, None), |_, _| Ok(())) {
+            Ok(s) if !s.skipped.is_empty() => format!("skipped {}", s.skipped.len()),
+            Ok(s) if s.dirty_end > s.valid_end => format!("cut {}", s.dirty_end - s.valid_end),
+            Ok(_) => "clean".to_string(),
+            Err(Error::Corruption { .. }) => "corruption".to_string(),
+            Err(e) => format!("{e}"),
+        }
+    }
+
+    #[test]
+    fn both_columns() {
+        use RecoveryMode::{Salvage, Strict, TolerateTornTail as Tolerate};
+        let (mut torn, at) = segment(&[0, 1, 1]);
+        torn[at[1] + RECORD_HEADER_SIZE] ^= 1;
+        let tail = (2 * (at[1] - at[0])) as u64;
+        // R3: a torn tail in the last segment (not in `Strict`), corruption in an older one.
+        assert_eq!(outcome(&torn, true, Tolerate), format!("cut {tail}"));
+        assert_eq!(outcome(&torn, true, Strict), "corruption");
+        assert_eq!(outcome(&torn, false, Tolerate), "corruption");
+        assert_eq!(outcome(&torn, false, Salvage), "skipped 1");
+        // R5: an unused spare last, corruption before another segment.
+        let zero = vec![0u8; torn.len()];
+        assert_eq!(outcome(&zero, true, Strict), "clean");
+        assert_eq!(outcome(&zero, false, Tolerate), "corruption");
+        // R6: a torn activation last (not in `Strict`), corruption in an older segment.
+        let (mut activation, _) = segment(&[0]);
+        activation[33] ^= 1;
+        let written = (SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE + b"payload".len()) as u64;
+        assert_eq!(outcome(&activation, true, Tolerate), format!("cut {written}"));
+        assert_eq!(outcome(&activation, true, Strict), "corruption");
+        assert_eq!(outcome(&activation, false, Tolerate), "corruption");
+        // R6b: refused in both columns, never cut.
+        assert_eq!(outcome(&activation[..200], true, Tolerate), "corruption");
+    }
+}
