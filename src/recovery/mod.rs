@@ -28,7 +28,7 @@ use std::time::Instant;
 use crate::engine::Recovered;
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RecordRef, RECORD_HEADER_SIZE};
-use crate::index::{entry_seq, Entry, FileId, Index, Loc};
+use crate::index::{Change, FileId, Index, RecordAt};
 use crate::options::{Options, RecoveryMode};
 use crate::stats::{RecoveryReport, Skipped};
 use crate::storage::layout::Layout;
@@ -166,42 +166,24 @@ fn apply_record(
             return Err(e);
         }
     };
-    let payload_at = offset + RECORD_HEADER_SIZE as u64;
-    let base = rec.payload.as_ptr() as usize;
-    let slot = index.slot(FileId::Segment(segment_id));
-    for op in ops {
-        match op {
-            Op::Put {
-                key,
-                value,
-                expires_at_ms,
-            } => {
-                let value_at = value.as_ptr() as usize - base;
-                // NOTE: cannot truncate: value.len() < rec.len <= RECORD_PAYLOAD_MAX + header < 1 GiB.
-                let loc = Loc {
-                    slot,
-                    offset: payload_at + value_at as u64,
-                    len: value.len() as u32,
-                    record_back: (RECORD_HEADER_SIZE + value_at) as u32,
-                    record_len: rec.len as u32,
-                };
-                index.put(
-                    key.into(),
-                    Entry {
-                        seq: entry_seq(rec.seq),
-                        expires_at_ms,
-                        loc,
-                    },
-                );
-            }
-            Op::Delete { key } => index.delete(key),
-            Op::Touch {
-                key,
-                version,
-                expires_at_ms,
-            } => index.touch(key, version, expires_at_ms),
-        }
-    }
-    index.applied_seq = rec.seq;
+    debug_assert!(
+        ops.iter().zip(format::value_offsets(&ops)).all(|(op, at)| match op {
+            Op::Put { value, .. } => at == Some(value.as_ptr() as usize - rec.payload.as_ptr() as usize),
+            _ => at.is_none(),
+        }),
+        "the layout puts each value where the decoder found it"
+    );
+    let at = RecordAt {
+        slot: index.slot(FileId::Segment(segment_id)),
+        offset,
+        // NOTE: cannot truncate: rec.len <= RECORD_PAYLOAD_MAX + header < 1 GiB.
+        len: rec.len as u32,
+        seq: rec.seq,
+    };
+    let changes = ops
+        .iter()
+        .zip(format::value_offsets(&ops))
+        .map(|(op, value_at)| Change::of(op, value_at));
+    index.apply_record(&at, changes);
     Ok(())
 }
