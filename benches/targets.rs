@@ -935,8 +935,8 @@ fn main() {
         .unwrap_or_else(std::env::temp_dir);
     let root = base.join(format!("sessiondb-targets-{}", std::process::id()));
     fs::create_dir_all(&root).expect("create bench dir");
-    let put_payload = 4 + sessiondb::format::put_encoded_size(KEY_LEN, VALUE_LEN);
-    let on_disk_record = sessiondb::format::RECORD_HEADER_SIZE + put_payload;
+    let put_payload = 4 + sessiondb::internals::format::put_encoded_size(KEY_LEN, VALUE_LEN);
+    let on_disk_record = sessiondb::internals::format::RECORD_HEADER_SIZE + put_payload;
     println!(
         "# sessiondb targets ({}), dir {}, {} CPUs, on-disk record for a {KEY_LEN} B key + {VALUE_LEN} B value: {on_disk_record} B",
         if cfg.quick { "--quick" } else { "full" },

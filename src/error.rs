@@ -90,10 +90,6 @@ pub enum Error {
     #[error("session data: {0}")]
     SessionData(String),
 
-    /// The store was closed (or is closing).
-    #[error("the store is closed")]
-    Closed,
-
     /// A path cannot be used for what it was given for: a directory given as a store holds no
     /// store (no lock file, log directory or snapshot), or a destination that must not exist yet
     /// (a backup's, a restore's) does.

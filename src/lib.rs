@@ -18,7 +18,7 @@ macro_rules! point {
 // seam); checkpoint (snapshots) and recovery (open) beside them; format (every on-disk byte) and
 // index (the in-memory map) underneath; tools (inspect, backup, repair) and session on top.
 mod batch;
-pub mod clock;
+mod clock;
 mod db;
 mod error;
 pub mod limits;
@@ -27,7 +27,7 @@ mod stats;
 
 mod checkpoint;
 mod engine;
-pub mod format;
+mod format;
 mod index;
 mod recovery;
 pub mod storage;
@@ -35,17 +35,51 @@ mod sync;
 mod wal;
 
 pub mod session;
+#[cfg(feature = "metrics")]
 pub mod telemetry;
+#[cfg(not(feature = "metrics"))]
+mod telemetry;
 mod tools;
 
-pub use storage::layout;
 pub use tools::inspect;
 
 pub use batch::Batch;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{Db, Iter, Versioned};
 pub use error::{Conflict, Error, Result};
+pub use format::FORMAT_VERSION;
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
-pub use stats::{RecoveryReport, Skipped, Stats};
+pub use stats::{LatencyHistogram, RecoveryReport, Skipped, Stats};
 pub use tools::backup::{backup_dir, restore, BackupReport, RestoreReport};
 pub use tools::repair::{repair, RepairReport};
+
+/// What the project's own tests, fuzz targets and benchmarks reach inside the crate: the
+/// on-disk format, file names, tuning limits, the simulated storage and the decoders' fuzzing
+/// entry points. Only with the cargo feature `sim`; not part of the API, no stability promised.
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub mod internals {
+    /// Every on-disk byte (src/format/).
+    pub mod format {
+        pub use crate::format::*;
+    }
+    /// Every file name (src/storage/layout.rs).
+    pub mod layout {
+        pub use crate::storage::layout::*;
+    }
+    /// The contract limits and the tuning values.
+    pub mod limits {
+        pub use crate::limits::tuning::*;
+        pub use crate::limits::*;
+    }
+    /// The simulated, fault-injecting storage.
+    pub mod sim {
+        pub use crate::storage::sim::*;
+    }
+    /// Entry points of the fuzz targets.
+    pub mod fuzzing {
+        pub use crate::tools::inspect::fuzzing::*;
+    }
+    /// Test hooks of the engine's protocol points ([`crate::Options::on_point`]).
+    pub use crate::storage::sim::Point;
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::wait_until;
-use sessiondb::storage::sim::{Point, SimStorage};
+use sessiondb::internals::sim::{Point, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
 
 const DEADLINE: Duration = Duration::from_secs(60);

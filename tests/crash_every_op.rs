@@ -9,7 +9,7 @@
 //! Invariant (oracle of docs/reliability.md): the recovered contents equal the model after the first k
 //! operations for some k ≥ the number acknowledged; a second reopen gives the same contents.
 
-use sessiondb::storage::sim::{CrashMode, SimStorage};
+use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, SyncMode};
 
 mod common;

@@ -37,7 +37,7 @@ use faults_support::{
     all_files, assert_only_written, check_oracle, contents, create_durable, options, run_all, snapshot_seq, snapshots,
     states, workload, written_values, Op, State, DIR,
 };
-use sessiondb::storage::sim::{CrashMode, SimStorage};
+use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, Error, RecoveryMode, SyncMode};
 
 // ---------------------------------------------------------------------------------------------

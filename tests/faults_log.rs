@@ -42,7 +42,7 @@ use faults_support::{
     check_oracle, contents, issue, options, prefix_k, run_all, segments, segments_with_records, states, value,
     workload, Op, State, DIR,
 };
-use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
+use sessiondb::internals::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Db, Error, SyncMode};
 
 fn mode_for(i: u64) -> CrashMode {

@@ -39,7 +39,7 @@ use faults_support::{
     assert_only_written, check_oracle, contents, create_durable, issue, options, run_all, segments,
     segments_with_records, state_without, states, value, workload, written_values, Op, State, DIR, SEGMENT_SIZE,
 };
-use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
+use sessiondb::internals::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Db, Error, RecoveryMode, SyncMode};
 
 fn crash_mode(i: u64) -> CrashMode {

@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 use std::thread;
 
-use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
+use sessiondb::internals::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Db, Error, Options};
 
 const WRITERS: usize = 16;

@@ -125,7 +125,7 @@ fn sequence_numbers_stop_at_seq_max() {
         Err(Error::TooLarge { what, size, max }) => {
             assert_eq!(
                 (what, size, max),
-                ("sequence number", 1 << 63, sessiondb::limits::SEQ_MAX)
+                ("sequence number", 1 << 63, sessiondb::internals::limits::SEQ_MAX)
             )
         }
         other => panic!("a write past SEQ_MAX: {other:?}"),

@@ -2,7 +2,7 @@
 //!
 //! Scenario: every structure that `docs/format.md` describes (segment header, record frame, batch
 //! payload, snapshot header, snapshot block, snapshot footer, and a small segment and snapshot
-//! assembled from them) is encoded from fixed inputs with the public `sessiondb::format` API.
+//! assembled from them) is encoded from fixed inputs with the public `sessiondb::internals::format` API.
 //!
 //! Method: each encoding is compared byte for byte with a committed file in `tests/golden/`; a
 //! mismatch prints a hex diff. Independently of the encoder, each field is read back at the
@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
 
-use sessiondb::format::{
+use sessiondb::internals::format::{
     decode_block, decode_ops, decode_record, decode_segment_header, decode_snapshot_footer, decode_snapshot_header,
     delete_encoded_size, encode_ops, encode_record, encode_segment_header, encode_snapshot_footer,
     encode_snapshot_header, put_encoded_size, snapshot_entry_size, touch_encoded_size, BlockBuilder, HeaderState, Op,
@@ -39,7 +39,7 @@ use sessiondb::format::{
     FORMAT_VERSION, KIND_OPS, PAYLOAD_COUNT_SIZE, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
     SNAPSHOT_FOOTER_SIZE, SNAPSHOT_HEADER_SIZE, SNAPSHOT_MAGIC,
 };
-use sessiondb::format::{
+use sessiondb::internals::format::{
     decode_session_map, decode_session_record, encode_session_map, encode_session_record, SessionMapEntries,
     SessionRecord, SESSION_RECORD_VERSION,
 };
@@ -234,7 +234,7 @@ fn check_golden(name: &str, actual: &[u8]) {
     });
     if expected != actual {
         panic!(
-            "the on-disk format changed: {} no longer matches what sessiondb::format encodes.\n\
+            "the on-disk format changed: {} no longer matches what sessiondb::internals::format encodes.\n\
              If this is intended, bump FORMAT_VERSION, update docs/format.md, and re-bless with\n\
              SESSIONDB_BLESS=1 cargo test --test golden\n{}",
             path.display(),
@@ -987,7 +987,7 @@ fn hostile_footers_are_damage() {
 /// with, false for any other, and no panic at any offset of the bytes.
 #[test]
 fn the_bytes_around_a_value_name_its_key_and_version() {
-    use sessiondb::format::{put_value_is_for, put_value_offset, snapshot_value_is_for};
+    use sessiondb::internals::format::{put_value_is_for, put_value_offset, snapshot_value_is_for};
 
     let p = payload(&batch());
     let at = put_value_offset(PAYLOAD_COUNT_SIZE, b"user:42".len());

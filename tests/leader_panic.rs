@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessiondb::storage::sim::SimStorage;
+use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 use sessiondb::{Db, Error, Options};
 

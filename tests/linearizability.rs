@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use history_support::{check, final_reads, seed, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
-use sessiondb::storage::sim::SimStorage;
+use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
 

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
+use sessiondb::internals::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
 mod common;

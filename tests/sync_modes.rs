@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sessiondb::storage::sim::{CrashMode, SimStorage};
+use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
 
 fn options(sim: &SimStorage, mode: SyncMode) -> Options {

@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sessiondb::storage::sim::{Point, SimStorage};
+use sessiondb::internals::sim::{Point, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
 

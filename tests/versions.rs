@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::small_opts;
-use sessiondb::storage::sim::{CrashMode, SimStorage};
+use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Batch, Conflict, Db, Durability, Error, ManualClock, Options, SyncMode};
 
 const T0: u64 = 1_700_000_000_000;

@@ -89,7 +89,7 @@ where
     let mut per_thread = Vec::new();
     let mut lat = Vec::new();
     for r in results {
-        let (n, l) = r.map_err(|_| sessiondb::Error::Closed)??;
+        let (n, l) = r.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         per_thread.push(n);
         lat.extend(l);
     }

@@ -68,7 +68,7 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
     }
     bar.finish_and_clear();
     for w in workers {
-        w.join().map_err(|_| sessiondb::Error::Closed)??;
+        w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     }
     let secs = started.elapsed().as_secs_f64();
     let s = db.stats();
@@ -95,7 +95,7 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
         q(0.99),
         out::duration(s.fsync_latency.max)
     );
-    let db = Arc::try_unwrap(db).map_err(|_| sessiondb::Error::Closed)?;
+    let db = Arc::try_unwrap(db).unwrap_or_else(|_| unreachable!("the workers are joined"));
     let close_started = Instant::now();
     db.close()?;
     println!("closed in {:.1} ms", close_started.elapsed().as_secs_f64() * 1e3);

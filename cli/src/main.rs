@@ -277,7 +277,7 @@ fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
     spin.finish_and_clear();
     let s = &view.stats();
     let f = view.files();
-    let version = f.format_version.unwrap_or(sessiondb::format::FORMAT_VERSION);
+    let version = f.format_version.unwrap_or(sessiondb::FORMAT_VERSION);
     if json {
         let obj = out::Obj::new()
             .str("dir", &dir.display().to_string())

@@ -335,7 +335,7 @@ fn put_get_delete_dump_round_trip() {
     assert_eq!(stats["snapshots"], 1);
     assert_eq!(stats["last_checkpoint_seq"], 6);
     assert_eq!(stats["last_seq"], 6);
-    assert_eq!(stats["format_version"], sessiondb::format::FORMAT_VERSION);
+    assert_eq!(stats["format_version"], sessiondb::internals::format::FORMAT_VERSION);
     let text = expect(0, &[OsStr::new("stats"), d]);
     for field in [
         "keys:",

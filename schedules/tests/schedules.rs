@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use history_support::{check, empty_states, final_reads, seed, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
-use sessiondb::storage::sim::{CrashMode, SimStorage};
+use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};

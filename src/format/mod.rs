@@ -530,6 +530,7 @@ pub struct SnapshotEntry<'a> {
 }
 
 /// Bytes an entry takes in a block.
+#[cfg(any(test, feature = "sim"))] // used by tests and fuzz targets only
 pub fn snapshot_entry_size(key_len: usize, value_len: usize) -> usize {
     ENTRY_HEADER_SIZE + key_len + value_len
 }
@@ -572,6 +573,7 @@ impl BlockBuilder {
     }
 
     /// Entries so far.
+    #[cfg(any(test, feature = "sim"))] // used by tests and fuzz targets only
     pub fn count(&self) -> u32 {
         self.count
     }
@@ -726,6 +728,7 @@ pub fn verify_block(b: &[u8], frame: BlockFrame) -> Result<(), Damage> {
 /// Decodes the block at the start of `b` (which runs to the footer): framing, checksum,
 /// entries. Returns the entries and the block's total length. Offsets in errors are relative
 /// to `b`.
+#[cfg(any(test, feature = "sim"))] // used by tests and fuzz targets only
 pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> {
     let frame = block_frame(b)?;
     verify_block(b, frame)?;

@@ -5,10 +5,10 @@
 //! crash tests run the engine's real code.
 
 mod fs;
-pub mod layout;
+pub(crate) mod layout;
 pub(crate) mod overlay;
 #[cfg(feature = "sim")]
-pub mod sim;
+pub(crate) mod sim;
 
 use std::any::Any;
 use std::ffi::OsString;
@@ -56,8 +56,24 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn map(&self) -> io::Result<Option<Arc<dyn MappedFile>>>;
 }
 
-/// A held lock; dropping it releases the lock.
-pub type LockGuard = Box<dyn Any + Send + Sync>;
+/// A held lock of a [`Storage`]; dropping it releases the lock.
+///
+/// A storage puts whatever holds its lock inside (an open file with an `flock` on it, a token
+/// of a simulated lock table); the store keeps the guard for as long as it is open.
+pub struct LockGuard(#[allow(dead_code)] Box<dyn Any + Send + Sync>);
+
+impl LockGuard {
+    /// A guard that keeps `held` until it is dropped.
+    pub fn new(held: impl Any + Send + Sync) -> LockGuard {
+        LockGuard(Box::new(held))
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
 
 /// A file system: files, directories, locks.
 pub trait Storage: Send + Sync + fmt::Debug {

@@ -22,7 +22,6 @@
 //! Every operation counts toward [`SimStorage::ops`]; [`SimStorage::halt_after`] makes every
 //! operation from the n-th on fail, as if the machine stopped there.
 
-use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::fmt;
@@ -815,11 +814,10 @@ impl Storage for SimStorage {
         if !s.locks.insert(path.to_path_buf()) {
             return Ok(None);
         }
-        let guard: Box<dyn Any + Send + Sync> = Box::new(SimLock {
+        Ok(Some(LockGuard::new(SimLock {
             state: self.state.clone(),
             path: path.to_path_buf(),
             generation: s.generation,
-        });
-        Ok(Some(guard))
+        })))
     }
 }

@@ -38,8 +38,7 @@ use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
 use crate::wal::reader::{self, ScanInput, SegmentScan};
 
 #[cfg(feature = "sim")]
-#[doc(hidden)]
-pub mod fuzzing;
+pub(crate) mod fuzzing;
 
 /// Passes over a store that changed while it was read, before the last result stands.
 const PASSES_MAX: usize = 8;
@@ -58,7 +57,7 @@ pub struct Inventory {
     /// Temporary files of an interrupted or running checkpoint or segment creation (an open
     /// removes them).
     pub temp_files: Vec<PathBuf>,
-    /// Damaged files set aside by [`crate::tools::repair`] (`*.broken`).
+    /// Damaged files set aside by [`crate::repair`] (`*.broken`).
     pub broken_files: Vec<PathBuf>,
     /// The format version in the headers of the store's segments and snapshots (the highest
     /// one, if they differ); `None` if no file has a readable header yet.
@@ -735,7 +734,7 @@ fn check_block_entries(
     problems.len() == before
 }
 
-/// A damaged snapshot rebuilt from its blocks that verify, for [`crate::tools::repair`]: a valid
+/// A damaged snapshot rebuilt from its blocks that verify, for [`crate::repair`]: a valid
 /// snapshot with the same base sequence number holding every entry that could be read. Returns
 /// its bytes, the entries it holds, and the entries the footer says the original held (when the
 /// footer verifies). `None` if nothing of it can be used (another format version).

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sessiondb::storage::sim::SimStorage;
+use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
 use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
+use sessiondb::internals::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Clock, Db, Error, ManualClock, Options, SyncMode};
 
 #[path = "../swarm_support/mod.rs"]

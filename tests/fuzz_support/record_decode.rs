@@ -11,9 +11,9 @@
 //! accept, agreeing where they both accept; a pristine spec reads back whole.
 
 use arbitrary::{Arbitrary, Unstructured};
-use sessiondb::format::{self, RecordState, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use sessiondb::inspect::fuzzing::{self, SegmentOutcome};
-use sessiondb::limits::RECORD_PAYLOAD_MAX;
+use sessiondb::internals::format::{self, RecordState, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use sessiondb::internals::fuzzing::{self, SegmentOutcome};
+use sessiondb::internals::limits::RECORD_PAYLOAD_MAX;
 use sessiondb::{Error, RecoveryMode};
 
 use super::spec::{SegmentSpec, SEGMENT_BYTES};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
-use sessiondb::storage::sim::SimStorage;
+use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
 use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 

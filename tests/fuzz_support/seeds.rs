@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessiondb::storage::sim::{CrashMode, SimStorage};
+use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
 
 use super::recovery_image::encode_image;

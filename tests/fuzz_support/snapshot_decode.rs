@@ -10,7 +10,7 @@
 //! original, all of them when it was intact; a pristine spec loads exactly as written.
 
 use arbitrary::{Arbitrary, Unstructured};
-use sessiondb::inspect::fuzzing::{self, DecodedSnapshot};
+use sessiondb::internals::fuzzing::{self, DecodedSnapshot};
 use sessiondb::Error;
 
 use super::spec::{Item, SnapshotSpec};
@@ -25,7 +25,9 @@ fn decode_input(data: &[u8]) -> Option<Case> {
             .get(16..24)
             .map_or(1, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
         // NOTE: a base comes from a file name, which is never above SEQ_MAX (layout.rs).
-        let base = base.wrapping_add(u64::from(sel >> 6)).min(sessiondb::limits::SEQ_MAX);
+        let base = base
+            .wrapping_add(u64::from(sel >> 6))
+            .min(sessiondb::internals::limits::SEQ_MAX);
         return Some((rest.to_vec(), base, None));
     }
     let mut u = Unstructured::new(rest);

@@ -1,10 +1,10 @@
 //! Bounded, structured descriptions of segments and snapshots, built into bytes with the
-//! engine's own encoders (`sessiondb::format`), so checksums are right unless the description
+//! engine's own encoders (`sessiondb::internals::format`), so checksums are right unless the description
 //! says otherwise. Random bytes almost never carry a valid crc32; these inputs reach every row
 //! of the recovery decision table instead of stopping at the first checksum.
 
 use arbitrary::Arbitrary;
-use sessiondb::format::{self, BlockBuilder, Op, SegmentHeader, SnapshotEntry, SnapshotFooter, KIND_OPS};
+use sessiondb::internals::format::{self, BlockBuilder, Op, SegmentHeader, SnapshotEntry, SnapshotFooter, KIND_OPS};
 
 /// Records per segment, operations per record, entries per block and the like: enough to
 /// reach every case, small enough to run fast.
@@ -517,7 +517,7 @@ impl SnapshotSpec {
         pristine &= footer.entry_count == entries.len() as u64
             && footer.base_seq == base_seq
             && end_seq >= base_seq
-            && end_seq <= sessiondb::limits::SEQ_MAX
+            && end_seq <= sessiondb::internals::limits::SEQ_MAX
             && footer.footer_offset == bytes.len() as u64
             && f.marker_ok != 0
             && f.crc_ok != 0;
