@@ -166,13 +166,6 @@ fn apply_record(
             return Err(e);
         }
     };
-    debug_assert!(
-        ops.iter().zip(format::value_offsets(&ops)).all(|(op, at)| match op {
-            Op::Put { value, .. } => at == Some(value.as_ptr() as usize - rec.payload.as_ptr() as usize),
-            _ => at.is_none(),
-        }),
-        "the layout puts each value where the decoder found it"
-    );
     let at = RecordAt {
         slot: index.slot(FileId::Segment(segment_id)),
         offset,
@@ -180,10 +173,25 @@ fn apply_record(
         len: rec.len as u32,
         seq: rec.seq,
     };
-    let changes = ops
-        .iter()
-        .zip(format::value_offsets(&ops))
-        .map(|(op, value_at)| Change::of(op, value_at));
+    // Each value's offset is where the decoder found it in the payload (debug builds check the
+    // layout puts it there too: the commit path takes its offsets from the layout).
+    let payload_at = rec.payload.as_ptr() as usize;
+    let changes = ops.iter().map(|op| {
+        let value_at = match op {
+            Op::Put { value, .. } => Some(value.as_ptr() as usize - payload_at),
+            Op::Delete { .. } | Op::Touch { .. } => None,
+        };
+        Change::of(op, value_at)
+    });
+    debug_assert!(
+        ops.iter()
+            .map(|op| match op {
+                Op::Put { value, .. } => Some(value.as_ptr() as usize - payload_at),
+                _ => None,
+            })
+            .eq(format::value_offsets(&ops)),
+        "the layout puts each value where the decoder found it"
+    );
     index.apply_record(&at, changes);
     Ok(())
 }
