@@ -8,7 +8,7 @@
 //! session that is gone creates a new one under a fresh key; malformed keys load as nothing;
 //! no engine call runs on the async executor's thread.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,7 +27,7 @@ const T0: u64 = 1_700_000_000_000;
 const HOUR_MS: u64 = 3_600_000;
 
 fn open(dir: &Path, clock: &ManualClock) -> SessionStore {
-    common::manual_session_store(dir, clock)
+    support::manual_session_store(dir, clock)
 }
 
 fn at(ms: u64) -> OffsetDateTime {

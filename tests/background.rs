@@ -5,16 +5,16 @@
 //! by itself, and the log written during the first counts toward it. The waits end by a
 //! deadline; no sleeps.
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::wait_until;
 use sessiondb::storage::sim::{Point, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
+use support::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

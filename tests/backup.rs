@@ -10,7 +10,7 @@
 //! acknowledged order, each batch whole); it holds every write acknowledged before it started;
 //! it is one snapshot and an empty log, and opens as a store that takes writes.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use common::{contents, seeded, small_opts, snapshot_files, Rng};
 use sessiondb::inspect::View;
 use sessiondb::{Batch, Db, Error, SyncMode};
+use support::{contents, seeded, small_opts, snapshot_files, Rng};
 
 const WRITERS: usize = 4;
 
@@ -227,7 +227,7 @@ fn restore_copies_an_intact_backup_and_refuses_a_damaged_one() {
     ));
 
     let snap = snapshot_files(&backup).pop().unwrap();
-    common::flip_byte(&snap, 100);
+    support::flip_byte(&snap, 100);
     match sessiondb::restore(&backup, tmp.path().join("from-damaged")) {
         Err(Error::Corruption { path, .. }) => assert_eq!(path, snap),
         other => panic!("restoring a damaged backup: {other:?}"),

@@ -7,14 +7,14 @@
 //! Invariant: what a read returns is exactly the last acknowledged write per key, scans are in
 //! ascending key order within their bounds, and closing and reopening changes nothing.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 
-use common::{contents, segment_files, small_opts, snapshot_files};
 use sessiondb::{Batch, Db, Error, Options, SyncMode};
+use support::{contents, segment_files, small_opts, snapshot_files};
 
 const _: fn() = || {
     fn assert_send_sync<T: Send + Sync>() {}

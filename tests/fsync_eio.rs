@@ -9,7 +9,7 @@
 //! work; after a crash, reopening gives a state holding every acknowledged write and no value
 //! that was never written.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::thread;
@@ -39,7 +39,7 @@ fn line_up(sim: &SimStorage, db: &Arc<Db>) -> (Writer, Vec<Writer>) {
         let db = db.clone();
         thread::spawn(move || db.put("first", "x"))
     };
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
+    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
     let writers = (0..WRITERS)
         .map(|i| {
             let db = db.clone();
@@ -59,7 +59,7 @@ fn fsync_eio_fails_the_whole_group_and_poisons() {
     let (first, writers) = line_up(&sim, &db);
     // The first writer is in its fsync; the other 16 wait in the next group (its leader-to-be
     // included).
-    common::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
+    support::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
     sim.set_faults(Faults {
         sync_eio: 1.0,
         ..Faults::default()
@@ -123,11 +123,11 @@ fn sixteen_writers_share_one_failing_group() {
     let dir = std::path::Path::new("/eio16");
     let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
     let (first, writers) = line_up(&sim, &db);
-    common::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
+    support::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
     sim.pass_syncs(1);
     first.join().unwrap().expect("the first group's fsync succeeded");
     // The 16-writer group has written its records and waits at the gate for its fsync.
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
+    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
     sim.set_faults(Faults {
         sync_eio: 1.0,
         ..Faults::default()

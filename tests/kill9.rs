@@ -14,7 +14,7 @@
 //! first m operations, where m is its acknowledged count or one more (the operation in flight):
 //! nothing acknowledged is lost and no value appears that was not written.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use common::{seeded, small_opts, splitmix64, Rng};
 use sessiondb::{Db, Options, SyncMode};
+use support::{seeded, small_opts, splitmix64, Rng};
 
 const THREADS: usize = 4;
 const KEYS_PER_THREAD: usize = 4;
@@ -157,7 +157,7 @@ fn read_state(db: &Db) -> State {
             }
         }
     }
-    let scanned = common::contents(db);
+    let scanned = support::contents(db);
     assert_eq!(
         scanned, s,
         "a full scan and point reads disagree (or a stray key exists)"

@@ -7,16 +7,16 @@
 //! Invariant: a write at the limit succeeds; a write over it fails with `TooLarge` before any
 //! I/O, so a rejected write leaves no trace in the store.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::small_opts;
 use sessiondb::limits::KEY_SIZE_MAX;
 use sessiondb::{Batch, Db, Error, SyncMode};
+use support::small_opts;
 
 const VALUE_MAX: usize = 4096;
 const BATCH_MAX: usize = 16 * 1024;

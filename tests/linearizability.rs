@@ -12,7 +12,7 @@
 //!
 //! Method: each round's calls are recorded with their invocation and response order and the
 //! clock around them, then checked key by key for linearizability against a sequential model
-//! (tests/history_support: value, version, expiry); scans and backups also never show part of
+//! (tests/support/history.rs: value, version, expiry); scans and backups also never show part of
 //! a batch. A round ends with a read of every key when nobody else runs, where the next round's
 //! model starts; across a reopen those reads must find exactly what the last round left.
 //!
@@ -24,7 +24,7 @@
 //! segments and snapshots are mapped, then the simulated storage, where every read is a
 //! positioned read). The campaign in docs/testing.md ran it for hours.
 
-mod history_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,10 +32,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use history_support::{check, final_reads, seed, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
+use support::history::{check, final_reads, seed, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
 
 const KEYS: u8 = 6;
 
@@ -93,7 +93,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
     let recorder = Arc::new(Recorder::new(clock.clone()));
     let mut figures = Figures::default();
     let mut db = Arc::new(Db::open_with(dir, options(&mut rng, &storage, &clock)).unwrap());
-    let mut init: BTreeMap<Key, KeyState> = history_support::empty_states(KEYS);
+    let mut init: BTreeMap<Key, KeyState> = support::history::empty_states(KEYS);
     let mut versions_max = BTreeMap::new();
     let mix = Mix {
         keys: KEYS,

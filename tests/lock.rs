@@ -7,7 +7,7 @@
 //! Invariant: a second opener gets `Error::Locked` naming `DIR/LOCK` while the first holds the
 //! store, and opens normally once it is released; bad paths give an error, never a panic.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use common::small_opts;
 use sessiondb::{Db, Error};
+use support::small_opts;
 
 const CHILD_DIR_VAR: &str = "SESSIONDB_LOCK_CHILD_DIR";
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::{Db, Error, Options};
 
-mod common;
+mod support;
 
 fn corruption_in_segment(r: Result<impl std::fmt::Debug, Error>, what: &str) {
     match r {
@@ -105,7 +105,7 @@ fn sealed_segment_reads_verify_their_record() {
         db.put(format!("fill{i}"), vec![7u8; 1000]).unwrap();
     }
     assert!(db.stats().segments >= 2, "the first segment is sealed (and mapped)");
-    let first = common::segment_files(tmp.path()).into_iter().next().unwrap();
+    let first = support::segment_files(tmp.path()).into_iter().next().unwrap();
     let mut bytes = std::fs::read(&first).unwrap();
     let at = find(&bytes, b"value to be damaged");
     bytes[at + 3] ^= 1;
@@ -150,7 +150,7 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
     db.put("key-c", "value of c").unwrap();
     db.put("key-d", "value of d").unwrap();
     db.checkpoint().unwrap();
-    let snap = common::snapshot_files(tmp.path()).remove(0);
+    let snap = support::snapshot_files(tmp.path()).remove(0);
     let bytes = std::fs::read(&snap).unwrap();
     let (c, d) = (find(&bytes, b"key-c"), find(&bytes, b"key-d"));
     let d_entry = bytes[d - ENTRY_HEADER_SIZE..d - ENTRY_HEADER_SIZE + (d - c)].to_vec();
@@ -169,7 +169,7 @@ fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
     db.put("kept", "a value that stays as it is").unwrap();
     db.put("hit", "a value that is damaged at rest").unwrap();
     db.checkpoint().unwrap();
-    let snap = common::snapshot_files(tmp.path()).remove(0);
+    let snap = support::snapshot_files(tmp.path()).remove(0);
     let bytes = std::fs::read(&snap).unwrap();
     let at = find(&bytes, b"damaged at rest");
     write_in_place(&snap, at as u64, &[bytes[at] ^ 0x01]);
@@ -181,9 +181,9 @@ fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
         }
         other => panic!("expected Corruption naming the snapshot, got {other:?}"),
     }
-    assert_eq!(common::snapshot_files(tmp.path()), vec![snap], "no new snapshot");
+    assert_eq!(support::snapshot_files(tmp.path()), vec![snap], "no new snapshot");
     assert!(
-        common::files_with_ext(tmp.path(), "tmp").is_empty(),
+        support::files_with_ext(tmp.path(), "tmp").is_empty(),
         "the failed checkpoint removed its temporary file"
     );
     assert_eq!(

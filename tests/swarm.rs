@@ -29,10 +29,9 @@ use std::time::Duration;
 use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
-mod common;
-mod swarm_support;
-use common::Rng;
-use swarm_support::{apply, issue, recovered_prefix, visible, Op, State};
+mod support;
+use support::swarm::{apply, issue, recovered_prefix, visible, Op, State};
+use support::Rng;
 
 /// Which kinds of steps a seed may take. Seeds that found bugs replay with the kinds they had.
 #[derive(Clone, Copy)]
@@ -624,8 +623,8 @@ fn swarm() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
-    let (first, _guard) = common::seeded("swarm");
-    let only_one = std::env::var(common::SEED_VAR).is_ok();
+    let (first, _guard) = support::seeded("swarm");
+    let only_one = std::env::var(support::SEED_VAR).is_ok();
     let count = if only_one { 1 } else { seeds };
     let mut total = FaultCounts::default();
     for i in 0..count {

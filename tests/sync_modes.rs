@@ -6,7 +6,7 @@
 //! `Never` keeps what `sync()` covered; `Interval` keeps what its background sync covered; and in
 //! `Always` mode a write is not visible to readers before its fsync returns.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::thread;
@@ -93,7 +93,7 @@ fn always_loses_nothing_acknowledged_and_shows_nothing_unsynced() {
         let db = db.clone();
         thread::spawn(move || db.put("pending", "x"))
     };
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
+    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
     assert_eq!(db.get("pending").unwrap(), None, "not visible before its fsync returns");
     sim.hold_syncs(false);
     writer.join().unwrap().unwrap();

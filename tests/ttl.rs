@@ -8,14 +8,14 @@
 //! `now >= deadline`, in every read path, whether the store was reopened in between or not;
 //! a checkpoint drops expired entries.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{contents, small_opts};
 use sessiondb::{Batch, Db, ManualClock};
+use support::{contents, small_opts};
 
 const T0: u64 = 1_700_000_000_000;
 

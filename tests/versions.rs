@@ -15,15 +15,15 @@
 //!   durable on return in every sync mode;
 //! - the sweeper drops expired entries only.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::small_opts;
 use sessiondb::storage::sim::{CrashMode, SimStorage};
 use sessiondb::{Batch, Conflict, Db, Durability, Error, ManualClock, Options, SyncMode};
+use support::small_opts;
 
 const T0: u64 = 1_700_000_000_000;
 const MIN: Duration = Duration::from_secs(60);

@@ -14,8 +14,8 @@
 //! written; backups and dumps are consistent states; repair keeps damaged files as `*.broken`,
 //! leaves a store that verifies, and returns only values that were written.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -28,8 +28,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use common::{contents, segments_with_records, small_opts, snapshot_files, wal_relative};
 use sessiondb::{Batch, Db, Options, SyncMode};
+use support::{contents, segments_with_records, small_opts, snapshot_files, wal_relative};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 const CHILD_DIR_VAR: &str = "SESSIONDB_CLI_CHILD_DIR";
@@ -419,7 +419,7 @@ fn damaged_sealed_segment_is_reported_then_repaired() {
     assert!(segs.len() >= 3, "the test needs sealed segments");
     let (seg, recs) = &segs[0];
     let rec = recs[recs.len() / 2];
-    common::flip_byte(seg, rec.start + rec.len / 2);
+    support::flip_byte(seg, rec.start + rec.len / 2);
     let tampered = fs::read(seg).unwrap();
     let lost_seq = rec.seq;
 
@@ -490,7 +490,7 @@ fn damaged_snapshot_is_reported_then_repaired_block_by_block() {
     let snap_len = fs::metadata(&snap).unwrap().len();
     assert!(snap_len > 3 * 65536, "the snapshot needs several blocks");
     // A byte in the middle of the second block's body.
-    common::flip_byte(&snap, 65536 + 30_000);
+    support::flip_byte(&snap, 65536 + 30_000);
     let tampered = fs::read(&snap).unwrap();
 
     let d = p(dir);

@@ -13,7 +13,7 @@ use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
 use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
 
-use crate::common::{self, RecordPos, Rng};
+use super::{RecordPos, Rng};
 
 /// Where every fault test keeps its store inside the simulated file system.
 pub const DIR: &str = "/store";
@@ -114,7 +114,7 @@ pub fn value(tag: &str, i: usize, len: usize) -> Vec<u8> {
     let mut v = format!("{tag}-{i:05}:").into_bytes();
     let mut x = i as u64 ^ 0x5eed;
     while v.len() < len {
-        let b = (common::splitmix64(&mut x) % 255 + 1) as u8;
+        let b = (super::splitmix64(&mut x) % 255 + 1) as u8;
         v.push(b);
     }
     v.truncate(len.max(1));
@@ -182,7 +182,7 @@ pub fn run_all(db: &Db, ops: &[Op], what: &str) {
 
 /// Every live entry through a full scan (which must not fail).
 pub fn contents(db: &Db) -> State {
-    common::contents(db)
+    super::contents(db)
 }
 
 /// The k in `lo..=hi` whose model state equals `got`, the largest if several do.
@@ -236,7 +236,7 @@ pub fn segments_with_records(sim: &SimStorage) -> Vec<(PathBuf, Vec<RecordPos>)>
     segments(sim)
         .into_iter()
         .filter_map(|p| {
-            let recs = common::parse_records(&sim.read_file(&p).unwrap());
+            let recs = super::parse_records(&sim.read_file(&p).unwrap());
             (!recs.is_empty()).then_some((p, recs))
         })
         .collect()

@@ -1,6 +1,6 @@
 //! Target `ops_vs_model`: arbitrary sequences of writes, clock moves, checkpoints, syncs,
 //! closes and power losses through the simulated storage, against the swarm's `BTreeMap` model
-//! and the oracle of docs/reliability.md (`tests/swarm_support/`, shared with `swarm.rs`).
+//! and the oracle of docs/reliability.md (`tests/support/swarm.rs`, shared with `tests/swarm.rs`).
 //!
 //! Input: a structured [`OpsSpec`]: sync mode, segment size, fault rates (short writes, ENOSPC,
 //! fsync EIO), the simulator's seed, and up to 64 steps: puts (with or without a TTL), deletes,
@@ -21,9 +21,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Clock, Db, Error, ManualClock, Options, SyncMode};
 
-#[path = "../swarm_support/mod.rs"]
-mod swarm_support;
-use swarm_support::{apply, issue, live_entries, recovered_prefix, visible, Op, State};
+use super::super::swarm::{apply, issue, live_entries, recovered_prefix, visible, Op, State};
 
 /// Steps per input at most.
 const STEPS_MAX: usize = 64;

@@ -1,0 +1,15 @@
+//! Waiting for another thread, always with a deadline: a regression makes a test fail naming
+//! what it waited for, never hang until CI's limit.
+
+/// How long a test waits for another thread before it fails instead of hanging.
+pub const WAIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Spins (yielding, never sleeping) until `done` holds; fails the test naming `what` if that
+/// takes longer than [`WAIT_DEADLINE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT_DEADLINE, "waited {WAIT_DEADLINE:?} for {what}");
+        std::thread::yield_now();
+    }
+}
