@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
-use support::history::{check, final_reads, seed, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
+use support::history::{check, final_reads, state_after, Env, Key, KeyState, Mix, Recorder, Worker};
+use support::{seed, Rng};
 
 const KEYS: u8 = 6;
 
@@ -108,7 +109,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
         let stop = Arc::new(AtomicBool::new(false));
         let background = {
             let (db, stop, clock) = (db.clone(), stop.clone(), clock.clone());
-            let mut rng = Rng::new(rng.next());
+            let mut rng = Rng::new(rng.next_u64());
             std::thread::spawn(move || -> Result<(), String> {
                 while !stop.load(Ordering::Relaxed) {
                     match rng.below(4) {
@@ -127,7 +128,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
         let workers: Vec<_> = (0..workers())
             .map(|t| {
                 let (db, recorder, env, clock) = (db.clone(), recorder.clone(), env.clone(), clock.clone());
-                let mut worker = Worker::new(t, round, rng.next(), mix);
+                let mut worker = Worker::new(t, round, rng.next_u64(), mix);
                 std::thread::spawn(move || {
                     for _ in 0..ops_per_worker {
                         worker.maybe_move_clock(&clock);

@@ -29,7 +29,8 @@ use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{thread, Config, Runner};
-use support::history::{check, empty_states, final_reads, seed, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
+use support::history::{check, empty_states, final_reads, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
+use support::seed;
 
 const T0: u64 = 1_700_000_000_000;
 

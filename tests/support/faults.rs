@@ -3,8 +3,6 @@
 //! state after every prefix of it, deterministic options for the simulated storage, the
 //! oracle of docs/reliability.md, and helpers that find segments and records inside `SimStorage`.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! (`cli/tests/cli.rs`), the shuttle scenarios (`schedules/tests/schedules.rs`) and the
 //! libFuzzer targets (`fuzz/fuzz_targets/`) include it, the last three with `#[path]`.
 //!
-//! - [`seed`]: seeds that replay (`SESSIONDB_SEED`) and a small generator;
+//! - [`random`]: seeds that replay (`SESSIONDB_SEED`) and a small generator;
 //! - [`wait`]: waiting for another thread, always with a deadline;
 //! - [`options`]: the options of the tests' stores;
 //! - [`files`]: a store's files, their framing, copies and damage;
@@ -20,11 +20,11 @@ pub mod files;
 pub mod fuzz;
 pub mod history;
 pub mod options;
-pub mod seed;
+pub mod random;
 pub mod swarm;
 pub mod wait;
 
 // The everyday helpers, by their short names (`support::wait_until`); a test that needs none of
 // one module's leaves its re-export unused.
 #[allow(unused_imports)]
-pub use {files::*, options::*, seed::*, wait::*};
+pub use {files::*, options::*, random::*, wait::*};

@@ -3,8 +3,6 @@
 //! deadline) they apply to, and the oracle of docs/reliability.md as a search for the prefix of the issued
 //! operations that a recovered store holds.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

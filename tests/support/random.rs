@@ -52,9 +52,14 @@ pub fn seeded(test: &'static str) -> (u64, SeedGuard) {
     (s, SeedGuard::new(test, s))
 }
 
+/// One step of splitmix64: advances `state` and returns the next output.
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
+    mix64(*state)
+}
+
+/// splitmix64's output function: a bijection of `u64` that scatters every input bit.
+pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
