@@ -13,19 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sessiondb::storage::sim::{Point, SimStorage};
-use sessiondb::{Db, Options, SyncMode};
-use support::wait_until;
+use sessiondb::{Db, SyncMode};
+use support::{small_options, wait_until, OptionsExt};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn options(sim: &SimStorage) -> Options {
-    Options::new()
-        .storage(Arc::new(sim.clone()))
-        .sync_mode(SyncMode::Never)
-        .segment_size(64 << 10)
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
-}
 
 #[test]
 fn a_checkpoint_requested_while_one_runs_follows_it() {
@@ -35,7 +26,9 @@ fn a_checkpoint_requested_while_one_runs_follows_it() {
     let go_rx = Mutex::new(go_rx);
     let held = Arc::new(AtomicBool::new(true));
     let h = held.clone();
-    let opts = options(&sim)
+    let opts = small_options()
+        .sim(&sim)
+        .sync_mode(SyncMode::Never)
         .checkpoint_log_bytes(32 << 10)
         .sweep_interval(None)
         .on_point(move |p| {

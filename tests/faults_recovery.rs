@@ -37,9 +37,9 @@ use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Db, Error, RecoveryMode, SyncMode};
 use support::faults::{
     assert_only_written, check_oracle, contents, create_durable, issue, options, run_all, segments,
-    segments_with_records, state_without, states, value, workload, written_values, Op, State, DIR, SEGMENT_SIZE,
+    segments_with_records, state_without, states, value, workload, written_values, Op, State, DIR,
 };
-use support::{parse_records, RecordPos, Rng};
+use support::{parse_records, RecordPos, Rng, SEGMENT_SIZE_SMALL};
 
 fn crash_mode(i: u64) -> CrashMode {
     match i % 3 {
@@ -142,7 +142,7 @@ fn file_growth_not_durable() {
                 let len = sim.read_file(&seg).unwrap().len() as u64;
                 assert_eq!(
                     len,
-                    SEGMENT_SIZE,
+                    SEGMENT_SIZE_SMALL,
                     "{what}: {} has a durable size of {len}",
                     seg.display()
                 );
@@ -160,7 +160,7 @@ fn file_growth_not_durable() {
     assert!(recs.len() >= 4, "the test wants a few records in the last segment");
     let before_last = recs[0].seq as usize - 1;
     let data_end = recs.last().unwrap().end();
-    let mut cuts = vec![40, data_end, data_end + 100, SEGMENT_SIZE - 1];
+    let mut cuts = vec![40, data_end, data_end + 100, SEGMENT_SIZE_SMALL - 1];
     for rec in recs.iter().take(2).chain(recs.iter().rev().take(2)) {
         for inside in [0, 1, 12, 25, rec.len / 2, rec.len - 1] {
             cuts.push(rec.start + inside);

@@ -15,19 +15,10 @@ use std::sync::Arc;
 use std::thread;
 
 use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
-use sessiondb::{Db, Error, Options};
+use sessiondb::{Db, Error};
+use support::{small_options, OptionsExt};
 
 const WRITERS: usize = 16;
-
-fn options(sim: &SimStorage) -> Options {
-    Options::new()
-        .segment_size(1 << 20)
-        .batch_size_max(64 * 1024)
-        .value_size_max(4096)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()))
-}
 
 type Writer = thread::JoinHandle<sessiondb::Result<()>>;
 
@@ -53,7 +44,8 @@ fn line_up(sim: &SimStorage, db: &Arc<Db>) -> (Writer, Vec<Writer>) {
 fn fsync_eio_fails_the_whole_group_and_poisons() {
     let sim = SimStorage::new(7);
     let dir = std::path::Path::new("/eio");
-    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
+    let opts = small_options().quiet().one_segment().sim(&sim);
+    let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
     db.put("before", "acknowledged").unwrap();
 
     let (first, writers) = line_up(&sim, &db);
@@ -102,7 +94,7 @@ fn fsync_eio_fails_the_whole_group_and_poisons() {
     sim.crash(CrashMode::Torn { sector: 512 });
     drop(db);
     sim.set_faults(Faults::default());
-    let db = Db::open_with(dir, options(&sim)).unwrap();
+    let db = Db::open_with(dir, opts).unwrap();
     assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"acknowledged"[..]));
     for r in db.range::<&[u8], _>(..) {
         let (k, v) = r.unwrap();
@@ -121,7 +113,8 @@ fn sixteen_writers_share_one_failing_group() {
     // The held fsync (of the first writer) succeeds; the next group, all 16 writers, fails.
     let sim = SimStorage::new(11);
     let dir = std::path::Path::new("/eio16");
-    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
+    let opts = small_options().quiet().one_segment().sim(&sim);
+    let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
     let (first, writers) = line_up(&sim, &db);
     support::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
     sim.pass_syncs(1);
@@ -152,7 +145,7 @@ fn sixteen_writers_share_one_failing_group() {
     sim.crash(CrashMode::DropUnsynced);
     drop(db);
     sim.set_faults(Faults::default());
-    let db = Db::open_with(dir, options(&sim)).unwrap();
+    let db = Db::open_with(dir, opts).unwrap();
     assert_eq!(
         db.get("first").unwrap().as_deref(),
         Some(&b"x"[..]),

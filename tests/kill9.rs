@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use sessiondb::{Db, Options, SyncMode};
-use support::{seeded, small_opts, splitmix64, Rng};
+use support::{seeded, small_options, splitmix64, Rng};
 
 const THREADS: usize = 4;
 const KEYS_PER_THREAD: usize = 4;
@@ -66,7 +66,7 @@ fn op(round_seed: u64, round: u64, t: usize, i: u64) -> Op {
 }
 
 fn options(mode: SyncMode) -> Options {
-    small_opts().sync_mode(mode).checkpoint_log_bytes(64 * 1024)
+    small_options().sync_mode(mode).checkpoint_log_bytes(64 * 1024)
 }
 
 fn mode_name(mode: SyncMode) -> &'static str {

@@ -6,6 +6,8 @@
 //! the deadline (`Ok` for groups written before, an error after), later writes get
 //! `Error::Poisoned`, reads go on, and the store reopens with every acknowledged write.
 
+mod support;
+
 use std::ffi::OsString;
 use std::io;
 use std::path::Path;
@@ -17,8 +19,15 @@ use std::time::Duration;
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 use sessiondb::{Db, Error, Options};
+use support::small_options;
 
 const DEADLINE: Duration = Duration::from_secs(60);
+
+fn options(storage: &Handle) -> Options {
+    small_options()
+        .storage(Arc::new(storage.clone()))
+        .auto_checkpoint(false)
+}
 
 /// The sim, with one panic armed: in a write of records to a log segment, or in the
 /// preallocator thread's creation of a segment's temporary file (`.wal.tmp`).
@@ -101,15 +110,6 @@ impl Storage for Handle {
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
         self.0.sim.try_lock(path)
     }
-}
-
-fn options(storage: &Handle) -> Options {
-    Options::new()
-        .storage(Arc::new(storage.clone()))
-        .segment_size(64 << 10)
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
-        .auto_checkpoint(false)
 }
 
 #[test]

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use sessiondb::limits::KEY_SIZE_MAX;
 use sessiondb::{Batch, Db, Error, SyncMode};
-use support::small_opts;
+use support::small_options;
 
 const VALUE_MAX: usize = 4096;
 const BATCH_MAX: usize = 16 * 1024;
 
 fn open(dir: &Path) -> Db {
-    let opts = small_opts()
+    let opts = small_options()
         .value_size_max(VALUE_MAX)
         .batch_size_max(BATCH_MAX)
         .sync_mode(SyncMode::Always)

@@ -36,7 +36,7 @@ use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
 use support::history::{check, final_reads, state_after, Env, Key, KeyState, Mix, Recorder, Worker};
-use support::{seed, Rng};
+use support::{seed, small_options, OptionsExt, Rng};
 
 const KEYS: u8 = 6;
 
@@ -75,13 +75,11 @@ fn options(rng: &mut Rng, storage: &Arc<dyn Storage>, clock: &ManualClock) -> Op
         1 => SyncMode::Never,
         _ => SyncMode::Interval(Duration::from_millis(1 + rng.below(10))),
     };
-    Options::new()
+    small_options()
         .storage(storage.clone())
-        .clock(Arc::new(clock.clone()))
+        .manual_clock(clock)
         .sync_mode(sync_mode)
         .segment_size([64 << 10, 128 << 10, 256 << 10][rng.below(3) as usize])
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
         .checkpoint_log_bytes([32 << 10, 96 << 10, 256 << 10][rng.below(3) as usize])
         .preallocate_ahead(rng.chance(70))
         .sweep_interval(Some(Duration::from_millis(1 + rng.below(5))))

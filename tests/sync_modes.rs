@@ -14,16 +14,11 @@ use std::time::{Duration, Instant};
 
 use sessiondb::storage::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
+use support::{small_options, OptionsExt};
 
+/// Every write in one segment, nothing in the background.
 fn options(sim: &SimStorage, mode: SyncMode) -> Options {
-    Options::new()
-        .sync_mode(mode)
-        .segment_size(1 << 20)
-        .value_size_max(4096)
-        .batch_size_max(64 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()))
+    small_options().quiet().one_segment().sim(sim).sync_mode(mode)
 }
 
 fn reopen_after_power_loss(sim: &SimStorage, db: Db, dir: &str, mode: SyncMode) -> Db {

@@ -19,18 +19,15 @@ use std::path::{Path, PathBuf};
 
 use sessiondb::{Db, Error, Options, RecoveryMode, SyncMode};
 use support::{
-    contents, copy_dir, flip_byte, segment_first_seq, segments_with_records, snapshot_files, wal_relative, RecordPos,
-    Rng,
+    contents, copy_dir, flip_byte, segment_first_seq, segments_with_records, small_options, snapshot_files,
+    wal_relative, OptionsExt, RecordPos, Rng,
 };
 
 const PUTS: usize = 200;
 
+/// Nothing in the background, so the files are as the test wrote them.
 fn opts(mode: RecoveryMode) -> Options {
-    support::small_opts()
-        .sync_mode(SyncMode::Always)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .recovery_mode(mode)
+    small_options().quiet().sync_mode(SyncMode::Always).recovery_mode(mode)
 }
 
 fn put_kv(i: usize) -> (Vec<u8>, Vec<u8>) {

@@ -14,6 +14,8 @@
 //! the key ("points into file #0, which is not open"). The value written after the freeze is the
 //! control: its touch changes an entry in the new segment, which no checkpoint deletes.
 
+mod support;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -23,6 +25,7 @@ use std::time::Duration;
 use sessiondb::storage::sim::{Point, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
+use support::{small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
 /// Every wait for the other thread ends by this deadline.
@@ -70,13 +73,10 @@ fn gated(at: Point, opts: Options) -> (Options, Gate) {
 }
 
 fn options(storage: &Arc<dyn Storage>, clock: &ManualClock) -> Options {
-    Options::new()
+    small_options()
         .storage(storage.clone())
-        .clock(Arc::new(clock.clone()))
+        .manual_clock(clock)
         .sync_mode(SyncMode::Always)
-        .segment_size(64 << 10)
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
         .auto_checkpoint(false)
         .sweep_interval(None)
 }
@@ -215,12 +215,7 @@ fn touches_and_gets_while_checkpointing_return_only_the_values_written() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let dir = tempfile::tempdir().unwrap();
-    let opts = || {
-        Options::new()
-            .segment_size(256 << 10)
-            .value_size_max(4 << 10)
-            .batch_size_max(64 << 10)
-    };
+    let opts = || small_options().segment_size(256 << 10).batch_size_max(64 << 10);
     let key = |j: usize| format!("k{j:05}");
     let value = |j: usize| format!("value-0-{j}").into_bytes();
     let db = Arc::new(Db::open_with(dir.path(), opts()).unwrap());

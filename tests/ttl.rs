@@ -15,12 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::{Batch, Db, ManualClock};
-use support::{contents, small_opts};
+use support::{contents, small_options};
 
 const T0: u64 = 1_700_000_000_000;
 
 fn open(dir: &Path, clock: &ManualClock) -> Db {
-    Db::open_with(dir, small_opts().auto_checkpoint(false).clock(Arc::new(clock.clone()))).expect("open")
+    Db::open_with(
+        dir,
+        small_options().auto_checkpoint(false).clock(Arc::new(clock.clone())),
+    )
+    .expect("open")
 }
 
 fn keys_of(db: &Db, prefix: &[u8]) -> Vec<String> {

@@ -28,8 +28,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sessiondb::{Batch, Db, Options, SyncMode};
-use support::{contents, segments_with_records, small_opts, snapshot_files, wal_relative};
+use sessiondb::{Batch, Db};
+use support::{contents, segments_with_records, small_options, snapshot_files, wal_relative, OptionsExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 const CHILD_DIR_VAR: &str = "SESSIONDB_CLI_CHILD_DIR";
@@ -96,13 +96,6 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, Option<(u64, u64)>> {
     out
 }
 
-fn opts() -> Options {
-    small_opts()
-        .sync_mode(SyncMode::Always)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-}
-
 /// The i-th put of the tamper stores: unique keys, unique values of varying length.
 fn put_kv(i: usize) -> (Vec<u8>, Vec<u8>) {
     let key = format!("key{i:04}").into_bytes();
@@ -114,7 +107,7 @@ fn put_kv(i: usize) -> (Vec<u8>, Vec<u8>) {
 /// A closed store of `n` puts, one record each, over several segments, no snapshot.
 fn log_store(n: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(dir.path(), opts()).unwrap();
+    let db = Db::open_with(dir.path(), small_options().quiet()).unwrap();
     for i in 0..n {
         let (k, v) = put_kv(i);
         db.put(k, v).unwrap();
@@ -357,7 +350,7 @@ fn reading_commands_change_no_byte() {
     let dir = store.path();
     // A snapshot, then more log, then a torn tail (garbage after the last record) and leftover
     // temp files: all things an open would change.
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     db.checkpoint().unwrap();
     for i in 150..200 {
         let (k, v) = put_kv(i);
@@ -402,7 +395,7 @@ fn reading_commands_change_no_byte() {
     assert_eq!(snapshot_files(&backup).len(), 1);
     assert_eq!(fs::read_dir(backup.join("wal")).unwrap().count(), 0);
     let expected: BTreeMap<Vec<u8>, Vec<u8>> = (0..200).map(put_kv).collect();
-    let b = Db::open_with(&backup, opts()).unwrap();
+    let b = Db::open_with(&backup, small_options().quiet()).unwrap();
     assert_eq!(contents(&b), expected);
     b.close().unwrap();
     fs::remove_dir_all(&backup).unwrap();
@@ -458,7 +451,7 @@ fn damaged_sealed_segment_is_reported_then_repaired() {
 
     // Every put but the lost one, applied in order: salvage never returns a value not written.
     let expected: BTreeMap<Vec<u8>, Vec<u8>> = (0..n).filter(|&i| i as u64 + 1 != lost_seq).map(put_kv).collect();
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     assert_eq!(contents(&db), expected);
     db.close().unwrap();
 }
@@ -469,7 +462,7 @@ fn damaged_snapshot_is_reported_then_repaired_block_by_block() {
     let n = 300;
     let store = log_store(n);
     let dir = store.path();
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     db.checkpoint().unwrap();
     // After the snapshot: overwrite some keys, delete one, add new ones.
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = (0..n).map(put_kv).collect();
@@ -515,7 +508,7 @@ fn damaged_snapshot_is_reported_then_repaired_block_by_block() {
 
     // Each key is either right or lost with the damaged block; no value was invented; the log
     // after the snapshot still applied (the rewrites of keys 5, 150 and 299 and the new keys).
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     let got = contents(&db);
     db.close().unwrap();
     for (k, v) in &got {
@@ -609,7 +602,7 @@ fn counter_key(t: usize) -> Vec<u8> {
 
 /// Child side: write batches from several threads until stdin closes.
 fn writer_child(dir: &str) {
-    let options = small_opts().checkpoint_log_bytes(128 * 1024);
+    let options = small_options().checkpoint_log_bytes(128 * 1024);
     let db = Arc::new(Db::open_with(Path::new(dir), options).expect("child open"));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
@@ -779,11 +772,11 @@ fn tool_works_on_a_store_another_process_writes() {
         assert_eq!(fs::read_dir(backup.join("wal")).unwrap().count(), 0);
         let restored = tmp.path().join(format!("restored-{i}"));
         expect(0, &[OsStr::new("restore"), p(backup), p(&restored)]);
-        let db = Db::open_with(&restored, small_opts()).unwrap();
+        let db = Db::open_with(&restored, small_options()).unwrap();
         let state = contents(&db);
         db.close().unwrap();
         assert_consistent(&state, &format!("backup {i}"));
-        let b = Db::open_with(backup, small_opts()).unwrap();
+        let b = Db::open_with(backup, small_options()).unwrap();
         assert_eq!(contents(&b), state, "restore copies the backup");
         b.close().unwrap();
     }

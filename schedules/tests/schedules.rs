@@ -30,7 +30,7 @@ use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{thread, Config, Runner};
 use support::history::{check, empty_states, final_reads, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
-use support::seed;
+use support::{seed, small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -90,16 +90,11 @@ impl Store {
     }
 
     fn options(&self) -> Options {
-        Options::new()
-            .storage(Arc::new(self.sim.clone()))
-            .clock(Arc::new(self.clock.clone()))
+        small_options()
+            .quiet()
+            .sim(&self.sim)
+            .manual_clock(&self.clock)
             .sync_mode(SyncMode::Always)
-            .segment_size(64 << 10)
-            .value_size_max(4 << 10)
-            .batch_size_max(16 << 10)
-            .auto_checkpoint(false)
-            .preallocate_ahead(false)
-            .sweep_interval(None)
     }
 
     fn open(&self, opts: Options) -> Arc<Db> {

@@ -5,18 +5,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
 use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
 
-use super::{RecordPos, Rng};
+use super::{small_options, OptionsExt, RecordPos, Rng};
 
 /// Where every fault test keeps its store inside the simulated file system.
 pub const DIR: &str = "/store";
-/// Segment size of the fault tests: small, so a hundred writes roll segments.
-pub const SEGMENT_SIZE: u64 = 64 * 1024;
 
 /// Live contents: key → value.
 pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -140,18 +137,14 @@ pub fn workload(seed: u64, n: usize) -> Vec<Op> {
         .collect()
 }
 
-/// Deterministic options on the simulator: 64 KiB segments, no background threads, a manual
-/// clock.
+/// Deterministic options on the simulator: the tests' small store, quiet (no background
+/// threads), a manual clock.
 pub fn options(sim: &SimStorage, mode: SyncMode) -> Options {
-    Options::new()
+    small_options()
+        .quiet()
+        .sim(sim)
         .sync_mode(mode)
-        .segment_size(SEGMENT_SIZE)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .clock(Arc::new(ManualClock::new(1_000_000)))
-        .storage(Arc::new(sim.clone()))
+        .manual_clock(&ManualClock::new(1_000_000))
 }
 
 pub fn issue(db: &Db, op: &Op) -> sessiondb::Result<()> {

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use sessiondb::{Batch, Db, Durability, Error, ManualClock};
 
-use super::{mix64 as mix, Rng};
+use super::{mix64 as mix, small_options, OptionsExt, Rng};
 
 /// Keys are `k0`, `k1`, ...: few, so that threads collide on them.
 pub type Key = u8;
@@ -411,15 +411,7 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
             let at = ManualClock::new(clock.now_ms_for_test());
             let read = sessiondb::Db::open_with(
                 &dest,
-                sessiondb::Options::new()
-                    .storage(env.storage.clone())
-                    .clock(std::sync::Arc::new(at))
-                    .segment_size(64 << 10)
-                    .value_size_max(4 << 10)
-                    .batch_size_max(16 << 10)
-                    .preallocate_ahead(false)
-                    .auto_checkpoint(false)
-                    .sweep_interval(None),
+                small_options().quiet().storage(env.storage.clone()).manual_clock(&at),
             )
             .map_or_else(failed, |copy| {
                 let out = entries(copy.scan_prefix(b"k"));

@@ -14,7 +14,6 @@
 //! must survive (all acknowledged in `Always` mode, else those a sync or an immediate write
 //! covered), and a second open agrees; only the injected faults make a write fail.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -22,6 +21,7 @@ use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Clock, Db, Error, ManualClock, Options, SyncMode};
 
 use super::super::swarm::{apply, issue, live_entries, recovered_prefix, visible, Op, State};
+use super::super::{small_options, OptionsExt};
 
 /// Steps per input at most.
 const STEPS_MAX: usize = 64;
@@ -291,16 +291,14 @@ pub fn run(data: &[u8]) {
     } else {
         SyncMode::Never
     };
-    let opts = Options::new()
+    let opts = small_options()
+        .quiet()
         .sync_mode(mode)
         .segment_size(if spec.small_segments { 64 * 1024 } else { 256 * 1024 })
         .value_size_max(8 * 1024)
         .batch_size_max(32 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sweep_interval(None)
-        .clock(Arc::new(clock.clone()))
-        .storage(Arc::new(sim.clone()));
+        .manual_clock(&clock)
+        .sim(&sim);
     let pick = |bit: u8, p: f64| if spec.faults & bit != 0 { p } else { 0.0 };
     let faults = Faults {
         short_write: pick(1, 0.2),
