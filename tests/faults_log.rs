@@ -34,7 +34,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
-use std::thread;
 
 use sessiondb::storage::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Db, Error, SyncMode};
@@ -42,7 +41,8 @@ use support::faults::{
     check_oracle, contents, issue, options, prefix_k, run_all, segments, segments_with_records, states, value,
     workload, Op, State, DIR,
 };
-use support::parse_records;
+use support::hold::hold_fsync_and_line_up;
+use support::{joined, parse_records};
 
 fn mode_for(i: u64) -> CrashMode {
     match i % 3 {
@@ -77,27 +77,18 @@ fn torn_group_round(seed: u64, sector: usize) -> (u64, usize) {
         db.put(&k, &v).unwrap();
         model.insert(k, v);
     }
-    sim.hold_syncs(true);
-    let first = {
-        let db = db.clone();
-        thread::spawn(move || db.put("first", "x"))
-    };
-    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
-    let writers: Vec<_> = (0..GROUP)
-        .map(|i| {
-            let db = db.clone();
-            thread::spawn(move || db.put(format!("g{i}"), group_value(i)))
-        })
+    let group = (0..GROUP)
+        .map(|i| (format!("g{i}").into_bytes(), group_value(i)))
         .collect();
-    support::wait_until("the group to line up", || db.stats().writers_waiting >= GROUP as u64);
+    let lined = hold_fsync_and_line_up(&sim, &db, ("first", "x"), group);
     // The held fsync and the group's one write go through; the machine stops at the group's
     // fsync.
     sim.halt_after(Some(sim.ops() + 2));
     sim.hold_syncs(false);
-    first.join().unwrap().expect("the first writer's fsync succeeded");
+    joined("the first writer", lined.first).expect("the first writer's fsync succeeded");
     model.insert(b"first".to_vec(), b"x".to_vec());
-    for w in writers {
-        let r = w.join().unwrap();
+    for w in lined.group {
+        let r = joined("a writer of the halted group", w);
         assert!(
             matches!(r, Err(Error::Io { .. } | Error::Poisoned { .. })),
             "{what}: a writer of the halted group gets the I/O error or Poisoned: {r:?}"

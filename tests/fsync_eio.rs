@@ -12,32 +12,20 @@
 mod support;
 
 use std::sync::Arc;
-use std::thread;
 
 use sessiondb::storage::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Db, Error};
-use support::{small_options, OptionsExt};
+use support::hold::{hold_fsync_and_line_up, LinedUp};
+use support::{joined, small_options, OptionsExt};
 
 const WRITERS: usize = 16;
 
-type Writer = thread::JoinHandle<sessiondb::Result<()>>;
-
-/// Holds fsyncs at the gate; one writer ("first") goes into its fsync and waits there; then
-/// `WRITERS` more start, and line up in the next commit group behind it.
-fn line_up(sim: &SimStorage, db: &Arc<Db>) -> (Writer, Vec<Writer>) {
-    sim.hold_syncs(true);
-    let first = {
-        let db = db.clone();
-        thread::spawn(move || db.put("first", "x"))
-    };
-    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
-    let writers = (0..WRITERS)
-        .map(|i| {
-            let db = db.clone();
-            thread::spawn(move || db.put(format!("w{i}"), format!("v{i}")))
-        })
+/// One writer ("first") in its fsync at the gate, `WRITERS` more lined up behind it.
+fn line_up(sim: &SimStorage, db: &Arc<Db>) -> LinedUp {
+    let group = (0..WRITERS)
+        .map(|i| (format!("w{i}").into_bytes(), format!("v{i}").into_bytes()))
         .collect();
-    (first, writers)
+    hold_fsync_and_line_up(sim, db, ("first", "x"), group)
 }
 
 #[test]
@@ -48,26 +36,22 @@ fn fsync_eio_fails_the_whole_group_and_poisons() {
     let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
     db.put("before", "acknowledged").unwrap();
 
-    let (first, writers) = line_up(&sim, &db);
     // The first writer is in its fsync; the other 16 wait in the next group (its leader-to-be
     // included).
-    support::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
+    let lined = line_up(&sim, &db);
     sim.set_faults(Faults {
         sync_eio: 1.0,
         ..Faults::default()
     });
     sim.hold_syncs(false);
 
-    let first = first.join().expect("first writer returns");
+    let first = joined("the first writer", lined.first);
     assert!(
         matches!(first, Err(Error::Io { .. })),
         "the first group's fsync failed: {first:?}"
     );
-    let results: Vec<_> = writers
-        .into_iter()
-        .map(|w| w.join().expect("no writer hangs"))
-        .collect();
-    for r in &results {
+    for w in lined.group {
+        let r = joined("a writer of the lined-up group", w);
         assert!(
             matches!(r, Err(Error::Poisoned { .. }) | Err(Error::Io { .. })),
             "no writer of a failed or later group is told Ok: {r:?}"
@@ -115,10 +99,9 @@ fn sixteen_writers_share_one_failing_group() {
     let dir = std::path::Path::new("/eio16");
     let opts = small_options().quiet().one_segment().sim(&sim);
     let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
-    let (first, writers) = line_up(&sim, &db);
-    support::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
+    let lined = line_up(&sim, &db);
     sim.pass_syncs(1);
-    first.join().unwrap().expect("the first group's fsync succeeded");
+    joined("the first writer", lined.first).expect("the first group's fsync succeeded");
     // The 16-writer group has written its records and waits at the gate for its fsync.
     support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
     sim.set_faults(Faults {
@@ -126,8 +109,8 @@ fn sixteen_writers_share_one_failing_group() {
         ..Faults::default()
     });
     sim.hold_syncs(false);
-    for w in writers {
-        let r = w.join().expect("no writer hangs");
+    for w in lined.group {
+        let r = joined("a writer of the failed group", w);
         assert!(
             matches!(r, Err(Error::Io { .. })),
             "every writer of the failed group gets the I/O error: {r:?}"

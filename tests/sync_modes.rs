@@ -9,12 +9,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sessiondb::storage::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
-use support::{small_options, OptionsExt};
+use support::hold::hold_fsync_and_line_up;
+use support::{joined, small_options, wait_until, OptionsExt};
 
 /// Every write in one segment, nothing in the background.
 fn options(sim: &SimStorage, mode: SyncMode) -> Options {
@@ -62,11 +62,7 @@ fn interval_syncs_in_the_background() {
     let fsyncs = db.stats().fsyncs;
     db.put("k", "v").unwrap();
     // Wait for the background thread's next fsync (a condition, not a sleep).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.stats().fsyncs == fsyncs {
-        assert!(Instant::now() < deadline, "the interval sync never ran");
-        thread::yield_now();
-    }
+    wait_until("the interval sync", || db.stats().fsyncs > fsyncs);
     let db = reopen_after_power_loss(&sim, db, "/interval", mode);
     assert_eq!(
         db.get("k").unwrap().as_deref(),
@@ -83,15 +79,10 @@ fn always_loses_nothing_acknowledged_and_shows_nothing_unsynced() {
         db.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
     // Hold the next fsync: the write is in the file but not durable, and must not be visible.
-    sim.hold_syncs(true);
-    let writer = {
-        let db = db.clone();
-        thread::spawn(move || db.put("pending", "x"))
-    };
-    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
+    let held = hold_fsync_and_line_up(&sim, &db, ("pending", "x"), Vec::new());
     assert_eq!(db.get("pending").unwrap(), None, "not visible before its fsync returns");
     sim.hold_syncs(false);
-    writer.join().unwrap().unwrap();
+    joined("the held writer", held.first).expect("the write succeeds once its fsync returns");
     assert_eq!(
         db.get("pending").unwrap().as_deref(),
         Some(&b"x"[..]),

@@ -18,18 +18,16 @@ mod support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::storage::sim::{Point, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
-use support::{small_options, OptionsExt};
+use support::hold::PointGate;
+use support::{joined, small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
-/// Every wait for the other thread ends by this deadline.
-const DEADLINE: Duration = Duration::from_secs(60);
 const KEY: &[u8] = b"session:touched";
 const VALUE: &[u8] = b"the value written before the checkpoint";
 
@@ -44,32 +42,6 @@ enum Home {
     ActiveSegment,
     /// A record written after the freeze, into the checkpoint's new segment.
     AfterFreeze,
-}
-
-/// Stops the thread that reaches `at` (once armed) until the test lets it go.
-struct Gate {
-    armed: Arc<AtomicBool>,
-    reached: Receiver<()>,
-    go: Sender<()>,
-}
-
-fn gated(at: Point, opts: Options) -> (Options, Gate) {
-    let armed = Arc::new(AtomicBool::new(false));
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let go_rx = Mutex::new(go_rx);
-    let a = armed.clone();
-    let opts = opts.on_point(move |p| {
-        if p == at && a.swap(false, Ordering::SeqCst) {
-            reached_tx.send(()).expect("the test waits for the gate");
-            go_rx
-                .lock()
-                .expect("one checkpoint at a time")
-                .recv_timeout(DEADLINE)
-                .expect("the test lets the checkpoint go");
-        }
-    });
-    (opts, Gate { armed, reached, go })
 }
 
 fn options(storage: &Arc<dyn Storage>, clock: &ManualClock) -> Options {
@@ -99,7 +71,7 @@ fn expect_touched(db: &Db, deadline: u64, when: &str) {
 
 fn run_case(storage: Arc<dyn Storage>, dir: &Path, home: Home, at: Point) {
     let clock = ManualClock::new(T0);
-    let (opts, gate) = gated(at, options(&storage, &clock));
+    let (opts, gate) = PointGate::at(at, options(&storage, &clock));
     let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
     let first_deadline = T0 + 60_000;
     let put_key = |db: &Db| {
@@ -123,14 +95,12 @@ fn run_case(storage: Arc<dyn Storage>, dir: &Path, home: Home, at: Point) {
         Home::AfterFreeze => fill(&db, "before", 20),
     }
 
-    gate.armed.store(true, Ordering::SeqCst);
+    gate.arm();
     let checkpoint = {
         let db = db.clone();
         std::thread::spawn(move || db.checkpoint())
     };
-    gate.reached
-        .recv_timeout(DEADLINE)
-        .expect("the checkpoint reaches the gate");
+    gate.wait_reached("the checkpoint at the gate");
     if let Home::AfterFreeze = home {
         put_key(&db);
     }
@@ -141,8 +111,8 @@ fn run_case(storage: Arc<dyn Storage>, dir: &Path, home: Home, at: Point) {
     );
     let touched = T0 + 1_000 + 3_600_000;
     expect_touched(&db, touched, "during the checkpoint");
-    gate.go.send(()).unwrap();
-    checkpoint.join().unwrap().expect("the checkpoint succeeds");
+    gate.release();
+    joined("the checkpoint", checkpoint).expect("the checkpoint succeeds");
     expect_touched(&db, touched, "after the checkpoint");
 
     // New files: segments and a snapshot. Before the fix they took the deleted files' slots.

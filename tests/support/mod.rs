@@ -4,6 +4,8 @@
 //!
 //! - [`random`]: seeds that replay (`SESSIONDB_SEED`) and a small generator;
 //! - [`wait`]: waiting for another thread, always with a deadline;
+//! - [`hold`]: an fsync held with a commit group lined up behind it, a thread held at a
+//!   protocol point;
 //! - [`options`]: the options of the tests' stores;
 //! - [`files`]: a store's files, their framing, copies and damage;
 //! - [`faults`]: the fault tests' workload, model and oracle on the simulated storage;
@@ -19,6 +21,7 @@ pub mod faults;
 pub mod files;
 pub mod fuzz;
 pub mod history;
+pub mod hold;
 pub mod options;
 pub mod random;
 pub mod swarm;

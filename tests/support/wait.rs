@@ -13,3 +13,10 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::yield_now();
     }
 }
+
+/// Joins `thread` once it has finished, waiting at most [`WAIT_DEADLINE`] (a thread stuck in
+/// the engine fails the test naming `what`); a panic of the thread goes on in this one.
+pub fn joined<T>(what: &str, thread: std::thread::JoinHandle<T>) -> T {
+    wait_until(what, || thread.is_finished());
+    thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
