@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use sessiondb::inspect::View;
 use sessiondb::{Batch, Db, Error, SyncMode};
-use support::{contents, seeded, small_options, snapshot_files, Rng};
+use support::{contents, seeded, small_options, snapshot_files, Rng, WAIT_DEADLINE};
 
 const WRITERS: usize = 4;
 
@@ -50,11 +50,19 @@ impl Progress {
         self.acked.lock().unwrap().clone()
     }
 
+    /// Returns once the writers have acknowledged `total` batches; fails the test after
+    /// [`WAIT_DEADLINE`].
     fn wait_for_total(&self, total: u64) {
-        let mut acked = self.acked.lock().unwrap();
-        while acked.iter().sum::<u64>() < total {
-            acked = self.cv.wait(acked).unwrap();
-        }
+        let acked = self.acked.lock().unwrap();
+        let (acked, waited) = self
+            .cv
+            .wait_timeout_while(acked, WAIT_DEADLINE, |a| a.iter().sum::<u64>() < total)
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "waited {WAIT_DEADLINE:?} for {total} acknowledged batches; the writers have {:?}",
+            *acked
+        );
     }
 }
 

@@ -17,13 +17,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use sessiondb::{Db, Options, SyncMode};
+use support::child::ChildOutput;
 use support::{seeded, small_options, splitmix64, Rng};
 
 const THREADS: usize = 4;
@@ -191,16 +192,12 @@ fn run_child(test: &str, dir: &Path, mode: SyncMode, round: u64, round_seed: u64
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut out = ChildOutput::new(child.stdout.take().unwrap());
     let mut acked = [0u64; THREADS];
     let mut total = 0u64;
     let mut killed = false;
     let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
+    while let Some(line) = out.next_line() {
         if !line.ends_with('\n') {
             // Cut by the kill: never acknowledged to us.
             break;

@@ -14,14 +14,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sessiondb::storage::sim::SimStorage;
 use sessiondb::storage::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 use sessiondb::{Db, Error, Options};
-use support::small_options;
-
-const DEADLINE: Duration = Duration::from_secs(60);
+use support::{small_options, WAIT_DEADLINE};
 
 fn options(storage: &Handle) -> Options {
     small_options()
@@ -149,7 +146,7 @@ fn a_leader_that_panics_fails_its_group_and_poisons_the_store() {
     let mut panics = 0;
     for _ in 0..8 {
         let outcomes = finished
-            .recv_timeout(DEADLINE)
+            .recv_timeout(WAIT_DEADLINE)
             .expect("every writer returns: none waits for a leader that panicked");
         for o in outcomes {
             match o {
@@ -186,7 +183,7 @@ fn a_preallocator_that_panics_never_stops_a_roll() {
             // spare it failed to make, or make their own.
             let started = std::time::Instant::now();
             let mut i = 0;
-            while storage.0.panic_in_tmp_create.load(Ordering::SeqCst) && started.elapsed() < DEADLINE {
+            while storage.0.panic_in_tmp_create.load(Ordering::SeqCst) && started.elapsed() < WAIT_DEADLINE {
                 db.put(format!("k{}", i % 64), [1u8; 4000]).unwrap();
                 i += 1;
             }
@@ -197,7 +194,7 @@ fn a_preallocator_that_panics_never_stops_a_roll() {
         });
     }
     finished
-        .recv_timeout(DEADLINE)
+        .recv_timeout(WAIT_DEADLINE)
         .expect("rolls go on: the writer makes the segment itself");
     assert!(db.stats().segments >= 3, "{:?}", db.stats());
     assert!(

@@ -10,12 +10,13 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use sessiondb::{Db, Error};
+use support::child::ChildOutput;
 use support::small_options;
 
 const CHILD_DIR_VAR: &str = "SESSIONDB_LOCK_CHILD_DIR";
@@ -93,29 +94,16 @@ fn second_open_in_another_process_is_locked() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("child exited before READY; its output:\n{seen}");
-        }
-        seen.push_str(&line);
-        // The harness prints "test <name> ... " before the child's own output, on the same line.
-        if line.trim_end().ends_with("READY") {
-            break;
-        }
-    }
+    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    out.wait_for("READY");
 
     assert_locked(dir.path());
 
     drop(child.stdin.take());
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
+    let rest = out.rest();
     let status = child.wait().unwrap();
-    assert!(status.success(), "child failed: {status}; output:\n{seen}{rest}");
-    assert!(rest.contains("CLOSED"), "child output:\n{seen}{rest}");
+    assert!(status.success(), "child failed: {status}; output:\n{}", out.seen());
+    assert!(rest.contains("CLOSED"), "child output:\n{}", out.seen());
 
     let db = Db::open_with(dir.path(), small_options()).expect("open after the child exited");
     assert_eq!(db.get(b"child").unwrap().as_deref(), Some(&b"was here"[..]));

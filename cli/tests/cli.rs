@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sessiondb::{Batch, Db};
+use support::child::ChildOutput;
 use support::{contents, segments_with_records, small_options, snapshot_files, wal_relative, OptionsExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
@@ -640,7 +641,7 @@ fn writer_child(dir: &str) {
 // NOTE: the caller waits for the child; a panic on the way ends the test process, child included
 // (its stdin closes and it exits).
 #[allow(clippy::zombie_processes)]
-fn spawn_writer(dir: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
+fn spawn_writer(dir: &Path) -> (Child, ChildOutput) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -654,20 +655,9 @@ fn spawn_writer(dir: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child exited before READY; its output:\n{seen}");
-        }
-        seen.push_str(&line);
-        if line.trim_end().ends_with("READY") {
-            return (child, out);
-        }
-    }
+    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    out.wait_for("READY");
+    (child, out)
 }
 
 /// A state of the child's store is consistent when, per writer, it holds keys `0..n` and
@@ -760,8 +750,7 @@ fn tool_works_on_a_store_another_process_writes() {
         "the child never checkpointed while the tool ran: {checkpoints_seen:?}"
     );
     drop(child.stdin.take());
-    let mut rest = String::new();
-    child_out.read_to_string(&mut rest).unwrap();
+    let rest = child_out.rest();
     assert!(child.wait().unwrap().success(), "child failed:\n{rest}");
     assert!(rest.contains("CLOSED"), "{rest}");
     expect(0, &[OsStr::new("verify"), d]);

@@ -6,6 +6,7 @@
 //! - [`wait`]: waiting for another thread, always with a deadline;
 //! - [`hold`]: an fsync held with a commit group lined up behind it, a thread held at a
 //!   protocol point;
+//! - [`child`]: a child process's output, read with a deadline;
 //! - [`options`]: the options of the tests' stores;
 //! - [`files`]: a store's files, their framing, copies and damage;
 //! - [`faults`]: the fault tests' workload, model and oracle on the simulated storage;
@@ -17,6 +18,7 @@
 
 #![allow(dead_code)]
 
+pub mod child;
 pub mod faults;
 pub mod files;
 pub mod fuzz;
