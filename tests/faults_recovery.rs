@@ -511,9 +511,10 @@ fn torn_store(seed: u64, ops: &[Op]) -> SimStorage {
     db.checkpoint().unwrap();
     run_all(&db, &ops[40..CR_OPS], "torn_store");
     sim.halt_after(Some(sim.ops() + 1));
+    let halted = issue(&db, &ops[CR_OPS]);
     assert!(
-        issue(&db, &ops[CR_OPS]).is_err(),
-        "the halted write is not acknowledged"
+        matches!(halted, Err(Error::Io { .. })),
+        "the halted write is not acknowledged: {halted:?}"
     );
     let seg = segments_with_records(&sim).pop().unwrap().0;
     let visible = sim.read_file(&seg).unwrap();

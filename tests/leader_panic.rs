@@ -133,8 +133,8 @@ fn a_leader_that_panics_fails_its_group_and_poisons_the_store() {
                         acknowledged.fetch_add(1, Ordering::Relaxed);
                         outcomes.push(Ok(format!("t{t}-{i}")));
                     }
-                    Ok(Err(e)) => outcomes.push(Err(e.to_string())),
-                    Err(_) => outcomes.push(Err("panicked".into())),
+                    Ok(Err(e)) => outcomes.push(Err(Some(e))),
+                    Err(_) => outcomes.push(Err(None)),
                 }
             }
             // Its handle goes before it reports, so the last report means the last handle.
@@ -151,8 +151,11 @@ fn a_leader_that_panics_fails_its_group_and_poisons_the_store() {
         for o in outcomes {
             match o {
                 Ok(k) => written.push(k),
-                Err(e) if e == "panicked" => panics += 1,
-                Err(_) => {}
+                Err(None) => panics += 1,
+                Err(Some(e)) => assert!(
+                    matches!(e, Error::Poisoned { .. }),
+                    "a write in or after the group whose leader panicked: {e:?}"
+                ),
             }
         }
     }
