@@ -8,7 +8,7 @@
 //! session that is gone creates a new one under a fresh key; malformed keys load as nothing;
 //! no engine call runs on the async executor's thread.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +19,7 @@ use sessiondb::session::actix::ActixStore;
 use sessiondb::session::tower::TowerStore;
 use sessiondb::session::{SessionId, SessionStore};
 use sessiondb::ManualClock;
+use support::OptionsExt;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{ExpiredDeletion, SessionStore as _};
@@ -27,7 +28,7 @@ const T0: u64 = 1_700_000_000_000;
 const HOUR_MS: u64 = 3_600_000;
 
 fn open(dir: &Path, clock: &ManualClock) -> SessionStore {
-    common::manual_session_store(dir, clock)
+    support::manual_session_store(dir, clock)
 }
 
 fn at(ms: u64) -> OffsetDateTime {
@@ -240,10 +241,7 @@ impl sessiondb::Clock for ThreadClock {
 async fn adapters_run_the_engine_off_the_executor_thread() {
     let dir = tempfile::tempdir().unwrap();
     let clock = std::sync::Arc::new(ThreadClock::default());
-    let opts = sessiondb::Options::new()
-        .auto_checkpoint(false)
-        .sweep_interval(None)
-        .clock(clock.clone());
+    let opts = support::small_options().quiet().clock(clock.clone());
     let sessions = SessionStore::new(sessiondb::Db::open_with(dir.path(), opts).unwrap());
     clock.0.lock().unwrap().clear(); // the open ran here, as it should
 

@@ -7,10 +7,13 @@
 //! SIGKILL and restart continues from the last answer); each visitor (cookie jar) has its own
 //! counter.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+
+use support::child::ChildOutput;
 
 /// The example's binary, built (or found up to date, which takes a fraction of a second) with
 /// the same cargo and profile as this test, so the test never runs a stale build.
@@ -54,10 +57,9 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the example");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
+        let line = ChildOutput::new(child.stdout.take().expect("stdout"))
+            .next_line()
+            .unwrap_or_default();
         let url = line
             .trim()
             .strip_prefix("listening on ")

@@ -10,7 +10,7 @@
 //! acknowledged order, each batch whole); it holds every write acknowledged before it started;
 //! it is one snapshot and an empty log, and opens as a store that takes writes.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use common::{contents, seeded, small_opts, snapshot_files, Rng};
 use sessiondb::inspect::View;
 use sessiondb::{Batch, Db, Error, SyncMode};
+use support::{contents, seeded, small_options, snapshot_files, Rng, WAIT_DEADLINE};
 
 const WRITERS: usize = 4;
 
@@ -50,11 +50,19 @@ impl Progress {
         self.acked.lock().unwrap().clone()
     }
 
+    /// Returns once the writers have acknowledged `total` batches; fails the test after
+    /// [`WAIT_DEADLINE`].
     fn wait_for_total(&self, total: u64) {
-        let mut acked = self.acked.lock().unwrap();
-        while acked.iter().sum::<u64>() < total {
-            acked = self.cv.wait(acked).unwrap();
-        }
+        let acked = self.acked.lock().unwrap();
+        let (acked, waited) = self
+            .cv
+            .wait_timeout_while(acked, WAIT_DEADLINE, |a| a.iter().sum::<u64>() < total)
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "waited {WAIT_DEADLINE:?} for {total} acknowledged batches; the writers have {:?}",
+            *acked
+        );
     }
 }
 
@@ -64,7 +72,9 @@ fn backups_under_concurrent_writes_are_prefixes() {
     let mut rng = Rng::new(seed);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let opts = small_opts().sync_mode(SyncMode::Never).checkpoint_log_bytes(64 * 1024);
+    let opts = small_options()
+        .sync_mode(SyncMode::Never)
+        .checkpoint_log_bytes(64 * 1024);
     let db = Arc::new(Db::open_with(&src, opts.clone()).unwrap());
     let progress = Arc::new(Progress {
         acked: Mutex::new(vec![0; WRITERS]),
@@ -119,7 +129,7 @@ fn backups_under_concurrent_writes_are_prefixes() {
         assert!(!dest.join("LOCK").exists(), "{what}: no lock file");
         let backed_up = seqs(dest);
         let got = {
-            let b = Db::open_with(dest, small_opts()).unwrap();
+            let b = Db::open_with(dest, small_options()).unwrap();
             let c = contents(&b);
             assert_eq!(
                 b.stats().last_seq,
@@ -168,7 +178,7 @@ fn backups_under_concurrent_writes_are_prefixes() {
 fn a_backup_opens_as_a_store_that_takes_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let db = Db::open_with(&src, small_opts()).unwrap();
+    let db = Db::open_with(&src, small_options()).unwrap();
     let empty = tmp.path().join("empty");
     let r = db.backup(&empty).unwrap();
     assert_eq!((r.seq, r.keys), (0, 0));
@@ -188,15 +198,15 @@ fn a_backup_opens_as_a_store_that_takes_writes() {
     db.close().unwrap();
 
     // A snapshot and no log: recovery starts a fresh log after the snapshot.
-    let b = Db::open_with(&dest, small_opts()).unwrap();
+    let b = Db::open_with(&dest, small_options()).unwrap();
     assert_eq!(contents(&b), expected);
     b.put("after", "restore").unwrap();
     b.close().unwrap();
-    let b = Db::open_with(&dest, small_opts()).unwrap();
+    let b = Db::open_with(&dest, small_options()).unwrap();
     assert_eq!(b.get("after").unwrap().as_deref(), Some(&b"restore"[..]));
     assert_eq!(b.stats().keys, 300);
     b.close().unwrap();
-    let e = Db::open_with(&empty, small_opts()).unwrap();
+    let e = Db::open_with(&empty, small_options()).unwrap();
     assert_eq!(e.stats().keys, 0);
     e.close().unwrap();
 }
@@ -205,7 +215,7 @@ fn a_backup_opens_as_a_store_that_takes_writes() {
 fn restore_copies_an_intact_backup_and_refuses_a_damaged_one() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let db = Db::open_with(&src, small_opts()).unwrap();
+    let db = Db::open_with(&src, small_options()).unwrap();
     for i in 0..200u32 {
         db.put(format!("k{i:04}"), format!("value {i}")).unwrap();
     }
@@ -218,7 +228,7 @@ fn restore_copies_an_intact_backup_and_refuses_a_damaged_one() {
     fs::create_dir(&restored).unwrap();
     let r = sessiondb::restore(&backup, &restored).unwrap();
     assert_eq!((r.keys, r.seq), (200, 200));
-    let db = Db::open_with(&restored, small_opts()).unwrap();
+    let db = Db::open_with(&restored, small_options()).unwrap();
     assert_eq!(contents(&db), expected);
     db.close().unwrap();
     assert!(matches!(
@@ -227,7 +237,7 @@ fn restore_copies_an_intact_backup_and_refuses_a_damaged_one() {
     ));
 
     let snap = snapshot_files(&backup).pop().unwrap();
-    common::flip_byte(&snap, 100);
+    support::flip_byte(&snap, 100);
     match sessiondb::restore(&backup, tmp.path().join("from-damaged")) {
         Err(Error::Corruption { path, .. }) => assert_eq!(path, snap),
         other => panic!("restoring a damaged backup: {other:?}"),
@@ -238,7 +248,7 @@ fn restore_copies_an_intact_backup_and_refuses_a_damaged_one() {
 #[test]
 fn stats_measure_fsyncs_checkpoints_and_recovery() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = Db::open_with(tmp.path(), small_opts().sync_mode(SyncMode::Always)).unwrap();
+    let db = Db::open_with(tmp.path(), small_options().sync_mode(SyncMode::Always)).unwrap();
     for i in 0..50u32 {
         db.put(format!("k{i}"), "v").unwrap();
     }
@@ -261,7 +271,7 @@ fn stats_measure_fsyncs_checkpoints_and_recovery() {
     assert!(s.checkpoint_duration_last > std::time::Duration::ZERO);
     assert_eq!(s.checkpoint_duration_total, s.checkpoint_duration_last);
     db.close().unwrap();
-    let db = Db::open_with(tmp.path(), small_opts()).unwrap();
+    let db = Db::open_with(tmp.path(), small_options()).unwrap();
     assert!(db.stats().recovery.duration > std::time::Duration::ZERO);
     db.close().unwrap();
 }

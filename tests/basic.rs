@@ -7,14 +7,14 @@
 //! Invariant: what a read returns is exactly the last acknowledged write per key, scans are in
 //! ascending key order within their bounds, and closing and reopening changes nothing.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 
-use common::{contents, segment_files, small_opts, snapshot_files};
 use sessiondb::{Batch, Db, Error, Options, SyncMode};
+use support::{contents, segment_files, small_options, snapshot_files};
 
 const _: fn() = || {
     fn assert_send_sync<T: Send + Sync>() {}
@@ -22,7 +22,7 @@ const _: fn() = || {
 };
 
 fn open(dir: &std::path::Path) -> Db {
-    Db::open_with(dir, small_opts()).expect("open")
+    Db::open_with(dir, small_options()).expect("open")
 }
 
 fn scan(iter: impl Iterator<Item = sessiondb::Result<(Vec<u8>, Vec<u8>)>>) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -181,7 +181,7 @@ fn checkpoint_then_reopen_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut expect = BTreeMap::new();
     {
-        let db = Db::open_with(dir.path(), small_opts().auto_checkpoint(false)).unwrap();
+        let db = Db::open_with(dir.path(), small_options().auto_checkpoint(false)).unwrap();
         for i in 0..100u32 {
             let (k, v) = (format!("k{:02}", i % 40), format!("v{i}"));
             db.put(&k, &v).unwrap();
@@ -202,7 +202,7 @@ fn checkpoint_then_reopen_keeps_data() {
         expect.insert(b"after".to_vec(), b"checkpoint".to_vec());
         db.close().unwrap();
     }
-    let db = Db::open_with(dir.path(), small_opts().auto_checkpoint(false)).unwrap();
+    let db = Db::open_with(dir.path(), small_options().auto_checkpoint(false)).unwrap();
     let stats = db.stats();
     assert!(stats.snapshots >= 1, "{stats:?}");
     assert!(
@@ -220,7 +220,7 @@ fn checkpoint_then_reopen_keeps_data() {
 #[test]
 fn segments_roll_and_checkpoint_deletes_covered_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = || small_opts().auto_checkpoint(false).preallocate_ahead(false);
+    let opts = || small_options().auto_checkpoint(false).preallocate_ahead(false);
     let db = Db::open_with(dir.path(), opts()).unwrap();
     let first = db.stats().segments;
     let value = vec![b'v'; 1000];
@@ -276,7 +276,7 @@ fn options_are_validated() {
         }
     }
     // The same directory opens fine with valid options afterwards.
-    Db::open_with(dir.path(), small_opts()).unwrap().close().unwrap();
+    Db::open_with(dir.path(), small_options()).unwrap().close().unwrap();
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn concurrent_writers_all_visible() {
     const THREADS: u32 = 8;
     const PER_THREAD: u32 = 100;
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open_with(dir.path(), small_opts().sync_mode(SyncMode::Always)).unwrap());
+    let db = Arc::new(Db::open_with(dir.path(), small_options().sync_mode(SyncMode::Always)).unwrap());
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let db = Arc::clone(&db);
@@ -337,7 +337,7 @@ fn concurrent_writers_all_visible() {
 #[test]
 fn stats_count_fsyncs_and_groups() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(dir.path(), small_opts().sync_mode(SyncMode::Always)).unwrap();
+    let db = Db::open_with(dir.path(), small_options().sync_mode(SyncMode::Always)).unwrap();
     let before = db.stats();
     for i in 0..10u32 {
         db.put(format!("k{i}"), b"v").unwrap();

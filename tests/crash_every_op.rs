@@ -12,9 +12,8 @@
 use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, SyncMode};
 
-mod common;
-mod faults_support;
-use faults_support::{apply, check_oracle, issue, options, Op, State, DIR};
+mod support;
+use support::faults::{apply, check_oracle, issue, options, Op, State, DIR};
 
 /// A workload step: an operation of the model, or a checkpoint.
 #[derive(Clone, Debug)]
@@ -71,7 +70,7 @@ fn run(db: &Db, steps: &[Step]) -> usize {
 
 #[test]
 fn crash_at_every_io_op() {
-    let (seed, _guard) = common::seeded("crash_at_every_io_op");
+    let (seed, _guard) = support::seeded("crash_at_every_io_op");
     let steps = workload();
     let states = model_states(&steps);
 

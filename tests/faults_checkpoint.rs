@@ -27,18 +27,17 @@
 //! gap, with the right contents; otherwise open fails with `Error::Corruption` naming the damaged
 //! snapshot, and `RecoveryMode::Salvage` opens with no value that was never written.
 
-mod common;
-mod faults_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use faults_support::{
+use sessiondb::internals::sim::{CrashMode, SimStorage};
+use sessiondb::{Db, Error, RecoveryMode, SyncMode};
+use support::faults::{
     all_files, assert_only_written, check_oracle, contents, create_durable, options, run_all, snapshot_seq, snapshots,
     states, workload, written_values, Op, State, DIR,
 };
-use sessiondb::internals::sim::{CrashMode, SimStorage};
-use sessiondb::{Db, Error, RecoveryMode, SyncMode};
 
 // ---------------------------------------------------------------------------------------------
 // checkpoint_crash_matrix
@@ -62,7 +61,7 @@ fn prepare(sim: &SimStorage, ops: &[Op], mode: SyncMode) -> (Db, usize) {
 
 #[test]
 fn checkpoint_crash_matrix() {
-    let (seed, _guard) = common::seeded("checkpoint_crash_matrix");
+    let (seed, _guard) = support::seeded("checkpoint_crash_matrix");
     let ops = workload(seed, OPS + 10);
     let states = states(&ops);
     let (mut points, mut ok_checkpoints, mut old_snapshot_left) = (0u64, 0u64, 0u64);
@@ -160,7 +159,7 @@ fn checkpoint_lost_unlink_with_torn_roll_header() {
     // snapshot and the rename are durable), the unlink of the oldest covered segment was lost
     // (it reappears) while a later covered segment's unlink persisted, and the header the
     // checkpoint wrote into the new, still empty, segment was never fsynced.
-    let (seed, _guard) = common::seeded("checkpoint_lost_unlink_with_torn_roll_header");
+    let (seed, _guard) = support::seeded("checkpoint_lost_unlink_with_torn_roll_header");
     let ops = workload(seed, OPS);
     let states = states(&ops);
     for header in [RollHeader::Landed, RollHeader::Lost, RollHeader::Torn] {
@@ -175,16 +174,16 @@ fn checkpoint_lost_unlink_with_torn_roll_header() {
         let deleted: Vec<&PathBuf> = before.keys().filter(|p| wal(p) && !sim.files().contains(p)).collect();
         assert!(deleted.len() >= 2, "{what}: the checkpoint deleted {deleted:?}");
         create_durable(&sim, deleted[0], &before[deleted[0]]);
-        let newest = faults_support::segments(&sim).pop().unwrap();
+        let newest = support::faults::segments(&sim).pop().unwrap();
         assert!(
-            common::parse_records(&sim.read_file(&newest).unwrap()).is_empty(),
+            support::parse_records(&sim.read_file(&newest).unwrap()).is_empty(),
             "{what}: the new segment holds no record"
         );
         match header {
             RollHeader::Landed => {}
             RollHeader::Lost => sim.zero_range(&newest, 0, 40).unwrap(),
             RollHeader::Torn => sim
-                .write_durable(&newest, 0, &common::Rng::new(seed).bytes(40))
+                .write_durable(&newest, 0, &support::Rng::new(seed).bytes(40))
                 .unwrap(),
         }
         check_oracle(&opts, &states, OPS, OPS, &what);
@@ -255,8 +254,8 @@ enum Case {
 
 #[test]
 fn bitflip_in_snapshot() {
-    let (seed, _guard) = common::seeded("bitflip_in_snapshot");
-    let mut rng = common::Rng::new(seed);
+    let (seed, _guard) = support::seeded("bitflip_in_snapshot");
+    let mut rng = support::Rng::new(seed);
     let probe = build(seed);
     let len = probe.sim.read_file(&probe.newest).unwrap().len() as u64;
     // Header (not its pad at 28..32), blocks, footer (not its pad, the last 4 bytes).

@@ -29,21 +29,20 @@
 //! an ENOSPC write is not acknowledged and poisons the store; short writes leave files
 //! byte-identical to a run without them.
 
-mod common;
-mod faults_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
-use std::thread;
 
-use common::parse_records;
-use faults_support::{
+use sessiondb::internals::sim::{CrashMode, FaultCounts, Faults, SimStorage};
+use sessiondb::{Db, Error, SyncMode};
+use support::faults::{
     check_oracle, contents, issue, options, prefix_k, run_all, segments, segments_with_records, states, value,
     workload, Op, State, DIR,
 };
-use sessiondb::internals::sim::{CrashMode, FaultCounts, Faults, SimStorage};
-use sessiondb::{Db, Error, SyncMode};
+use support::hold::hold_fsync_and_line_up;
+use support::{joined, parse_records};
 
 fn mode_for(i: u64) -> CrashMode {
     match i % 3 {
@@ -78,27 +77,18 @@ fn torn_group_round(seed: u64, sector: usize) -> (u64, usize) {
         db.put(&k, &v).unwrap();
         model.insert(k, v);
     }
-    sim.hold_syncs(true);
-    let first = {
-        let db = db.clone();
-        thread::spawn(move || db.put("first", "x"))
-    };
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
-    let writers: Vec<_> = (0..GROUP)
-        .map(|i| {
-            let db = db.clone();
-            thread::spawn(move || db.put(format!("g{i}"), group_value(i)))
-        })
+    let group = (0..GROUP)
+        .map(|i| (format!("g{i}").into_bytes(), group_value(i)))
         .collect();
-    common::wait_until("the group to line up", || db.stats().writers_waiting >= GROUP as u64);
+    let lined = hold_fsync_and_line_up(&sim, &db, ("first", "x"), group);
     // The held fsync and the group's one write go through; the machine stops at the group's
     // fsync.
     sim.halt_after(Some(sim.ops() + 2));
     sim.hold_syncs(false);
-    first.join().unwrap().expect("the first writer's fsync succeeded");
+    joined("the first writer", lined.first).expect("the first writer's fsync succeeded");
     model.insert(b"first".to_vec(), b"x".to_vec());
-    for w in writers {
-        let r = w.join().unwrap();
+    for w in lined.group {
+        let r = joined("a writer of the halted group", w);
         assert!(
             matches!(r, Err(Error::Io { .. } | Error::Poisoned { .. })),
             "{what}: a writer of the halted group gets the I/O error or Poisoned: {r:?}"
@@ -164,7 +154,7 @@ fn torn_group_round(seed: u64, sector: usize) -> (u64, usize) {
 
 #[test]
 fn torn_tail_record() {
-    let (seed, _guard) = common::seeded("torn_tail_record");
+    let (seed, _guard) = support::seeded("torn_tail_record");
     let (mut cut, mut whole, mut none) = (0, 0, 0);
     for round in 0..40u64 {
         let sector = if round % 2 == 0 { 512 } else { 4096 };
@@ -213,7 +203,7 @@ impl Damage {
 
 #[test]
 fn zero_tail() {
-    let (seed, _guard) = common::seeded("zero_tail");
+    let (seed, _guard) = support::seeded("zero_tail");
     let old: Vec<Op> = (0..ZT_TOTAL)
         .map(|i| Op::Put(zt_key(i), value("old", i, ZT_VALUE_LEN)))
         .collect();
@@ -258,7 +248,7 @@ fn zero_tail_case(seed: u64, old: &[Op], damage: Damage, new_len: usize, crash: 
         Damage::HalfRecord { .. } => sim.zero_range(seg, rec.start, rec.start + rec.len / 2).unwrap(),
         Damage::ToEnd { .. } => sim.zero_range(seg, rec.start, data_end).unwrap(),
         Damage::Garbage { .. } => {
-            let garbage = common::Rng::new(seed).bytes(100);
+            let garbage = support::Rng::new(seed).bytes(100);
             sim.write_durable(seg, rec.start, &garbage).unwrap();
         }
     }
@@ -304,7 +294,7 @@ const RW_UNSYNCED: usize = 10;
 
 #[test]
 fn reordered_writes_no_hole() {
-    let (seed, _guard) = common::seeded("reordered_writes_no_hole");
+    let (seed, _guard) = support::seeded("reordered_writes_no_hole");
     let ops: Vec<Op> = (0..RW_SYNCED + RW_UNSYNCED)
         .map(|i| {
             Op::Put(
@@ -366,7 +356,7 @@ fn reordered_writes_no_hole() {
 
 #[test]
 fn enospc_mid_append() {
-    let (seed, _guard) = common::seeded("enospc_mid_append");
+    let (seed, _guard) = support::seeded("enospc_mid_append");
     let ops = workload(seed, 110);
     let states = states(&ops);
     let mut roll_failed = false;
@@ -440,12 +430,12 @@ fn short_write_run(seed: u64, faults: Faults, ops: &[Op]) -> (BTreeMap<std::path
     all.extend_from_slice(&ops[..5]);
     assert_eq!(contents(&db), states(&all).pop().unwrap(), "contents after the run");
     drop(db);
-    (faults_support::all_files(&sim), sim.counts())
+    (support::faults::all_files(&sim), sim.counts())
 }
 
 #[test]
 fn short_writes_equivalence() {
-    let (seed, _guard) = common::seeded("short_writes_equivalence");
+    let (seed, _guard) = support::seeded("short_writes_equivalence");
     let ops = workload(seed, 180);
     let (clean, _) = short_write_run(seed, Faults::default(), &ops);
     let short = Faults {
@@ -500,7 +490,7 @@ fn run_until_roll(sim: &SimStorage, db: &Db, ops: &[Op], what: &str) -> usize {
 
 #[test]
 fn new_segment_dir_entry_lost() {
-    let (seed, _guard) = common::seeded("new_segment_dir_entry_lost");
+    let (seed, _guard) = support::seeded("new_segment_dir_entry_lost");
     let ops = workload(seed, 150);
     let states = states(&ops);
 

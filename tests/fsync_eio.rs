@@ -9,73 +9,49 @@
 //! work; after a crash, reopening gives a state holding every acknowledged write and no value
 //! that was never written.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
-use std::thread;
 
 use sessiondb::internals::sim::{CrashMode, Faults, SimStorage};
-use sessiondb::{Db, Error, Options};
+use sessiondb::{Db, Error};
+use support::hold::{hold_fsync_and_line_up, LinedUp};
+use support::{joined, small_options, OptionsExt};
 
 const WRITERS: usize = 16;
 
-fn options(sim: &SimStorage) -> Options {
-    Options::new()
-        .segment_size(1 << 20)
-        .batch_size_max(64 * 1024)
-        .value_size_max(4096)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()))
-}
-
-type Writer = thread::JoinHandle<sessiondb::Result<()>>;
-
-/// Holds fsyncs at the gate; one writer ("first") goes into its fsync and waits there; then
-/// `WRITERS` more start, and line up in the next commit group behind it.
-fn line_up(sim: &SimStorage, db: &Arc<Db>) -> (Writer, Vec<Writer>) {
-    sim.hold_syncs(true);
-    let first = {
-        let db = db.clone();
-        thread::spawn(move || db.put("first", "x"))
-    };
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
-    let writers = (0..WRITERS)
-        .map(|i| {
-            let db = db.clone();
-            thread::spawn(move || db.put(format!("w{i}"), format!("v{i}")))
-        })
+/// One writer ("first") in its fsync at the gate, `WRITERS` more lined up behind it.
+fn line_up(sim: &SimStorage, db: &Arc<Db>) -> LinedUp {
+    let group = (0..WRITERS)
+        .map(|i| (format!("w{i}").into_bytes(), format!("v{i}").into_bytes()))
         .collect();
-    (first, writers)
+    hold_fsync_and_line_up(sim, db, ("first", "x"), group)
 }
 
 #[test]
 fn fsync_eio_fails_the_whole_group_and_poisons() {
     let sim = SimStorage::new(7);
     let dir = std::path::Path::new("/eio");
-    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
+    let opts = small_options().quiet().one_segment().sim(&sim);
+    let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
     db.put("before", "acknowledged").unwrap();
 
-    let (first, writers) = line_up(&sim, &db);
     // The first writer is in its fsync; the other 16 wait in the next group (its leader-to-be
     // included).
-    common::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
+    let lined = line_up(&sim, &db);
     sim.set_faults(Faults {
         sync_eio: 1.0,
         ..Faults::default()
     });
     sim.hold_syncs(false);
 
-    let first = first.join().expect("first writer returns");
+    let first = joined("the first writer", lined.first);
     assert!(
         matches!(first, Err(Error::Io { .. })),
         "the first group's fsync failed: {first:?}"
     );
-    let results: Vec<_> = writers
-        .into_iter()
-        .map(|w| w.join().expect("no writer hangs"))
-        .collect();
-    for r in &results {
+    for w in lined.group {
+        let r = joined("a writer of the lined-up group", w);
         assert!(
             matches!(r, Err(Error::Poisoned { .. }) | Err(Error::Io { .. })),
             "no writer of a failed or later group is told Ok: {r:?}"
@@ -102,7 +78,7 @@ fn fsync_eio_fails_the_whole_group_and_poisons() {
     sim.crash(CrashMode::Torn { sector: 512 });
     drop(db);
     sim.set_faults(Faults::default());
-    let db = Db::open_with(dir, options(&sim)).unwrap();
+    let db = Db::open_with(dir, opts).unwrap();
     assert_eq!(db.get("before").unwrap().as_deref(), Some(&b"acknowledged"[..]));
     for r in db.range::<&[u8], _>(..) {
         let (k, v) = r.unwrap();
@@ -121,20 +97,20 @@ fn sixteen_writers_share_one_failing_group() {
     // The held fsync (of the first writer) succeeds; the next group, all 16 writers, fails.
     let sim = SimStorage::new(11);
     let dir = std::path::Path::new("/eio16");
-    let db = Arc::new(Db::open_with(dir, options(&sim)).unwrap());
-    let (first, writers) = line_up(&sim, &db);
-    common::wait_until("the group to line up", || db.stats().writers_waiting >= WRITERS as u64);
+    let opts = small_options().quiet().one_segment().sim(&sim);
+    let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
+    let lined = line_up(&sim, &db);
     sim.pass_syncs(1);
-    first.join().unwrap().expect("the first group's fsync succeeded");
+    joined("the first writer", lined.first).expect("the first group's fsync succeeded");
     // The 16-writer group has written its records and waits at the gate for its fsync.
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
+    support::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
     sim.set_faults(Faults {
         sync_eio: 1.0,
         ..Faults::default()
     });
     sim.hold_syncs(false);
-    for w in writers {
-        let r = w.join().expect("no writer hangs");
+    for w in lined.group {
+        let r = joined("a writer of the failed group", w);
         assert!(
             matches!(r, Err(Error::Io { .. })),
             "every writer of the failed group gets the I/O error: {r:?}"
@@ -152,7 +128,7 @@ fn sixteen_writers_share_one_failing_group() {
     sim.crash(CrashMode::DropUnsynced);
     drop(db);
     sim.set_faults(Faults::default());
-    let db = Db::open_with(dir, options(&sim)).unwrap();
+    let db = Db::open_with(dir, opts).unwrap();
     assert_eq!(
         db.get("first").unwrap().as_deref(),
         Some(&b"x"[..]),

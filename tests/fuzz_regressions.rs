@@ -3,15 +3,15 @@
 //! Scenario: the inputs kept in `fuzz/regressions/<target>/` (each one found a bug, since
 //! fixed) and the seed corpora in `fuzz/seeds/<target>/` (valid files the engine wrote).
 //! Method: each input goes through the same target function the libFuzzer binary runs
-//! (`tests/fuzz_support/`), with the same capped allocator.
+//! (`tests/support/fuzz/`), with the same capped allocator.
 //! Invariant: every target's invariants hold on every saved input (docs/testing.md).
 
-mod fuzz_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 
 #[global_allocator]
-static ALLOC: fuzz_support::alloc_cap::CapAlloc = fuzz_support::alloc_cap::CapAlloc;
+static ALLOC: support::fuzz::alloc_cap::CapAlloc = support::fuzz::alloc_cap::CapAlloc;
 
 /// Files in `fuzz/<kind>/<target>/`, sorted.
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
@@ -46,22 +46,22 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
 
 #[test]
 fn record_decode() {
-    assert!(replay("record_decode", fuzz_support::record_decode::run) > 0);
+    assert!(replay("record_decode", support::fuzz::record_decode::run) > 0);
 }
 
 #[test]
 fn snapshot_decode() {
-    assert!(replay("snapshot_decode", fuzz_support::snapshot_decode::run) > 0);
+    assert!(replay("snapshot_decode", support::fuzz::snapshot_decode::run) > 0);
 }
 
 #[test]
 fn recovery_image() {
-    assert!(replay("recovery_image", fuzz_support::recovery_image::run) > 0);
+    assert!(replay("recovery_image", support::fuzz::recovery_image::run) > 0);
 }
 
 #[test]
 fn ops_vs_model() {
-    assert!(replay("ops_vs_model", fuzz_support::ops_vs_model::run) > 0);
+    assert!(replay("ops_vs_model", support::fuzz::ops_vs_model::run) > 0);
 }
 
 #[test]
@@ -70,8 +70,8 @@ fn debug_one() {
     let path = std::env::var("FUZZ_INPUT").unwrap();
     let data = std::fs::read(path).unwrap();
     match std::env::var("FUZZ_TARGET").as_deref() {
-        Ok("recovery_image") => fuzz_support::recovery_image::debug(&data),
-        _ => fuzz_support::record_decode::debug(&data),
+        Ok("recovery_image") => support::fuzz::recovery_image::debug(&data),
+        _ => support::fuzz::record_decode::debug(&data),
     }
 }
 
@@ -93,7 +93,7 @@ fn zero_header_segment_with_vouched_records_is_refused() {
     use sessiondb::{Error, RecoveryMode};
     let data = saved("recovery_image", "zero-header-spare-vouched.bin");
     for mode in [RecoveryMode::Strict, RecoveryMode::TolerateTornTail] {
-        match fuzz_support::recovery_image::open_serialized(&data, mode) {
+        match support::fuzz::recovery_image::open_serialized(&data, mode) {
             Err(Error::Corruption { path, .. }) => {
                 assert!(
                     path.ends_with("wal/00000000000000000002.wal"),
@@ -105,7 +105,7 @@ fn zero_header_segment_with_vouched_records_is_refused() {
             Ok(_) => panic!("{mode:?}: a segment of vouched records with a zeroed header was erased"),
         }
     }
-    let db = fuzz_support::recovery_image::open_serialized(&data, RecoveryMode::Salvage).expect("salvage");
+    let db = support::fuzz::recovery_image::open_serialized(&data, RecoveryMode::Salvage).expect("salvage");
     assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"one"[..]));
 }
 
@@ -119,7 +119,7 @@ fn zero_header_segment_with_vouched_records_is_refused() {
 fn sequence_numbers_stop_at_seq_max() {
     use sessiondb::{Error, RecoveryMode};
     let data = saved("recovery_image", "last-sequence-number.bin");
-    let db = fuzz_support::recovery_image::open_serialized(&data, RecoveryMode::Strict).expect("open");
+    let db = support::fuzz::recovery_image::open_serialized(&data, RecoveryMode::Strict).expect("open");
     assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"last"[..]));
     match db.put("k", "next") {
         Err(Error::TooLarge { what, size, max }) => {
@@ -140,5 +140,5 @@ fn sequence_numbers_stop_at_seq_max() {
 #[test]
 #[ignore]
 fn generate_seeds() {
-    fuzz_support::seeds::generate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds"));
+    support::fuzz::seeds::generate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds"));
 }

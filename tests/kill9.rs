@@ -14,17 +14,18 @@
 //! first m operations, where m is its acknowledged count or one more (the operation in flight):
 //! nothing acknowledged is lost and no value appears that was not written.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use common::{seeded, small_opts, splitmix64, Rng};
 use sessiondb::{Db, Options, SyncMode};
+use support::child::ChildOutput;
+use support::{seeded, small_options, splitmix64, Rng};
 
 const THREADS: usize = 4;
 const KEYS_PER_THREAD: usize = 4;
@@ -66,7 +67,7 @@ fn op(round_seed: u64, round: u64, t: usize, i: u64) -> Op {
 }
 
 fn options(mode: SyncMode) -> Options {
-    small_opts().sync_mode(mode).checkpoint_log_bytes(64 * 1024)
+    small_options().sync_mode(mode).checkpoint_log_bytes(64 * 1024)
 }
 
 fn mode_name(mode: SyncMode) -> &'static str {
@@ -157,7 +158,7 @@ fn read_state(db: &Db) -> State {
             }
         }
     }
-    let scanned = common::contents(db);
+    let scanned = support::contents(db);
     assert_eq!(
         scanned, s,
         "a full scan and point reads disagree (or a stray key exists)"
@@ -191,16 +192,12 @@ fn run_child(test: &str, dir: &Path, mode: SyncMode, round: u64, round_seed: u64
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut out = ChildOutput::new(child.stdout.take().unwrap());
     let mut acked = [0u64; THREADS];
     let mut total = 0u64;
     let mut killed = false;
     let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
+    while let Some(line) = out.next_line() {
         if !line.ends_with('\n') {
             // Cut by the kill: never acknowledged to us.
             break;

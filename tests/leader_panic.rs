@@ -6,19 +6,25 @@
 //! the deadline (`Ok` for groups written before, an error after), later writes get
 //! `Error::Poisoned`, reads go on, and the store reopens with every acknowledged write.
 
+mod support;
+
 use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 use sessiondb::{Db, Error, Options};
+use support::{small_options, WAIT_DEADLINE};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+fn options(storage: &Handle) -> Options {
+    small_options()
+        .storage(Arc::new(storage.clone()))
+        .auto_checkpoint(false)
+}
 
 /// The sim, with one panic armed: in a write of records to a log segment, or in the
 /// preallocator thread's creation of a segment's temporary file (`.wal.tmp`).
@@ -103,15 +109,6 @@ impl Storage for Handle {
     }
 }
 
-fn options(storage: &Handle) -> Options {
-    Options::new()
-        .storage(Arc::new(storage.clone()))
-        .segment_size(64 << 10)
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
-        .auto_checkpoint(false)
-}
-
 #[test]
 fn a_leader_that_panics_fails_its_group_and_poisons_the_store() {
     let storage = Handle(Arc::new(Panicky {
@@ -136,8 +133,8 @@ fn a_leader_that_panics_fails_its_group_and_poisons_the_store() {
                         acknowledged.fetch_add(1, Ordering::Relaxed);
                         outcomes.push(Ok(format!("t{t}-{i}")));
                     }
-                    Ok(Err(e)) => outcomes.push(Err(e.to_string())),
-                    Err(_) => outcomes.push(Err("panicked".into())),
+                    Ok(Err(e)) => outcomes.push(Err(Some(e))),
+                    Err(_) => outcomes.push(Err(None)),
                 }
             }
             // Its handle goes before it reports, so the last report means the last handle.
@@ -149,13 +146,16 @@ fn a_leader_that_panics_fails_its_group_and_poisons_the_store() {
     let mut panics = 0;
     for _ in 0..8 {
         let outcomes = finished
-            .recv_timeout(DEADLINE)
+            .recv_timeout(WAIT_DEADLINE)
             .expect("every writer returns: none waits for a leader that panicked");
         for o in outcomes {
             match o {
                 Ok(k) => written.push(k),
-                Err(e) if e == "panicked" => panics += 1,
-                Err(_) => {}
+                Err(None) => panics += 1,
+                Err(Some(e)) => assert!(
+                    matches!(e, Error::Poisoned { .. }),
+                    "a write in or after the group whose leader panicked: {e:?}"
+                ),
             }
         }
     }
@@ -186,7 +186,7 @@ fn a_preallocator_that_panics_never_stops_a_roll() {
             // spare it failed to make, or make their own.
             let started = std::time::Instant::now();
             let mut i = 0;
-            while storage.0.panic_in_tmp_create.load(Ordering::SeqCst) && started.elapsed() < DEADLINE {
+            while storage.0.panic_in_tmp_create.load(Ordering::SeqCst) && started.elapsed() < WAIT_DEADLINE {
                 db.put(format!("k{}", i % 64), [1u8; 4000]).unwrap();
                 i += 1;
             }
@@ -197,7 +197,7 @@ fn a_preallocator_that_panics_never_stops_a_roll() {
         });
     }
     finished
-        .recv_timeout(DEADLINE)
+        .recv_timeout(WAIT_DEADLINE)
         .expect("rolls go on: the writer makes the segment itself");
     assert!(db.stats().segments >= 3, "{:?}", db.stats());
     assert!(

@@ -7,22 +7,22 @@
 //! Invariant: a write at the limit succeeds; a write over it fails with `TooLarge` before any
 //! I/O, so a rejected write leaves no trace in the store.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::small_opts;
 use sessiondb::limits::KEY_SIZE_MAX;
 use sessiondb::{Batch, Db, Error, SyncMode};
+use support::small_options;
 
 const VALUE_MAX: usize = 4096;
 const BATCH_MAX: usize = 16 * 1024;
 
 fn open(dir: &Path) -> Db {
-    let opts = small_opts()
+    let opts = small_options()
         .value_size_max(VALUE_MAX)
         .batch_size_max(BATCH_MAX)
         .sync_mode(SyncMode::Always)

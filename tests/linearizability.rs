@@ -12,7 +12,7 @@
 //!
 //! Method: each round's calls are recorded with their invocation and response order and the
 //! clock around them, then checked key by key for linearizability against a sequential model
-//! (tests/history_support: value, version, expiry); scans and backups also never show part of
+//! (tests/support/history.rs: value, version, expiry); scans and backups also never show part of
 //! a batch. A round ends with a read of every key when nobody else runs, where the next round's
 //! model starts; across a reopen those reads must find exactly what the last round left.
 //!
@@ -24,7 +24,7 @@
 //! segments and snapshots are mapped, then the simulated storage, where every read is a
 //! positioned read). The campaign in docs/testing.md ran it for hours.
 
-mod history_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,10 +32,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use history_support::{check, final_reads, seed, state_after, Env, Key, KeyState, Mix, Recorder, Rng, Worker};
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
 use sessiondb::{Db, ManualClock, Options, SyncMode};
+use support::history::{check, final_reads, state_after, Env, Key, KeyState, Mix, Recorder, Worker};
+use support::{seed, small_options, OptionsExt, Rng};
 
 const KEYS: u8 = 6;
 
@@ -74,13 +75,11 @@ fn options(rng: &mut Rng, storage: &Arc<dyn Storage>, clock: &ManualClock) -> Op
         1 => SyncMode::Never,
         _ => SyncMode::Interval(Duration::from_millis(1 + rng.below(10))),
     };
-    Options::new()
+    small_options()
         .storage(storage.clone())
-        .clock(Arc::new(clock.clone()))
+        .manual_clock(clock)
         .sync_mode(sync_mode)
         .segment_size([64 << 10, 128 << 10, 256 << 10][rng.below(3) as usize])
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
         .checkpoint_log_bytes([32 << 10, 96 << 10, 256 << 10][rng.below(3) as usize])
         .preallocate_ahead(rng.chance(70))
         .sweep_interval(Some(Duration::from_millis(1 + rng.below(5))))
@@ -93,7 +92,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
     let recorder = Arc::new(Recorder::new(clock.clone()));
     let mut figures = Figures::default();
     let mut db = Arc::new(Db::open_with(dir, options(&mut rng, &storage, &clock)).unwrap());
-    let mut init: BTreeMap<Key, KeyState> = history_support::empty_states(KEYS);
+    let mut init: BTreeMap<Key, KeyState> = support::history::empty_states(KEYS);
     let mut versions_max = BTreeMap::new();
     let mix = Mix {
         keys: KEYS,
@@ -108,7 +107,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
         let stop = Arc::new(AtomicBool::new(false));
         let background = {
             let (db, stop, clock) = (db.clone(), stop.clone(), clock.clone());
-            let mut rng = Rng::new(rng.next());
+            let mut rng = Rng::new(rng.next_u64());
             std::thread::spawn(move || -> Result<(), String> {
                 while !stop.load(Ordering::Relaxed) {
                     match rng.below(4) {
@@ -127,7 +126,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
         let workers: Vec<_> = (0..workers())
             .map(|t| {
                 let (db, recorder, env, clock) = (db.clone(), recorder.clone(), env.clone(), clock.clone());
-                let mut worker = Worker::new(t, round, rng.next(), mix);
+                let mut worker = Worker::new(t, round, rng.next_u64(), mix);
                 std::thread::spawn(move || {
                     for _ in 0..ops_per_worker {
                         worker.maybe_move_clock(&clock);

@@ -7,16 +7,17 @@
 //! Invariant: a second opener gets `Error::Locked` naming `DIR/LOCK` while the first holds the
 //! store, and opens normally once it is released; bad paths give an error, never a panic.
 
-mod common;
+mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use common::small_opts;
 use sessiondb::{Db, Error};
+use support::child::ChildOutput;
+use support::small_options;
 
 const CHILD_DIR_VAR: &str = "SESSIONDB_LOCK_CHILD_DIR";
 
@@ -30,7 +31,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn assert_locked(dir: &Path) {
-    match Db::open_with(dir, small_opts()) {
+    match Db::open_with(dir, small_options()) {
         Err(Error::Locked { path }) => {
             assert!(path.ends_with("LOCK"), "Locked names the lock file: {}", path.display());
             assert_eq!(path.file_name().unwrap(), "LOCK");
@@ -44,7 +45,7 @@ fn assert_locked(dir: &Path) {
 fn second_open_in_process_is_locked_until_close() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(dir.path(), small_opts()).unwrap();
+    let db = Db::open_with(dir.path(), small_options()).unwrap();
     db.put(b"k", b"v").unwrap();
     assert_locked(dir.path());
     assert_locked(dir.path());
@@ -52,17 +53,17 @@ fn second_open_in_process_is_locked_until_close() {
     db.put(b"k2", b"v2").unwrap();
     db.close().unwrap();
 
-    let db = Db::open_with(dir.path(), small_opts()).expect("open after close");
+    let db = Db::open_with(dir.path(), small_options()).expect("open after close");
     assert_eq!(db.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
     assert_locked(dir.path());
     drop(db);
-    let db = Db::open_with(dir.path(), small_opts()).expect("open after drop");
+    let db = Db::open_with(dir.path(), small_options()).expect("open after drop");
     assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
 
 /// Child side: open the store, write, say READY, hold it until stdin reaches EOF.
 fn lock_child(dir: &str) {
-    let db = Db::open_with(Path::new(dir), small_opts()).expect("child open");
+    let db = Db::open_with(Path::new(dir), small_options()).expect("child open");
     db.put(b"child", b"was here").unwrap();
     println!("READY");
     std::io::stdout().flush().unwrap();
@@ -93,31 +94,18 @@ fn second_open_in_another_process_is_locked() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("child exited before READY; its output:\n{seen}");
-        }
-        seen.push_str(&line);
-        // The harness prints "test <name> ... " before the child's own output, on the same line.
-        if line.trim_end().ends_with("READY") {
-            break;
-        }
-    }
+    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    out.wait_for("READY");
 
     assert_locked(dir.path());
 
     drop(child.stdin.take());
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
+    let rest = out.rest();
     let status = child.wait().unwrap();
-    assert!(status.success(), "child failed: {status}; output:\n{seen}{rest}");
-    assert!(rest.contains("CLOSED"), "child output:\n{seen}{rest}");
+    assert!(status.success(), "child failed: {status}; output:\n{}", out.seen());
+    assert!(rest.contains("CLOSED"), "child output:\n{}", out.seen());
 
-    let db = Db::open_with(dir.path(), small_opts()).expect("open after the child exited");
+    let db = Db::open_with(dir.path(), small_options()).expect("open after the child exited");
     assert_eq!(db.get(b"child").unwrap().as_deref(), Some(&b"was here"[..]));
 }
 
@@ -126,7 +114,7 @@ fn path_that_is_a_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain-file");
     fs::write(&file, b"not a store").unwrap();
-    let result = Db::open_with(&file, small_opts());
+    let result = Db::open_with(&file, small_options());
     assert!(
         matches!(&result, Err(Error::Io { path, .. }) if *path == file),
         "opening a regular file as a store fails naming it: {result:?}"
@@ -134,7 +122,7 @@ fn path_that_is_a_file_is_an_error() {
     assert_eq!(fs::read(&file).unwrap(), b"not a store", "the file is left alone");
 
     let below = file.join("db");
-    let below_result = Db::open_with(&below, small_opts());
+    let below_result = Db::open_with(&below, small_options());
     assert!(
         matches!(&below_result, Err(Error::Io { path, .. }) if *path == below),
         "a path below a regular file fails naming it: {below_result:?}"
@@ -156,7 +144,7 @@ fn read_only_directory_is_an_error() {
         eprintln!("NOTE: read_only_directory_is_an_error skipped: permission bits are not enforced for this user");
         return;
     }
-    let result = Db::open_with(&ro, small_opts());
+    let result = Db::open_with(&ro, small_options());
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o700)).unwrap();
     match result {
         Err(Error::Io { .. }) => {}

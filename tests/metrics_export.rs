@@ -9,6 +9,8 @@
 
 #![cfg(feature = "metrics")]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
-use sessiondb::{Db, Options, SyncMode};
+use sessiondb::{Db, SyncMode};
+use support::small_options;
 
 #[derive(Default)]
 struct Value(AtomicU64);
@@ -129,7 +132,7 @@ fn measurements_reach_the_metrics_facade() {
     let capture: &'static Capture = Box::leak(Box::default());
     metrics::set_global_recorder(capture).expect("the only recorder in this test binary");
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options::new().sync_mode(SyncMode::Always).preallocate_ahead(false);
+    let opts = small_options().sync_mode(SyncMode::Always).preallocate_ahead(false);
     let db = Db::open_with(dir.path(), opts.clone()).unwrap();
     for i in 0..20u32 {
         db.put(format!("k{i}"), "v").unwrap();

@@ -17,20 +17,19 @@
 //! before it, a touch keeps it, a reopen keeps it; a compare-and-swap succeeds exactly when it
 //! names the live version (or `None` for an absent or expired key).
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{seeded, small_opts, splitmix64};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use sessiondb::{Batch, Db, Durability, ManualClock, Options, SyncMode};
+use support::{seeded, small_options, splitmix64, OptionsExt};
 
 const CASES: u32 = 160;
 const T0: u64 = 1_700_000_000_000;
@@ -46,7 +45,7 @@ fn tally(db: &Db) {
 
 /// The highest segment id in the store's log directory: above 2 means the log rolled.
 fn tally_segments(dir: &Path) {
-    for p in common::segment_files(dir) {
+    for p in support::segment_files(dir) {
         let id = p
             .file_stem()
             .and_then(|s| s.to_str())
@@ -333,7 +332,7 @@ fn show(items: &[(Vec<u8>, Vec<u8>)]) -> String {
 }
 
 fn options(case: &Case, clock: &ManualClock) -> Options {
-    small_opts()
+    small_options()
         .sync_mode(if case.sync_always {
             SyncMode::Always
         } else {
@@ -342,7 +341,7 @@ fn options(case: &Case, clock: &ManualClock) -> Options {
         .preallocate_ahead(case.preallocate_ahead)
         .checkpoint_log_bytes(16 * 1024)
         .sweep_interval(None)
-        .clock(Arc::new(clock.clone()))
+        .manual_clock(clock)
 }
 
 fn open(dir: &Path, opts: &Options, step: usize) -> Result<Db, TestCaseError> {

@@ -3,22 +3,18 @@
 //! Scenario: a store with log segments, a snapshot and the lock file, on the real file system.
 //! Method: read the mode bits of every entry. Invariant: no group or other permission bits.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 
-use sessiondb::{Db, Options};
+use sessiondb::Db;
+use support::small_options;
 
 #[test]
 fn files_0600_and_directories_0700() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    let db = Db::open_with(
-        &dir,
-        Options::new()
-            .segment_size(64 * 1024)
-            .value_size_max(4096)
-            .batch_size_max(16 * 1024),
-    )
-    .unwrap();
+    let db = Db::open_with(&dir, small_options()).unwrap();
     for i in 0..200 {
         db.put(format!("k{i}"), vec![1u8; 1000]).unwrap();
     }

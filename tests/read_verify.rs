@@ -7,12 +7,11 @@
 //! checkpoint on the open store. Invariant: each fails with `Corruption` naming the segment; the
 //! other values still read back.
 
-use std::sync::Arc;
+mod support;
 
 use sessiondb::internals::sim::SimStorage;
-use sessiondb::{Db, Error, Options};
-
-mod common;
+use sessiondb::{Db, Error};
+use support::{small_options, OptionsExt};
 
 fn corruption_in_segment(r: Result<impl std::fmt::Debug, Error>, what: &str) {
     match r {
@@ -52,17 +51,6 @@ fn write_in_place(path: &std::path::Path, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
-/// A store on `sim` whose writes all go to one active segment, with nothing in the background.
-fn one_segment(sim: &SimStorage) -> Options {
-    Options::new()
-        .segment_size(1 << 20)
-        .value_size_max(4096)
-        .batch_size_max(64 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()))
-}
-
 /// The store's one segment on `sim`.
 fn the_segment(sim: &SimStorage) -> std::path::PathBuf {
     sim.files()
@@ -74,7 +62,7 @@ fn the_segment(sim: &SimStorage) -> std::path::PathBuf {
 #[test]
 fn active_segment_reads_verify_their_record() {
     let sim = SimStorage::new(1);
-    let opts = one_segment(&sim);
+    let opts = small_options().quiet().one_segment().sim(&sim);
     let db = Db::open_with("/rv", opts).unwrap();
     db.put("good", "fine value").unwrap();
     db.put("bad", "value to be damaged").unwrap();
@@ -92,20 +80,13 @@ fn active_segment_reads_verify_their_record() {
 #[test]
 fn sealed_segment_reads_verify_their_record() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = || {
-        Options::new()
-            .segment_size(64 * 1024)
-            .value_size_max(4096)
-            .batch_size_max(16 * 1024)
-            .auto_checkpoint(false)
-    };
-    let db = Db::open_with(tmp.path(), opts()).unwrap();
+    let db = Db::open_with(tmp.path(), small_options().auto_checkpoint(false)).unwrap();
     db.put("bad", "value to be damaged").unwrap();
     for i in 0..100 {
         db.put(format!("fill{i}"), vec![7u8; 1000]).unwrap();
     }
     assert!(db.stats().segments >= 2, "the first segment is sealed (and mapped)");
-    let first = common::segment_files(tmp.path()).into_iter().next().unwrap();
+    let first = support::segment_files(tmp.path()).into_iter().next().unwrap();
     let mut bytes = std::fs::read(&first).unwrap();
     let at = find(&bytes, b"value to be damaged");
     bytes[at + 3] ^= 1;
@@ -121,12 +102,10 @@ fn sealed_segment_reads_verify_their_record() {
 /// and in a snapshot (another key's entry where the index points).
 #[test]
 fn bytes_of_another_key_where_the_index_points_are_an_error() {
-    use sessiondb::internals::format::{
-        encode_ops, encode_record, Op, ENTRY_HEADER_SIZE, KIND_OPS, SEGMENT_HEADER_SIZE,
-    };
+    use sessiondb::internals::format::{encode_ops, encode_record, Op, ENTRY_HEADER_SIZE, KIND_OPS, SEGMENT_HEADER_SIZE};
 
     let sim = SimStorage::new(3);
-    let opts = one_segment(&sim);
+    let opts = small_options().quiet().one_segment().sim(&sim);
     let db = Db::open_with("/id", opts).unwrap();
     db.put("key-a", "value of a").unwrap(); // sequence 1, the first record of segment 1
     let seg = the_segment(&sim);
@@ -148,11 +127,11 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
     // The same in a snapshot, on real files (it is mapped, so a change behind the engine's back
     // is seen): key-d's entry (same lengths) where key-c's is.
     let tmp = tempfile::tempdir().unwrap();
-    let db = Db::open_with(tmp.path(), Options::new().auto_checkpoint(false)).unwrap();
+    let db = Db::open_with(tmp.path(), small_options().auto_checkpoint(false)).unwrap();
     db.put("key-c", "value of c").unwrap();
     db.put("key-d", "value of d").unwrap();
     db.checkpoint().unwrap();
-    let snap = common::snapshot_files(tmp.path()).remove(0);
+    let snap = support::snapshot_files(tmp.path()).remove(0);
     let bytes = std::fs::read(&snap).unwrap();
     let (c, d) = (find(&bytes, b"key-c"), find(&bytes, b"key-d"));
     let d_entry = bytes[d - ENTRY_HEADER_SIZE..d - ENTRY_HEADER_SIZE + (d - c)].to_vec();
@@ -167,11 +146,11 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
 #[test]
 fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = Db::open_with(tmp.path(), Options::new().auto_checkpoint(false)).unwrap();
+    let db = Db::open_with(tmp.path(), small_options().auto_checkpoint(false)).unwrap();
     db.put("kept", "a value that stays as it is").unwrap();
     db.put("hit", "a value that is damaged at rest").unwrap();
     db.checkpoint().unwrap();
-    let snap = common::snapshot_files(tmp.path()).remove(0);
+    let snap = support::snapshot_files(tmp.path()).remove(0);
     let bytes = std::fs::read(&snap).unwrap();
     let at = find(&bytes, b"damaged at rest");
     write_in_place(&snap, at as u64, &[bytes[at] ^ 0x01]);
@@ -183,9 +162,9 @@ fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
         }
         other => panic!("expected Corruption naming the snapshot, got {other:?}"),
     }
-    assert_eq!(common::snapshot_files(tmp.path()), vec![snap], "no new snapshot");
+    assert_eq!(support::snapshot_files(tmp.path()), vec![snap], "no new snapshot");
     assert!(
-        common::files_with_ext(tmp.path(), "tmp").is_empty(),
+        support::files_with_ext(tmp.path(), "tmp").is_empty(),
         "the failed checkpoint removed its temporary file"
     );
     assert_eq!(

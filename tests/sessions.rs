@@ -11,23 +11,23 @@
 //! deadline, also across a reopen; an expired session is never returned; after `regenerate` the
 //! old id is dead and the new one holds the data; the user index and the sessions agree.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{seeded, Rng};
 use serde::{Deserialize, Serialize};
 use sessiondb::session::{SessionId, SessionMap, SessionOptions, SessionStore};
 use sessiondb::{Error, ManualClock};
+use support::{seeded, Rng};
 
 const T0: u64 = 1_700_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn open(dir: &Path, clock: &ManualClock) -> SessionStore {
-    common::manual_session_store(dir, clock)
+    support::manual_session_store(dir, clock)
 }
 
 fn fast_store(dir: &Path) -> SessionStore {

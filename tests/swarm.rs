@@ -29,10 +29,9 @@ use std::time::Duration;
 use sessiondb::internals::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
-mod common;
-mod swarm_support;
-use common::Rng;
-use swarm_support::{apply, issue, recovered_prefix, visible, Op, State};
+mod support;
+use support::swarm::{apply, issue, recovered_prefix, visible, Op, State};
+use support::{small_options, OptionsExt, Rng};
 
 /// Which kinds of steps a seed may take. Seeds that found bugs replay with the kinds they had.
 #[derive(Clone, Copy)]
@@ -94,15 +93,15 @@ impl Run {
             1 => SyncMode::Interval(Duration::from_secs(3600)),
             _ => SyncMode::Always,
         };
-        let opts = Options::new()
+        let opts = small_options()
             .sync_mode(mode)
             .segment_size(if rng.chance(50) { 64 * 1024 } else { 256 * 1024 })
             .value_size_max(8 * 1024)
             .batch_size_max(32 * 1024)
             .auto_checkpoint(false)
             .preallocate_ahead(false)
-            .clock(Arc::new(clock.clone()))
-            .storage(Arc::new(sim.clone()));
+            .manual_clock(&clock)
+            .sim(&sim);
         Run {
             rng,
             extra: Rng::new(seed ^ 0x005e_ed0f_5a1d),
@@ -624,8 +623,8 @@ fn swarm() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
-    let (first, _guard) = common::seeded("swarm");
-    let only_one = std::env::var(common::SEED_VAR).is_ok();
+    let (first, _guard) = support::seeded("swarm");
+    let only_one = std::env::var(support::SEED_VAR).is_ok();
     let count = if only_one { 1 } else { seeds };
     let mut total = FaultCounts::default();
     for i in 0..count {

@@ -6,24 +6,19 @@
 //! `Never` keeps what `sync()` covered; `Interval` keeps what its background sync covered; and in
 //! `Always` mode a write is not visible to readers before its fsync returns.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Db, Options, SyncMode};
+use support::hold::hold_fsync_and_line_up;
+use support::{joined, small_options, wait_until, OptionsExt};
 
+/// Every write in one segment, nothing in the background.
 fn options(sim: &SimStorage, mode: SyncMode) -> Options {
-    Options::new()
-        .sync_mode(mode)
-        .segment_size(1 << 20)
-        .value_size_max(4096)
-        .batch_size_max(64 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .storage(Arc::new(sim.clone()))
+    small_options().quiet().one_segment().sim(sim).sync_mode(mode)
 }
 
 fn reopen_after_power_loss(sim: &SimStorage, db: Db, dir: &str, mode: SyncMode) -> Db {
@@ -67,11 +62,7 @@ fn interval_syncs_in_the_background() {
     let fsyncs = db.stats().fsyncs;
     db.put("k", "v").unwrap();
     // Wait for the background thread's next fsync (a condition, not a sleep).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.stats().fsyncs == fsyncs {
-        assert!(Instant::now() < deadline, "the interval sync never ran");
-        thread::yield_now();
-    }
+    wait_until("the interval sync", || db.stats().fsyncs > fsyncs);
     let db = reopen_after_power_loss(&sim, db, "/interval", mode);
     assert_eq!(
         db.get("k").unwrap().as_deref(),
@@ -88,15 +79,10 @@ fn always_loses_nothing_acknowledged_and_shows_nothing_unsynced() {
         db.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
     // Hold the next fsync: the write is in the file but not durable, and must not be visible.
-    sim.hold_syncs(true);
-    let writer = {
-        let db = db.clone();
-        thread::spawn(move || db.put("pending", "x"))
-    };
-    common::wait_until("an fsync at the gate", || sim.syncs_waiting() > 0);
+    let held = hold_fsync_and_line_up(&sim, &db, ("pending", "x"), Vec::new());
     assert_eq!(db.get("pending").unwrap(), None, "not visible before its fsync returns");
     sim.hold_syncs(false);
-    writer.join().unwrap().unwrap();
+    joined("the held writer", held.first).expect("the write succeeds once its fsync returns");
     assert_eq!(
         db.get("pending").unwrap().as_deref(),
         Some(&b"x"[..]),

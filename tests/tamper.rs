@@ -11,26 +11,23 @@
 //! was not written for that key; foreign or garbage files give a typed error, never a panic;
 //! files outside the naming pattern are left alone; leftover `*.snap.tmp` files are removed.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{
-    contents, copy_dir, flip_byte, segment_first_seq, segments_with_records, snapshot_files, wal_relative, RecordPos,
-    Rng,
-};
 use sessiondb::{Db, Error, Options, RecoveryMode, SyncMode};
+use support::{
+    contents, copy_dir, flip_byte, segment_first_seq, segments_with_records, small_options, snapshot_files,
+    wal_relative, OptionsExt, RecordPos, Rng,
+};
 
 const PUTS: usize = 200;
 
+/// Nothing in the background, so the files are as the test wrote them.
 fn opts(mode: RecoveryMode) -> Options {
-    common::small_opts()
-        .sync_mode(SyncMode::Always)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .recovery_mode(mode)
+    small_options().quiet().sync_mode(SyncMode::Always).recovery_mode(mode)
 }
 
 fn put_kv(i: usize) -> (Vec<u8>, Vec<u8>) {
@@ -262,7 +259,7 @@ fn expect_error(dir: &Path, what: &str) -> Error {
 
 #[test]
 fn garbage_segment_is_an_error() {
-    let (seed, _guard) = common::seeded("garbage_segment_is_an_error");
+    let (seed, _guard) = support::seeded("garbage_segment_is_an_error");
     let mut rng = Rng::new(seed);
     let mut failures = Vec::new();
     for len in [1usize, 39, 40, 41, 64, 4096, 64 * 1024] {
@@ -298,7 +295,7 @@ fn garbage_segment_is_an_error() {
 
 #[test]
 fn garbage_snapshot_is_an_error() {
-    let (seed, _guard) = common::seeded("garbage_snapshot_is_an_error");
+    let (seed, _guard) = support::seeded("garbage_snapshot_is_an_error");
     let mut rng = Rng::new(seed);
     for len in [1usize, 8, 64, 4096] {
         let dir = tempfile::tempdir().unwrap();
@@ -353,11 +350,11 @@ fn truncated_snapshot_is_an_error() {
     let snaps = snapshot_files(dir.path());
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     // The log no longer covers the start, so nothing can stand in for the snapshot.
-    let segs = common::segment_files(dir.path());
+    let segs = support::segment_files(dir.path());
     assert!(
         segs.iter().all(|p| {
             let b = fs::read(p).unwrap();
-            !common::has_segment_header(&b) || segment_first_seq(&b) > 1
+            !support::has_segment_header(&b) || segment_first_seq(&b) > 1
         }),
         "checkpoint left the first segment in place"
     );

@@ -14,19 +14,20 @@
 //! the key ("points into file #0, which is not open"). The value written after the freeze is the
 //! control: its touch changes an entry in the new segment, which no checkpoint deletes.
 
+mod support;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::internals::sim::{Point, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
+use support::hold::PointGate;
+use support::{joined, small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
-/// Every wait for the other thread ends by this deadline.
-const DEADLINE: Duration = Duration::from_secs(60);
 const KEY: &[u8] = b"session:touched";
 const VALUE: &[u8] = b"the value written before the checkpoint";
 
@@ -43,40 +44,11 @@ enum Home {
     AfterFreeze,
 }
 
-/// Stops the thread that reaches `at` (once armed) until the test lets it go.
-struct Gate {
-    armed: Arc<AtomicBool>,
-    reached: Receiver<()>,
-    go: Sender<()>,
-}
-
-fn gated(at: Point, opts: Options) -> (Options, Gate) {
-    let armed = Arc::new(AtomicBool::new(false));
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let go_rx = Mutex::new(go_rx);
-    let a = armed.clone();
-    let opts = opts.on_point(move |p| {
-        if p == at && a.swap(false, Ordering::SeqCst) {
-            reached_tx.send(()).expect("the test waits for the gate");
-            go_rx
-                .lock()
-                .expect("one checkpoint at a time")
-                .recv_timeout(DEADLINE)
-                .expect("the test lets the checkpoint go");
-        }
-    });
-    (opts, Gate { armed, reached, go })
-}
-
 fn options(storage: &Arc<dyn Storage>, clock: &ManualClock) -> Options {
-    Options::new()
+    small_options()
         .storage(storage.clone())
-        .clock(Arc::new(clock.clone()))
+        .manual_clock(clock)
         .sync_mode(SyncMode::Always)
-        .segment_size(64 << 10)
-        .value_size_max(4 << 10)
-        .batch_size_max(16 << 10)
         .auto_checkpoint(false)
         .sweep_interval(None)
 }
@@ -99,7 +71,7 @@ fn expect_touched(db: &Db, deadline: u64, when: &str) {
 
 fn run_case(storage: Arc<dyn Storage>, dir: &Path, home: Home, at: Point) {
     let clock = ManualClock::new(T0);
-    let (opts, gate) = gated(at, options(&storage, &clock));
+    let (opts, gate) = PointGate::at(at, options(&storage, &clock));
     let db = Arc::new(Db::open_with(dir, opts.clone()).unwrap());
     let first_deadline = T0 + 60_000;
     let put_key = |db: &Db| {
@@ -123,14 +95,12 @@ fn run_case(storage: Arc<dyn Storage>, dir: &Path, home: Home, at: Point) {
         Home::AfterFreeze => fill(&db, "before", 20),
     }
 
-    gate.armed.store(true, Ordering::SeqCst);
+    gate.arm();
     let checkpoint = {
         let db = db.clone();
         std::thread::spawn(move || db.checkpoint())
     };
-    gate.reached
-        .recv_timeout(DEADLINE)
-        .expect("the checkpoint reaches the gate");
+    gate.wait_reached("the checkpoint at the gate");
     if let Home::AfterFreeze = home {
         put_key(&db);
     }
@@ -141,8 +111,8 @@ fn run_case(storage: Arc<dyn Storage>, dir: &Path, home: Home, at: Point) {
     );
     let touched = T0 + 1_000 + 3_600_000;
     expect_touched(&db, touched, "during the checkpoint");
-    gate.go.send(()).unwrap();
-    checkpoint.join().unwrap().expect("the checkpoint succeeds");
+    gate.release();
+    joined("the checkpoint", checkpoint).expect("the checkpoint succeeds");
     expect_touched(&db, touched, "after the checkpoint");
 
     // New files: segments and a snapshot. Before the fix they took the deleted files' slots.
@@ -215,12 +185,7 @@ fn touches_and_gets_while_checkpointing_return_only_the_values_written() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let dir = tempfile::tempdir().unwrap();
-    let opts = || {
-        Options::new()
-            .segment_size(256 << 10)
-            .value_size_max(4 << 10)
-            .batch_size_max(64 << 10)
-    };
+    let opts = || small_options().segment_size(256 << 10).batch_size_max(64 << 10);
     let key = |j: usize| format!("k{j:05}");
     let value = |j: usize| format!("value-0-{j}").into_bytes();
     let db = Arc::new(Db::open_with(dir.path(), opts()).unwrap());

@@ -8,19 +8,23 @@
 //! `now >= deadline`, in every read path, whether the store was reopened in between or not;
 //! a checkpoint drops expired entries.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{contents, small_opts};
 use sessiondb::{Batch, Db, ManualClock};
+use support::{contents, small_options};
 
 const T0: u64 = 1_700_000_000_000;
 
 fn open(dir: &Path, clock: &ManualClock) -> Db {
-    Db::open_with(dir, small_opts().auto_checkpoint(false).clock(Arc::new(clock.clone()))).expect("open")
+    Db::open_with(
+        dir,
+        small_options().auto_checkpoint(false).clock(Arc::new(clock.clone())),
+    )
+    .expect("open")
 }
 
 fn keys_of(db: &Db, prefix: &[u8]) -> Vec<String> {

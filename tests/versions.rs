@@ -15,15 +15,15 @@
 //!   durable on return in every sync mode;
 //! - the sweeper drops expired entries only.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::small_opts;
 use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Batch, Conflict, Db, Durability, Error, ManualClock, Options, SyncMode};
+use support::{small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
 const MIN: Duration = Duration::from_secs(60);
@@ -31,24 +31,17 @@ const MIN: Duration = Duration::from_secs(60);
 fn open(dir: &Path, clock: &ManualClock) -> Db {
     Db::open_with(
         dir,
-        small_opts()
+        small_options()
             .auto_checkpoint(false)
             .sweep_interval(None)
-            .clock(Arc::new(clock.clone())),
+            .manual_clock(clock),
     )
     .expect("open")
 }
 
+/// Every write in one segment, nothing in the background.
 fn sim_options(sim: &SimStorage, mode: SyncMode) -> Options {
-    Options::new()
-        .sync_mode(mode)
-        .segment_size(1 << 20)
-        .value_size_max(4096)
-        .batch_size_max(64 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sweep_interval(None)
-        .storage(Arc::new(sim.clone()))
+    small_options().quiet().one_segment().sim(sim).sync_mode(mode)
 }
 
 #[test]
@@ -185,7 +178,13 @@ fn batch_preconditions_are_all_or_nothing() {
 #[test]
 fn racing_compare_and_swap_loses_no_acknowledged_update() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open_with(dir.path(), small_opts().sync_mode(SyncMode::Never).sweep_interval(None)).unwrap());
+    let db = Arc::new(
+        Db::open_with(
+            dir.path(),
+            small_options().sync_mode(SyncMode::Never).sweep_interval(None),
+        )
+        .unwrap(),
+    );
     const THREADS: u64 = 8;
     const EACH: u64 = 200;
     let handles: Vec<_> = (0..THREADS)

@@ -14,22 +14,23 @@
 //! written; backups and dumps are consistent states; repair keeps damaged files as `*.broken`,
 //! leaves a store that verifies, and returns only values that were written.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use common::{contents, segments_with_records, small_opts, snapshot_files, wal_relative};
-use sessiondb::{Batch, Db, Options, SyncMode};
+use sessiondb::{Batch, Db};
+use support::child::ChildOutput;
+use support::{contents, segments_with_records, small_options, snapshot_files, wal_relative, OptionsExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
 const CHILD_DIR_VAR: &str = "SESSIONDB_CLI_CHILD_DIR";
@@ -96,13 +97,6 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, Option<(u64, u64)>> {
     out
 }
 
-fn opts() -> Options {
-    small_opts()
-        .sync_mode(SyncMode::Always)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-}
-
 /// The i-th put of the tamper stores: unique keys, unique values of varying length.
 fn put_kv(i: usize) -> (Vec<u8>, Vec<u8>) {
     let key = format!("key{i:04}").into_bytes();
@@ -114,7 +108,7 @@ fn put_kv(i: usize) -> (Vec<u8>, Vec<u8>) {
 /// A closed store of `n` puts, one record each, over several segments, no snapshot.
 fn log_store(n: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_with(dir.path(), opts()).unwrap();
+    let db = Db::open_with(dir.path(), small_options().quiet()).unwrap();
     for i in 0..n {
         let (k, v) = put_kv(i);
         db.put(k, v).unwrap();
@@ -357,7 +351,7 @@ fn reading_commands_change_no_byte() {
     let dir = store.path();
     // A snapshot, then more log, then a torn tail (garbage after the last record) and leftover
     // temp files: all things an open would change.
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     db.checkpoint().unwrap();
     for i in 150..200 {
         let (k, v) = put_kv(i);
@@ -402,7 +396,7 @@ fn reading_commands_change_no_byte() {
     assert_eq!(snapshot_files(&backup).len(), 1);
     assert_eq!(fs::read_dir(backup.join("wal")).unwrap().count(), 0);
     let expected: BTreeMap<Vec<u8>, Vec<u8>> = (0..200).map(put_kv).collect();
-    let b = Db::open_with(&backup, opts()).unwrap();
+    let b = Db::open_with(&backup, small_options().quiet()).unwrap();
     assert_eq!(contents(&b), expected);
     b.close().unwrap();
     fs::remove_dir_all(&backup).unwrap();
@@ -419,7 +413,7 @@ fn damaged_sealed_segment_is_reported_then_repaired() {
     assert!(segs.len() >= 3, "the test needs sealed segments");
     let (seg, recs) = &segs[0];
     let rec = recs[recs.len() / 2];
-    common::flip_byte(seg, rec.start + rec.len / 2);
+    support::flip_byte(seg, rec.start + rec.len / 2);
     let tampered = fs::read(seg).unwrap();
     let lost_seq = rec.seq;
 
@@ -458,7 +452,7 @@ fn damaged_sealed_segment_is_reported_then_repaired() {
 
     // Every put but the lost one, applied in order: salvage never returns a value not written.
     let expected: BTreeMap<Vec<u8>, Vec<u8>> = (0..n).filter(|&i| i as u64 + 1 != lost_seq).map(put_kv).collect();
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     assert_eq!(contents(&db), expected);
     db.close().unwrap();
 }
@@ -469,7 +463,7 @@ fn damaged_snapshot_is_reported_then_repaired_block_by_block() {
     let n = 300;
     let store = log_store(n);
     let dir = store.path();
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     db.checkpoint().unwrap();
     // After the snapshot: overwrite some keys, delete one, add new ones.
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = (0..n).map(put_kv).collect();
@@ -490,7 +484,7 @@ fn damaged_snapshot_is_reported_then_repaired_block_by_block() {
     let snap_len = fs::metadata(&snap).unwrap().len();
     assert!(snap_len > 3 * 65536, "the snapshot needs several blocks");
     // A byte in the middle of the second block's body.
-    common::flip_byte(&snap, 65536 + 30_000);
+    support::flip_byte(&snap, 65536 + 30_000);
     let tampered = fs::read(&snap).unwrap();
 
     let d = p(dir);
@@ -515,7 +509,7 @@ fn damaged_snapshot_is_reported_then_repaired_block_by_block() {
 
     // Each key is either right or lost with the damaged block; no value was invented; the log
     // after the snapshot still applied (the rewrites of keys 5, 150 and 299 and the new keys).
-    let db = Db::open_with(dir, opts()).unwrap();
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
     let got = contents(&db);
     db.close().unwrap();
     for (k, v) in &got {
@@ -609,7 +603,7 @@ fn counter_key(t: usize) -> Vec<u8> {
 
 /// Child side: write batches from several threads until stdin closes.
 fn writer_child(dir: &str) {
-    let options = small_opts().checkpoint_log_bytes(128 * 1024);
+    let options = small_options().checkpoint_log_bytes(128 * 1024);
     let db = Arc::new(Db::open_with(Path::new(dir), options).expect("child open"));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
@@ -647,7 +641,7 @@ fn writer_child(dir: &str) {
 // NOTE: the caller waits for the child; a panic on the way ends the test process, child included
 // (its stdin closes and it exits).
 #[allow(clippy::zombie_processes)]
-fn spawn_writer(dir: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
+fn spawn_writer(dir: &Path) -> (Child, ChildOutput) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -661,20 +655,9 @@ fn spawn_writer(dir: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child exited before READY; its output:\n{seen}");
-        }
-        seen.push_str(&line);
-        if line.trim_end().ends_with("READY") {
-            return (child, out);
-        }
-    }
+    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    out.wait_for("READY");
+    (child, out)
 }
 
 /// A state of the child's store is consistent when, per writer, it holds keys `0..n` and
@@ -767,8 +750,7 @@ fn tool_works_on_a_store_another_process_writes() {
         "the child never checkpointed while the tool ran: {checkpoints_seen:?}"
     );
     drop(child.stdin.take());
-    let mut rest = String::new();
-    child_out.read_to_string(&mut rest).unwrap();
+    let rest = child_out.rest();
     assert!(child.wait().unwrap().success(), "child failed:\n{rest}");
     assert!(rest.contains("CLOSED"), "{rest}");
     expect(0, &[OsStr::new("verify"), d]);
@@ -779,11 +761,11 @@ fn tool_works_on_a_store_another_process_writes() {
         assert_eq!(fs::read_dir(backup.join("wal")).unwrap().count(), 0);
         let restored = tmp.path().join(format!("restored-{i}"));
         expect(0, &[OsStr::new("restore"), p(backup), p(&restored)]);
-        let db = Db::open_with(&restored, small_opts()).unwrap();
+        let db = Db::open_with(&restored, small_options()).unwrap();
         let state = contents(&db);
         db.close().unwrap();
         assert_consistent(&state, &format!("backup {i}"));
-        let b = Db::open_with(backup, small_opts()).unwrap();
+        let b = Db::open_with(backup, small_options()).unwrap();
         assert_eq!(contents(&b), state, "restore copies the backup");
         b.close().unwrap();
     }

@@ -1,14 +1,14 @@
-//! libFuzzer entry of the `record_decode` target; its body is `tests/fuzz_support/record_decode.rs`, shared with
+//! libFuzzer entry of the `record_decode` target; its body is `tests/support/fuzz/record_decode.rs`, shared with
 //! `tests/fuzz_regressions.rs` (docs/testing.md).
 
 #![no_main]
 
-#[path = "../../tests/fuzz_support/mod.rs"]
-mod fuzz_support;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use libfuzzer_sys::fuzz_target;
 
 #[global_allocator]
-static ALLOC: fuzz_support::alloc_cap::CapAlloc = fuzz_support::alloc_cap::CapAlloc;
+static ALLOC: support::fuzz::alloc_cap::CapAlloc = support::fuzz::alloc_cap::CapAlloc;
 
-fuzz_target!(|data: &[u8]| fuzz_support::record_decode::run(data));
+fuzz_target!(|data: &[u8]| support::fuzz::record_decode::run(data));

@@ -4,7 +4,7 @@
 //! so every lock, wait, notification, protocol atomic, spawn and park in the engine, and every
 //! operation of the simulated storage, is a point where the scheduler picks the next thread.
 //! Each scenario runs a few threads against a fresh store on the simulated storage, records
-//! every call (tests/history_support), and at the end closes the store, reopens it and reads
+//! every call (tests/support/history.rs), and at the end closes the store, reopens it and reads
 //! every key; the whole history, the reads after the reopen included, must be linearizable.
 //!
 //! Each scenario is explored under a random scheduler and under PCT (probabilistic concurrency
@@ -13,23 +13,24 @@
 //! schedulers are seeded from `SESSIONDB_SEED`; a failure prints that seed and shuttle's
 //! encoded schedule, which `shuttle::replay` runs again step for step.
 
-// The library as this package builds it (with shuttle), under its usual name, which the shared
-// history module uses too.
+// The library as this package builds it (with shuttle), under its usual name, which the tests'
+// support module uses too.
 extern crate sessiondb_shuttle as sessiondb;
 
-#[path = "../../tests/history_support/mod.rs"]
-mod history_support;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use history_support::{check, empty_states, final_reads, seed, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
 use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::storage::Storage;
 use sessiondb::{Db, Durability, ManualClock, Options, SyncMode};
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{thread, Config, Runner};
+use support::history::{check, empty_states, final_reads, BatchOp, Env, Expiry, Key, Op, Outcome, Recorder};
+use support::{seed, small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -89,16 +90,11 @@ impl Store {
     }
 
     fn options(&self) -> Options {
-        Options::new()
-            .storage(Arc::new(self.sim.clone()))
-            .clock(Arc::new(self.clock.clone()))
+        small_options()
+            .quiet()
+            .sim(&self.sim)
+            .manual_clock(&self.clock)
             .sync_mode(SyncMode::Always)
-            .segment_size(64 << 10)
-            .value_size_max(4 << 10)
-            .batch_size_max(16 << 10)
-            .auto_checkpoint(false)
-            .preallocate_ahead(false)
-            .sweep_interval(None)
     }
 
     fn open(&self, opts: Options) -> Arc<Db> {
@@ -123,7 +119,7 @@ impl Store {
     }
 }
 
-/// Value ids of the scenarios' own writes (the workers of history_support use round 0 and up).
+/// Value ids of the scenarios' own writes (the workers of support::history use round 0 and up).
 fn val(thread: usize, n: u64) -> u64 {
     ((1000 + thread as u64) << 32) | n
 }

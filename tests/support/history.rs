@@ -33,8 +33,6 @@
 //! every write it shows was invoked and before any of those values was surely replaced, and no
 //! value of a batch without the batch's other values.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +40,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sessiondb::{Batch, Db, Durability, Error, ManualClock};
+
+use super::{mix64 as mix, small_options, OptionsExt, Rng};
 
 /// Keys are `k0`, `k1`, ...: few, so that threads collide on them.
 pub type Key = u8;
@@ -56,12 +56,6 @@ fn key_of(name: &[u8]) -> Option<Key> {
 
 /// A written value: `(round * 256 + thread + 1) << 32 | n`, unique across the rounds of a campaign.
 pub type ValId = u64;
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// The bytes of value `id`: its id, then up to 300 bytes that follow from it (so values of
 /// many sizes, and a value damaged anywhere is noticed).
@@ -84,39 +78,6 @@ pub fn parse_value(bytes: &[u8]) -> Result<ValId, String> {
         ));
     }
     Ok(id)
-}
-
-/// The seed of a randomised run: `SESSIONDB_SEED` when set, else the time.
-pub fn seed() -> u64 {
-    match std::env::var("SESSIONDB_SEED") {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("SESSIONDB_SEED={s} is not a u64")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    }
-}
-
-/// A small seeded generator (splitmix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,15 +411,7 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
             let at = ManualClock::new(clock.now_ms_for_test());
             let read = sessiondb::Db::open_with(
                 &dest,
-                sessiondb::Options::new()
-                    .storage(env.storage.clone())
-                    .clock(std::sync::Arc::new(at))
-                    .segment_size(64 << 10)
-                    .value_size_max(4 << 10)
-                    .batch_size_max(16 << 10)
-                    .preallocate_ahead(false)
-                    .auto_checkpoint(false)
-                    .sweep_interval(None),
+                small_options().quiet().storage(env.storage.clone()).manual_clock(&at),
             )
             .map_or_else(failed, |copy| {
                 let out = entries(copy.scan_prefix(b"k"));

@@ -3,22 +3,17 @@
 //! state after every prefix of it, deterministic options for the simulated storage, the
 //! oracle of docs/reliability.md, and helpers that find segments and records inside `SimStorage`.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
 use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
 
-use crate::common::{self, RecordPos, Rng};
+use super::{small_options, OptionsExt, RecordPos, Rng};
 
 /// Where every fault test keeps its store inside the simulated file system.
 pub const DIR: &str = "/store";
-/// Segment size of the fault tests: small, so a hundred writes roll segments.
-pub const SEGMENT_SIZE: u64 = 64 * 1024;
 
 /// Live contents: key → value.
 pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -114,7 +109,7 @@ pub fn value(tag: &str, i: usize, len: usize) -> Vec<u8> {
     let mut v = format!("{tag}-{i:05}:").into_bytes();
     let mut x = i as u64 ^ 0x5eed;
     while v.len() < len {
-        let b = (common::splitmix64(&mut x) % 255 + 1) as u8;
+        let b = (super::splitmix64(&mut x) % 255 + 1) as u8;
         v.push(b);
     }
     v.truncate(len.max(1));
@@ -142,18 +137,14 @@ pub fn workload(seed: u64, n: usize) -> Vec<Op> {
         .collect()
 }
 
-/// Deterministic options on the simulator: 64 KiB segments, no background threads, a manual
-/// clock.
+/// Deterministic options on the simulator: the tests' small store, quiet (no background
+/// threads), a manual clock.
 pub fn options(sim: &SimStorage, mode: SyncMode) -> Options {
-    Options::new()
+    small_options()
+        .quiet()
+        .sim(sim)
         .sync_mode(mode)
-        .segment_size(SEGMENT_SIZE)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .clock(Arc::new(ManualClock::new(1_000_000)))
-        .storage(Arc::new(sim.clone()))
+        .manual_clock(&ManualClock::new(1_000_000))
 }
 
 pub fn issue(db: &Db, op: &Op) -> sessiondb::Result<()> {
@@ -182,7 +173,7 @@ pub fn run_all(db: &Db, ops: &[Op], what: &str) {
 
 /// Every live entry through a full scan (which must not fail).
 pub fn contents(db: &Db) -> State {
-    common::contents(db)
+    super::contents(db)
 }
 
 /// The k in `lo..=hi` whose model state equals `got`, the largest if several do.
@@ -236,7 +227,7 @@ pub fn segments_with_records(sim: &SimStorage) -> Vec<(PathBuf, Vec<RecordPos>)>
     segments(sim)
         .into_iter()
         .filter_map(|p| {
-            let recs = common::parse_records(&sim.read_file(&p).unwrap());
+            let recs = super::parse_records(&sim.read_file(&p).unwrap());
             (!recs.is_empty()).then_some((p, recs))
         })
         .collect()

@@ -2,28 +2,15 @@
 //! `tests/fuzz_regressions.rs` calls [`generate`]).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sessiondb::internals::sim::{CrashMode, SimStorage};
-use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
+use sessiondb::{Batch, Db, ManualClock};
 
+use super::super::{small_options, OptionsExt};
 use super::recovery_image::encode_image;
 
 const DIR: &str = "/store";
-
-fn options(sim: &SimStorage, clock: &ManualClock) -> Options {
-    Options::new()
-        .sync_mode(SyncMode::Always)
-        .segment_size(64 * 1024)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sweep_interval(None)
-        .clock(Arc::new(clock.clone()))
-        .storage(Arc::new(sim.clone()))
-}
 
 /// `n` writes of every kind over 16 keys: puts (some with a TTL), deletes, batches, touches.
 fn workload(db: &Db, clock: &ManualClock, from: usize, n: usize) {
@@ -75,14 +62,14 @@ fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
 pub fn generate(dir: &Path) {
     // A closed store: segments rolled, no snapshot.
     let (sim, clock) = (SimStorage::new(1), ManualClock::new(1_700_000_000_000));
-    let db = Db::open_with(DIR, options(&sim, &clock)).expect("open");
+    let db = Db::open_with(DIR, small_options().quiet().sim(&sim).manual_clock(&clock)).expect("open");
     workload(&db, &clock, 0, 160);
     db.close().expect("close");
     let plain = image(&sim);
     write(dir, "recovery_image", "log-only.img", &encode_image(&plain));
 
     // A checkpoint, then more writes: a snapshot and the log after it.
-    let db = Db::open_with(DIR, options(&sim, &clock)).expect("open");
+    let db = Db::open_with(DIR, small_options().quiet().sim(&sim).manual_clock(&clock)).expect("open");
     db.checkpoint().expect("checkpoint");
     workload(&db, &clock, 160, 40);
     db.close().expect("close");
@@ -96,7 +83,7 @@ pub fn generate(dir: &Path) {
 
     // Power losses inside a checkpoint: halted after each of several storage operations.
     let (sim0, clock0) = (SimStorage::new(2), ManualClock::new(1_700_000_000_000));
-    let db = Db::open_with(DIR, options(&sim0, &clock0)).expect("open");
+    let db = Db::open_with(DIR, small_options().quiet().sim(&sim0).manual_clock(&clock0)).expect("open");
     workload(&db, &clock0, 0, 60);
     let before = sim0.ops();
     db.checkpoint().expect("checkpoint");
@@ -104,7 +91,7 @@ pub fn generate(dir: &Path) {
     drop(db);
     for (i, at) in [1, ops / 4, ops / 2, ops * 3 / 4, ops - 1].into_iter().enumerate() {
         let (sim, clock) = (SimStorage::new(2), ManualClock::new(1_700_000_000_000));
-        let db = Db::open_with(DIR, options(&sim, &clock)).expect("open");
+        let db = Db::open_with(DIR, small_options().quiet().sim(&sim).manual_clock(&clock)).expect("open");
         workload(&db, &clock, 0, 60);
         sim.halt_after(Some(sim.ops() + at));
         let _ = db.checkpoint();

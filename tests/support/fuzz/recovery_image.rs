@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arbitrary::{Arbitrary, Unstructured};
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
 use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
+use super::super::{small_options, OptionsExt};
 use super::snapshot_decode::contains;
 use super::spec::{SegmentSpec, SnapshotSpec, SEGMENT_BYTES};
 
@@ -214,17 +214,13 @@ fn install(sim: &SimStorage, files: &[(PathBuf, Vec<u8>)]) {
 }
 
 fn options(sim: &SimStorage, mode: RecoveryMode, now_ms: u64) -> Options {
-    Options::new()
-        .sync_mode(SyncMode::Always)
+    small_options()
+        .quiet()
         .segment_size(SEGMENT_BYTES as u64)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sweep_interval(None)
+        .sim(sim)
+        .sync_mode(SyncMode::Always)
         .recovery_mode(mode)
-        .clock(Arc::new(ManualClock::new(now_ms)))
-        .storage(Arc::new(sim.clone()))
+        .manual_clock(&ManualClock::new(now_ms))
 }
 
 /// The target.

@@ -1,143 +1,14 @@
-//! Helpers shared by the integration tests: seeds and a small RNG, options that force segment
-//! rolls, directory copies, and a parser for the documented segment framing (used only to find
-//! record boundaries for the tamper tests; the engine's own parser is what is under test).
-
-#![allow(dead_code)]
+//! The files of a store: its segments and snapshots, their contents as the documented framing
+//! lays them out (a parser used only to find record boundaries for the tamper tests; the
+//! engine's own parser is what is under test), directory copies and damage.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use sessiondb::session::SessionStore;
-use sessiondb::{Db, ManualClock, Options, SyncMode};
-
-/// Environment variable that replays a randomised test from a seed.
-pub const SEED_VAR: &str = "SESSIONDB_SEED";
-
-/// The seed for a randomised test: `SESSIONDB_SEED` when set, else derived from the time.
-pub fn seed() -> u64 {
-    if let Ok(s) = std::env::var(SEED_VAR) {
-        let s = s.trim();
-        let parsed = s
-            .strip_prefix("0x")
-            .map(|h| u64::from_str_radix(h, 16))
-            .unwrap_or_else(|| s.parse());
-        return parsed.unwrap_or_else(|_| panic!("{SEED_VAR}={s} is not a u64"));
-    }
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    splitmix64(&mut (nanos ^ u64::from(std::process::id())))
-}
-
-/// Prints `SESSIONDB_SEED=<n>` if the test panics while this guard is alive.
-pub struct SeedGuard {
-    pub seed: u64,
-    test: &'static str,
-}
-
-impl SeedGuard {
-    pub fn new(test: &'static str, seed: u64) -> SeedGuard {
-        SeedGuard { seed, test }
-    }
-}
-
-impl Drop for SeedGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "\n{test} failed; replay with: {SEED_VAR}={seed} cargo test --test <file> {test}\n",
-                test = self.test,
-                seed = self.seed
-            );
-        }
-    }
-}
-
-/// Seed plus guard in one call.
-pub fn seeded(test: &'static str) -> (u64, SeedGuard) {
-    let s = seed();
-    (s, SeedGuard::new(test, s))
-}
-
-/// How long a test waits for another thread before it fails instead of hanging.
-pub const WAIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Spins (yielding, never sleeping) until `done` holds; fails the test naming `what` if that
-/// takes longer than [`WAIT_DEADLINE`].
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let started = std::time::Instant::now();
-    while !done() {
-        assert!(started.elapsed() < WAIT_DEADLINE, "waited {WAIT_DEADLINE:?} for {what}");
-        std::thread::yield_now();
-    }
-}
-
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A tiny deterministic RNG (splitmix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        splitmix64(&mut self.0)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next_u64() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-}
-
-/// Small segments and limits so a few hundred writes roll segments.
-pub const SEGMENT_SIZE_SMALL: u64 = 64 * 1024;
-
-/// Options that make tests roll segments quickly: 64 KiB segments, 4 KiB values, 16 KiB batches.
-pub fn small_opts() -> Options {
-    Options::new()
-        .segment_size(SEGMENT_SIZE_SMALL)
-        .value_size_max(4096)
-        .batch_size_max(16 * 1024)
-}
+use sessiondb::Db;
 
 /// Every live entry, through a full range scan (which must not fail).
-/// Sessions over a store in `dir` whose time is `clock`: no fsyncs, no background checkpoints
-/// or sweeps, so the tests decide when anything happens.
-pub fn manual_session_store(dir: &Path, clock: &ManualClock) -> SessionStore {
-    let opts = Options::new()
-        .sync_mode(SyncMode::Never)
-        .auto_checkpoint(false)
-        .sweep_interval(None)
-        .clock(std::sync::Arc::new(clock.clone()));
-    SessionStore::new(Db::open_with(dir, opts).expect("open"))
-}
-
 pub fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut last: Option<Vec<u8>> = None;

@@ -1,9 +1,7 @@
 //! The bodies of the fuzz targets, shared by the libFuzzer binaries in `fuzz/fuzz_targets/`
-//! (which include this directory with `#[path]`) and by `tests/fuzz_regressions.rs`, which
+//! (which include the support module with `#[path]`) and by `tests/fuzz_regressions.rs`, which
 //! replays every saved input through the same functions under `cargo test`. See
 //! docs/testing.md.
-
-#![allow(dead_code)]
 
 pub mod alloc_cap;
 pub mod ops_vs_model;

@@ -1,6 +1,6 @@
 //! Target `ops_vs_model`: arbitrary sequences of writes, clock moves, checkpoints, syncs,
 //! closes and power losses through the simulated storage, against the swarm's `BTreeMap` model
-//! and the oracle of docs/reliability.md (`tests/swarm_support/`, shared with `swarm.rs`).
+//! and the oracle of docs/reliability.md (`tests/support/swarm.rs`, shared with `tests/swarm.rs`).
 //!
 //! Input: a structured [`OpsSpec`]: sync mode, segment size, fault rates (short writes, ENOSPC,
 //! fsync EIO), the simulator's seed, and up to 64 steps: puts (with or without a TTL), deletes,
@@ -14,16 +14,14 @@
 //! must survive (all acknowledged in `Always` mode, else those a sync or an immediate write
 //! covered), and a second open agrees; only the injected faults make a write fail.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use sessiondb::internals::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Clock, Db, Error, ManualClock, Options, SyncMode};
 
-#[path = "../swarm_support/mod.rs"]
-mod swarm_support;
-use swarm_support::{apply, issue, live_entries, recovered_prefix, visible, Op, State};
+use super::super::swarm::{apply, issue, live_entries, recovered_prefix, visible, Op, State};
+use super::super::{small_options, OptionsExt};
 
 /// Steps per input at most.
 const STEPS_MAX: usize = 64;
@@ -293,16 +291,14 @@ pub fn run(data: &[u8]) {
     } else {
         SyncMode::Never
     };
-    let opts = Options::new()
+    let opts = small_options()
+        .quiet()
         .sync_mode(mode)
         .segment_size(if spec.small_segments { 64 * 1024 } else { 256 * 1024 })
         .value_size_max(8 * 1024)
         .batch_size_max(32 * 1024)
-        .auto_checkpoint(false)
-        .preallocate_ahead(false)
-        .sweep_interval(None)
-        .clock(Arc::new(clock.clone()))
-        .storage(Arc::new(sim.clone()));
+        .manual_clock(&clock)
+        .sim(&sim);
     let pick = |bit: u8, p: f64| if spec.faults & bit != 0 { p } else { 0.0 };
     let faults = Faults {
         short_write: pick(1, 0.2),

@@ -1,9 +1,7 @@
-//! The model of the seeded swarm (`swarm.rs`) and of the `ops_vs_model` fuzz target
-//! (`fuzz_support/ops_vs_model.rs`): the operations they issue, a `BTreeMap` of key → (value,
+//! The model of the seeded swarm (`tests/swarm.rs`) and of the `ops_vs_model` fuzz target
+//! (`fuzz/ops_vs_model.rs`): the operations they issue, a `BTreeMap` of key → (value,
 //! deadline) they apply to, and the oracle of docs/reliability.md as a search for the prefix of the issued
 //! operations that a recovered store holds.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

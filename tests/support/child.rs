@@ -1,0 +1,86 @@
+//! A child process's output, read with a deadline. The process tests (`kill9.rs`, `lock.rs`,
+//! the CLI's) re-execute their own test binary as a child and wait for what it prints; a read
+//! of a pipe blocks for as long as the child lives, so the lines are read on a thread of their
+//! own and every wait for one ends by [`super::WAIT_DEADLINE`].
+
+use std::io::{BufRead, BufReader};
+use std::process::ChildStdout;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+
+use super::WAIT_DEADLINE;
+
+/// The lines a child writes to its stdout.
+pub struct ChildOutput {
+    lines: Receiver<String>,
+    seen: String,
+}
+
+impl ChildOutput {
+    /// Reads `stdout` from now on.
+    pub fn new(stdout: ChildStdout) -> ChildOutput {
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        ChildOutput {
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// The next line, `\n` included (a last line cut short has none); `None` once the output
+    /// has ended. Fails the test if no line comes within [`WAIT_DEADLINE`].
+    pub fn next_line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(WAIT_DEADLINE) {
+            Ok(line) => {
+                self.seen.push_str(&line);
+                Some(line)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "the child printed nothing for {WAIT_DEADLINE:?}; its output:\n{}",
+                    self.seen
+                )
+            }
+        }
+    }
+
+    /// Reads lines until one ends with `marker` (the test harness may print its "test ... "
+    /// before the child's first line, on the same line); fails the test if the output ends
+    /// first.
+    pub fn wait_for(&mut self, marker: &str) {
+        loop {
+            match self.next_line() {
+                Some(line) if line.trim_end().ends_with(marker) => return,
+                Some(_) => {}
+                None => panic!("the child's output ended before {marker}:\n{}", self.seen),
+            }
+        }
+    }
+
+    /// The rest of the output, to its end.
+    pub fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        while let Some(line) = self.next_line() {
+            rest.push_str(&line);
+        }
+        rest
+    }
+
+    /// Everything read so far.
+    pub fn seen(&self) -> &str {
+        &self.seen
+    }
+}

@@ -1,0 +1,22 @@
+//! Waiting for another thread, always with a deadline: a regression makes a test fail naming
+//! what it waited for, never hang until CI's limit.
+
+/// How long a test waits for another thread before it fails instead of hanging.
+pub const WAIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Spins (yielding, never sleeping) until `done` holds; fails the test naming `what` if that
+/// takes longer than [`WAIT_DEADLINE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT_DEADLINE, "waited {WAIT_DEADLINE:?} for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// Joins `thread` once it has finished, waiting at most [`WAIT_DEADLINE`] (a thread stuck in
+/// the engine fails the test naming `what`); a panic of the thread goes on in this one.
+pub fn joined<T>(what: &str, thread: std::thread::JoinHandle<T>) -> T {
+    wait_until(what, || thread.is_finished());
+    thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
