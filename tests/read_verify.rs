@@ -102,7 +102,9 @@ fn sealed_segment_reads_verify_their_record() {
 /// and in a snapshot (another key's entry where the index points).
 #[test]
 fn bytes_of_another_key_where_the_index_points_are_an_error() {
-    use sessiondb::internals::format::{encode_ops, encode_record, Op, ENTRY_HEADER_SIZE, KIND_OPS, SEGMENT_HEADER_SIZE};
+    use sessiondb::internals::format::{
+        encode_ops, encode_record, Op, ENTRY_HEADER_SIZE, KIND_OPS, SEGMENT_HEADER_SIZE,
+    };
 
     let sim = SimStorage::new(3);
     let opts = small_options().quiet().one_segment().sim(&sim);

@@ -351,8 +351,14 @@ impl<'i, 'a> Scanner<'i, 'a> {
                 supported: format::FORMAT_VERSION,
             }),
             (Row::R8WrongSegment(d), Last | Older) => self.corruption(d),
-            // Salvage reads on from where the header says the segment starts.
-            (Row::R8WrongStart(h, _), Last | Older) if salvage => Ok(self.start(h)),
+            // Salvage reads on from where the header says the segment starts if that is later
+            // than expected: the records in between are lost, and reported as skipped. An
+            // earlier start would replay sequence numbers already applied over newer writes:
+            // the segment is skipped whole, as for any damaged header.
+            (Row::R8WrongStart(h, d), Last | Older) if salvage && self.input.expected_seq < Some(h.first_seq) => {
+                self.note_skipped(d);
+                Ok(self.start(h))
+            }
             (Row::R8WrongStart(_, d), Last | Older) => self.corruption(d),
         }
     }
@@ -395,15 +401,20 @@ impl<'i, 'a> Scanner<'i, 'a> {
 
     /// A "corruption" cell: the error, or in `Salvage` the damage recorded and skipped: past it
     /// to the next valid record, or, with no header to read records after, the whole file.
-    fn corruption(&mut self, d: Damage) -> Result<Flow> {
-        if self.input.mode != RecoveryMode::Salvage {
-            return Err(Error::corruption(self.input.path, d.offset, d.reason));
-        }
+    /// Salvage: `d` was skipped; `stats().recovery.skipped` reports it.
+    fn note_skipped(&mut self, d: Damage) {
         self.scan.skipped.push(Skipped {
             path: self.input.path.to_path_buf(),
             offset: d.offset,
             reason: d.reason,
         });
+    }
+
+    fn corruption(&mut self, d: Damage) -> Result<Flow> {
+        if self.input.mode != RecoveryMode::Salvage {
+            return Err(Error::corruption(self.input.path, d.offset, d.reason));
+        }
+        self.note_skipped(d);
         if self.scan.header.is_none() {
             self.scan.dirty_end = nonzero_end(self.input.bytes) as u64;
             return Ok(Flow::Done);
@@ -430,13 +441,18 @@ mod tests {
     /// Segment `ID`, preallocated: its header (first sequence 1), then records 1, 2, ... with
     /// the `durable_seq` fields given. Returns the bytes and each record's offset.
     fn segment(durable: &[u64]) -> (Vec<u8>, Vec<usize>) {
+        segment_from(1, durable)
+    }
+
+    /// The same, starting at sequence number `first`.
+    fn segment_from(first: u64, durable: &[u64]) -> (Vec<u8>, Vec<usize>) {
         let mut b = encode_segment_header(SegmentHeader {
             segment_id: ID,
-            first_seq: 1,
+            first_seq: first,
         })
         .to_vec();
         let mut at = Vec::new();
-        for (seq, &d) in (1..).zip(durable) {
+        for (seq, &d) in (first..).zip(durable) {
             at.push(b.len());
             encode_record(&mut b, ID, seq, d, KIND_OPS, b"payload");
         }
@@ -574,5 +590,27 @@ mod tests {
         assert_eq!(outcome(&activation, false, Tolerate), "corruption");
         // R6b: refused in both columns, never cut.
         assert_eq!(outcome(&activation[..200], true, Tolerate), "corruption");
+    }
+
+    /// R8, a header starting at another sequence number than expected (5): corruption, and in
+    /// `Salvage` never silent. A later start reads on and reports the records in between; an
+    /// earlier one (sequence numbers already applied) skips the segment.
+    #[test]
+    fn salvage_reports_a_segment_that_starts_at_the_wrong_sequence() {
+        let scan = |first: u64, mode| {
+            let (b, _) = segment_from(first, &[0, 0]);
+            scan_segment(&input(&b, false, mode, Some(5)), |_, _| Ok(()))
+        };
+        for first in [3, 9] {
+            assert!(matches!(
+                scan(first, RecoveryMode::TolerateTornTail),
+                Err(Error::Corruption { .. })
+            ));
+            let salvaged = scan(first, RecoveryMode::Salvage).expect("salvage reads a segment of ours");
+            assert_eq!(salvaged.skipped.len(), 1, "starting at {first}: {:?}", salvaged.skipped);
+            assert!(salvaged.skipped[0].reason.contains("where 5 was expected"));
+            let replayed = if first > 5 { Some(first + 1) } else { None };
+            assert_eq!(salvaged.last_seq, replayed, "starting at {first}");
+        }
     }
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sessiondb::session::SessionStore;
 use sessiondb::internals::sim::SimStorage;
+use sessiondb::session::SessionStore;
 use sessiondb::{Db, ManualClock, Options, SyncMode};
 
 /// The tests' segment size: a few hundred writes roll segments.
