@@ -606,7 +606,10 @@ mod tests {
                 scan(first, RecoveryMode::TolerateTornTail),
                 Err(Error::Corruption { .. })
             ));
-            let salvaged = scan(first, RecoveryMode::Salvage).expect("salvage reads a segment of ours");
+            let salvaged = match scan(first, RecoveryMode::Salvage) {
+                Ok(s) => s,
+                Err(e) => panic!("salvage refused a segment of ours: {e}"),
+            };
             assert_eq!(salvaged.skipped.len(), 1, "starting at {first}: {:?}", salvaged.skipped);
             assert!(salvaged.skipped[0].reason.contains("where 5 was expected"));
             let replayed = if first > 5 { Some(first + 1) } else { None };
