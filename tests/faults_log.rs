@@ -38,8 +38,8 @@ use std::sync::Arc;
 use sessiondb::internals::sim::{CrashMode, FaultCounts, Faults, SimStorage};
 use sessiondb::{Db, Error, SyncMode};
 use support::faults::{
-    check_oracle, contents, issue, options, prefix_k, run_all, segments, segments_with_records, states, value,
-    workload, Op, State, DIR,
+    check_oracle, contents, issue, options, prefix_k, rolling_write, run_all, run_until_roll, segments,
+    segments_with_records, states, value, workload, Op, RollingWrite, State, DIR,
 };
 use support::hold::hold_fsync_and_line_up;
 use support::{joined, parse_records};
@@ -477,17 +477,6 @@ fn short_writes_equivalence() {
 // new_segment_dir_entry_lost
 
 /// Issues `ops` until one lands in a segment after the first; returns its index.
-fn run_until_roll(sim: &SimStorage, db: &Db, ops: &[Op], what: &str) -> usize {
-    for (i, op) in ops.iter().enumerate() {
-        let before = segments_with_records(sim).len();
-        issue(db, op).unwrap_or_else(|e| panic!("{what}: operation {i}: {e}"));
-        if segments_with_records(sim).len() > before && before > 0 {
-            return i;
-        }
-    }
-    panic!("{what}: the workload never rolled");
-}
-
 #[test]
 fn new_segment_dir_entry_lost() {
     let (seed, _guard) = support::seeded("new_segment_dir_entry_lost");
@@ -522,17 +511,11 @@ fn new_segment_dir_entry_lost() {
     }
 
     // 2. A halt at every storage operation of the write that rolls, then a power loss.
-    let sim = SimStorage::new(seed);
-    let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
-    let rolled = run_until_roll(&sim, &db, &ops, "probe");
-    drop(db);
-    let sim = SimStorage::new(seed);
-    let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
-    run_all(&db, &ops[..rolled], "probe");
-    let start = sim.ops();
-    issue(&db, &ops[rolled]).unwrap();
-    let roll_ops = sim.ops() - start;
-    drop(db);
+    let RollingWrite {
+        index: rolled,
+        start,
+        ops: roll_ops,
+    } = rolling_write(seed, &ops);
     assert!(roll_ops >= 8, "the rolling write makes {roll_ops} storage operations");
     for n in 0..=roll_ops {
         for m in 0..3u64 {

@@ -36,33 +36,16 @@ use std::path::{Path, PathBuf};
 use sessiondb::internals::sim::{CrashMode, Faults, SimStorage};
 use sessiondb::{Db, Error, RecoveryMode, SyncMode};
 use support::faults::{
-    assert_only_written, check_oracle, contents, create_durable, issue, options, run_all, segments,
-    segments_with_records, state_without, states, value, workload, written_values, Op, State, DIR,
+    assert_only_written, check_oracle, contents, create_durable, issue, options, rolling_write, run_all, segments,
+    segments_with_records, state_without, states, value, workload, written_values, Op, RollingWrite, State, DIR,
 };
-use support::{parse_records, RecordPos, Rng, SEGMENT_SIZE_SMALL};
+use support::{assert_corruption_in, parse_records, RecordPos, Rng, SEGMENT_SIZE_SMALL};
 
 fn crash_mode(i: u64) -> CrashMode {
     match i % 3 {
         0 => CrashMode::DropUnsynced,
         1 => CrashMode::Torn { sector: 512 },
         _ => CrashMode::Torn { sector: 4096 },
-    }
-}
-
-/// Asserts a `Corruption` naming `segment` at an offset inside `rec`.
-fn assert_corruption_in(result: sessiondb::Result<Db>, segment: &Path, rec: RecordPos, what: &str) {
-    match result {
-        Err(Error::Corruption { path, offset, reason }) => {
-            assert_eq!(path, segment, "{what}: Corruption names another file ({reason})");
-            assert!(
-                (rec.start..rec.end()).contains(&offset),
-                "{what}: offset {offset} is outside the damaged record {}..{} ({reason})",
-                rec.start,
-                rec.end()
-            );
-        }
-        Err(e) => panic!("{what}: expected Corruption, got {e:?}"),
-        Ok(db) => panic!("{what}: the damaged store opened, with {} keys", db.stats().keys),
     }
 }
 
@@ -104,26 +87,11 @@ fn file_growth_not_durable() {
 
     // 1. No crash, at any storage operation of a write that rolls to a new segment, leaves a
     //    segment shorter than its full size: the size is fsynced before the name exists.
-    let probe = SimStorage::new(seed);
-    let db = Db::open_with(DIR, options(&probe, SyncMode::Always)).unwrap();
-    let mut rolled = None;
-    for (i, op) in ops.iter().enumerate() {
-        let before = segments(&probe).len();
-        issue(&db, op).unwrap();
-        if segments(&probe).len() > before && i > 0 {
-            rolled = Some(i);
-            break;
-        }
-    }
-    let rolled = rolled.expect("the workload rolls");
-    drop(db);
-    let sim = SimStorage::new(seed);
-    let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
-    run_all(&db, &ops[..rolled], "probe");
-    let start = sim.ops();
-    issue(&db, &ops[rolled]).unwrap();
-    let roll_ops = sim.ops() - start;
-    drop(db);
+    let RollingWrite {
+        index: rolled,
+        start,
+        ops: roll_ops,
+    } = rolling_write(seed, ops);
     for n in 0..=roll_ops {
         for m in 0..3 {
             let what = format!(

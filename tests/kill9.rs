@@ -17,14 +17,15 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use sessiondb::{Db, Options, SyncMode};
-use support::child::ChildOutput;
+use support::child::spawn_test;
 use support::{seeded, small_options, splitmix64, Rng};
 
 const THREADS: usize = 4;
@@ -181,18 +182,14 @@ fn show(s: &State) -> String {
 
 /// Runs one child until `kill_after` acknowledgements, kills it, returns acks per thread.
 fn run_child(test: &str, dir: &Path, mode: SyncMode, round: u64, round_seed: u64, kill_after: u64) -> [u64; THREADS] {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(VAR_DIR, dir)
-        .env(VAR_ROUND, round.to_string())
-        .env(VAR_SEED, round_seed.to_string())
-        .env(VAR_MODE, mode_name(mode))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    let (round_s, round_seed_s) = (round.to_string(), round_seed.to_string());
+    let env = [
+        (VAR_DIR, dir.as_os_str()),
+        (VAR_ROUND, OsStr::new(&round_s)),
+        (VAR_SEED, OsStr::new(&round_seed_s)),
+        (VAR_MODE, OsStr::new(mode_name(mode))),
+    ];
+    let (mut child, mut out) = spawn_test(test, &env, Stdio::null());
     let mut acked = [0u64; THREADS];
     let mut total = 0u64;
     let mut killed = false;

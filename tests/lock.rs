@@ -12,11 +12,11 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 
 use sessiondb::{Db, Error};
-use support::child::ChildOutput;
+use support::child::spawn_test;
 use support::small_options;
 
 const CHILD_DIR_VAR: &str = "SESSIONDB_LOCK_CHILD_DIR";
@@ -81,20 +81,8 @@ fn second_open_in_another_process_is_locked() {
     }
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "second_open_in_another_process_is_locked",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR_VAR, dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    let env = [(CHILD_DIR_VAR, dir.path().as_os_str())];
+    let (mut child, mut out) = spawn_test("second_open_in_another_process_is_locked", &env, Stdio::piped());
     out.wait_for("READY");
 
     assert_locked(dir.path());

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sessiondb::session::{SessionId, SessionMap, SessionOptions, SessionStore};
 use sessiondb::{Error, ManualClock};
-use support::{seeded, Rng};
+use support::{race, seeded, Rng};
 
 const T0: u64 = 1_700_000_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
@@ -136,33 +136,27 @@ fn racing_saves_never_overwrite_a_newer_version() {
     let store = fast_store(dir.path());
     let id = store.create(b"0", HOUR).unwrap();
     let first = store.load(&id).unwrap().unwrap().version;
-    const THREADS: usize = 8;
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut wins = Vec::new();
-                let mut conflicts = 0;
-                for i in 0..100 {
-                    let s = store.load(&id).unwrap().unwrap();
-                    match store.save(&id, format!("{t}.{i}").as_bytes(), s.version).unwrap() {
-                        Ok(v) => wins.push((s.version, v, format!("{t}.{i}"))),
-                        Err(c) => {
-                            assert_ne!(c.actual, Some(s.version), "a conflict has a newer version");
-                            conflicts += 1;
-                        }
+    let results = {
+        let store = store.clone();
+        race(8, move |t| {
+            let mut wins = Vec::new();
+            let mut conflicts = 0;
+            for i in 0..100 {
+                let s = store.load(&id).unwrap().unwrap();
+                match store.save(&id, format!("{t}.{i}").as_bytes(), s.version).unwrap() {
+                    Ok(v) => wins.push((s.version, v, format!("{t}.{i}"))),
+                    Err(c) => {
+                        assert_ne!(c.actual, Some(s.version), "a conflict has a newer version");
+                        conflicts += 1;
                     }
                 }
-                (wins, conflicts)
-            })
+            }
+            (wins, conflicts)
         })
-        .collect();
+    };
     let mut wins = Vec::new();
     let mut conflicts = 0;
-    for h in handles {
-        let (w, c) = h.join().unwrap();
+    for (w, c) in results {
         wins.extend(w);
         conflicts += c;
     }
@@ -188,24 +182,19 @@ fn racing_updates_lose_no_increment() {
     let store = fast_store(dir.path());
     let id = store.create(&0u64.to_le_bytes(), HOUR).unwrap();
     let store = store.with_options(SessionOptions::default());
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                for _ in 0..100 {
-                    store
-                        .update(&id, |d| {
-                            let n = u64::from_le_bytes(d.as_slice().try_into().unwrap());
-                            *d = (n + 1).to_le_bytes().to_vec();
-                        })
-                        .unwrap()
-                        .expect("session exists");
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
+    {
+        let store = store.clone();
+        race(8, move |_| {
+            for _ in 0..100 {
+                store
+                    .update(&id, |d| {
+                        let n = u64::from_le_bytes(d.as_slice().try_into().unwrap());
+                        *d = (n + 1).to_le_bytes().to_vec();
+                    })
+                    .unwrap()
+                    .expect("session exists");
+            }
+        });
     }
     let data = store.load(&id).unwrap().unwrap().data;
     assert_eq!(u64::from_le_bytes(data.try_into().unwrap()), 800);
@@ -272,28 +261,22 @@ fn racing_map_saves_to_different_entries_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let store = fast_store(dir.path());
     let id = store.create_map(&SessionMap::new(), HOUR).unwrap();
-    const THREADS: usize = 6;
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut last = None;
-                for i in 0..50u32 {
-                    let mut s = store.load_map(&id).unwrap().unwrap();
-                    s.map.insert(format!("t{t}"), &i).unwrap();
-                    store
-                        .save_map(&mut s)
-                        .unwrap()
-                        .expect("entries of other threads never conflict");
-                    last = Some(i);
-                }
-                last
-            })
+    let lasts = {
+        let store = store.clone();
+        race(6, move |t| {
+            let mut last = None;
+            for i in 0..50u32 {
+                let mut s = store.load_map(&id).unwrap().unwrap();
+                s.map.insert(format!("t{t}"), &i).unwrap();
+                store
+                    .save_map(&mut s)
+                    .unwrap()
+                    .expect("entries of other threads never conflict");
+                last = Some(i);
+            }
+            last
         })
-        .collect();
-    let lasts: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    };
     let now = store.load_map(&id).unwrap().unwrap();
     for (t, last) in lasts.iter().enumerate() {
         assert_eq!(

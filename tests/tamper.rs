@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use sessiondb::{Db, Error, Options, RecoveryMode, SyncMode};
 use support::{
-    contents, copy_dir, flip_byte, segment_first_seq, segments_with_records, small_options, snapshot_files,
-    wal_relative, OptionsExt, RecordPos, Rng,
+    assert_corruption_in, contents, copy_dir, flip_byte, segment_first_seq, segments_with_records, small_options,
+    snapshot_files, wal_relative, OptionsExt, Rng,
 };
 
 const PUTS: usize = 200;
@@ -76,28 +76,6 @@ fn truncate(path: &Path, len: u64) {
         .unwrap()
         .set_len(len)
         .unwrap();
-}
-
-/// Asserts a `Corruption` that names `segment` at an offset inside `rec`.
-fn assert_corruption_in(result: sessiondb::Result<Db>, segment: &Path, rec: RecordPos, what: &str) {
-    match result {
-        Err(Error::Corruption { path, offset, reason }) => {
-            assert!(
-                path.ends_with(wal_relative(segment)),
-                "{what}: Corruption names {} instead of {}",
-                path.display(),
-                segment.display()
-            );
-            assert!(
-                (rec.start..rec.end()).contains(&offset),
-                "{what}: offset {offset} is outside the damaged record {}..{} ({reason})",
-                rec.start,
-                rec.end()
-            );
-        }
-        Err(e) => panic!("{what}: expected Corruption, got {e:?}"),
-        Ok(db) => panic!("{what}: damaged store opened; it holds {} keys", db.stats().keys),
-    }
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use sessiondb::internals::sim::{CrashMode, SimStorage};
 use sessiondb::{Batch, Conflict, Db, Durability, Error, ManualClock, Options, SyncMode};
-use support::{small_options, OptionsExt};
+use support::{race, small_options, OptionsExt};
 
 const T0: u64 = 1_700_000_000_000;
 const MIN: Duration = Duration::from_secs(60);
@@ -187,32 +187,30 @@ fn racing_compare_and_swap_loses_no_acknowledged_update() {
     );
     const THREADS: u64 = 8;
     const EACH: u64 = 200;
-    let handles: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                let mut conflicts = 0u64;
-                for _ in 0..EACH {
-                    loop {
-                        let (n, v) = match db.get_with_version("counter").unwrap() {
-                            Some((b, v)) => (u64::from_le_bytes(b.try_into().unwrap()), Some(v)),
-                            None => (0, None),
-                        };
-                        match db.put_if_version("counter", (n + 1).to_le_bytes(), v, None).unwrap() {
-                            Ok(_) => break,
-                            Err(c) => {
-                                assert_eq!(c.expected, v);
-                                assert_ne!(c.actual, v, "a conflict names a different version");
-                                conflicts += 1;
-                            }
+    let per_thread = {
+        let db = db.clone();
+        race(THREADS as usize, move |_| {
+            let mut conflicts = 0u64;
+            for _ in 0..EACH {
+                loop {
+                    let (n, v) = match db.get_with_version("counter").unwrap() {
+                        Some((b, v)) => (u64::from_le_bytes(b.try_into().unwrap()), Some(v)),
+                        None => (0, None),
+                    };
+                    match db.put_if_version("counter", (n + 1).to_le_bytes(), v, None).unwrap() {
+                        Ok(_) => break,
+                        Err(c) => {
+                            assert_eq!(c.expected, v);
+                            assert_ne!(c.actual, v, "a conflict names a different version");
+                            conflicts += 1;
                         }
                     }
                 }
-                conflicts
-            })
+            }
+            conflicts
         })
-        .collect();
-    let conflicts: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    };
+    let conflicts: u64 = per_thread.into_iter().sum();
     let n = u64::from_le_bytes(db.get("counter").unwrap().unwrap().try_into().unwrap());
     assert_eq!(
         n,

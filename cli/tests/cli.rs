@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sessiondb::{Batch, Db};
-use support::child::ChildOutput;
+use support::child::{spawn_test, ChildOutput};
 use support::{contents, segments_with_records, small_options, snapshot_files, wal_relative, OptionsExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
@@ -638,24 +638,9 @@ fn writer_child(dir: &str) {
     println!("CLOSED");
 }
 
-// NOTE: the caller waits for the child; a panic on the way ends the test process, child included
-// (its stdin closes and it exits).
-#[allow(clippy::zombie_processes)]
 fn spawn_writer(dir: &Path) -> (Child, ChildOutput) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "tool_works_on_a_store_another_process_writes",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR_VAR, dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = ChildOutput::new(child.stdout.take().unwrap());
+    let env = [(CHILD_DIR_VAR, dir.as_os_str())];
+    let (child, mut out) = spawn_test("tool_works_on_a_store_another_process_writes", &env, Stdio::piped());
     out.wait_for("READY");
     (child, out)
 }

@@ -3,11 +3,32 @@
 //! of a pipe blocks for as long as the child lives, so the lines are read on a thread of their
 //! own and every wait for one ends by [`super::WAIT_DEADLINE`].
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::process::ChildStdout;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 
 use super::WAIT_DEADLINE;
+
+/// This test binary again, as a child that runs only the test `test` with the environment
+/// variables `env` (which tell that test it is the child, and what to do); its stdin is `stdin`,
+/// its stdout read with [`ChildOutput`], its stderr this process's.
+// NOTE: the caller waits for the child; a panic on the way ends the test process, and the child
+// with it (a child reading its stdin sees it close).
+#[allow(clippy::zombie_processes)]
+pub fn spawn_test(test: &str, env: &[(&str, &OsStr)], stdin: Stdio) -> (Child, ChildOutput) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut child = Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the test binary");
+    let out = ChildOutput::new(child.stdout.take().expect("the child's stdout is piped"));
+    (child, out)
+}
 
 /// The lines a child writes to its stdout.
 pub struct ChildOutput {

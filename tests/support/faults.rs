@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{OpenMode, Storage};
-use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
+use sessiondb::{Db, ManualClock, Options, SyncMode};
 
-use super::{small_options, OptionsExt, RecordPos, Rng};
+use super::{batch_of, small_options, OptionsExt, PutOrDelete, RecordPos, Rng};
 
 /// Where every fault test keeps its store inside the simulated file system.
 pub const DIR: &str = "/store";
@@ -23,7 +23,7 @@ pub type State = BTreeMap<Vec<u8>, Vec<u8>>;
 pub enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
-    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Batch(Vec<PutOrDelete>),
 }
 
 impl Op {
@@ -151,16 +151,7 @@ pub fn issue(db: &Db, op: &Op) -> sessiondb::Result<()> {
     match op {
         Op::Put(k, v) => db.put(k, v),
         Op::Delete(k) => db.delete(k),
-        Op::Batch(ops) => {
-            let mut b = Batch::new();
-            for (k, v) in ops {
-                match v {
-                    Some(v) => b.put(k, v),
-                    None => b.delete(k),
-                };
-            }
-            db.write(b)
-        }
+        Op::Batch(ops) => db.write(batch_of(ops)),
     }
 }
 
@@ -168,6 +159,49 @@ pub fn issue(db: &Db, op: &Op) -> sessiondb::Result<()> {
 pub fn run_all(db: &Db, ops: &[Op], what: &str) {
     for (i, op) in ops.iter().enumerate() {
         issue(db, op).unwrap_or_else(|e| panic!("{what}: operation {i} failed: {e}"));
+    }
+}
+
+/// Issues `ops` until one of them lands in a new segment (the log's second or a later one to
+/// hold records); returns its index.
+pub fn run_until_roll(sim: &SimStorage, db: &Db, ops: &[Op], what: &str) -> usize {
+    for (i, op) in ops.iter().enumerate() {
+        let before = segments_with_records(sim).len();
+        issue(db, op).unwrap_or_else(|e| panic!("{what}: operation {i}: {e}"));
+        if segments_with_records(sim).len() > before && before > 0 {
+            return i;
+        }
+    }
+    panic!("{what}: the workload never rolled");
+}
+
+/// Where the first write of `ops` that rolls to a new segment stands in a run on a fresh
+/// simulator seeded `seed` (the same in every such run: the simulator is deterministic).
+pub struct RollingWrite {
+    /// Its index in `ops`.
+    pub index: usize,
+    /// Storage operations made before it.
+    pub start: u64,
+    /// Storage operations it makes.
+    pub ops: u64,
+}
+
+/// Finds the rolling write of `ops` and counts its storage operations, a crash test's range of
+/// halt points.
+pub fn rolling_write(seed: u64, ops: &[Op]) -> RollingWrite {
+    let sim = SimStorage::new(seed);
+    let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
+    let index = run_until_roll(&sim, &db, ops, "probe");
+    drop(db);
+    let sim = SimStorage::new(seed);
+    let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
+    run_all(&db, &ops[..index], "probe");
+    let start = sim.ops();
+    issue(&db, &ops[index]).unwrap_or_else(|e| panic!("probe: the rolling write: {e}"));
+    RollingWrite {
+        index,
+        start,
+        ops: sim.ops() - start,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sessiondb::Db;
+use sessiondb::{Db, Error};
 
 /// Every live entry, through a full range scan (which must not fail).
 pub fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -140,6 +140,29 @@ pub fn segments_with_records(dir: &Path) -> Vec<(PathBuf, Vec<RecordPos>)> {
             (!recs.is_empty()).then_some((p, recs))
         })
         .collect()
+}
+
+/// Asserts that `result` is a `Corruption` naming `segment` (by its `wal/<name>`, wherever the
+/// store is) at an offset inside the damaged record `rec`.
+pub fn assert_corruption_in(result: sessiondb::Result<Db>, segment: &Path, rec: RecordPos, what: &str) {
+    match result {
+        Err(Error::Corruption { path, offset, reason }) => {
+            assert!(
+                path.ends_with(wal_relative(segment)),
+                "{what}: Corruption names {} instead of {} ({reason})",
+                path.display(),
+                segment.display()
+            );
+            assert!(
+                (rec.start..rec.end()).contains(&offset),
+                "{what}: offset {offset} is outside the damaged record {}..{} ({reason})",
+                rec.start,
+                rec.end()
+            );
+        }
+        Err(e) => panic!("{what}: expected Corruption, got {e:?}"),
+        Ok(db) => panic!("{what}: the damaged store opened; it holds {} keys", db.stats().keys),
+    }
 }
 
 /// Flips every bit of the byte at `offset` in `path`.

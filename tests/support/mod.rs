@@ -9,6 +9,7 @@
 //! - [`child`]: a child process's output, read with a deadline;
 //! - [`options`]: the options of the tests' stores;
 //! - [`files`]: a store's files, their framing, copies and damage;
+//! - [`writes`]: what the models write (a batch of puts and deletes);
 //! - [`faults`]: the fault tests' workload, model and oracle on the simulated storage;
 //! - [`swarm`]: the model of the swarm and of the `ops_vs_model` fuzz target;
 //! - [`history`]: recorded concurrent histories and their linearizability checker;
@@ -28,8 +29,9 @@ pub mod options;
 pub mod random;
 pub mod swarm;
 pub mod wait;
+pub mod writes;
 
 // The everyday helpers, by their short names (`support::wait_until`); a test that needs none of
 // one module's leaves its re-export unused.
 #[allow(unused_imports)]
-pub use {files::*, options::*, random::*, wait::*};
+pub use {files::*, options::*, random::*, wait::*, writes::*};

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sessiondb::{Batch, Db, Durability};
 
+use super::{batch_of, PutOrDelete};
+
 /// Key → (value, expiry deadline in ms or 0).
 pub type State = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
 
@@ -15,7 +17,7 @@ pub type State = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
 pub enum Op {
     Put(Vec<u8>, Vec<u8>, Option<u64>),
     Delete(Vec<u8>),
-    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Batch(Vec<PutOrDelete>),
     /// A put with `Durability::Lazy` / `Durability::Immediate`.
     Lazy(Vec<u8>, Vec<u8>),
     Immediate(Vec<u8>, Vec<u8>),
@@ -104,16 +106,7 @@ pub fn issue(db: &Db, op: &Op) -> sessiondb::Result<()> {
         Op::Put(k, v, None) => db.put(k, v),
         Op::Put(k, v, Some(ttl)) => db.put_with_ttl(k, v, Duration::from_millis(*ttl)),
         Op::Delete(k) => db.delete(k),
-        Op::Batch(ops) => {
-            let mut b = Batch::new();
-            for (k, v) in ops {
-                match v {
-                    Some(v) => b.put(k, v),
-                    None => b.delete(k),
-                };
-            }
-            db.write(b)
-        }
+        Op::Batch(ops) => db.write(batch_of(ops)),
         Op::Lazy(k, v) | Op::Immediate(k, v) => {
             let mut b = Batch::new();
             let d = if matches!(op, Op::Lazy(..)) {

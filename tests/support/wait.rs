@@ -20,3 +20,20 @@ pub fn joined<T>(what: &str, thread: std::thread::JoinHandle<T>) -> T {
     wait_until(what, || thread.is_finished());
     thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// Runs `f(0)` .. `f(threads - 1)` on threads of their own that start together (a barrier);
+/// returns their results in that order, each joined with the deadline of [`joined`].
+pub fn race<T: Send + 'static>(threads: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+    let f = std::sync::Arc::new(f);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (f, start) = (f.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                f(t)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| joined("a racing thread", h)).collect()
+}
