@@ -97,6 +97,55 @@ fn second_open_in_another_process_is_locked() {
     assert_eq!(db.get(b"child").unwrap().as_deref(), Some(&b"was here"[..]));
 }
 
+/// An operator deletes `DIR/LOCK` while the store is open: a second opener, in this process,
+/// still gets `Locked` (issue 15: it used to create a new LOCK, lock it, and write beside the
+/// first, which lost a write); the holder goes on writing.
+#[test]
+fn deleting_the_lock_file_does_not_let_a_second_opener_in() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open_with(dir.path(), small_options()).unwrap();
+    db.put(b"k", b"v").unwrap();
+    fs::remove_file(dir.path().join("LOCK")).unwrap();
+    assert_locked(dir.path());
+    db.put(b"k2", b"v2").unwrap();
+    db.close().unwrap();
+    let db = Db::open_with(dir.path(), small_options()).expect("open after close");
+    assert_eq!(db.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
+const DELETED_LOCK_CHILD_DIR_VAR: &str = "SESSIONDB_DELETED_LOCK_CHILD_DIR";
+
+/// The same across processes, as an operator would meet it: another process holds the store,
+/// its LOCK file is deleted, and this process still cannot open it.
+#[test]
+fn deleting_the_lock_file_does_not_let_another_process_in() {
+    if let Ok(dir) = std::env::var(DELETED_LOCK_CHILD_DIR_VAR) {
+        lock_child(&dir);
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(DELETED_LOCK_CHILD_DIR_VAR, dir.path().as_os_str())];
+    let (mut child, mut out) = spawn_test(
+        "deleting_the_lock_file_does_not_let_another_process_in",
+        &env,
+        Stdio::piped(),
+    );
+    out.wait_for("READY");
+
+    fs::remove_file(dir.path().join("LOCK")).unwrap();
+    assert_locked(dir.path());
+
+    drop(child.stdin.take());
+    let rest = out.rest();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "child failed: {status}; output:\n{}", out.seen());
+    assert!(rest.contains("CLOSED"), "child output:\n{}", out.seen());
+    let db = Db::open_with(dir.path(), small_options()).expect("open after the child exited");
+    assert_eq!(db.get(b"child").unwrap().as_deref(), Some(&b"was here"[..]));
+}
+
 #[test]
 fn path_that_is_a_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -105,7 +105,20 @@ impl Storage for FsStorage {
         File::open(dir)?.sync_all()
     }
 
+    /// Locks `path` and the directory that holds it, each with `flock`. The directory's lock
+    /// is what holds when the lock file is deleted (an operator's `rm DIR/LOCK`): a second
+    /// opener then creates a new `LOCK` and locks it, but not the directory.
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = File::open(dir)?;
+        match dir.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,7 +127,7 @@ impl Storage for FsStorage {
             .mode(0o600)
             .open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(LockGuard::new(file))),
+            Ok(()) => Ok(Some(LockGuard::new((file, dir)))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }

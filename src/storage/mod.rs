@@ -90,7 +90,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Makes the directory's entries (creates, renames, removes) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes the exclusive lock on `path` (creating the file). `Ok(None)` when another holder
-    /// has it, in this process or another.
+    /// has it, in this process or another. The lock must hold even if the file is deleted while
+    /// held ([`FsStorage`] also locks the directory that holds it).
     fn try_lock(&self, path: &Path) -> io::Result<Option<LockGuard>>;
 }
 
