@@ -162,7 +162,12 @@ impl Error {
                 path: path.clone(),
                 op,
                 offset: *offset,
-                source: io::Error::new(source.kind(), source.to_string()),
+                // The OS error number stays: writers of a failed group tell a full disk (28)
+                // from an I/O error (5) as the leader does.
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
             },
             Error::Poisoned { cause } => Error::Poisoned { cause: cause.clone() },
             other => Error::Poisoned {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::format::{RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::format::{put_encoded_size, PAYLOAD_COUNT_SIZE, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
 use crate::limits;
 use crate::storage::{FsStorage, Storage};
 
@@ -242,6 +242,17 @@ impl Options {
                 self.segment_size,
                 limits::SEGMENT_SIZE_MIN,
                 limits::SEGMENT_SIZE_MAX
+            ));
+        }
+        if self.value_size_max == 0 {
+            return bad("value_size_max 0 would refuse every value but the empty one".into());
+        }
+        // The smallest batch there is: one put of an empty key with an empty value.
+        let smallest_batch = PAYLOAD_COUNT_SIZE + put_encoded_size(0, 0);
+        if self.batch_size_max < smallest_batch {
+            return bad(format!(
+                "batch_size_max {} cannot hold any batch (the smallest takes {smallest_batch} bytes)",
+                self.batch_size_max
             ));
         }
         if self.value_size_max > limits::VALUE_SIZE_MAX_LIMIT {

@@ -194,6 +194,12 @@ fn a_backup_opens_as_a_store_that_takes_writes() {
         Err(Error::InvalidPath { path, .. }) => assert_eq!(path, dest),
         other => panic!("a backup over an existing directory: {other:?}"),
     }
+    // Issue 15: a destination whose parent does not exist failed with op "list".
+    let orphan = tmp.path().join("no-such-parent").join("dest");
+    match db.backup(&orphan) {
+        Err(e @ Error::InvalidPath { .. }) => assert!(e.to_string().contains("parent directory does not exist"), "{e}"),
+        other => panic!("a backup into a missing parent: {other:?}"),
+    }
     let expected = contents(&db);
     db.close().unwrap();
 

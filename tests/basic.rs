@@ -267,6 +267,13 @@ fn options_are_validated() {
             Options::new().segment_size(64 * 1024),
         ),
         ("zero checkpoint threshold", Options::new().checkpoint_log_bytes(0)),
+        // Issue 15: both were accepted, and then every value or every batch was refused.
+        ("zero value_size_max", small_options().value_size_max(0)),
+        ("zero batch_size_max", small_options().batch_size_max(0)),
+        (
+            "batch_size_max below the smallest batch",
+            small_options().batch_size_max(8),
+        ),
     ];
     for (what, opts) in bad {
         match Db::open_with(dir.path(), opts) {

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 
+use sessiondb::storage::{FsStorage, OpenMode, Storage, StorageFile};
 use sessiondb::{Db, Error};
 use support::child::spawn_test;
 use support::small_options;
@@ -151,17 +152,20 @@ fn path_that_is_a_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain-file");
     fs::write(&file, b"not a store").unwrap();
+    // Issue 15: this said "create directory failed: File exists".
     let result = Db::open_with(&file, small_options());
-    assert!(
-        matches!(&result, Err(Error::Io { path, .. }) if *path == file),
-        "opening a regular file as a store fails naming it: {result:?}"
-    );
+    match &result {
+        Err(e @ Error::InvalidPath { path, .. }) if *path == file => {
+            assert!(e.to_string().contains("is a file, not a directory"), "{e}")
+        }
+        other => panic!("opening a regular file as a store fails naming it: {other:?}"),
+    }
     assert_eq!(fs::read(&file).unwrap(), b"not a store", "the file is left alone");
 
     let below = file.join("db");
     let below_result = Db::open_with(&below, small_options());
     assert!(
-        matches!(&below_result, Err(Error::Io { path, .. }) if *path == below),
+        matches!(&below_result, Err(Error::InvalidPath { path, .. }) if *path == below),
         "a path below a regular file fails naming it: {below_result:?}"
     );
 }
@@ -188,4 +192,66 @@ fn read_only_directory_is_an_error() {
         Err(e) => panic!("expected an Io error for a read-only directory, got {e:?}"),
         Ok(_) => panic!("a read-only directory opened as a store"),
     }
+}
+
+/// The real file system, recording which directories were fsynced.
+#[derive(Debug, Default)]
+struct RecordingFs {
+    synced: Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl Storage for RecordingFs {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        FsStorage.create_dir_all(dir)
+    }
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<std::sync::Arc<dyn StorageFile>> {
+        FsStorage.open(path, mode)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        FsStorage.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        FsStorage.remove(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        FsStorage.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.to_path_buf());
+        FsStorage.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<Option<sessiondb::storage::LockGuard>> {
+        FsStorage.try_lock(path)
+    }
+}
+
+/// Issue 15: `Db::open` created the store's directory and fsynced it and `wal/`, but never the
+/// directory holding it, so on a file system that does not order metadata a power cut could take
+/// the whole new store, acknowledged writes and all. Every directory the open creates has its
+/// entry fsynced in its parent; an existing store's parent is left alone.
+#[test]
+fn creating_a_store_makes_its_directory_entries_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("store");
+    let fs = std::sync::Arc::new(RecordingFs::default());
+    let db = Db::open_with(&dir, small_options().storage(fs.clone())).unwrap();
+    db.close().unwrap();
+    let synced = fs.synced.lock().unwrap().clone();
+    for parent in [root.path().to_path_buf(), root.path().join("a")] {
+        assert!(synced.contains(&parent), "{} not fsynced: {synced:?}", parent.display());
+    }
+
+    let fs = std::sync::Arc::new(RecordingFs::default());
+    Db::open_with(&dir, small_options().storage(fs.clone()))
+        .unwrap()
+        .close()
+        .unwrap();
+    let synced = fs.synced.lock().unwrap().clone();
+    assert!(
+        !synced.contains(&root.path().join("a")),
+        "reopening fsyncs no parent: {synced:?}"
+    );
 }

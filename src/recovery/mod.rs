@@ -21,6 +21,7 @@ mod replay;
 mod segments;
 mod snapshot;
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,9 +41,7 @@ use self::snapshot::Base;
 /// Step 1: creates the directories if needed and takes the store's lock.
 pub(crate) fn lock(storage: &dyn Storage, layout: &Layout) -> Result<LockGuard> {
     let dir = layout.dir();
-    storage
-        .create_dir_all(dir)
-        .map_err(|e| Error::io("create directory", dir, e))?;
+    create_store_dir(storage, dir)?;
     let lock_path = layout.lock_file();
     let guard = storage
         .try_lock(&lock_path)
@@ -55,6 +54,46 @@ pub(crate) fn lock(storage: &dyn Storage, layout: &Layout) -> Result<LockGuard> 
     // The log directory's own entry must be durable before any segment in it is relied on.
     storage.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))?;
     Ok(guard)
+}
+
+/// Creates `dir` and any missing parents, durably: each new directory's entry is fsynced in its
+/// parent, or a power cut after acknowledged writes could take the whole new store with it on a
+/// file system that does not order metadata (XFS, Btrfs; issue 15). A file in the way is
+/// `InvalidPath`.
+fn create_store_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    loop {
+        match storage.list(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(at),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                return Err(Error::InvalidPath {
+                    path: dir.to_path_buf(),
+                    reason: format!("{} is a file, not a directory", at.display()),
+                })
+            }
+            Err(e) => return Err(Error::io("list", at, e)),
+        }
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| Error::io("create directory", dir, e))?;
+    for created in missing {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        storage.sync_dir(parent).map_err(|e| Error::io("fsync", parent, e))?;
+    }
+    Ok(())
 }
 
 /// Opens the store, the lock already taken (step 1): everything [`crate::engine::Engine`]

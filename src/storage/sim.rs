@@ -33,6 +33,11 @@ use crate::sync::{Condvar, Mutex};
 
 use super::{LockGuard, MappedFile, OpenMode, Storage, StorageFile};
 
+/// The OS error numbers the simulated faults carry, as Linux reports them (an application tells
+/// "disk full" from "I/O error" by `raw_os_error`).
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
 /// A point in the engine's protocols where the hook of [`crate::Options::on_point`] runs, on
 /// the thread that reached it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -584,7 +589,7 @@ impl StorageFile for SimFile {
         let p = s.faults.read_eio;
         if s.chance(p) {
             s.counts.read_eio += 1;
-            return Err(io::Error::other("sim: read EIO"));
+            return Err(io::Error::from_raw_os_error(EIO));
         }
         let data = &s.inodes[self.inode].data;
         let start = (offset as usize).min(data.len());
@@ -605,10 +610,7 @@ impl StorageFile for SimFile {
         if buf.len() > 1 && s.chance(faults.enospc) {
             s.counts.enospc += 1;
             n = s.below(buf.len() as u64) as usize;
-            fail = Some(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "sim: no space left on device",
-            ));
+            fail = Some(io::Error::from_raw_os_error(ENOSPC));
         } else if buf.len() > 1 && s.chance(faults.short_write) {
             s.counts.short_writes += 1;
             n = 1 + s.below(buf.len() as u64 - 1) as usize;
@@ -649,7 +651,7 @@ impl StorageFile for SimFile {
             // Linux: the dirty pages are dropped (marked clean) and the error reported once.
             s.counts.sync_eio += 1;
             s.inodes[self.inode].pending.clear();
-            return Err(io::Error::other("sim: fsync EIO"));
+            return Err(io::Error::from_raw_os_error(EIO));
         }
         // What reaches the disk is the changes since the last sync, not what reads see: after
         // a failed sync, the writes it dropped stay visible (the page cache still holds them,

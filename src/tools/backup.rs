@@ -81,7 +81,13 @@ fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(Pa
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let siblings = storage.list(&parent).map_err(|e| Error::io("list", &parent, e))?;
+    let siblings = match storage.list(&parent) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(invalid("its parent directory does not exist"));
+        }
+        Err(e) => return Err(Error::io("list", &parent, e)),
+    };
     if siblings.iter().any(|n| n == name) {
         let empty = storage.list(dest).is_ok_and(|names| names.is_empty());
         if !(empty_dir_ok && empty) {
