@@ -50,8 +50,20 @@ impl Recovery<'_> {
         let mut kept = Kept::default();
         let mut active = None;
         let n = live.len();
-        let last_live_id = live.last().map(|s| s.file.id);
+        let mut next_id = live.last().map_or(1, |s| s.file.id + 1);
         for (i, (seg, info)) in live.into_iter().zip(scanned).enumerate() {
+            if i + 1 == n && info.first_seq.is_none() && !self.usable_as_active(&seg.file, &info, last_seq) {
+                // The last segment holds nothing (never activated, or a torn activation now
+                // zeroed) but cannot take appends under these options (smaller than
+                // `segment_size`): a fresh segment replaces it under the same id. Deleting it
+                // and starting the next id would leave a gap that every later open refuses
+                // ("segment N is missing").
+                self.index.remove_source(FileId::Segment(seg.file.id));
+                let path = &seg.file.path;
+                self.storage.remove(path).map_err(|e| Error::io("remove", path, e))?;
+                next_id = seg.file.id;
+                continue;
+            }
             if i + 1 == n && self.usable_as_active(&seg.file, &info, last_seq) {
                 if let Some(f) = info.first_seq {
                     kept.keep(seg.file.id, f, info.valid_end);
@@ -75,7 +87,7 @@ impl Recovery<'_> {
         }
         let active = match active {
             Some(a) => a,
-            None => self.fresh_segment(&mut spares, last_live_id.map_or(1, |l| l + 1))?,
+            None => self.fresh_segment(&mut spares, next_id)?,
         };
         // Other spares go: checking that one is clean means reading all of it, and the
         // background preparer makes a fresh one without holding up the open.
