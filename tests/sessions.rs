@@ -363,6 +363,23 @@ fn an_update_racing_regenerate_is_carried_or_reported() {
     }
 }
 
+/// `destroy_all_of` removes a user's sessions in batches that fit the store's `batch_size_max`
+/// (16 KiB here): it wrote 256 sessions (512 deletes) a batch whatever the limit, and a user with
+/// that many sessions could not be logged out everywhere (`TooLarge`, found by the test below
+/// once its store became the small one).
+#[test]
+fn destroy_all_of_fits_its_batches_to_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fast_store(dir.path());
+    let user = vec![b'u'; 100];
+    for _ in 0..600 {
+        store.create_for_user(&user, b"", HOUR).unwrap();
+    }
+    assert_eq!(store.destroy_all_of(&user).unwrap(), 600);
+    assert_eq!(store.sessions_of(&user).unwrap(), Vec::<SessionId>::new());
+    assert_eq!(store.count().unwrap(), 0);
+}
+
 #[test]
 fn destroy_all_of_a_user_keeps_the_index_and_sessions_in_step_under_concurrent_creates() {
     let dir = tempfile::tempdir().unwrap();
