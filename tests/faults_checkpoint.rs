@@ -331,3 +331,44 @@ fn bitflip_in_snapshot() {
         }
     }
 }
+
+/// Issue 15, point 2: on a disk with no room for the segment a checkpoint rolls to, the
+/// checkpoint fails with the full disk's error, leaves no temporary file holding the space it
+/// got, and does not poison the store (nothing was lost): writes go on, and a checkpoint once
+/// there is room succeeds. Before, the half-filled `.wal.tmp` stayed (each try made the disk
+/// fuller) and the store was poisoned.
+#[test]
+fn a_checkpoint_without_room_for_the_next_segment_leaves_nothing_behind() {
+    use sessiondb::internals::sim::Faults;
+    use sessiondb::storage::Storage;
+    use support::OptionsExt;
+
+    let sim = SimStorage::new(15);
+    let dir = std::path::Path::new("/full");
+    let opts = support::small_options().quiet().sim(&sim);
+    let db = Db::open_with(dir, opts.clone()).unwrap();
+    for i in 0..50 {
+        db.put(format!("k{i:02}"), "v").unwrap();
+    }
+    sim.set_faults(Faults {
+        enospc: 1.0,
+        ..Faults::default()
+    });
+    let r = db.checkpoint();
+    sim.set_faults(Faults::default());
+    match &r {
+        Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(28), "{r:?}"),
+        other => panic!("expected the full disk's error, got {other:?}"),
+    }
+    let wal = sim.list(&dir.join("wal")).unwrap();
+    assert!(
+        !wal.iter().any(|n| n.to_string_lossy().ends_with(".tmp")),
+        "no temporary file is left: {wal:?}"
+    );
+    db.put("after", "x").expect("the store is not poisoned");
+    db.checkpoint().expect("a checkpoint with room succeeds");
+    db.close().unwrap();
+    let db = Db::open_with(dir, opts).unwrap();
+    assert_eq!(db.stats().keys, 51);
+    assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"x"[..]));
+}

@@ -608,8 +608,15 @@ impl Engine {
         self.check_poison()?;
         let mut log = self.log.lock();
         let base = log.written_seq;
-        // Seals (fsyncs) the active segment and makes the next one's header durable.
-        let rolled = log.roll_for_checkpoint().inspect_err(|e| self.poison(e))?;
+        // Seals (fsyncs) the active segment and makes the next one's header durable. A failure
+        // that is not an fsync's (no room for the next segment, say) leaves the log as it was
+        // or on a fresh segment not yet activated, and loses nothing: the checkpoint fails, the
+        // store goes on. A failed fsync poisons, as everywhere (the gate fails every later one).
+        let rolled = log.roll_for_checkpoint().inspect_err(|e| {
+            if self.log_sync.has_failed() {
+                self.poison(e);
+            }
+        })?;
         drop(log);
         let mut index = self.index.write();
         if let Some((sealed, active)) = rolled {

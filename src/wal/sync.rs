@@ -48,6 +48,11 @@ impl LogSync {
         }
     }
 
+    /// Whether an fsync of the log has failed (every later one fails too).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.lock().is_some()
+    }
+
     /// The highest sequence number known durable.
     pub(crate) fn durable_seq(&self) -> u64 {
         self.durable_seq.load(Ordering::Acquire)

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::sync::{Condvar, Mutex};
@@ -50,16 +50,12 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
     let file = storage
         .open(&tmp, OpenMode::CreateNew)
         .map_err(|e| Error::io("create", &tmp, e))?;
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    let mut at = 0u64;
-    while at < size {
-        let n = (size - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-        write_all_at(file.as_ref(), &zeros[..n], at).map_err(|e| Error::io("write", &tmp, e))?;
-        at += n as u64;
+    if let Err(e) = fill_with_zeros(file.as_ref(), &tmp, size) {
+        // A segment that could not be filled (a full disk, most likely) must not keep the
+        // space it got: that would make the disk fuller with each try (issue 15).
+        let _ = storage.remove(&tmp);
+        return Err(e);
     }
-    // Size and data durable before the name: then the directory entry, since a segment whose
-    // name could vanish in a crash must never hold an acknowledged write (docs/reliability.md, F4).
-    file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
     storage
         .sync_dir(layout.wal_dir())
@@ -70,6 +66,20 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
         file,
         capacity: size,
     })
+}
+
+/// Writes `size` zeros to `file` (at `path`) and makes them durable with the file's size.
+fn fill_with_zeros(file: &dyn StorageFile, path: &Path, size: u64) -> Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        write_all_at(file, &zeros[..n], at).map_err(|e| Error::io("write", path, e))?;
+        at += n as u64;
+    }
+    // Size and data durable before the name: then the directory entry, since a segment whose
+    // name could vanish in a crash must never hold an acknowledged write (docs/reliability.md, F4).
+    file.sync_all().map_err(|e| Error::io("fsync", path, e))
 }
 
 /// The hand-off between the writer and the background preparer of the next segment.
