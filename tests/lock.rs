@@ -74,28 +74,33 @@ fn lock_child(dir: &str) {
     println!("CLOSED");
 }
 
-#[test]
-fn second_open_in_another_process_is_locked() {
-    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
-        lock_child(&dir);
-        return;
-    }
+/// Runs `test` (this binary's test of that name) with the store in a fresh directory held
+/// open by a child process running `lock_child`, then calls `while_held` with the directory;
+/// afterwards checks the child closed cleanly and its write is in the store.
+fn with_store_held_by_a_child(test: &str, while_held: impl FnOnce(&Path)) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let env = [(CHILD_DIR_VAR, dir.path().as_os_str())];
-    let (mut child, mut out) = spawn_test("second_open_in_another_process_is_locked", &env, Stdio::piped());
+    let (mut child, mut out) = spawn_test(test, &env, Stdio::piped());
     out.wait_for("READY");
 
-    assert_locked(dir.path());
+    while_held(dir.path());
 
     drop(child.stdin.take());
     let rest = out.rest();
     let status = child.wait().unwrap();
     assert!(status.success(), "child failed: {status}; output:\n{}", out.seen());
     assert!(rest.contains("CLOSED"), "child output:\n{}", out.seen());
-
     let db = Db::open_with(dir.path(), small_options()).expect("open after the child exited");
     assert_eq!(db.get(b"child").unwrap().as_deref(), Some(&b"was here"[..]));
+}
+
+#[test]
+fn second_open_in_another_process_is_locked() {
+    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
+        return lock_child(&dir);
+    }
+    with_store_held_by_a_child("second_open_in_another_process_is_locked", assert_locked);
 }
 
 /// An operator deletes `DIR/LOCK` while the store is open: a second opener, in this process,
@@ -115,36 +120,32 @@ fn deleting_the_lock_file_does_not_let_a_second_opener_in() {
     assert_eq!(db.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
 }
 
-const DELETED_LOCK_CHILD_DIR_VAR: &str = "SESSIONDB_DELETED_LOCK_CHILD_DIR";
-
 /// The same across processes, as an operator would meet it: another process holds the store,
 /// its LOCK file is deleted, and this process still cannot open it.
 #[test]
 fn deleting_the_lock_file_does_not_let_another_process_in() {
-    if let Ok(dir) = std::env::var(DELETED_LOCK_CHILD_DIR_VAR) {
-        lock_child(&dir);
-        return;
+    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
+        return lock_child(&dir);
     }
+    with_store_held_by_a_child("deleting_the_lock_file_does_not_let_another_process_in", |dir| {
+        fs::remove_file(dir.join("LOCK")).unwrap();
+        assert_locked(dir);
+    });
+}
+
+/// docs/reliability.md, "What the lock protects": the same directory reached through another
+/// path (a symbolic link to it) is locked too.
+#[test]
+fn the_same_directory_through_a_symlink_is_locked() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let env = [(DELETED_LOCK_CHILD_DIR_VAR, dir.path().as_os_str())];
-    let (mut child, mut out) = spawn_test(
-        "deleting_the_lock_file_does_not_let_another_process_in",
-        &env,
-        Stdio::piped(),
-    );
-    out.wait_for("READY");
-
-    fs::remove_file(dir.path().join("LOCK")).unwrap();
-    assert_locked(dir.path());
-
-    drop(child.stdin.take());
-    let rest = out.rest();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "child failed: {status}; output:\n{}", out.seen());
-    assert!(rest.contains("CLOSED"), "child output:\n{}", out.seen());
-    let db = Db::open_with(dir.path(), small_options()).expect("open after the child exited");
-    assert_eq!(db.get(b"child").unwrap().as_deref(), Some(&b"was here"[..]));
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let db = Db::open_with(&dir, small_options()).unwrap();
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    assert_locked(&link);
+    db.close().unwrap();
+    Db::open_with(&link, small_options()).expect("open through the link once released");
 }
 
 #[test]

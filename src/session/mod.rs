@@ -593,7 +593,7 @@ impl SessionStore {
             if ids.is_empty() {
                 return Ok(removed);
             }
-            for chunk in ids.chunks(self.sessions_per_batch(user)) {
+            for chunk in ids.chunks(self.sessions_per_batch(user)?) {
                 let mut batch = Batch::new();
                 for id in chunk {
                     batch.delete(id.key()).delete(user_key(user, id)?);
@@ -612,16 +612,17 @@ impl SessionStore {
     /// How many sessions of `user` one batch may remove (each takes two deletes) within the
     /// store's `batch_size_max`, at most 256; at least 1 (a store whose batches cannot hold
     /// even that refuses the write with `TooLarge`).
-    fn sessions_per_batch(&self, user: &[u8]) -> usize {
-        let per_session = format::delete_encoded_size(ID_BYTES + format::SESSION_KEY_PREFIX.len())
-            + format::delete_encoded_size(2 + 2 + user.len() + ID_BYTES);
+    fn sessions_per_batch(&self, user: &[u8]) -> Result<usize> {
+        let id = SessionId([0; ID_BYTES]);
+        let per_session =
+            format::delete_encoded_size(id.key().len()) + format::delete_encoded_size(user_key(user, &id)?.len());
         let room = self
             .db
             .engine()
             .opts
             .batch_size_max
             .saturating_sub(format::PAYLOAD_COUNT_SIZE);
-        (room / per_session).clamp(1, 256)
+        Ok((room / per_session).clamp(1, 256))
     }
 
     /// Drops expired sessions (and index entries) from memory now; the background sweeper

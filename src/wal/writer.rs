@@ -306,12 +306,15 @@ impl LogWriter {
         let mut placement = Placement::default();
         self.buf.clear();
         let mut buf_at = self.write_offset;
+        // Read once per group, and again after a seal (which makes everything before it durable).
+        let mut durable_seq = self.sync.durable_seq();
         for rec in records {
             debug_assert_eq!(rec.seq, self.written_seq + 1, "records are appended in sequence");
             let need = RECORD_HEADER_SIZE + rec.payload.len() + if self.activated { 0 } else { SEGMENT_HEADER_SIZE };
             if buf_at + self.buf.len() as u64 + need as u64 > self.active.capacity {
                 self.flush(buf_at)?;
                 placement.sealed.push(self.roll()?);
+                durable_seq = self.sync.durable_seq();
                 buf_at = 0;
             }
             if !self.activated {
@@ -336,7 +339,7 @@ impl LogWriter {
                 &mut self.buf,
                 self.active.id,
                 rec.seq,
-                self.sync.durable_seq(),
+                durable_seq,
                 KIND_OPS,
                 &rec.payload,
             );
