@@ -324,7 +324,8 @@ impl Db {
     }
 
     /// Syncs, stops the background threads, checkpoints if automatic checkpoints are on and
-    /// enough log was written, and releases the lock.
+    /// enough log was written (not on a full disk: that checkpoint is left out, nothing is lost),
+    /// and releases the lock.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
     }
@@ -349,7 +350,12 @@ impl Db {
             result = engine.sync();
             let since = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
             if result.is_ok() && engine.opts.auto_checkpoint && since >= limits::CLOSE_CHECKPOINT_LOG_BYTES_MIN {
-                result = checkpoint::run(engine);
+                result = match checkpoint::run(engine) {
+                    // The closing checkpoint only shortens the next open's replay: on a full
+                    // disk it is left out (it took no room) and the log, durable, stays.
+                    Err(e) if e.is_storage_full() => Ok(()),
+                    other => other,
+                };
             }
         } else {
             result = engine.check_poison();
@@ -389,7 +395,7 @@ fn start_background(engine: &Arc<Engine>) -> Result<Vec<JoinHandle<()>>> {
     };
     if engine.opts.preallocate_ahead {
         let e = engine.clone();
-        let next = e.log.lock().active().id + 1;
+        let next = e.log.lock().next_segment_id();
         e.spare.want(next);
         threads.push(spawn(
             "sessiondb-prealloc",

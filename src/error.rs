@@ -25,6 +25,25 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The file system has no room for a write (`ENOSPC`, or `EDQUOT`: a quota). Nothing
+    /// acknowledged before is lost. A write that gets this error was not made; the store stays
+    /// open and takes writes again once there is room, unless part of the failed write may have
+    /// reached the log (then later writes get [`Error::Poisoned`] until the store is reopened).
+    /// docs/reliability.md, "Operating limits", says how much room each step needs.
+    #[error("{}: {op} failed: no space left on the file system{}", path.display(), needing(*needed))]
+    StorageFull {
+        /// The file the write was for.
+        path: PathBuf,
+        /// The storage operation, e.g. `write`.
+        op: &'static str,
+        /// How many free bytes the step needed, when known (a new log segment's size, a
+        /// snapshot's estimated size).
+        needed: Option<u64>,
+        /// The error from the operating system.
+        #[source]
+        source: io::Error,
+    },
+
     /// Stored bytes do not add up: a checksum, a length, a sequence number or a header is wrong.
     #[error("{}: {reason} at offset {offset}", path.display())]
     Corruption {
@@ -105,6 +124,12 @@ pub enum Error {
 /// `Result` with sessiondb's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn needing(needed: Option<u64>) -> String {
+    needed
+        .map(|n| format!(" (this step needs about {n} free bytes)"))
+        .unwrap_or_default()
+}
+
 fn at_offset(offset: Option<u64>) -> String {
     offset.map(|o| format!(" at offset {o}")).unwrap_or_default()
 }
@@ -122,13 +147,35 @@ impl Error {
         Ok(())
     }
 
+    /// A failed storage call; a full file system (or quota) is [`Error::StorageFull`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) {
+            return Error::StorageFull {
+                path: path.into(),
+                op,
+                needed: None,
+                source,
+            };
+        }
         Error::Io {
             path: path.into(),
             op,
             offset: None,
             source,
         }
+    }
+
+    /// Whether this is [`Error::StorageFull`].
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Error::StorageFull { .. })
+    }
+
+    /// This error with the free space its step needed, if it is [`Error::StorageFull`].
+    pub(crate) fn needing(mut self, bytes: u64) -> Error {
+        if let Error::StorageFull { needed, .. } = &mut self {
+            *needed = Some(bytes);
+        }
+        self
     }
 
     /// A failed read of `path`, at the offset where it failed.
@@ -162,18 +209,33 @@ impl Error {
                 path: path.clone(),
                 op,
                 offset: *offset,
-                // The OS error number stays: writers of a failed group tell a full disk (28)
-                // from an I/O error (5) as the leader does.
-                source: match source.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(source.kind(), source.to_string()),
-                },
+                source: copy_io(source),
+            },
+            Error::StorageFull {
+                path,
+                op,
+                needed,
+                source,
+            } => Error::StorageFull {
+                path: path.clone(),
+                op,
+                needed: *needed,
+                source: copy_io(source),
             },
             Error::Poisoned { cause } => Error::Poisoned { cause: cause.clone() },
             other => Error::Poisoned {
                 cause: other.to_string(),
             },
         }
+    }
+}
+
+/// A copy of an OS error. The OS error number stays: writers of a failed group tell a full disk
+/// (28) from an I/O error (5) as the leader does.
+fn copy_io(source: &io::Error) -> io::Error {
+    match source.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(source.kind(), source.to_string()),
     }
 }
 

@@ -357,7 +357,7 @@ fn a_checkpoint_without_room_for_the_next_segment_leaves_nothing_behind() {
     let r = db.checkpoint();
     sim.set_faults(Faults::default());
     match &r {
-        Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(28), "{r:?}"),
+        Err(Error::StorageFull { source, .. }) => assert_eq!(source.raw_os_error(), Some(28), "{r:?}"),
         other => panic!("expected the full disk's error, got {other:?}"),
     }
     let wal = sim.list(&dir.join("wal")).unwrap();

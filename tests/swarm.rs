@@ -575,7 +575,7 @@ fn one_seed(seed: u64, features: Features) -> FaultCounts {
                             None => return run.sim.counts(),
                         }
                     }
-                    Err(Error::Io { .. } | Error::Poisoned { .. }) => {
+                    Err(Error::Io { .. } | Error::StorageFull { .. } | Error::Poisoned { .. }) => {
                         // The service dies with its store: a power loss, then recovery.
                         match reopen(&mut run, db, Some(CrashMode::Torn { sector: 512 }), &what) {
                             Some(d) => db = d,

@@ -25,6 +25,7 @@ use crate::engine::RollPoint;
 use crate::error::{Error, Result};
 use crate::format::{self, SnapshotEntry};
 use crate::index::{Entry, FileId, Key, Loc, Slot, Source, SourceData};
+use crate::limits;
 use crate::storage::{FileBytes, OpenMode};
 
 pub(crate) use snapshot::{decode_snapshot, load_snapshot, LoadedSnapshot, SnapshotWriter};
@@ -59,7 +60,7 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
             index.remove_source(FileId::Snapshot(base_seq));
             drop(index);
             let _ = engine.storage.remove(&engine.layout.snapshot_tmp(base_seq));
-            return Err(e);
+            return Err(e.needing(snapshot_estimate(engine)));
         }
     };
     point!(engine, CheckpointRebased);
@@ -81,6 +82,17 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
         .log_bytes_since_checkpoint
         .fetch_sub(roll.log_bytes, Ordering::Relaxed);
     Ok(())
+}
+
+/// About how many bytes a snapshot of the live data takes: each entry's key, value and framing.
+/// What a checkpoint that failed on a full disk says it needs.
+fn snapshot_estimate(engine: &Engine) -> u64 {
+    let index = engine.index.read();
+    let framing = (format::SNAPSHOT_HEADER_SIZE + format::SNAPSHOT_FOOTER_SIZE) as u64;
+    let entries = index.len() as u64 * format::ENTRY_HEADER_SIZE as u64;
+    let blocks =
+        (index.live_bytes() / limits::SNAPSHOT_BLOCK_BYTES_TARGET as u64 + 1) * format::BLOCK_HEADER_SIZE as u64;
+    framing + index.live_bytes() + entries + blocks
 }
 
 /// Steps 2 to 5: writes the snapshot, makes it the recovery base, reads it back and makes its
@@ -243,7 +255,7 @@ fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec
         );
         !used
     };
-    let active = log.active().id;
+    let active = log.active_id();
     let firsts: Vec<(u64, u64)> = log.segments.iter().map(|(&id, s)| (id, s.first_seq)).collect();
     let doomed: Vec<u64> = firsts
         .windows(2)
@@ -310,7 +322,7 @@ fn check_every_entry(engine: &Engine) {
     let snapshots = engine.snapshots.lock();
     for f in files {
         let on_disk = match f {
-            FileId::Segment(id) => log.segments.contains_key(&id) || id == log.active().id,
+            FileId::Segment(id) => log.segments.contains_key(&id) || id == log.active_id(),
             FileId::Snapshot(seq) => snapshots.iter().any(|s| s.0 == seq),
         };
         assert!(on_disk, "{f:?} is open in the index but no longer the store's");

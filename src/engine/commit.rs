@@ -402,6 +402,15 @@ impl Engine {
             return self.waiting(|| group.wait()).map(|()| seq);
         }
         let (wait, group) = self.take_leadership(st);
+        let group = match group {
+            Ok(group) => group,
+            Err(e) => {
+                if let Some(wait) = wait {
+                    wait.complete(&Err(e.duplicate()));
+                }
+                return Err(e);
+            }
+        };
         let (result, panicked) = self.lead_caught(group);
         if let Some(wait) = wait {
             wait.complete(&result);
@@ -446,9 +455,10 @@ impl Engine {
     }
 
     /// Makes this writer the forming group's leader once the previous leader is done, and takes
-    /// the group (the next writers form a new one). Returns what the group's other writers wait
-    /// on (`None`: nobody can have joined).
-    fn take_leadership(&self, mut st: MutexGuard<'_, CommitState>) -> (Option<Arc<GroupWait>>, Group) {
+    /// the group (the next writers form a new one), with room for it in the log. Returns what
+    /// the group's other writers wait on (`None`: nobody can have joined), and the group, or the
+    /// error that failed it before any of it was written.
+    fn take_leadership(&self, mut st: MutexGuard<'_, CommitState>) -> (Option<Arc<GroupWait>>, Result<Group>) {
         let wait = if st.leader_active {
             // A group is in flight: this writer opens the next one and leads it when the
             // previous leader is done; meanwhile others join it.
@@ -470,8 +480,48 @@ impl Engine {
         };
         st.leader_active = true;
         let spare = std::mem::take(&mut st.spare);
-        let group = std::mem::replace(&mut st.forming, spare);
-        (wait, group)
+        let mut group = std::mem::replace(&mut st.forming, spare);
+        if let Err(e) = self.reserve(&group) {
+            Self::unorder(&mut st, &mut group);
+            st.spare = group;
+            st.leader_active = false;
+            drop(st);
+            self.leader_cv.notify_all();
+            return (wait, Err(e));
+        }
+        (wait, Ok(group))
+    }
+
+    /// Makes ready the segments `group` rolls into (a roll's new segment, or the first one
+    /// after an open that had no room for it), under the commit lock. A full disk fails the
+    /// group here, before any byte of it is written: the store is not poisoned and takes writes
+    /// again once there is room (issue 15). A panic in the storage poisons it, as in `lead`.
+    fn reserve(&self, group: &Group) -> Result<()> {
+        let sizes = group.records.iter().map(|r| r.payload.len());
+        let reserved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.log.lock().reserve(sizes)));
+        reserved.unwrap_or_else(|_| {
+            let e = Error::Poisoned {
+                cause: "the storage panicked while making a log segment".into(),
+            };
+            self.poison(&e);
+            Err(e)
+        })
+    }
+
+    /// Takes back a group that was never written: its sequence numbers are reused and its
+    /// writes leave the pending list. Only sound under the commit lock that ordered it, with
+    /// the group the last ordered: nobody can have ordered after it or seen its numbers.
+    fn unorder(st: &mut CommitState, group: &mut Group) {
+        let Some(first) = group.records.first().map(|r| r.seq) else {
+            return;
+        };
+        debug_assert_eq!(st.next_seq, group.records.last().map_or(first, |r| r.seq) + 1);
+        debug_assert!(st.forming.records.is_empty(), "nobody ordered after the group");
+        st.next_seq = first;
+        st.pending.retain(|p| p.seq < first);
+        group.records.clear();
+        group.changes.clear();
+        group.sync = false;
     }
 
     /// Leads `group` and hands leadership over. A panic while leading (a bug, or a storage that

@@ -8,7 +8,6 @@ use super::segments::{is_clean, LogSegments, Seg};
 use super::snapshot::Base;
 use super::Recovery;
 use crate::error::{Error, Result};
-use crate::format::RECORD_HEADER_SIZE;
 use crate::index::{FileId, Source};
 use crate::options::Options;
 use crate::wal::writer::{self, LogStart, SegInfo, SegmentFile};
@@ -18,34 +17,46 @@ use crate::wal::writer::{self, LogStart, SegInfo, SegmentFile};
 struct Kept {
     segments: BTreeMap<u64, SegInfo>,
     log_bytes: u64,
+    /// The last segment kept: it holds the log's last record.
+    last: Option<SegmentFile>,
 }
 
 impl Kept {
     /// Records a segment that stays: its first sequence number and the bytes written in it.
-    fn keep(&mut self, id: u64, first_seq: u64, bytes: u64) {
-        self.segments.insert(id, SegInfo { first_seq, bytes });
+    fn keep(&mut self, file: &SegmentFile, first_seq: u64, bytes: u64) {
+        self.segments.insert(file.id, SegInfo { first_seq, bytes });
         self.log_bytes += bytes;
+        self.last = Some(file.clone());
     }
 }
 
-/// The segment appends go into: where, and whether its header is written.
+/// The segment appends go into: where, and whether its header is written. No file: there was
+/// no room to make one, and the first write makes segment `id`.
 struct Active {
-    file: SegmentFile,
+    file: Option<SegmentFile>,
+    id: u64,
     write_offset: u64,
     activated: bool,
 }
 
+/// What step 7 leaves: where the log starts, the log bytes kept, and the segment that holds the
+/// log's last record if appends do not go into it (step 8 makes it durable too).
+pub(super) struct Chosen {
+    pub start: LogStart,
+    pub log_bytes: u64,
+    pub log_end: Option<SegmentFile>,
+}
+
 impl Recovery<'_> {
-    /// Step 7: appends go into the last segment if it ends the log and has room, else into a
-    /// fresh one; segments whose records all lie at or below the snapshot's `base` go. Returns
-    /// where the log starts, and the log bytes kept.
+    /// Step 7: appends go into the last segment if it ends the log, else into a fresh one;
+    /// segments whose records all lie at or below the snapshot's `base` go.
     pub(super) fn choose_active(
         &mut self,
         log: LogSegments,
         scanned: Vec<Scanned>,
         last_seq: u64,
         base: u64,
-    ) -> Result<(LogStart, u64)> {
+    ) -> Result<Chosen> {
         let LogSegments { live, mut spares } = log;
         let mut kept = Kept::default();
         let mut active = None;
@@ -66,19 +77,20 @@ impl Recovery<'_> {
             }
             if i + 1 == n && self.usable_as_active(&seg.file, &info, last_seq) {
                 if let Some(f) = info.first_seq {
-                    kept.keep(seg.file.id, f, info.valid_end);
+                    kept.keep(&seg.file, f, info.valid_end);
                 }
                 self.index
                     .set_source(Source::file(FileId::Segment(seg.file.id), seg.file.file.clone()));
                 active = Some(Active {
-                    file: seg.file,
+                    id: seg.file.id,
+                    file: Some(seg.file),
                     write_offset: info.valid_end,
                     activated: info.first_seq.is_some(),
                 });
                 continue;
             }
             match info.first_seq {
-                Some(f) if info.last_seq.is_some_and(|l| l > base) => kept.keep(seg.file.id, f, info.valid_end),
+                Some(f) if info.last_seq.is_some_and(|l| l > base) => kept.keep(&seg.file, f, info.valid_end),
                 _ => {
                     self.index.remove_source(FileId::Segment(seg.file.id));
                     self.doomed.push(seg.file.path.clone());
@@ -91,39 +103,60 @@ impl Recovery<'_> {
         };
         // Other spares go: checking that one is clean means reading all of it, and the
         // background preparer makes a fresh one without holding up the open.
-        let other_spares = spares.iter().filter(|s| s.file.id != active.file.id);
+        let other_spares = spares.iter().filter(|s| s.file.id != active.id);
         self.doomed.extend(other_spares.map(|s| s.file.path.clone()));
+        let log_end = kept.last.filter(|l| Some(l.id) != active.file.as_ref().map(|a| a.id));
         let start = LogStart {
             active: active.file,
+            active_id: active.id,
             write_offset: active.write_offset,
             activated: active.activated,
             written_seq: last_seq,
             segments: kept.segments,
         };
-        Ok((start, kept.log_bytes))
+        Ok(Chosen {
+            start,
+            log_bytes: kept.log_bytes,
+            log_end,
+        })
     }
 
     /// Whether the log's last segment can take the next appends.
     fn usable_as_active(&self, file: &SegmentFile, info: &Scanned, last_seq: u64) -> bool {
-        let room = info.valid_end + (RECORD_HEADER_SIZE + self.opts.record_payload_max()) as u64 <= file.capacity;
         match info.first_seq {
-            // Appending continues the sequence only if this segment holds the log's end.
-            Some(_) => info.last_seq.is_some_and(|l| l == last_seq) && room,
+            // Appending continues the sequence only if this segment holds the log's end. It
+            // need not have room: the first group that does not fit rolls, and if the disk has
+            // no room for the next segment that group gets `StorageFull` and nothing else is
+            // lost (an open must not need a segment's worth of free space; issue 15).
+            Some(_) => info.last_seq.is_some_and(|l| l == last_seq),
             // Never activated (or a torn activation, now zeroed): usable if full size.
             None => file.capacity >= self.opts.segment_size,
         }
     }
 
     /// A fresh segment `id`, right after the last one kept, reusing a clean spare of that id.
+    /// With no room to make one the store opens without it: the first write makes it.
     fn fresh_segment(&mut self, spares: &mut Vec<Seg>, id: u64) -> Result<Active> {
         let file = match take_clean_spare(spares, id, self.opts)? {
             Some(seg) => seg,
-            None => writer::create_segment(self.storage, self.layout, id, self.opts.segment_size)?,
+            None => match writer::create_segment(self.storage, self.layout, id, self.opts.segment_size) {
+                Ok(seg) => seg,
+                Err(e) if e.is_storage_full() => {
+                    return Ok(Active {
+                        file: None,
+                        id,
+                        write_offset: 0,
+                        activated: false,
+                    })
+                }
+                Err(e) => return Err(e),
+            },
         };
         self.index
             .set_source(Source::file(FileId::Segment(id), file.file.clone()));
         Ok(Active {
-            file,
+            file: Some(file),
+            id,
             write_offset: 0,
             activated: false,
         })
@@ -152,28 +185,30 @@ impl Recovery<'_> {
     }
 }
 
-/// Removes and returns spare `id` if it is full size and entirely zero (a spare with data in it
-/// is a torn activation whose header never landed; it is deleted, not reused).
+/// Removes and returns spare `id` if it is exactly `segment_size` and entirely zero (a spare
+/// with data in it is a torn activation whose header never landed; one of another size was made
+/// under other options, or is not ours: each is deleted, not reused, and never read past
+/// `segment_size`).
 fn take_clean_spare(spares: &mut Vec<Seg>, id: u64, opts: &Options) -> Result<Option<SegmentFile>> {
     let Some(i) = spares.iter().position(|s| s.file.id == id) else {
         return Ok(None);
     };
     let seg = &spares[i];
-    if !seg.zero_header || seg.file.capacity < opts.segment_size {
+    if !seg.zero_header || seg.file.capacity != opts.segment_size {
         return Ok(None);
     }
-    if !seg.known_clean && !is_clean(seg)? {
+    if !seg.known_clean && !is_clean(seg, opts)? {
         return Ok(None);
     }
     Ok(Some(spares.remove(i).file))
 }
 
 /// Step 8: what recovery read may have been only in the page cache (a killed process in a lazy
-/// sync mode): make it durable before new records vouch for it (their `durable_seq` field).
-pub(super) fn sync_active(start: &LogStart) -> Result<()> {
-    let active = &start.active;
-    active
-        .file
-        .sync_data()
-        .map_err(|e| Error::io("fdatasync", &active.path, e))
+/// sync mode): make it durable before new records vouch for it (their `durable_seq` field). That
+/// is the active segment, and the segment holding the log's last record if it is another one.
+pub(super) fn sync_log_end(chosen: &Chosen) -> Result<()> {
+    for seg in chosen.start.active.iter().chain(&chosen.log_end) {
+        seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
+    }
+    Ok(())
 }

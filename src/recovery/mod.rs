@@ -7,7 +7,7 @@
 //! 3. `snapshot.rs`: `load_snapshot`;
 //! 4. `segments.rs`: `choose_segments`;
 //! 5. and 6. `replay.rs`: `replay`, `cut_torn_tail`, `check_log_reaches_snapshot`;
-//! 7. and 8. `active.rs`: `choose_active`, `remove_doomed`, `sync_active`.
+//! 7. and 8. `active.rs`: `choose_active`, `remove_doomed`, `sync_log_end`.
 //!
 //! How a segment's bytes are judged (the decision table) is `wal/reader.rs`.
 
@@ -102,18 +102,18 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let started = Instant::now();
     let mut r = Recovery::new(layout, opts);
     let listing = r.remove_leftovers()?;
-    let segs = segments::open_segments(r.storage, layout, &listing.segments)?;
+    let segs = r.open_segments(&listing.segments)?;
     let mut base = r.load_snapshot(&listing.snapshots, &segs)?;
     let log = r.choose_segments(segs, base.seq)?;
     let replayed = r.replay(&log.live, base.seq)?;
     r.cut_torn_tail(&log.live, &replayed)?;
     let last_seq = r.check_log_reaches_snapshot(&mut base, &replayed)?;
     r.index_ready(last_seq);
-    let (start, log_bytes) = r.choose_active(log, replayed.per_segment, last_seq, base.seq)?;
+    let chosen = r.choose_active(log, replayed.per_segment, last_seq, base.seq)?;
     r.remove_doomed(&listing.snapshots, &base)?;
-    active::sync_active(&start)?;
+    active::sync_log_end(&chosen)?;
     r.report.duration = started.elapsed();
-    Ok(r.finish(start, log_bytes, &base, spare))
+    Ok(r.finish(chosen.start, chosen.log_bytes, &base, spare))
 }
 
 /// What recovery carries from one step to the next.

@@ -11,7 +11,7 @@
 //! | F3 reordered unsynced writes | [`CrashMode::Torn`] keeps sectors independently, so a later one may land without an earlier |
 //! | F4 lost directory entries | creates, renames and removes not followed by `sync_dir` may be undone by a crash |
 //! | F5 fsync EIO | [`Faults::sync_eio`]: the sync fails and the file's unsynced writes are dropped; the next sync succeeds |
-//! | F6 ENOSPC part-way | [`Faults::enospc`]: a write stores a prefix, then fails with `StorageFull` |
+//! | F6 ENOSPC part-way | [`Faults::enospc`]: a write stores a prefix, then fails with `StorageFull`; or a full disk, [`SimStorage::set_capacity`] |
 //! | F7 short writes | [`Faults::short_write`]: a write stores and reports a prefix |
 //! | F8 bit flips | [`SimStorage::flip_bit`] |
 //! | F9 zeroed or cut tails | [`SimStorage::zero_range`], [`SimStorage::set_durable_len`] |
@@ -161,6 +161,8 @@ struct State {
     sync_passes: u64,
     /// Syncs still to fail (F5) whatever the fault probabilities, from [`SimStorage::fail_next_syncs`].
     syncs_to_fail: u64,
+    /// The disk's size, from [`SimStorage::set_capacity`].
+    capacity: Option<u64>,
 }
 
 impl State {
@@ -195,6 +197,20 @@ impl State {
             return Err(io::Error::other("sim: the machine has halted"));
         }
         Ok(())
+    }
+
+    /// Bytes the files hold (the length of every file named or open now, as a file system
+    /// counts them: a removed file's space is free once no handle is open, even before the
+    /// removal is durable).
+    fn used(&self) -> u64 {
+        let named: BTreeSet<usize> = self.names.values().copied().collect();
+        let live = |(i, inode): &(usize, &Inode)| inode.handles > 0 || named.contains(i);
+        self.inodes
+            .iter()
+            .enumerate()
+            .filter(live)
+            .map(|(_, i)| i.data.len() as u64)
+            .sum()
     }
 
     fn link(&mut self, path: &Path, inode: usize) {
@@ -297,6 +313,7 @@ impl SimStorage {
                 syncs_waiting: 0,
                 sync_passes: 0,
                 syncs_to_fail: 0,
+                capacity: None,
             })),
             gate: Arc::new(Condvar::new()),
         }
@@ -310,6 +327,18 @@ impl SimStorage {
     /// How many faults were injected so far.
     pub fn counts(&self) -> FaultCounts {
         self.state.lock().counts
+    }
+
+    /// Gives the disk a size (`None`: unbounded, the default): a write that would make the files
+    /// hold more stores what fits and reports it (a short write), and with no room at all fails
+    /// with `ENOSPC`. Overwrites of a file's existing bytes always succeed.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.state.lock().capacity = bytes;
+    }
+
+    /// Bytes all files hold now (named or still open).
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used()
     }
 
     /// While `held`, every sync waits at a gate (to line up writers behind a slow fsync);
@@ -614,6 +643,19 @@ impl StorageFile for SimFile {
         } else if buf.len() > 1 && s.chance(faults.short_write) {
             s.counts.short_writes += 1;
             n = 1 + s.below(buf.len() as u64 - 1) as usize;
+        }
+        if let Some(capacity) = s.capacity {
+            // A full disk: overwrites within the file always land (its blocks are allocated);
+            // what extends it lands only as far as there is room.
+            let len = s.inodes[self.inode].data.len() as u64;
+            let room = capacity.saturating_sub(s.used());
+            let fits = (len + room).saturating_sub(offset).min(n as u64) as usize;
+            if fits < n {
+                n = fits;
+                if n == 0 {
+                    fail = Some(io::Error::from_raw_os_error(ENOSPC));
+                }
+            }
         }
         let mut at = offset;
         if fail.is_none() && s.chance(faults.misdirect) {

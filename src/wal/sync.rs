@@ -19,11 +19,11 @@ use crate::storage::StorageFile;
 use crate::sync::{self, Mutex};
 use crate::telemetry::{self, LatencyRecorder};
 
-/// A segment to fsync and the last sequence number written to the log when it was chosen:
-/// everything up to there is in that segment or in one sealed (fsynced) before it.
+/// A segment to fsync (and its path) and the last sequence number written to the log when it
+/// was chosen: everything up to there is in that segment or in one sealed (fsynced) before it.
+/// No segment: the log has no active segment yet, and everything written is durable already.
 pub(crate) struct SyncTarget {
-    pub file: Arc<dyn StorageFile>,
-    pub path: PathBuf,
+    pub file: Option<(Arc<dyn StorageFile>, PathBuf)>,
     pub through: u64,
 }
 
@@ -65,9 +65,13 @@ impl LogSync {
         if let Some(cause) = &*failed {
             return Err(Error::Poisoned { cause: cause.clone() });
         }
+        let Some((file, path)) = &target.file else {
+            debug_assert!(self.durable_seq() >= target.through, "no segment, nothing unsynced");
+            return Ok(());
+        };
         let started = Instant::now();
-        target.file.sync_data().map_err(|e| {
-            let e = Error::io("fdatasync", &target.path, e);
+        file.sync_data().map_err(|e| {
+            let e = Error::io("fdatasync", path, e);
             *failed = Some(e.to_string());
             e
         })?;

@@ -5,10 +5,11 @@
 //! size change or a new directory entry, and the zeros past the written end read as "end of log"
 //! (docs/reliability.md, F9). A background thread prepares the next segment while the current one fills.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::sync::{Condvar, Mutex};
 
@@ -33,11 +34,17 @@ pub(crate) struct SegmentFile {
     pub capacity: u64,
 }
 
+/// How long the preparer waits before trying again to make a segment it could not make (a full
+/// disk, most likely): the first wait, doubled after each failure up to the second.
+const PREPARE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const PREPARE_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Creates segment `id` at `size` bytes of zeros, durable with its directory entry.
 ///
 /// The file is filled and fsynced under a temporary name and renamed into place, so a file with
 /// a segment's name is always a whole preallocated segment: a crash mid-creation leaves only a
-/// `.tmp` file, which recovery deletes.
+/// `.tmp` file, which recovery deletes. A full disk is [`Error::StorageFull`] saying it needs
+/// `size` bytes; the temporary file is gone by then.
 pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, size: u64) -> Result<SegmentFile> {
     let tmp = layout.segment_tmp(id);
     let path = layout.segment(id);
@@ -54,7 +61,7 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
         // A segment that could not be filled (a full disk, most likely) must not keep the
         // space it got: that would make the disk fuller with each try (issue 15).
         let _ = storage.remove(&tmp);
-        return Err(e);
+        return Err(e.needing(size));
     }
     storage.rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
     storage
@@ -136,6 +143,19 @@ impl SpareSlot {
         }
     }
 
+    /// Gives back segment `id`, which the writer took with [`SpareSlot::take`] but could not
+    /// create (a full disk): the preparer makes it, retrying until it can.
+    pub(crate) fn give_back(&self, id: u64) {
+        let mut s = self.state.lock();
+        if s.taken == id {
+            s.taken = id - 1;
+            if !s.shutdown {
+                s.wanted = Some(id);
+                self.cv.notify_all();
+            }
+        }
+    }
+
     /// Stops the preparer.
     pub(crate) fn shutdown(&self) {
         self.state.lock().shutdown = true;
@@ -145,6 +165,7 @@ impl SpareSlot {
     /// The preparer thread's loop.
     pub(crate) fn run_preparer(&self, storage: &dyn Storage, layout: &Layout, size: u64) {
         let mut s = self.state.lock();
+        let mut retry = PREPARE_RETRY_FIRST;
         loop {
             if s.shutdown {
                 return;
@@ -171,14 +192,29 @@ impl SpareSlot {
             drop(unmark);
             s = self.state.lock();
             s.preparing = None;
-            // On failure the writer creates the segment itself and reports the error.
-            if let Ok(seg) = made {
-                if id > s.taken {
+            match made {
+                Ok(seg) if id > s.taken => {
                     s.ready = Some(seg);
-                } else {
+                    retry = PREPARE_RETRY_FIRST;
+                }
+                Ok(seg) => {
                     // NOTE: cannot happen while ids are wanted in order; if it did, a stray
                     // zero segment below the active one must not stay on disk.
                     let _ = storage.remove(&seg.path);
+                }
+                Err(_) => {
+                    // The writer creates the segment itself if it needs it first (and reports
+                    // the error if it fails too); meanwhile this tries again, less and less
+                    // often, until the disk has room (issue 15).
+                    if s.wanted.is_none() && id > s.taken {
+                        s.wanted = Some(id);
+                    }
+                    self.cv.notify_all();
+                    if !s.shutdown {
+                        self.cv.wait_for(&mut s, retry);
+                    }
+                    retry = (retry * 2).min(PREPARE_RETRY_MAX);
+                    continue;
                 }
             }
             self.cv.notify_all();
@@ -218,7 +254,14 @@ pub(crate) struct LogWriter {
     segment_size: u64,
     spare: Arc<SpareSlot>,
     prepare_ahead: bool,
-    active: SegmentFile,
+    /// The segment appends go into. `None` after an open that had no room to make one: the
+    /// first append makes segment `active_id` (or gets [`Error::StorageFull`]).
+    active: Option<SegmentFile>,
+    /// The active segment's id, or the id of the one the next append makes.
+    active_id: u64,
+    /// Segments made ready for the next group by [`LogWriter::reserve`], in id order after the
+    /// active one.
+    reserved: VecDeque<SegmentFile>,
     /// Next byte to write in the active segment.
     write_offset: u64,
     /// Whether the active segment's header is written.
@@ -236,7 +279,9 @@ pub(crate) struct LogWriter {
 
 /// The state recovery leaves the log in.
 pub(crate) struct LogStart {
-    pub active: SegmentFile,
+    /// `None`: no room for a fresh segment at open; the first write makes segment `active_id`.
+    pub active: Option<SegmentFile>,
+    pub active_id: u64,
     pub write_offset: u64,
     pub activated: bool,
     pub written_seq: u64,
@@ -253,6 +298,8 @@ impl LogWriter {
         start: LogStart,
     ) -> LogWriter {
         debug_assert!(start.activated || start.write_offset == 0);
+        debug_assert!(start.active.as_ref().is_none_or(|a| a.id == start.active_id));
+        debug_assert!(start.active.is_some() || !start.activated);
         LogWriter {
             storage,
             layout,
@@ -260,6 +307,8 @@ impl LogWriter {
             spare,
             prepare_ahead,
             active: start.active,
+            active_id: start.active_id,
+            reserved: VecDeque::new(),
             write_offset: start.write_offset,
             activated: start.activated,
             written_seq: start.written_seq,
@@ -272,8 +321,19 @@ impl LogWriter {
         }
     }
 
-    pub(crate) fn active(&self) -> &SegmentFile {
-        &self.active
+    /// The active segment's id, or the id of the one the next append makes.
+    pub(crate) fn active_id(&self) -> u64 {
+        self.active_id
+    }
+
+    /// The id of the next segment the log will need: the one after the active segment, or the
+    /// active one itself if it is not made yet.
+    pub(crate) fn next_segment_id(&self) -> u64 {
+        if self.active.is_some() {
+            self.active_id + 1
+        } else {
+            self.active_id
+        }
     }
 
     /// What every fsync of the log goes through, and what they made durable.
@@ -282,13 +342,69 @@ impl LogWriter {
     }
 
     /// What an fsync of the active segment would make durable: every record written so far (an
-    /// older segment was fsynced when it was sealed).
+    /// older segment was fsynced when it was sealed). With no active segment nothing was written
+    /// since recovery made the log durable: there is nothing to fsync.
     pub(crate) fn sync_target(&self) -> SyncTarget {
         SyncTarget {
-            file: self.active.file.clone(),
-            path: self.active.path.clone(),
+            file: self.active.as_ref().map(|a| (a.file.clone(), a.path.clone())),
             through: self.written_seq,
         }
+    }
+
+    /// Makes ready every segment a group of records with these payload sizes will roll into,
+    /// before any of it is written: a full disk fails the group here, with nothing written and
+    /// nothing to undo ([`Error::StorageFull`], saying how much room a segment needs).
+    pub(crate) fn reserve(&mut self, payload_lens: impl Iterator<Item = usize>) -> Result<()> {
+        let new = self.segments_needed(payload_lens);
+        let first = self.next_segment_id();
+        for id in first..first + new {
+            if self.reserved.iter().any(|s| s.id == id) {
+                continue;
+            }
+            let seg = self.make(id)?;
+            self.reserved.push_back(seg);
+        }
+        Ok(())
+    }
+
+    /// How many new segments appending records of these payload sizes rolls into; the same
+    /// decisions [`LogWriter::append`] makes.
+    fn segments_needed(&self, payload_lens: impl Iterator<Item = usize>) -> u64 {
+        let (mut at, mut activated, mut capacity) = match &self.active {
+            Some(a) => (self.write_offset, self.activated, a.capacity),
+            None => (0, false, 0),
+        };
+        let mut new = 0;
+        for len in payload_lens {
+            let header = |activated: bool| if activated { 0 } else { SEGMENT_HEADER_SIZE };
+            let mut need = (RECORD_HEADER_SIZE + len + header(activated)) as u64;
+            if at + need > capacity {
+                new += 1;
+                (at, capacity) = (0, self.segment_size);
+                need = (RECORD_HEADER_SIZE + len + SEGMENT_HEADER_SIZE) as u64;
+            }
+            at += need;
+            activated = true;
+        }
+        new
+    }
+
+    /// Segment `id`: reserved, prepared by the background preparer, or created now. If it
+    /// cannot be created the preparer is asked to keep trying.
+    fn make(&mut self, id: u64) -> Result<SegmentFile> {
+        if self.reserved.front().is_some_and(|s| s.id == id) {
+            if let Some(seg) = self.reserved.pop_front() {
+                return Ok(seg);
+            }
+        }
+        if let Some(seg) = self.spare.take(id) {
+            return Ok(seg);
+        }
+        create_segment(self.storage.as_ref(), &self.layout, id, self.segment_size).inspect_err(|_| {
+            if self.prepare_ahead {
+                self.spare.give_back(id);
+            }
+        })
     }
 
     /// Bytes used in all segments on disk.
@@ -308,36 +424,41 @@ impl LogWriter {
         let mut buf_at = self.write_offset;
         // Read once per group, and again after a seal (which makes everything before it durable).
         let mut durable_seq = self.sync.durable_seq();
+        if self.active.is_none() {
+            // An open without room for a segment: the first group makes it.
+            let first = self.make(self.active_id)?;
+            self.active = Some(first);
+        }
         for rec in records {
             debug_assert_eq!(rec.seq, self.written_seq + 1, "records are appended in sequence");
             let need = RECORD_HEADER_SIZE + rec.payload.len() + if self.activated { 0 } else { SEGMENT_HEADER_SIZE };
-            if buf_at + self.buf.len() as u64 + need as u64 > self.active.capacity {
+            if buf_at + self.buf.len() as u64 + need as u64 > self.capacity() {
                 self.flush(buf_at)?;
-                placement.sealed.push(self.roll()?);
+                placement.sealed.extend(self.roll()?);
                 durable_seq = self.sync.durable_seq();
                 buf_at = 0;
             }
             if !self.activated {
                 debug_assert_eq!(buf_at + self.buf.len() as u64, 0);
                 let header = format::encode_segment_header(SegmentHeader {
-                    segment_id: self.active.id,
+                    segment_id: self.active_id,
                     first_seq: rec.seq,
                 });
                 self.buf.extend_from_slice(&header);
                 self.activated = true;
                 self.segments.insert(
-                    self.active.id,
+                    self.active_id,
                     SegInfo {
                         first_seq: rec.seq,
                         bytes: 0,
                     },
                 );
-                placement.activated.push(self.active.clone());
+                placement.activated.extend(self.active.clone());
             }
-            placed.push((self.active.id, buf_at + self.buf.len() as u64));
+            placed.push((self.active_id, buf_at + self.buf.len() as u64));
             format::encode_record(
                 &mut self.buf,
-                self.active.id,
+                self.active_id,
                 rec.seq,
                 durable_seq,
                 KIND_OPS,
@@ -349,16 +470,27 @@ impl LogWriter {
         Ok(placement)
     }
 
+    /// The active segment's size (0 with none: the first append makes one).
+    fn capacity(&self) -> u64 {
+        self.active.as_ref().map_or(0, |a| a.capacity)
+    }
+
     fn flush(&mut self, at: u64) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         debug_assert_eq!(at, self.write_offset);
-        debug_assert!(at + self.buf.len() as u64 <= self.active.capacity);
-        write_all_at(self.active.file.as_ref(), &self.buf, at).map_err(|e| Error::io("write", &self.active.path, e))?;
+        debug_assert!(at + self.buf.len() as u64 <= self.capacity());
+        let Some(active) = &self.active else {
+            // NOTE: append makes a segment before it frames anything.
+            return Err(Error::Poisoned {
+                cause: "records framed with no segment to write them to".into(),
+            });
+        };
+        write_all_at(active.file.as_ref(), &self.buf, at).map_err(|e| Error::io("write", &active.path, e))?;
         self.write_offset += self.buf.len() as u64;
         self.bytes_written += self.buf.len() as u64;
-        if let Some(info) = self.segments.get_mut(&self.active.id) {
+        if let Some(info) = self.segments.get_mut(&self.active_id) {
             info.bytes = self.write_offset;
         }
         self.buf.clear();
@@ -366,53 +498,74 @@ impl LogWriter {
     }
 
     /// Seals the active segment (fsync) and switches to the next one, which is durable and
-    /// zero-filled before anything is written to it.
-    fn roll(&mut self) -> Result<SegmentFile> {
-        self.sync()?;
-        let next_id = self.active.id + 1;
-        let next = match self.spare.take(next_id) {
-            Some(seg) => seg,
-            None => create_segment(self.storage.as_ref(), &self.layout, next_id, self.segment_size)?,
-        };
+    /// zero-filled before anything is written to it. Returns the sealed segment (`None` if there
+    /// was no active one).
+    fn roll(&mut self) -> Result<Option<SegmentFile>> {
+        if self.active.is_some() {
+            self.sync()?;
+        }
+        let next_id = self.next_segment_id();
+        let next = self.make(next_id)?;
         if self.prepare_ahead {
-            self.spare.want(next_id + 1);
+            let ahead = self.reserved.back().map_or(next_id, |s| s.id) + 1;
+            self.spare.want(ahead);
         }
         self.write_offset = 0;
         self.activated = false;
-        Ok(std::mem::replace(&mut self.active, next))
+        self.active_id = next_id;
+        Ok(self.active.replace(next))
     }
 
     /// For a checkpoint at `written_seq`: seals the active segment and starts the next one with
     /// its header (first sequence `written_seq + 1`), so every segment before it is wholly
     /// covered by the snapshot and recovery never rescans records the snapshot holds. Returns
     /// the sealed and the new segment, or `None` if the active segment holds nothing yet.
+    /// A segment that holds only such a header (a checkpoint that failed after its roll, with
+    /// no write since) already starts where this one would: it is not rolled again, so retrying
+    /// a checkpoint on a full disk does not take one more segment of room each time (issue 15).
     pub(crate) fn roll_for_checkpoint(&mut self) -> Result<Option<(SegmentFile, SegmentFile)>> {
-        if !self.activated {
+        if !self.activated || self.holds_only_header() {
             return Ok(None);
         }
-        let sealed = self.roll()?;
+        let Some(sealed) = self.roll()? else {
+            return Ok(None);
+        };
         let first_seq = self.written_seq + 1;
         let header = format::encode_segment_header(SegmentHeader {
-            segment_id: self.active.id,
+            segment_id: self.active_id,
             first_seq,
         });
+        let Some(active) = self.active.clone() else {
+            return Ok(None);
+        };
         // The header must be durable before the checkpoint deletes the segments before it:
         // recovery tells a segment that reappears after a lost unlink (F4) from a live one by the
         // first sequence number of the segment after it. A torn, unsynced header here once left
         // a store that could not be opened (tests/faults_checkpoint.rs).
-        write_all_at(self.active.file.as_ref(), &header, 0).map_err(|e| Error::io("write", &self.active.path, e))?;
+        write_all_at(active.file.as_ref(), &header, 0).map_err(|e| Error::io("write", &active.path, e))?;
         self.sync()?;
         self.write_offset = SEGMENT_HEADER_SIZE as u64;
         self.bytes_written += SEGMENT_HEADER_SIZE as u64;
         self.activated = true;
         self.segments.insert(
-            self.active.id,
+            self.active_id,
             SegInfo {
                 first_seq,
                 bytes: self.write_offset,
             },
         );
-        Ok(Some((sealed, self.active.clone())))
+        Ok(Some((sealed, active)))
+    }
+
+    /// Whether the active segment holds a header and no record: it starts right after the last
+    /// record written.
+    fn holds_only_header(&self) -> bool {
+        self.activated
+            && self.write_offset == SEGMENT_HEADER_SIZE as u64
+            && self
+                .segments
+                .get(&self.active_id)
+                .is_some_and(|s| s.first_seq == self.written_seq + 1)
     }
 
     /// `fdatasync` of the active segment: every record written so far becomes durable.

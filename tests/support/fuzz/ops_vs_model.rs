@@ -398,7 +398,7 @@ pub fn run(data: &[u8]) {
 /// with its store: a power loss, then recovery.
 fn failed(run: &mut Run, db: Db, e: &Error, what: &str) -> Db {
     assert!(
-        matches!(e, Error::Io { .. } | Error::Poisoned { .. }),
+        matches!(e, Error::Io { .. } | Error::StorageFull { .. } | Error::Poisoned { .. }),
         "{what}: unexpected error {e}"
     );
     run.reopen(db, Some(CrashMode::Torn { sector: 512 }), what)

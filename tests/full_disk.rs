@@ -1,0 +1,253 @@
+//! A full disk (issue 15, points 1 and 2), on the simulated storage with a fixed size
+//! (`SimStorage::set_capacity`): deterministic, every byte counted. `tests/real_fs.rs` does the
+//! same on a real, small tmpfs.
+//!
+//! - `a_full_disk_fails_the_write_that_needs_room_and_nothing_else`: writes fill the disk; the
+//!   write that needs a new segment gets `StorageFull` naming the segment and the room it
+//!   needs, takes no space, and does not poison the store; reads go on; once there is room the
+//!   same write succeeds.
+//! - `a_store_opens_on_a_disk_without_room_for_a_segment`: reopened on that full disk (with the
+//!   options it was written with, and with others), the store opens, reads everything, takes
+//!   writes while they fit, and once space is freed takes all writes again; the background
+//!   preparer makes the segment once it can.
+//! - `a_failed_checkpoint_leaves_disk_use_as_it_was`: checkpoints on a full disk fail with
+//!   `StorageFull` and the room they need; disk use after each try is no higher than before the
+//!   first; retrying does not roll again; nothing is poisoned; with room, a checkpoint succeeds.
+
+use std::path::Path;
+
+use sessiondb::internals::sim::SimStorage;
+use sessiondb::{Db, Error, Options};
+
+mod support;
+use support::OptionsExt;
+
+const DIR: &str = "/full";
+
+fn value(i: usize) -> Vec<u8> {
+    format!("value {i:05} ").repeat(70).into_bytes()
+}
+
+/// Puts until one fails; returns how many succeeded and the error.
+fn fill(db: &Db, from: usize) -> (usize, Error) {
+    for i in from.. {
+        if let Err(e) = db.put(format!("k{i:05}"), value(i)) {
+            return (i, e);
+        }
+        assert!(i < from + 100_000, "the disk never filled");
+    }
+    unreachable!()
+}
+
+fn assert_all_there(db: &Db, n: usize, what: &str) {
+    for i in 0..n {
+        let got = db
+            .get(format!("k{i:05}"))
+            .unwrap_or_else(|e| panic!("{what}: get k{i:05}: {e}"));
+        assert_eq!(got.as_deref(), Some(&value(i)[..]), "{what}: k{i:05}");
+    }
+}
+
+fn assert_storage_full(e: &Error, file_suffix: &str, needed: u64, what: &str) {
+    match e {
+        Error::StorageFull {
+            path,
+            needed: Some(n),
+            source,
+            ..
+        } => {
+            assert!(
+                path.to_string_lossy().ends_with(file_suffix),
+                "{what}: names {path:?}, expected a {file_suffix} file"
+            );
+            assert_eq!(*n, needed, "{what}: the room it needs");
+            assert_eq!(source.raw_os_error(), Some(28), "{what}: ENOSPC");
+        }
+        other => panic!("{what}: expected StorageFull, got {other:?}"),
+    }
+    assert!(e.is_storage_full());
+    assert!(e.to_string().contains("no space left"), "{what}: {e}");
+}
+
+/// The store's segment files.
+fn segments(sim: &SimStorage) -> Vec<std::path::PathBuf> {
+    let wal = Path::new(DIR).join("wal");
+    let files = sim.files().into_iter();
+    files
+        .filter(|p| p.parent() == Some(wal.as_path()) && p.extension().is_some_and(|e| e == "wal"))
+        .collect()
+}
+
+fn has_tmp(sim: &SimStorage) -> bool {
+    sim.files().iter().any(|p| p.to_string_lossy().ends_with(".tmp"))
+}
+
+/// Bytes the store's files hold, temporary files left out (the background preparer's tries
+/// come and go).
+fn used(sim: &SimStorage) -> u64 {
+    let files = sim
+        .files()
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".tmp"));
+    files.map(|p| sim.read_file(&p).map_or(0, |b| b.len() as u64)).sum()
+}
+
+fn opts(sim: &SimStorage) -> Options {
+    support::small_options().quiet().sim(sim)
+}
+
+#[test]
+fn a_full_disk_fails_the_write_that_needs_room_and_nothing_else() {
+    let sim = SimStorage::new(1);
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+    // Room for the first segment and half of another.
+    sim.set_capacity(Some(sim.used_bytes() + support::SEGMENT_SIZE_SMALL / 2));
+    let (n, e) = fill(&db, 0);
+    assert_storage_full(&e, ".wal.tmp", support::SEGMENT_SIZE_SMALL, "the write that rolls");
+    let used = sim.used_bytes();
+    // Not poisoned: reads go on, and the next write needing a segment gets the same error.
+    assert_all_there(&db, n, "after the failed write");
+    assert_eq!(
+        db.get(format!("k{n:05}")).unwrap(),
+        None,
+        "the failed write is not visible"
+    );
+    let again = db.put(format!("k{n:05}"), value(n)).unwrap_err();
+    assert_storage_full(&again, ".wal.tmp", support::SEGMENT_SIZE_SMALL, "again");
+    assert_eq!(sim.used_bytes(), used, "a failed write takes no space");
+    // Room again: the same write succeeds, and more.
+    sim.set_capacity(None);
+    for i in n..n + 100 {
+        db.put(format!("k{i:05}"), value(i)).unwrap();
+    }
+    db.close().unwrap();
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+    assert_all_there(&db, n + 100, "after reopening");
+}
+
+#[test]
+fn a_store_opens_on_a_disk_without_room_for_a_segment() {
+    for (case, reopen) in [
+        ("same options", opts as fn(&SimStorage) -> Options),
+        ("larger segments", |sim: &SimStorage| opts(sim).segment_size(256 * 1024)),
+        ("default segments, preallocation on", |sim: &SimStorage| {
+            Options::new().storage(std::sync::Arc::new(sim.clone()))
+        }),
+    ] {
+        let sim = SimStorage::new(2);
+        let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+        sim.set_capacity(Some(sim.used_bytes() + support::SEGMENT_SIZE_SMALL / 2));
+        let (n, _) = fill(&db, 0);
+        db.close().unwrap();
+
+        // Before issue 15, every open failed here: recovery made a fresh segment first.
+        let db =
+            Db::open_with(Path::new(DIR), reopen(&sim)).unwrap_or_else(|e| panic!("{case}: open on a full disk: {e}"));
+        assert_all_there(&db, n, case);
+        let e = db.put(format!("k{n:05}"), value(n)).unwrap_err();
+        assert!(e.is_storage_full(), "{case}: {e}");
+        assert!(db.stats().keys as usize == n, "{case}: stats work");
+        // Freeing space: writes go on (the writer or the background preparer makes the segment).
+        sim.set_capacity(None);
+        for i in n..n + 50 {
+            db.put(format!("k{i:05}"), value(i))
+                .unwrap_or_else(|e| panic!("{case}: put after freeing space: {e}"));
+        }
+        db.close().unwrap();
+        let db = Db::open_with(Path::new(DIR), reopen(&sim)).unwrap();
+        assert_all_there(&db, n + 50, case);
+        db.close().unwrap();
+    }
+}
+
+#[test]
+fn a_new_store_opens_on_a_full_disk() {
+    let sim = SimStorage::new(5);
+    sim.set_capacity(Some(0));
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).expect("a new store opens with no room for a segment");
+    let e = db.put("k", "v").unwrap_err();
+    assert_storage_full(&e, ".wal.tmp", support::SEGMENT_SIZE_SMALL, "the first write");
+    assert_eq!(db.get("k").unwrap(), None);
+    sim.set_capacity(None);
+    db.put("k", "v").unwrap();
+    db.close().unwrap();
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn a_store_on_a_full_disk_makes_its_next_segment_in_the_background_once_there_is_room() {
+    let sim = SimStorage::new(3);
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+    sim.set_capacity(Some(sim.used_bytes() + support::SEGMENT_SIZE_SMALL / 2));
+    let (n, _) = fill(&db, 0);
+    db.close().unwrap();
+    let db = Db::open_with(Path::new(DIR), opts(&sim).preallocate_ahead(true)).unwrap();
+    let segments = || segments(&sim).len();
+    let before = segments();
+    sim.set_capacity(None);
+    // The preparer retries on its own, with no write asking.
+    support::wait_until("the preparer makes the next segment", || segments() > before);
+    db.put(format!("k{n:05}"), value(n)).unwrap();
+    db.close().unwrap();
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+    assert_all_there(&db, n + 1, "after reopening");
+}
+
+#[test]
+fn a_failed_checkpoint_leaves_disk_use_as_it_was() {
+    for prealloc in [false, true] {
+        let what = format!("preallocation {prealloc}");
+        let sim = SimStorage::new(4);
+        let o = opts(&sim).preallocate_ahead(prealloc);
+        let db = Db::open_with(Path::new(DIR), o.clone()).unwrap();
+        let n = 150;
+        for i in 0..n {
+            db.put(format!("k{i:05}"), value(i)).unwrap();
+        }
+        if prealloc {
+            let spare_ready = || segments(&sim).len() as u64 > db.stats().segments;
+            support::wait_until("a spare is ready", || spare_ready() && !has_tmp(&sim));
+        }
+        // Without preallocation, room for two segments (the roll's, and one more that a retry
+        // must not take) but not for the snapshot (about n × 1 KiB); with it, the roll takes
+        // the spare and there is no more room.
+        let before = used(&sim);
+        let room = if prealloc {
+            4096
+        } else {
+            2 * support::SEGMENT_SIZE_SMALL + 4096
+        };
+        sim.set_capacity(Some(before + room));
+        let e = db.checkpoint().unwrap_err();
+        assert!(e.is_storage_full(), "{what}: {e}");
+        assert!(
+            matches!(&e, Error::StorageFull { path, needed: Some(_), .. } if path.to_string_lossy().contains(".snap")),
+            "{what}: names the snapshot and the room it needs: {e:?}"
+        );
+        let after_first = used(&sim);
+        for attempt in 0..3 {
+            let e = db.checkpoint().unwrap_err();
+            assert!(e.is_storage_full(), "{what}: attempt {attempt}: {e}");
+            assert_eq!(used(&sim), after_first, "{what}: a retry takes no more room");
+        }
+        if !prealloc {
+            // (With preallocation the preparer's tries come and go in the background.)
+            assert!(!has_tmp(&sim), "{what}: no temporary file stays: {:?}", sim.files());
+        }
+        if prealloc {
+            assert!(
+                after_first <= before,
+                "{what}: {after_first} bytes used after, {before} before"
+            );
+        }
+        // Not poisoned; with room, the checkpoint succeeds and the disk use drops.
+        db.put("after", "x").unwrap();
+        sim.set_capacity(None);
+        db.checkpoint().unwrap();
+        assert!(used(&sim) < after_first, "{what}: the checkpoint freed the log");
+        db.close().unwrap();
+        let db = Db::open_with(Path::new(DIR), o).unwrap();
+        assert_all_there(&db, n, &what);
+    }
+}
