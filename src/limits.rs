@@ -18,9 +18,10 @@ pub const SEGMENT_SIZE_MIN: u64 = 64 * 1024;
 
 /// Largest segment. Nothing in the format needs the bound (offsets are `u64` on disk and in the
 /// index); a segment is preallocated whole (zeros written and fsynced) and its unwritten tail is
-/// read at open, so its size is disk an idle store holds and work an open does: 4 GiB is far
-/// beyond any useful size.
-pub const SEGMENT_SIZE_MAX: u64 = 1 << 32;
+/// read at open, so its size is disk an idle store holds and work an open does: 1 GiB is far
+/// beyond any useful size (twice the largest batch). A segment file larger than this is damage,
+/// never read (issue 15: a 4 GB sparse file in place of a segment).
+pub const SEGMENT_SIZE_MAX: u64 = 1 << 30;
 
 /// Largest number of operations in one batch. Bounds the decoder's allocation.
 pub const BATCH_OPS_MAX: usize = 1 << 20;

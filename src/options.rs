@@ -150,7 +150,7 @@ impl Options {
         self
     }
 
-    /// Size of each log segment file (preallocated). Default: 16 MiB. Range: 64 KiB to 4 GiB,
+    /// Size of each log segment file (preallocated). Default: 16 MiB. Range: 64 KiB to 1 GiB,
     /// and large enough for the largest batch.
     #[must_use]
     pub fn segment_size(mut self, bytes: u64) -> Options {

@@ -1,10 +1,14 @@
 //! Step 4 of recovery: which segments hold the log to replay, and which are spares after it.
 
+use std::path::Path;
+
 use super::Recovery;
 use crate::error::{Error, Result};
 use crate::format::{self, SEGMENT_HEADER_SIZE};
-use crate::storage::layout::Layout;
-use crate::storage::{read_exact_at, FileBytes, OpenMode, Storage};
+use crate::limits;
+use crate::options::Options;
+use crate::storage::layout;
+use crate::storage::{read_exact_at, OpenMode};
 use crate::wal::reader;
 use crate::wal::writer::SegmentFile;
 
@@ -26,15 +30,58 @@ pub(super) struct LogSegments {
     pub spares: Vec<Seg>,
 }
 
-/// Opens segments `ids` and reads their headers.
-pub(super) fn open_segments(storage: &dyn Storage, layout: &Layout, ids: &[u64]) -> Result<Vec<Seg>> {
-    ids.iter()
-        .map(|&id| {
-            let path = layout.segment(id);
-            let file = storage
+/// Bytes read per call when a spare is checked for zeros.
+const ZERO_CHECK_CHUNK: usize = 64 * 1024;
+
+/// Whether a spare segment is zero, read in bounded chunks (never mapped whole) and only as far
+/// as a segment of these options reaches: a spare larger than that was made under other options
+/// or is not ours, and is deleted, not reused. A torn activation's records start right after
+/// its header, so they are within that reach.
+pub(super) fn is_clean(seg: &Seg, opts: &Options) -> Result<bool> {
+    let end = seg.file.capacity.min(opts.segment_size);
+    let mut buf = vec![0u8; ZERO_CHECK_CHUNK];
+    let mut at = 0u64;
+    while at < end {
+        let n = (end - at).min(ZERO_CHECK_CHUNK as u64) as usize;
+        let chunk = &mut buf[..n];
+        read_exact_at(seg.file.file.as_ref(), chunk, at).map_err(|e| Error::read(&seg.file.path, e))?;
+        if reader::nonzero_end(chunk) != 0 {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+impl Recovery<'_> {
+    /// Opens segments `ids` and reads their headers. A file larger than any segment can be
+    /// ([`limits::SEGMENT_SIZE_MAX`]) is damage, never read: in `Salvage` it is set aside as
+    /// `<name>.broken` and reported as skipped (issue 15: a 4 GB sparse file in place of a
+    /// segment once made every command read all of it).
+    pub(super) fn open_segments(&mut self, ids: &[u64]) -> Result<Vec<Seg>> {
+        let mut segs = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let path = self.layout.segment(id);
+            let file = self
+                .storage
                 .open(&path, OpenMode::ReadWrite)
                 .map_err(|e| Error::io("open", &path, e))?;
             let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+            if len > limits::SEGMENT_SIZE_MAX {
+                let e = Error::corruption(
+                    &path,
+                    limits::SEGMENT_SIZE_MAX,
+                    format!(
+                        "segment file is {len} bytes, larger than any segment can be ({} bytes)",
+                        limits::SEGMENT_SIZE_MAX
+                    ),
+                );
+                if !self.salvage() {
+                    return Err(e);
+                }
+                self.set_aside(&path, &e)?;
+                continue;
+            }
             let mut head = vec![0u8; SEGMENT_HEADER_SIZE.min(len as usize)];
             read_exact_at(file.as_ref(), &mut head, 0).map_err(|e| Error::read(&path, e))?;
             let (first_seq, zero_header) = match format::decode_segment_header(&head) {
@@ -42,7 +89,7 @@ pub(super) fn open_segments(storage: &dyn Storage, layout: &Layout, ids: &[u64])
                 format::HeaderState::Zero => (None, true),
                 _ => (None, false),
             };
-            Ok(Seg {
+            segs.push(Seg {
                 file: SegmentFile {
                     id,
                     path,
@@ -52,18 +99,24 @@ pub(super) fn open_segments(storage: &dyn Storage, layout: &Layout, ids: &[u64])
                 first_seq,
                 zero_header,
                 known_clean: false,
-            })
-        })
-        .collect()
-}
+            });
+        }
+        Ok(segs)
+    }
 
-/// Whether a segment file is zero from start to end.
-pub(super) fn is_clean(seg: &Seg) -> Result<bool> {
-    let bytes = FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(&seg.file.path, e))?;
-    Ok(reader::nonzero_end(bytes.bytes()) == 0)
-}
+    /// `Salvage`: renames a damaged file to its first free `.broken` name, durably, and reports
+    /// it as skipped.
+    fn set_aside(&mut self, path: &Path, e: &Error) -> Result<()> {
+        let to = layout::free_broken_name(self.storage, path)?;
+        self.storage
+            .rename(path, &to)
+            .map_err(|e| Error::io("rename", path, e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        self.storage.sync_dir(dir).map_err(|e| Error::io("fsync", dir, e))?;
+        super::skip(&mut self.report, e);
+        Ok(())
+    }
 
-impl Recovery<'_> {
     /// Step 4: leaves out the segments the snapshot covers (to be deleted) and tells the live
     /// log from the spares after it.
     pub(super) fn choose_segments(&mut self, mut segs: Vec<Seg>, base: u64) -> Result<LogSegments> {
@@ -82,7 +135,7 @@ impl Recovery<'_> {
         let keep = last_used.map_or(live.len().min(1), |l| l + 1 - covered);
         let mut spares = live.split_off(keep);
         if last_used.is_some() {
-            adopt_spare_after_log(&mut live, &mut spares)?;
+            adopt_spare_after_log(&mut live, &mut spares, self.opts)?;
         }
         Ok(LogSegments { live, spares })
     }
@@ -91,14 +144,14 @@ impl Recovery<'_> {
 /// The spare right after the log may hold a torn activation whose header stayed zero (or
 /// durable records whose header was zeroed): only reading it tells. Then it ends the log and the
 /// reader judges it (row R5b), instead of it being deleted as a spare.
-fn adopt_spare_after_log(live: &mut Vec<Seg>, spares: &mut Vec<Seg>) -> Result<()> {
+fn adopt_spare_after_log(live: &mut Vec<Seg>, spares: &mut Vec<Seg>, opts: &Options) -> Result<()> {
     let (Some(last), Some(spare)) = (live.last(), spares.first()) else {
         return Ok(());
     };
     if spare.file.id != last.file.id + 1 {
         return Ok(());
     }
-    if is_clean(spare)? {
+    if is_clean(spare, opts)? {
         spares[0].known_clean = true;
     } else {
         live.push(spares.remove(0));

@@ -6,15 +6,19 @@
 //! DIR/wal/<segment-id>.wal.tmp   a segment being created and zero-filled (removed by recovery)
 //! DIR/<base-seq>.snap            snapshots; 20-digit zero-padded base sequence numbers
 //! DIR/<base-seq>.snap.tmp        a snapshot being written (removed by recovery)
-//! <segment or snapshot>.broken  a damaged file repair set aside, in its own directory
-//!                                (`<file>.<n>.broken` when that name is taken); never opened
+//! <segment or snapshot>.broken  a damaged file repair (or a `Salvage` open) set aside, in its
+//!                                own directory (`<file>.<n>.broken` when that name is taken);
+//!                                never opened
 //! PARENT/.<name>.tmp-<pid>       a backup or restore into PARENT/<name> being built
 //! ```
 
 use std::ffi::OsStr;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
 use crate::limits;
+use crate::storage::Storage;
 
 /// The lock file's name.
 pub const LOCK_FILE: &str = "LOCK";
@@ -102,6 +106,19 @@ pub(crate) fn broken(path: &Path, n: u32) -> PathBuf {
     }
     name.push(BROKEN_EXT);
     PathBuf::from(name)
+}
+
+/// The first name [`broken`] gives `path` that is not taken.
+pub(crate) fn free_broken_name(storage: &dyn Storage, path: &Path) -> Result<PathBuf> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let names = storage.list(parent).map_err(|e| Error::io("list", parent, e))?;
+    for n in 0u32.. {
+        let candidate = broken(path, n);
+        if !names.iter().any(|x| candidate.file_name() == Some(x.as_os_str())) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::io("rename", path, io::Error::other("no free .broken name")))
 }
 
 /// Whether `name` is one [`broken`] gives.

@@ -535,12 +535,20 @@ fn problem(path: &Path, offset: u64, reason: impl Into<String>) -> Problem {
     }
 }
 
-/// Reads a whole file (a copy: a segment may be appended to while it is checked).
-pub(crate) fn read_whole(storage: &dyn Storage, path: &Path) -> Result<Vec<u8>> {
+/// Reads a whole file (a copy: a segment may be appended to while it is checked) of at most
+/// `max` bytes; a larger one is damage, never read.
+pub(crate) fn read_whole(storage: &dyn Storage, path: &Path, max: u64) -> Result<Vec<u8>> {
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
     let len = file.len().map_err(|e| Error::io("stat", path, e))?;
+    if len > max {
+        return Err(Error::corruption(
+            path,
+            max,
+            format!("file is {len} bytes, larger than it can be ({max} bytes)"),
+        ));
+    }
     let len = usize::try_from(len).map_err(|_| Error::io("read", path, io::Error::other("file too large")))?;
     let mut buf = vec![0u8; len];
     read_exact_at(file.as_ref(), &mut buf, 0).map_err(|e| Error::read(path, e))?;
@@ -831,7 +839,7 @@ fn scan_one(
     check: &mut SegmentCheck,
     report: &mut VerifyReport,
 ) -> Option<u64> {
-    let bytes = match read_whole(storage, path) {
+    let bytes = match read_whole(storage, path, limits::SEGMENT_SIZE_MAX) {
         Ok(b) => b,
         Err(e) => {
             report.problems.push(problem_of(path, &e));

@@ -152,7 +152,7 @@ fn salvage(
     let overlay = Arc::new(Overlay::new(storage.clone()));
     report.snapshot_entries_lost = Some(0);
     for snap in check.snapshots.iter().filter(|s| !s.intact) {
-        let Ok(bytes) = inspect::read_whole(storage.as_ref(), &snap.path) else {
+        let Ok(bytes) = inspect::read_whole(storage.as_ref(), &snap.path, u64::MAX) else {
             report.snapshot_entries_lost = None;
             continue;
         };
@@ -189,7 +189,7 @@ fn set_aside_damaged(
     damaged.dedup();
     let is_store_file = |p: &Path| files.segments.iter().chain(&files.snapshots).any(|f| f.1 == p);
     for path in damaged.into_iter().filter(|p| is_store_file(p)) {
-        let to = broken_name(st, &path)?;
+        let to = layout::free_broken_name(st, &path)?;
         st.rename(&path, &to).map_err(|e| Error::io("rename", &path, e))?;
         report.broken_files.push((path, to));
     }
@@ -228,17 +228,4 @@ fn sync_dirs(storage: &dyn Storage, layout: &Layout) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The first name [`layout::broken`] gives `path` that is not taken.
-fn broken_name(storage: &dyn Storage, path: &Path) -> Result<PathBuf> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let names = storage.list(parent).map_err(|e| Error::io("list", parent, e))?;
-    for n in 0u32.. {
-        let candidate = layout::broken(path, n);
-        if !names.iter().any(|x| candidate.file_name() == Some(x.as_os_str())) {
-            return Ok(candidate);
-        }
-    }
-    Err(Error::io("rename", path, io::Error::other("no free .broken name")))
 }

@@ -1,0 +1,310 @@
+//! Real file systems (issue 15): a small tmpfs filled by durable writers, and a huge sparse file
+//! where a segment should be.
+//!
+//! - `a_full_tmpfs_keeps_every_acknowledged_write`: four durable writers fill a 6 MiB tmpfs
+//!   (`mount -t tmpfs -o size=6m`; needs root, as CI runs; skipped with the reason printed
+//!   otherwise) until each gets `StorageFull`. Every acknowledged write reads back; a
+//!   checkpoint on the full disk leaves disk use no higher; the store opens again on the full
+//!   disk, with its options and with the defaults; once a filler file is removed, writes and a
+//!   checkpoint succeed, and a last reopen holds every acknowledged write.
+//! - `a_huge_sparse_file_in_place_of_a_segment_is_not_read`: a sparse file of 4 GiB where the
+//!   spare segment was is damage, named at once (and set aside by `Salvage`); one of 900 MiB
+//!   (a possible segment, but not of these options) is not read past `segment_size`. Each runs
+//!   in a child process, whose peak memory (`VmHWM`) must stay under 200 MiB; before, such a file
+//!   was read whole (4.2 GB of memory).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use sessiondb::{Db, Error, Options, RecoveryMode};
+
+mod support;
+use support::child::spawn_test;
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (the reason printed) where this process cannot mount one.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                println!(
+                    "skipped: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Bytes the files under `dir` take (their lengths), temporary files left out.
+fn disk_use(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            total += disk_use(&p);
+        } else if !p.to_string_lossy().ends_with(".tmp") {
+            total += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    total
+}
+
+fn value(t: usize, i: usize) -> Vec<u8> {
+    format!("writer {t} write {i:06} ").repeat(80).into_bytes()
+}
+
+/// Each writer's key `i % 40` holds its latest acknowledged write, or the one that failed.
+#[derive(Default)]
+struct Acked {
+    /// (writer, write) of each acknowledged put, and the failed one per writer.
+    done: Vec<(usize, usize)>,
+    failed: Vec<(usize, usize)>,
+}
+
+fn key(t: usize, i: usize) -> String {
+    format!("w{t}-k{:02}", i % 40)
+}
+
+/// Every key holds the latest acknowledged write to it (or the failed one after it).
+fn check(db: &Db, acked: &Acked, what: &str) {
+    let mut latest = std::collections::BTreeMap::new();
+    for &(t, i) in &acked.done {
+        let e = latest.entry(key(t, i)).or_insert(i);
+        *e = (*e).max(i);
+    }
+    for (k, &i) in &latest {
+        let t: usize = k[1..k.find('-').unwrap()].parse().unwrap();
+        let got = db.get(k).unwrap_or_else(|e| panic!("{what}: get {k}: {e}"));
+        let ok = got.as_deref() == Some(&value(t, i)[..])
+            || acked
+                .failed
+                .iter()
+                .any(|&(ft, fi)| ft == t && key(ft, fi) == *k && got.as_deref() == Some(&value(ft, fi)[..]));
+        assert!(ok, "{what}: {k} lost its write {i}");
+    }
+}
+
+fn fill(db: &Db, writers: usize) -> Acked {
+    let acked = Mutex::new(Acked::default());
+    std::thread::scope(|s| {
+        for t in 0..writers {
+            let acked = &acked;
+            s.spawn(move || {
+                for i in 0.. {
+                    match db.put(key(t, i), value(t, i)) {
+                        Ok(()) => acked.lock().unwrap().done.push((t, i)),
+                        Err(e) => {
+                            assert!(e.is_storage_full(), "writer {t}: only a full disk stops it: {e}");
+                            acked.lock().unwrap().failed.push((t, i));
+                            return;
+                        }
+                    }
+                    assert!(i < 1_000_000, "the disk never filled");
+                }
+            });
+        }
+    });
+    acked.into_inner().unwrap()
+}
+
+#[test]
+fn a_full_tmpfs_keeps_every_acknowledged_write() {
+    let Some(fs_) = Tmpfs::mount("6m") else { return };
+    let dir = fs_.path().join("store");
+    let filler = fs_.path().join("filler");
+    fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    let opts = || {
+        let o = Options::new().segment_size(512 * 1024);
+        o.value_size_max(64 * 1024).batch_size_max(128 * 1024)
+    };
+    let db = Db::open_with(&dir, opts()).unwrap();
+    let mut acked = fill(&db, 4);
+    assert!(acked.done.len() > 100, "some writes fit: {}", acked.done.len());
+    check(&db, &acked, "full");
+
+    // A checkpoint on the full disk fails with the room it needs, and takes none.
+    let before = disk_use(&dir);
+    if let Err(e) = db.checkpoint() {
+        assert!(e.is_storage_full(), "checkpoint: {e}");
+        assert!(matches!(e, Error::StorageFull { needed: Some(_), .. }), "{e:?}");
+        assert!(disk_use(&dir) <= before, "a failed checkpoint took room");
+        let e = db.checkpoint().unwrap_err();
+        assert!(e.is_storage_full(), "checkpoint again: {e}");
+        assert!(disk_use(&dir) <= before, "a failed checkpoint took room");
+    }
+    db.close().unwrap();
+
+    // It opens on the full disk, with its options and with the defaults.
+    for (what, o) in [("its options", opts()), ("default options", Options::new())] {
+        let db = Db::open_with(&dir, o).unwrap_or_else(|e| panic!("open on the full disk with {what}: {e}"));
+        check(&db, &acked, what);
+        db.close().unwrap();
+    }
+
+    // Room again: writes and a checkpoint succeed.
+    fs::remove_file(&filler).unwrap();
+    let db = Db::open_with(&dir, opts()).unwrap();
+    for i in 0..200 {
+        let at = 1_000_000 + i;
+        db.put(key(0, at), value(0, at)).unwrap();
+        acked.done.push((0, at));
+    }
+    db.checkpoint().expect("a checkpoint with room");
+    db.close().unwrap();
+    let db = Db::open_with(&dir, opts()).unwrap();
+    check(&db, &acked, "after freeing space");
+}
+
+const SPARSE_CHILD: &str = "SESSIONDB_SPARSE_CHILD_DIR";
+
+/// Peak resident memory of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The child: opens the store with the sparse file, reads, writes, reports its peak memory.
+fn sparse_child(dir: &Path) {
+    let opts = Options::new();
+    let db = match Db::open_with(dir, opts.clone()) {
+        Ok(db) => {
+            println!("OPENED");
+            db
+        }
+        Err(e) => {
+            println!("REFUSED {e}");
+            let db = Db::open_with(dir, opts.recovery_mode(RecoveryMode::Salvage)).expect("salvage open");
+            let skipped = db.stats().recovery.skipped;
+            println!("SALVAGED {}", skipped.len());
+            db
+        }
+    };
+    assert_eq!(db.get("k0100").unwrap().as_deref(), Some(&b"v"[..]));
+    db.put("after", "x").unwrap();
+    let _ = db.stats();
+    db.close().unwrap();
+    println!("PEAK {}", peak_rss_kib());
+}
+
+fn huge_spare(size: u64) -> (String, PathBuf) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let db = Db::open(&dir).unwrap();
+    for i in 0..1000 {
+        db.put(format!("k{i:04}"), "v").unwrap();
+    }
+    db.close().unwrap();
+    let wal = dir.join("wal");
+    let last = fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    // The spare the store made ahead (all zeros), or the id after the last segment.
+    let highest = wal.join(format!("{last:020}.wal"));
+    let is_spare = fs::read(&highest).unwrap().iter().all(|&b| b == 0);
+    let spare = if is_spare {
+        highest
+    } else {
+        wal.join(format!("{:020}.wal", last + 1))
+    };
+    println!(
+        "sparse file of {size} bytes at {} (in place of a spare: {is_spare})",
+        spare.display()
+    );
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&spare)
+        .unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    (format!("{}", dir.display()), spare)
+}
+
+#[test]
+fn a_huge_sparse_file_in_place_of_a_segment_is_not_read() {
+    if let Ok(dir) = std::env::var(SPARSE_CHILD) {
+        sparse_child(Path::new(&dir));
+        return;
+    }
+    for (size, damage) in [(4u64 << 30, true), (900 << 20, false)] {
+        let (dir, spare) = huge_spare(size);
+        let env = [(SPARSE_CHILD, std::ffi::OsStr::new(&dir))];
+        let (mut child, mut out) = spawn_test(
+            "a_huge_sparse_file_in_place_of_a_segment_is_not_read",
+            &env,
+            Stdio::null(),
+        );
+        let rest = out.rest();
+        assert!(child.wait().unwrap().success(), "the child failed:\n{rest}");
+        if damage {
+            let refused = rest
+                .lines()
+                .find(|l| l.contains("REFUSED"))
+                .unwrap_or_else(|| panic!("{rest}"));
+            assert!(
+                refused.contains(&*spare.to_string_lossy()) && refused.contains("larger than any segment"),
+                "names the file and what is wrong: {refused}"
+            );
+            assert!(rest.contains("SALVAGED 1"), "{rest}");
+            let aside = PathBuf::from(format!("{}.broken", spare.display()));
+            assert_eq!(
+                fs::metadata(&aside).map(|m| m.len()).ok(),
+                Some(size),
+                "Salvage set the file aside"
+            );
+            // (A spare of that id may be there again: the preparer's, of `segment_size`.)
+            assert!(fs::metadata(&spare).map_or(0, |m| m.len()) < size);
+        } else {
+            assert!(rest.contains("OPENED"), "{rest}");
+        }
+        let peak: u64 = rest
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .rsplit("PEAK ")
+                    .next()
+                    .filter(|_| l.contains("PEAK "))?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no peak memory in:\n{rest}"));
+        println!("sparse file of {size} bytes: peak memory {peak} KiB");
+        assert!(
+            peak < 200 * 1024,
+            "peak memory {peak} KiB with a sparse file of {size} bytes"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
