@@ -13,7 +13,8 @@
 //! - [`faults`]: the fault tests' workload, model and oracle on the simulated storage;
 //! - [`swarm`]: the model of the swarm and of the `ops_vs_model` fuzz target;
 //! - [`history`]: recorded concurrent histories and their linearizability checker;
-//! - [`fuzz`]: the bodies of the fuzz targets, which `fuzz_regressions.rs` replays.
+//! - [`fuzz`]: the bodies of the fuzz targets, which `fuzz_regressions.rs` replays;
+//! - [`syscalls`]: system calls recorded with strace, and the power-loss states they may leave.
 //!
 //! It names the library `sessiondb` only: the shuttle build renames its own copy to that name.
 
@@ -28,6 +29,7 @@ pub mod hold;
 pub mod options;
 pub mod random;
 pub mod swarm;
+pub mod syscalls;
 pub mod wait;
 pub mod writes;
 
