@@ -9,9 +9,10 @@
 //!   checkpoint succeed, and a last reopen holds every acknowledged write.
 //! - `a_huge_sparse_file_in_place_of_a_segment_is_not_read`: a sparse file of 4 GiB where the
 //!   spare segment was is damage, named at once (and set aside by `Salvage`); one of 900 MiB
-//!   (a possible segment, but not of these options) is not read past `segment_size`. Each runs
-//!   in a child process, whose peak memory (`VmHWM`) must stay under 200 MiB; before, such a file
-//!   was read whole (4.2 GB of memory).
+//!   (a possible segment, but not of these options) is not read past `segment_size`; the last
+//!   written segment extended to 900 MiB opens with its records, its zero tail never read into
+//!   memory. Each runs in a child process, whose peak memory (`VmHWM`) must stay under 200 MiB;
+//!   before, such a file was read whole (4.2 GB of memory).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -215,7 +216,9 @@ fn sparse_child(dir: &Path) {
     println!("PEAK {}", peak_rss_kib());
 }
 
-fn huge_spare(size: u64) -> (String, PathBuf) {
+/// A store whose spare (`live` false) or last written segment (`live` true) is made a sparse file
+/// of `size` bytes; its directory and that file.
+fn huge_segment(size: u64, live: bool) -> (String, PathBuf) {
     let dir = tempfile::tempdir().unwrap().keep();
     let db = Db::open(&dir).unwrap();
     for i in 0..1000 {
@@ -223,27 +226,31 @@ fn huge_spare(size: u64) -> (String, PathBuf) {
     }
     db.close().unwrap();
     let wal = dir.join("wal");
-    let last = fs::read_dir(&wal)
+    let mut ids: Vec<u64> = fs::read_dir(&wal)
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wal")?.parse::<u64>().ok())
-        .max()
-        .unwrap();
-    // The spare the store made ahead (all zeros), or the id after the last segment.
-    let highest = wal.join(format!("{last:020}.wal"));
-    let is_spare = fs::read(&highest).unwrap().iter().all(|&b| b == 0);
-    let spare = if is_spare {
-        highest
+        .collect();
+    ids.sort_unstable();
+    let path = |id: u64| wal.join(format!("{id:020}.wal"));
+    let zero = |id: u64| fs::read(path(id)).unwrap().iter().all(|&b| b == 0);
+    let last = *ids.last().unwrap();
+    let spare = if live {
+        // Extended in place: its records stay, its length grows.
+        path(*ids.iter().rev().find(|&&id| !zero(id)).unwrap())
+    } else if zero(last) {
+        // The spare the store made ahead.
+        path(last)
     } else {
-        wal.join(format!("{:020}.wal", last + 1))
+        path(last + 1)
     };
     println!(
-        "sparse file of {size} bytes at {} (in place of a spare: {is_spare})",
+        "sparse file of {size} bytes at {} (live segment: {live})",
         spare.display()
     );
     let f = fs::OpenOptions::new()
         .create(true)
-        .truncate(true)
+        .truncate(!live)
         .write(true)
         .open(&spare)
         .unwrap();
@@ -258,8 +265,12 @@ fn a_huge_sparse_file_in_place_of_a_segment_is_not_read() {
         sparse_child(Path::new(&dir));
         return;
     }
-    for (size, damage) in [(4u64 << 30, true), (900 << 20, false)] {
-        let (dir, spare) = huge_spare(size);
+    for (size, live, damage) in [
+        (4u64 << 30, false, true),
+        (900 << 20, false, false),
+        (900 << 20, true, false),
+    ] {
+        let (dir, spare) = huge_segment(size, live);
         let env = [(SPARSE_CHILD, std::ffi::OsStr::new(&dir))];
         let (mut child, mut out) = spawn_test(
             "a_huge_sparse_file_in_place_of_a_segment_is_not_read",

@@ -81,9 +81,14 @@ impl Recovery<'_> {
                 }
                 self.index
                     .set_source(Source::file(FileId::Segment(seg.file.id), seg.file.file.clone()));
+                // Appends go no further than a segment of these options reaches (or than what is
+                // written, if more): a file longer than that (made under other options, or
+                // extended by something else) is not trusted for its length.
+                let mut file = seg.file;
+                file.capacity = file.capacity.min(self.opts.segment_size.max(info.valid_end));
                 active = Some(Active {
-                    id: seg.file.id,
-                    file: Some(seg.file),
+                    id: file.id,
+                    file: Some(file),
                     write_offset: info.valid_end,
                     activated: info.first_seq.is_some(),
                 });

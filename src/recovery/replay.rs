@@ -84,6 +84,9 @@ impl Recovery<'_> {
     ) -> Result<(SegmentScan, Arc<FileBytes>)> {
         let path = &seg.file.path;
         let bytes = Arc::new(FileBytes::load(seg.file.file.as_ref()).map_err(|e| Error::read(path, e))?);
+        let data_end = bytes
+            .data_end(seg.file.file.as_ref())
+            .map_err(|e| Error::read(path, e))?;
         let input = ScanInput {
             bytes: bytes.bytes(),
             segment_id: seg.file.id,
@@ -94,6 +97,7 @@ impl Recovery<'_> {
             is_last,
             mode: self.opts.recovery_mode,
             expected_seq,
+            data_end,
         };
         let (index, opts, report) = (&mut self.index, self.opts, &mut self.report);
         let mut replayed = 0u64;

@@ -164,4 +164,43 @@ impl FileBytes {
             FileBytes::Owned(v) => v,
         }
     }
+
+    /// One past the last non-zero byte of these bytes of `file`. A map's zero tail is read
+    /// through `file` in pieces ([`data_end`]), never through the map: touching it would make it
+    /// resident, and a file's length is only what it claims.
+    pub(crate) fn data_end(&self, file: &dyn StorageFile) -> Result<usize, ReadError> {
+        match self {
+            FileBytes::Mapped(m) => {
+                let end = data_end(file, m.bytes().len() as u64)?;
+                // Exact for the map: a store another process writes (the read-only tools) may
+                // change between the reads and the map's view; from `end` down to the data the
+                // map holds is a few pages at most.
+                let end = (end as usize).min(m.bytes().len());
+                Ok(crate::wal::reader::nonzero_end(&m.bytes()[..end]))
+            }
+            FileBytes::Owned(v) => Ok(crate::wal::reader::nonzero_end(v)),
+        }
+    }
+}
+
+/// Bytes read per call by [`data_end`].
+const DATA_END_CHUNK: usize = 64 * 1024;
+
+/// One past the last non-zero byte among the first `len` bytes of `file` (0 if all zero),
+/// reading backwards from `len` in 64 KiB pieces: memory stays at one piece however long the
+/// zero tail (a sparse file's holes read as zeros from the page cache, never resident here).
+pub(crate) fn data_end(file: &dyn StorageFile, len: u64) -> Result<u64, ReadError> {
+    let mut buf = vec![0u8; DATA_END_CHUNK];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(DATA_END_CHUNK as u64);
+        let piece = &mut buf[..(end - start) as usize];
+        read_exact_at(file, piece, start)?;
+        let n = crate::wal::reader::nonzero_end(piece);
+        if n > 0 {
+            return Ok(start + n as u64);
+        }
+        end = start;
+    }
+    Ok(0)
 }

@@ -555,6 +555,33 @@ pub(crate) fn read_whole(storage: &dyn Storage, path: &Path, max: u64) -> Result
     Ok(buf)
 }
 
+/// A segment's bytes for a check, of at most `max` bytes (a larger file is damage, never read),
+/// and where its data ends: only the bytes before that are read (found without reading the zero
+/// tail into memory); the rest of the buffer stays untouched zero pages, so a file's claimed
+/// length costs no memory.
+fn read_data(storage: &dyn Storage, path: &Path, max: u64) -> Result<(Vec<u8>, usize)> {
+    let file = storage
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open", path, e))?;
+    let len = file.len().map_err(|e| Error::io("stat", path, e))?;
+    if len > max {
+        return Err(Error::corruption(
+            path,
+            max,
+            format!("file is {len} bytes, larger than it can be ({max} bytes)"),
+        ));
+    }
+    let end = crate::storage::data_end(file.as_ref(), len).map_err(|e| Error::read(path, e))?;
+    let len = usize::try_from(len).map_err(|_| Error::io("read", path, io::Error::other("file too large")))?;
+    // NOTE: a zeroed allocation: pages past `end` are never written, so never resident.
+    let mut buf = vec![0u8; len];
+    let end = end as usize;
+    read_exact_at(file.as_ref(), &mut buf[..end], 0).map_err(|e| Error::read(path, e))?;
+    // A segment appended to meanwhile may have grown past `end`: it is read as it was then.
+    let end = reader::nonzero_end(&buf[..end]);
+    Ok((buf, end))
+}
+
 /// Checks a snapshot block by block, going on past a block whose checksum fails.
 fn check_snapshot_file(
     storage: &dyn Storage,
@@ -839,7 +866,7 @@ fn scan_one(
     check: &mut SegmentCheck,
     report: &mut VerifyReport,
 ) -> Option<u64> {
-    let bytes = match read_whole(storage, path, limits::SEGMENT_SIZE_MAX) {
+    let (bytes, data_end) = match read_data(storage, path, limits::SEGMENT_SIZE_MAX) {
         Ok(b) => b,
         Err(e) => {
             report.problems.push(problem_of(path, &e));
@@ -854,6 +881,7 @@ fn scan_one(
         is_last,
         mode: RecoveryMode::Salvage,
         expected_seq: expected,
+        data_end,
     };
     // (offset, seq) of every valid record, to measure the damage between them.
     let mut records: Vec<(u64, u64)> = Vec::new();

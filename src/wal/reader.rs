@@ -41,6 +41,18 @@ pub(crate) struct ScanInput<'a> {
     pub mode: RecoveryMode,
     /// The sequence number the first record must have, when known (from the previous segment).
     pub expected_seq: Option<u64>,
+    /// One past the last non-zero byte of `bytes` (0 if all zero): everything from here on is
+    /// zero. The caller finds it without touching the tail through a map
+    /// ([`crate::storage::data_end`]), so a file's zero tail, however long it claims to be, costs
+    /// no memory here: the reader never reads past it.
+    pub data_end: usize,
+}
+
+impl ScanInput<'_> {
+    /// One past the last non-zero byte at or after `from`, or `from` if there is none.
+    fn nonzero_end_from(&self, from: usize) -> usize {
+        self.data_end.max(from)
+    }
 }
 
 /// What a scan found.
@@ -143,7 +155,7 @@ fn find_record<'a>(
     durable_at_least: Option<u64>,
 ) -> Option<(usize, RecordRef<'a>)> {
     let b = input.bytes;
-    let end = nonzero_end(b);
+    let end = input.data_end;
     // A later record's sequence number is at most one per header-size of bytes further on;
     // with no known predecessor (after_seq 0), any sequence number is plausible.
     let seq_max = if after_seq == 0 {
@@ -179,6 +191,11 @@ pub(crate) fn scan_segment(
     input: &ScanInput<'_>,
     mut on_record: impl FnMut(u64, RecordRef<'_>) -> Result<()>,
 ) -> Result<SegmentScan> {
+    debug_assert!(input.data_end <= input.bytes.len());
+    debug_assert!(
+        input.data_end == 0 || input.bytes[input.data_end - 1] != 0,
+        "data_end is exact"
+    );
     let mut scanner = Scanner::new(input);
     let mut flow = match judge_header(input) {
         Header::Intact(header) => scanner.start(header),
@@ -197,7 +214,7 @@ fn judge_header<'a>(input: &ScanInput<'a>) -> Header<'a> {
     let (row, damage): (fn(Damage) -> Row<'a>, Damage) = match format::decode_segment_header(b) {
         HeaderState::Valid(h) => return judge_header_place(input, h),
         HeaderState::UnsupportedVersion(found) => return Header::Row(Row::R7OtherVersion(found)),
-        HeaderState::Zero if nonzero_end(b) == 0 => return Header::Row(Row::R5UnusedSpare),
+        HeaderState::Zero if input.data_end == 0 => return Header::Row(Row::R5UnusedSpare),
         // A zero header with data after it is no unused spare: the header's sectors of a torn
         // activation stayed zero (or durable bytes were zeroed). Judged as a damaged header:
         // erased only as an unvouched torn activation, never in `Strict`.
@@ -266,7 +283,7 @@ fn preallocated(input: &ScanInput<'_>) -> bool {
     let b = input.bytes;
     let full_size = b.len() as u64 >= limits::SEGMENT_SIZE_MIN;
     full_size
-        && (nonzero_end(b) + ZERO_TAIL_MIN <= b.len() || find_record(input, SEGMENT_HEADER_SIZE, 0, None).is_some())
+        && (input.data_end + ZERO_TAIL_MIN <= b.len() || find_record(input, SEGMENT_HEADER_SIZE, 0, None).is_some())
 }
 
 /// A scan in progress: where the next record is expected, and what was found so far.
@@ -305,7 +322,7 @@ impl<'i, 'a> Scanner<'i, 'a> {
             RecordState::Valid(r) if r.seq == expect && r.kind == KIND_OPS => return Row::R1Record(r),
             RecordState::Valid(r) if r.kind != KIND_OPS => format!("unknown record kind {}", r.kind),
             RecordState::Valid(r) => format!("sequence number {} where {expect} was expected", r.seq),
-            RecordState::End if nonzero_end(&b[pos..]) == 0 => return Row::R2CleanEnd,
+            RecordState::End if self.input.data_end <= pos => return Row::R2CleanEnd,
             RecordState::End => "end-of-log marker followed by data".to_string(),
             RecordState::Damaged(d) => d.reason,
         };
@@ -395,7 +412,7 @@ impl<'i, 'a> Scanner<'i, 'a> {
     /// A torn tail (R3) or a torn activation (R5b, R6, R7b, at `pos` 0): everything from `pos`
     /// on is to be zeroed.
     fn cut(&mut self) -> Flow {
-        self.scan.dirty_end = (self.pos + nonzero_end(&self.input.bytes[self.pos..])) as u64;
+        self.scan.dirty_end = self.input.nonzero_end_from(self.pos) as u64;
         Flow::Done
     }
 
@@ -416,7 +433,7 @@ impl<'i, 'a> Scanner<'i, 'a> {
         }
         self.note_skipped(d);
         if self.scan.header.is_none() {
-            self.scan.dirty_end = nonzero_end(self.input.bytes) as u64;
+            self.scan.dirty_end = self.input.data_end as u64;
             return Ok(Flow::Done);
         }
         match find_record(self.input, self.pos + 1, self.expect - 1, None) {
@@ -469,6 +486,7 @@ mod tests {
             is_last,
             mode,
             expected_seq,
+            data_end: nonzero_end(bytes),
         }
     }
 

@@ -60,6 +60,7 @@ pub fn scan_segment(
         is_last,
         mode,
         expected_seq,
+        data_end: reader::nonzero_end(bytes),
     };
     let mut records = Vec::new();
     let scan = reader::scan_segment(&input, |offset, r| {
