@@ -34,7 +34,7 @@ use crate::options::RecoveryMode;
 use crate::stats::Stats;
 use crate::storage::layout::{self, FileKind, Layout};
 use crate::storage::overlay::Overlay;
-use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage};
+use crate::storage::{read_exact_at, FileBytes, FsStorage, OpenMode, Storage, StorageFile};
 use crate::wal::reader::{self, ScanInput, SegmentScan};
 
 #[cfg(feature = "sim")]
@@ -535,9 +535,8 @@ fn problem(path: &Path, offset: u64, reason: impl Into<String>) -> Problem {
     }
 }
 
-/// Reads a whole file (a copy: a segment may be appended to while it is checked) of at most
-/// `max` bytes; a larger one is damage, never read.
-pub(crate) fn read_whole(storage: &dyn Storage, path: &Path, max: u64) -> Result<Vec<u8>> {
+/// Opens `path` for reading, with its length: at most `max` bytes, else damage (never read).
+fn open_bounded(storage: &dyn Storage, path: &Path, max: u64) -> Result<(Arc<dyn StorageFile>, u64)> {
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
@@ -549,6 +548,13 @@ pub(crate) fn read_whole(storage: &dyn Storage, path: &Path, max: u64) -> Result
             format!("file is {len} bytes, larger than it can be ({max} bytes)"),
         ));
     }
+    Ok((file, len))
+}
+
+/// Reads a whole file (a copy: a segment may be appended to while it is checked) of at most
+/// `max` bytes; a larger one is damage, never read.
+pub(crate) fn read_whole(storage: &dyn Storage, path: &Path, max: u64) -> Result<Vec<u8>> {
+    let (file, len) = open_bounded(storage, path, max)?;
     let len = usize::try_from(len).map_err(|_| Error::io("read", path, io::Error::other("file too large")))?;
     let mut buf = vec![0u8; len];
     read_exact_at(file.as_ref(), &mut buf, 0).map_err(|e| Error::read(path, e))?;
@@ -560,17 +566,7 @@ pub(crate) fn read_whole(storage: &dyn Storage, path: &Path, max: u64) -> Result
 /// tail into memory); the rest of the buffer stays untouched zero pages, so a file's claimed
 /// length costs no memory.
 fn read_data(storage: &dyn Storage, path: &Path, max: u64) -> Result<(Vec<u8>, usize)> {
-    let file = storage
-        .open(path, OpenMode::Read)
-        .map_err(|e| Error::io("open", path, e))?;
-    let len = file.len().map_err(|e| Error::io("stat", path, e))?;
-    if len > max {
-        return Err(Error::corruption(
-            path,
-            max,
-            format!("file is {len} bytes, larger than it can be ({max} bytes)"),
-        ));
-    }
+    let (file, len) = open_bounded(storage, path, max)?;
     let end = crate::storage::data_end(file.as_ref(), len).map_err(|e| Error::read(path, e))?;
     let len = usize::try_from(len).map_err(|_| Error::io("read", path, io::Error::other("file too large")))?;
     // NOTE: a zeroed allocation: pages past `end` are never written, so never resident.

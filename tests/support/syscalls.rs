@@ -374,24 +374,7 @@ impl Interp<'_> {
                     self.path_at(Some(arg(0)?), arg(1)?)?
                 };
                 if let (true, Some(parts)) = (ok, self.below_root(&path)) {
-                    let (dir, name) = self.parent_of(&parts)?;
-                    let ino = self.new_inode(&parts, true);
-                    self.views[dir]
-                        .entries
-                        .as_mut()
-                        .ok_or("not a directory")?
-                        .insert(name.clone(), ino);
-                    let what = format!("mkdir {}", parts.join("/"));
-                    self.push(
-                        raw,
-                        Effect::Create {
-                            dir,
-                            name,
-                            ino,
-                            is_dir: true,
-                        },
-                        what,
-                    );
+                    self.create(raw, &parts, true)?;
                 }
             }
             "close" => {
@@ -559,6 +542,21 @@ impl Interp<'_> {
         Ok(())
     }
 
+    /// A new file or directory at `parts`: its inode, its entry in its directory, and the
+    /// effect that creates it.
+    fn create(&mut self, raw: &Raw, parts: &[String], is_dir: bool) -> Result<Ino, String> {
+        let (dir, name) = self.parent_of(parts)?;
+        let ino = self.new_inode(parts, is_dir);
+        self.views[dir]
+            .entries
+            .as_mut()
+            .ok_or("not a directory")?
+            .insert(name.clone(), ino);
+        let what = format!("{} {}", if is_dir { "mkdir" } else { "create" }, parts.join("/"));
+        self.push(raw, Effect::Create { dir, name, ino, is_dir }, what);
+        Ok(ino)
+    }
+
     fn open(&mut self, raw: &Raw, path: PathBuf, flags: &str) -> Result<(), String> {
         let flag = |f: &str| flags.split('|').any(|x| x.trim() == f);
         let mut fd = Fd {
@@ -577,27 +575,7 @@ impl Interp<'_> {
                     }
                     ino
                 }
-                None if flag("O_CREAT") => {
-                    let (dir, name) = self.parent_of(&parts)?;
-                    let ino = self.new_inode(&parts, false);
-                    self.views[dir]
-                        .entries
-                        .as_mut()
-                        .ok_or("not a directory")?
-                        .insert(name.clone(), ino);
-                    let what = format!("create {}", parts.join("/"));
-                    self.push(
-                        raw,
-                        Effect::Create {
-                            dir,
-                            name,
-                            ino,
-                            is_dir: false,
-                        },
-                        what,
-                    );
-                    ino
-                }
+                None if flag("O_CREAT") => self.create(raw, &parts, false)?,
                 None => return Err(format!("opened {} which the trace never created", path.display())),
             };
             fd.ino = Some(ino);
