@@ -11,8 +11,9 @@
 //!   writes while they fit, and once space is freed takes all writes again; the background
 //!   preparer makes the segment once it can.
 //! - `a_failed_checkpoint_leaves_disk_use_as_it_was`: checkpoints on a full disk fail with
-//!   `StorageFull` and the room they need; disk use after each try is no higher than before the
-//!   first; retrying does not roll again; nothing is poisoned; with room, a checkpoint succeeds.
+//!   `StorageFull` and the room they need; each undoes its roll, so disk use after each try is
+//!   no higher than before the first, with or without preallocation; nothing is poisoned; writes
+//!   go on; with room, a checkpoint succeeds.
 
 use std::path::Path;
 
@@ -211,7 +212,9 @@ fn a_failed_checkpoint_leaves_disk_use_as_it_was() {
         }
         // Without preallocation, room for two segments (the roll's, and one more that a retry
         // must not take) but not for the snapshot (about n × 1 KiB); with it, the roll takes
-        // the spare and there is no more room.
+        // the spare and there is no more room. Each failed try undoes its roll: disk use is
+        // back where it was (with preallocation the preparer makes the spare again in the
+        // background, which is where it was too).
         let before = used(&sim);
         let room = if prealloc {
             4096
@@ -219,35 +222,89 @@ fn a_failed_checkpoint_leaves_disk_use_as_it_was() {
             2 * support::SEGMENT_SIZE_SMALL + 4096
         };
         sim.set_capacity(Some(before + room));
-        let e = db.checkpoint().unwrap_err();
-        assert!(e.is_storage_full(), "{what}: {e}");
-        assert!(
-            matches!(&e, Error::StorageFull { path, needed: Some(_), .. } if path.to_string_lossy().contains(".snap")),
-            "{what}: names the snapshot and the room it needs: {e:?}"
-        );
-        let after_first = used(&sim);
-        for attempt in 0..3 {
+        for attempt in 0..4 {
             let e = db.checkpoint().unwrap_err();
             assert!(e.is_storage_full(), "{what}: attempt {attempt}: {e}");
-            assert_eq!(used(&sim), after_first, "{what}: a retry takes no more room");
-        }
-        if !prealloc {
-            // (With preallocation the preparer's tries come and go in the background.)
-            assert!(!has_tmp(&sim), "{what}: no temporary file stays: {:?}", sim.files());
-        }
-        if prealloc {
             assert!(
-                after_first <= before,
-                "{what}: {after_first} bytes used after, {before} before"
+                matches!(&e, Error::StorageFull { path, needed: Some(_), .. } if path.to_string_lossy().contains(".snap")),
+                "{what}: attempt {attempt}: names the snapshot and the room it needs: {e:?}"
             );
+            let now = used(&sim);
+            assert!(
+                now <= before,
+                "{what}: attempt {attempt}: {now} bytes used, {before} before"
+            );
+            if !prealloc {
+                assert_eq!(now, before, "{what}: attempt {attempt}");
+                assert!(!has_tmp(&sim), "{what}: no temporary file stays: {:?}", sim.files());
+            }
         }
-        // Not poisoned; with room, the checkpoint succeeds and the disk use drops.
+        // Not poisoned: writes go on (into the segment the undone roll had sealed), and with
+        // room the checkpoint succeeds and the disk use drops.
         db.put("after", "x").unwrap();
+        assert_eq!(db.get("after").unwrap().as_deref(), Some(&b"x"[..]), "{what}");
         sim.set_capacity(None);
         db.checkpoint().unwrap();
-        assert!(used(&sim) < after_first, "{what}: the checkpoint freed the log");
+        assert!(used(&sim) < before, "{what}: the checkpoint freed the log");
         db.close().unwrap();
         let db = Db::open_with(Path::new(DIR), o).unwrap();
         assert_all_there(&db, n, &what);
+    }
+}
+
+/// A store whose checkpoint fails for want of room after its roll, then takes more writes: the
+/// roll is undone (its segment removed, appends back in the segment it sealed). The acknowledged
+/// writes, from before and after.
+fn undone_roll_scenario(sim: &SimStorage, halt: Option<u64>) -> Vec<usize> {
+    let db = Db::open_with(Path::new(DIR), opts(sim)).unwrap();
+    let n = 150;
+    for i in 0..n {
+        db.put(format!("k{i:05}"), value(i)).unwrap();
+    }
+    let mut acked: Vec<usize> = (0..n).collect();
+    sim.set_capacity(Some(sim.used_bytes() + 2 * support::SEGMENT_SIZE_SMALL + 4096));
+    sim.halt_after(halt.map(|h| sim.ops() + h));
+    let _ = db.checkpoint();
+    for i in n..n + 20 {
+        if db.put(format!("k{i:05}"), value(i)).is_ok() {
+            acked.push(i);
+        }
+    }
+    drop(db);
+    acked
+}
+
+/// Power lost at every storage operation of a failed checkpoint, its undone roll and the writes
+/// after it: every acknowledged write survives, and the store opens again after one more write.
+#[test]
+fn a_crash_anywhere_around_an_undone_roll_loses_nothing() {
+    use sessiondb::internals::sim::CrashMode;
+    let total = {
+        let sim = SimStorage::new(6);
+        let before = sim.ops();
+        undone_roll_scenario(&sim, None);
+        sim.ops() - before
+    };
+    for halt in 0..total {
+        for mode in [CrashMode::DropUnsynced, CrashMode::Torn { sector: 512 }] {
+            let what = format!("halt after {halt} of {total} operations, {mode:?}");
+            let sim = SimStorage::new(6 ^ (halt << 8));
+            let acked = undone_roll_scenario(&sim, Some(halt));
+            sim.crash(mode);
+            sim.halt_after(None);
+            sim.set_capacity(None);
+            let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+            for &i in &acked {
+                let got = db
+                    .get(format!("k{i:05}"))
+                    .unwrap_or_else(|e| panic!("{what}: get: {e}"));
+                assert_eq!(got.as_deref(), Some(&value(i)[..]), "{what}: k{i:05} lost");
+            }
+            db.put("again", "x")
+                .unwrap_or_else(|e| panic!("{what}: put after recovery: {e}"));
+            drop(db);
+            let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+            assert_eq!(db.get("again").unwrap().as_deref(), Some(&b"x"[..]), "{what}");
+        }
     }
 }

@@ -60,6 +60,15 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
             index.remove_source(FileId::Snapshot(base_seq));
             drop(index);
             let _ = engine.storage.remove(&engine.layout.snapshot_tmp(base_seq));
+            // Its roll is undone too, unless the snapshot is already in place (then the log
+            // after it must stay as the snapshot's protocol left it).
+            let snapshot_in_place = engine
+                .storage
+                .open(&engine.layout.snapshot(base_seq), OpenMode::Read)
+                .is_ok();
+            if let (Some(sealed), false) = (&roll.sealed, snapshot_in_place) {
+                engine.unroll(sealed);
+            }
             return Err(e.needing(snapshot_estimate(engine)));
         }
     };

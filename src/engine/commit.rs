@@ -13,14 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Conflict, Error, Result};
-use crate::format::{self, Op, RECORD_HEADER_SIZE};
+use crate::format::{self, Op, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
 use crate::index::{Change, FileId, Index, Key, RecordAt, Source};
 use crate::limits;
 use crate::options::Durability;
 use crate::sync::thread::{self, Thread};
 use crate::sync::{Mutex, MutexGuard};
 use crate::wal::sync::SyncTarget;
-use crate::wal::writer::{PendingRecord, Placement};
+use crate::wal::writer::{PendingRecord, Placement, SegmentFile};
 
 use super::{sealed_source, Engine};
 
@@ -134,6 +134,8 @@ pub(crate) struct RollPoint {
     /// Log bytes written since the last checkpoint, at the base (the new segment's header
     /// included): what this checkpoint takes off the count that triggers the next one.
     pub log_bytes: u64,
+    /// The segment the roll sealed, if it rolled.
+    pub sealed: Option<SegmentFile>,
 }
 
 /// The outcome every writer of a group waits for.
@@ -669,10 +671,13 @@ impl Engine {
         })?;
         drop(log);
         let mut index = self.index.write();
-        if let Some((sealed, active)) = rolled {
-            index.set_source(sealed_source(&sealed));
+        // The sealed segment keeps its positioned-read source, never a map: it is deleted when
+        // the checkpoint succeeds, and if the checkpoint fails it may take appends again
+        // (`Engine::unroll`), which a mapped file must never do.
+        let sealed = rolled.map(|(sealed, active)| {
             index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
-        }
+            sealed
+        });
         debug_assert_eq!(index.applied_seq, base, "no group is in flight");
         // Everything up to the base is in the index now and will be in the snapshot.
         index.freeze();
@@ -683,7 +688,33 @@ impl Engine {
             cut_ms,
             pending,
             log_bytes,
+            sealed,
         })
+    }
+
+    /// After a checkpoint that failed before its snapshot replaced anything: if the segment its
+    /// roll started holds nothing but its header, it goes and appends continue in `sealed`, so
+    /// the failed checkpoint leaves the disk as it found it (issue 15). A removal that fails
+    /// changes nothing; once removed, the directory's fsync must succeed before anything is
+    /// appended to `sealed` (a crash could otherwise bring the header back after records that
+    /// contradict it), so its failure poisons the store.
+    pub(crate) fn unroll(&self, sealed: &SegmentFile) {
+        let (_leading, ()) = self.lead_alone(|_| ());
+        if self.is_poisoned() {
+            return;
+        }
+        let mut log = self.log.lock();
+        match log.unroll(sealed) {
+            Ok(Some(gone)) => {
+                drop(log);
+                self.index.write().remove_source(FileId::Segment(gone));
+                self.counters
+                    .log_bytes_since_checkpoint
+                    .fetch_sub(SEGMENT_HEADER_SIZE as u64, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => self.poison(&e),
+        }
     }
 
     fn count_group(&self, size: usize) {

@@ -557,6 +557,37 @@ impl LogWriter {
         Ok(Some((sealed, active)))
     }
 
+    /// Undoes a checkpoint's roll that sealed `sealed`, if the segment it started still holds
+    /// only its header: removes that segment (durably) and makes `sealed` the active segment
+    /// again. Returns the removed segment's id; `None` if there was nothing to undo or its
+    /// removal failed (the log then stays as it is). An error is a failed directory fsync after
+    /// the removal: nothing may be appended then.
+    pub(crate) fn unroll(&mut self, sealed: &SegmentFile) -> Result<Option<u64>> {
+        let undo = self
+            .active
+            .as_ref()
+            .filter(|a| a.id == sealed.id + 1 && self.holds_only_header());
+        let (Some(active), Some(info)) = (undo, self.segments.get(&sealed.id).copied()) else {
+            return Ok(None);
+        };
+        let (gone, path) = (active.id, active.path.clone());
+        if self.storage.remove(&path).is_err() {
+            return Ok(None);
+        }
+        let wal = self.layout.wal_dir();
+        self.storage.sync_dir(wal).map_err(|e| Error::io("fsync", wal, e))?;
+        self.segments.remove(&gone);
+        self.active = Some(sealed.clone());
+        self.active_id = sealed.id;
+        self.write_offset = info.bytes;
+        self.activated = true;
+        self.bytes_written -= SEGMENT_HEADER_SIZE as u64;
+        if self.prepare_ahead {
+            self.spare.give_back(gone);
+        }
+        Ok(Some(gone))
+    }
+
     /// Whether the active segment holds a header and no record: it starts right after the last
     /// record written.
     fn holds_only_header(&self) -> bool {
