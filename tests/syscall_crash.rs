@@ -240,10 +240,21 @@ fn child_main(root: &Path, seed: u64) {
 // ---------------------------------------------------------------------------------------------
 // The parent: record, check coverage, open crash states.
 
-/// Where scratch stores go: memory when there is a tmpfs at /dev/shm (thousands of opens).
+/// Where scratch stores go: memory when there is a tmpfs at /dev/shm with room (thousands of
+/// opens; a state opened with the default options holds two 16 MiB segments), else the temp dir.
 fn scratch() -> PathBuf {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+    let free_kib = Command::new("df")
+        .arg("-Pk")
+        .arg(shm)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok()
+        });
+    if free_kib.is_some_and(|k| k >= 512 * 1024) && tempfile::tempdir_in(shm).is_ok() {
         shm.to_path_buf()
     } else {
         std::env::temp_dir()
