@@ -58,6 +58,13 @@ pub trait Engine: Send + Sync {
 pub trait Worker {
     fn put(&mut self, key: &[u8], value: &[u8], durable: bool);
     fn get(&mut self, key: &[u8]) -> Option<usize>;
+    /// A bulk load's batch (W4b): the pairs written together, lazily, the way an import job
+    /// would with this engine's batch or transaction. Engines without one put each pair lazily.
+    fn put_batch(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+        for (k, v) in pairs {
+            self.put(k, v, false);
+        }
+    }
     /// Sliding expiry of a session: sessiondb writes a small touch record (`Durability::Lazy`);
     /// the peers have no TTL, so they rewrite the value with its new deadline, lazily.
     fn touch(&mut self, key: &[u8], value: &[u8]) {
@@ -136,6 +143,16 @@ impl Worker for SessionDbWorker<'_> {
     }
     fn get(&mut self, key: &[u8]) -> Option<usize> {
         self.db.get(key).expect("sessiondb get").map(|v| v.len())
+    }
+    fn put_batch(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+        let mut b = sessiondb::Batch::new();
+        for (k, v) in pairs {
+            b.put(k, v);
+        }
+        if !self.bulk {
+            b.durability(sessiondb::Durability::Lazy);
+        }
+        self.db.write(b).expect("sessiondb batch");
     }
     fn save(&mut self, key: &[u8], value: &[u8]) {
         self.db.put_with_ttl(key, value, SESSION_TTL).expect("sessiondb save");
@@ -448,6 +465,13 @@ impl Worker for RedbWorker<'_> {
     fn put(&mut self, key: &[u8], value: &[u8], durable: bool) {
         self.0.commit(durable, |t| {
             t.insert(key, value).expect("redb insert");
+        });
+    }
+    fn put_batch(&mut self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+        self.0.commit(false, |t| {
+            for (k, v) in pairs {
+                t.insert(k.as_slice(), v.as_slice()).expect("redb insert");
+            }
         });
     }
     fn get(&mut self, key: &[u8]) -> Option<usize> {

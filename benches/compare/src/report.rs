@@ -18,6 +18,10 @@ const WORKLOADS: &[(&str, &str)] = &[
     ("W3", "bulk load of N × 256 B without per-write fsync, then one sync"),
     ("W4", "random point gets of loaded keys"),
     (
+        "W4b",
+        "random point gets, 1 thread, after a bulk load in 1,000-op batches (sessiondb also after a checkpoint)",
+    ),
+    (
         "W5",
         "reopen of the W3 store in a fresh process, warm, to the first get",
     ),
@@ -283,6 +287,21 @@ fn targets(med: &Medians) -> String {
         against: "redb".into(),
         met: r.map(|r| r >= 1.5),
     });
+    let redb_w4b = g("W4b", "redb", "ops_s_1t");
+    for (metric, what) in [
+        ("ops_s_1t", "W4b (batched load) 1 thread ≥ 1.5 × redb"),
+        ("ops_s_1t_checkpointed", "W4b after a checkpoint ≥ 1.5 × redb"),
+    ] {
+        let v = s("W4b", metric);
+        let r = ratio(v, redb_w4b);
+        t.push(Target {
+            what,
+            value: v,
+            ratio: r,
+            against: "redb".into(),
+            met: r.map(|r| r >= 1.5),
+        });
+    }
     let w5 = s("W5", "reopen_ms");
     t.push(Target {
         what: "W5 reopen ≤ 100 ms",
