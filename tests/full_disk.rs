@@ -14,6 +14,10 @@
 //!   `StorageFull` and the room they need; each undoes its roll, so disk use after each try is
 //!   no higher than before the first, with or without preallocation; nothing is poisoned; writes
 //!   go on; with room, a checkpoint succeeds.
+//! - `a_crash_anywhere_around_an_undone_roll_loses_nothing`: power lost at every storage
+//!   operation of a failed checkpoint, its undone roll and the writes after it.
+//! - `a_failed_backup_leaves_nothing_and_the_next_one_succeeds`: a backup on a full disk removes
+//!   what it wrote; the next, with room, succeeds.
 
 use std::path::Path;
 
@@ -307,4 +311,31 @@ fn a_crash_anywhere_around_an_undone_roll_loses_nothing() {
             assert_eq!(db.get("again").unwrap().as_deref(), Some(&b"x"[..]), "{what}");
         }
     }
+}
+
+/// A backup that fails for want of room leaves nothing behind (before, its staging directory
+/// stayed, holding the room it had taken, and every later backup from the same process to the
+/// same destination was refused: "a temporary directory ... is in the way"); with room, the next
+/// try succeeds and opens as a store.
+#[test]
+fn a_failed_backup_leaves_nothing_and_the_next_one_succeeds() {
+    let sim = SimStorage::new(7);
+    let db = Db::open_with(Path::new(DIR), opts(&sim)).unwrap();
+    for i in 0..100 {
+        db.put(format!("k{i:05}"), value(i)).unwrap();
+    }
+    let before = used(&sim);
+    sim.set_capacity(Some(sim.used_bytes() + 8 * 1024));
+    let dest = Path::new("/backups/b1");
+    sessiondb::storage::Storage::create_dir_all(&sim, Path::new("/backups")).unwrap();
+    let e = db.backup(dest).unwrap_err();
+    assert!(e.is_storage_full(), "{e}");
+    let left: Vec<_> = sim.files().into_iter().filter(|p| p.starts_with("/backups")).collect();
+    assert!(left.is_empty(), "the failed backup left {left:?}");
+    assert_eq!(used(&sim), before, "the failed backup keeps no room");
+    sim.set_capacity(None);
+    db.backup(dest).expect("the next backup, with room");
+    db.close().unwrap();
+    let copy = Db::open_with(dest, opts(&sim)).unwrap();
+    assert_all_there(&copy, 100, "the backup");
 }

@@ -85,6 +85,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory. Used only to clean up after a failed backup or restore; a
+    /// storage that cannot leaves the directory (the default).
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let _ = dir;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this storage removes no directory",
+        ))
+    }
     /// Names of the entries of a directory.
     fn list(&self, dir: &Path) -> io::Result<Vec<OsString>>;
     /// Makes the directory's entries (creates, renames, removes) durable.

@@ -815,6 +815,23 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.state.lock();
+        s.op(None)?;
+        if !s.dirs.contains(dir) {
+            return Err(not_found());
+        }
+        let inside = |p: &Path| p.parent() == Some(dir);
+        if s.names.keys().any(|p| inside(p)) || s.dirs.iter().any(|p| inside(p)) {
+            return Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                "sim: directory not empty",
+            ));
+        }
+        s.dirs.remove(dir);
+        Ok(())
+    }
+
     fn list(&self, dir: &Path) -> io::Result<Vec<OsString>> {
         let mut s = self.state.lock();
         s.op(None)?;

@@ -112,6 +112,22 @@ fn staging(storage: &dyn Storage, dest: &Path, empty_dir_ok: bool) -> Result<(Pa
     Ok((parent, tmp))
 }
 
+/// Runs `build` (a backup or restore into the staging directory `tmp`); if it fails, removes
+/// what it left there, best effort, so that it takes no room on a full disk and is not in the
+/// way of the next try from this process (whose staging directory has the same name).
+fn staged<T>(storage: &dyn Storage, tmp: &Layout, build: impl FnOnce() -> Result<T>) -> Result<T> {
+    let built = build();
+    if built.is_err() {
+        for dir in [tmp.wal_dir(), tmp.dir()] {
+            for name in storage.list(dir).unwrap_or_default() {
+                let _ = storage.remove(&dir.join(name));
+            }
+            let _ = storage.remove_dir(dir);
+        }
+    }
+    built
+}
+
 /// Copies `from` to a new file `to`: its first `len` bytes, or all of it. fsyncs it if `sync`.
 fn copy_file(storage: &dyn Storage, from: &Path, to: &Path, len: Option<u64>, sync: bool) -> Result<u64> {
     let src = storage
@@ -223,17 +239,20 @@ impl Db {
         let started = Instant::now();
         let storage = engine.storage.clone();
         let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
-        copy_consistent_prefix(engine, &tmp)?;
+        let stats = staged(storage.as_ref(), &tmp, || {
+            copy_consistent_prefix(engine, &tmp)?;
 
-        // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
-        let db = Db::open_with(tmp.dir(), copy_options(storage.clone(), &engine.opts))?;
-        db.checkpoint()?;
-        let stats = db.stats();
-        db.close()?;
-        remove_log(storage.as_ref(), &tmp)?;
+            // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
+            let db = Db::open_with(tmp.dir(), copy_options(storage.clone(), &engine.opts))?;
+            db.checkpoint()?;
+            let stats = db.stats();
+            db.close()?;
+            remove_log(storage.as_ref(), &tmp)?;
 
-        // Step 4: in place, durably.
-        put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
+            // Step 4: in place, durably.
+            put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
+            Ok(stats)
+        })?;
         let bytes = match stats.last_checkpoint_seq {
             0 => 0,
             seq => storage
@@ -266,18 +285,21 @@ pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) 
     let started = Instant::now();
     inspect::check_is_store(storage.as_ref(), &Layout::new(dir))?;
     let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
-    let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
-    let stats = view.stats();
-    let seq = stats.last_seq;
-    let mut bytes = 0;
-    if seq > 0 {
-        bytes = write_entries(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
-        storage
-            .rename(&tmp.snapshot_tmp(seq), &tmp.snapshot(seq))
-            .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
-    }
-    drop(view);
-    put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
+    let (stats, seq, bytes) = staged(storage.as_ref(), &tmp, || {
+        let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
+        let stats = view.stats();
+        let seq = stats.last_seq;
+        let mut bytes = 0;
+        if seq > 0 {
+            bytes = write_entries(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
+            storage
+                .rename(&tmp.snapshot_tmp(seq), &tmp.snapshot(seq))
+                .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
+        }
+        drop(view);
+        put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
+        Ok((stats, seq, bytes))
+    })?;
     Ok(BackupReport {
         path: dest.to_path_buf(),
         seq,
@@ -305,14 +327,17 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
     }
     let files = inspect::inventory_in(storage.as_ref(), &Layout::new(backup))?;
     let (parent, tmp) = staging(storage.as_ref(), dir, true)?;
-    let mut bytes = 0;
-    for (seq, path, _) in &files.snapshots {
-        bytes += copy_file(storage.as_ref(), path, &tmp.snapshot(*seq), None, true)?;
-    }
-    for (id, path, _) in &files.segments {
-        bytes += copy_file(storage.as_ref(), path, &tmp.segment(*id), None, true)?;
-    }
-    put_in_place(storage.as_ref(), &tmp, dir, &parent)?;
+    let bytes = staged(storage.as_ref(), &tmp, || {
+        let mut bytes = 0;
+        for (seq, path, _) in &files.snapshots {
+            bytes += copy_file(storage.as_ref(), path, &tmp.snapshot(*seq), None, true)?;
+        }
+        for (id, path, _) in &files.segments {
+            bytes += copy_file(storage.as_ref(), path, &tmp.segment(*id), None, true)?;
+        }
+        put_in_place(storage.as_ref(), &tmp, dir, &parent)?;
+        Ok(bytes)
+    })?;
     let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail)?;
     let stats = view.stats();
     Ok(RestoreReport {
