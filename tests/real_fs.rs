@@ -1,9 +1,11 @@
 //! Real file systems (issue 15): a small tmpfs filled by durable writers, and a huge sparse file
 //! where a segment should be.
 //!
-//! - `a_full_tmpfs_keeps_every_acknowledged_write`: four durable writers fill a 6 MiB tmpfs
-//!   (`mount -t tmpfs -o size=6m`; needs root, as CI runs; skipped with the reason printed
-//!   otherwise) until each gets `StorageFull`. Every acknowledged write reads back; a
+//! - `a_full_tmpfs_keeps_every_acknowledged_write`, and
+//!   `a_full_ext4_with_default_segments_keeps_every_acknowledged_write` (the issue's own case: a
+//!   loop-mounted ext4 image, 16 MiB segments, less room than a segment): four durable writers
+//!   fill a 6 MiB tmpfs (`mount -t tmpfs -o size=6m`) or the ext4 image (each needs root, as CI
+//!   runs; skipped with the reason printed otherwise) until each gets `StorageFull`. Every acknowledged write reads back; a
 //!   checkpoint on the full disk leaves disk use no higher; the store opens again on the full
 //!   disk, with its options and with the defaults; once a filler file is removed, writes and a
 //!   checkpoint succeed, and a last reopen holds every acknowledged write.
@@ -24,41 +26,89 @@ use sessiondb::{Db, Error, Options, RecoveryMode};
 mod support;
 use support::child::spawn_test;
 
-/// A tmpfs mounted on a fresh directory, unmounted when dropped.
-struct Tmpfs {
+/// A small file system mounted on a fresh directory, unmounted when dropped: a tmpfs, or an
+/// ext4 image on a loop device.
+struct Mount {
     dir: tempfile::TempDir,
+    /// The ext4 image's directory (removed after the unmount).
+    _image: Option<tempfile::TempDir>,
 }
 
-impl Tmpfs {
-    /// `None` (the reason printed) where this process cannot mount one.
-    fn mount(size: &str) -> Option<Tmpfs> {
+impl Mount {
+    /// A tmpfs of `size`; `None` (the reason printed) where this process cannot mount one.
+    fn tmpfs(size: &str) -> Option<Mount> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
-            Ok(o) => {
-                println!(
-                    "skipped: cannot mount a tmpfs (needs root): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                println!("skipped: cannot run mount: {e}");
-                None
-            }
-        }
+        let opts = format!("size={size},mode=0700");
+        run(
+            "mount a tmpfs",
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+                .arg(dir.path()),
+        )?;
+        Some(Mount { dir, _image: None })
+    }
+
+    /// A fresh ext4 file system of `size` in an image file, loop-mounted; `None` (the reason
+    /// printed) where `mkfs.ext4` or a loop mount is not available.
+    fn ext4(size: &str) -> Option<Mount> {
+        let image_dir = tempfile::tempdir().expect("a temporary directory");
+        let image = image_dir.path().join("fs.img");
+        run(
+            "create the image",
+            Command::new("truncate").args(["-s", size]).arg(&image),
+        )?;
+        run("mkfs.ext4", Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        run(
+            "loop-mount the image",
+            Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir.path()),
+        )?;
+        Some(Mount {
+            dir,
+            _image: Some(image_dir),
+        })
     }
 
     fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Free bytes, as `df` reports them to root.
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
 }
 
-impl Drop for Tmpfs {
+/// Runs `cmd`; `None`, printing why the test is skipped, if it cannot run or fails.
+fn run(what: &str, cmd: &mut Command) -> Option<()> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Some(()),
+        Ok(o) => {
+            println!(
+                "skipped: cannot {what} (needs root): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("skipped: cannot {what}: {e}");
+            None
+        }
+    }
+}
+
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
@@ -79,7 +129,10 @@ fn disk_use(dir: &Path) -> u64 {
 }
 
 fn value(t: usize, i: usize) -> Vec<u8> {
-    format!("writer {t} write {i:06} ").repeat(80).into_bytes()
+    // About 1.6 KiB; for writers 10 and up (the ext4 test's) every 8th write 24 KiB, so a few
+    // thousand writes fill a 16 MiB segment.
+    let reps = if t >= 10 && i % 8 == 7 { 1200 } else { 80 };
+    format!("writer {t} write {i:06} ").repeat(reps).into_bytes()
 }
 
 /// Each writer's key `i % 40` holds its latest acknowledged write, or the one that failed.
@@ -113,10 +166,10 @@ fn check(db: &Db, acked: &Acked, what: &str) {
     }
 }
 
-fn fill(db: &Db, writers: usize) -> Acked {
+fn fill(db: &Db, writers: std::ops::Range<usize>) -> Acked {
     let acked = Mutex::new(Acked::default());
     std::thread::scope(|s| {
-        for t in 0..writers {
+        for t in writers {
             let acked = &acked;
             s.spawn(move || {
                 for i in 0.. {
@@ -136,18 +189,16 @@ fn fill(db: &Db, writers: usize) -> Acked {
     acked.into_inner().unwrap()
 }
 
-#[test]
-fn a_full_tmpfs_keeps_every_acknowledged_write() {
-    let Some(fs_) = Tmpfs::mount("6m") else { return };
-    let dir = fs_.path().join("store");
-    let filler = fs_.path().join("filler");
-    fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
-    let opts = || {
-        let o = Options::new().segment_size(512 * 1024);
-        o.value_size_max(64 * 1024).batch_size_max(128 * 1024)
-    };
+/// Fills the file system under `m` with four durable writers until each gets `StorageFull`
+/// (the store at `m/store`, opened with `opts`; `filler` a file taking room that is freed
+/// later), then checks every acknowledged write through a checkpoint on the full disk, opens on
+/// it with its options and with 256 KiB segments and the defaults, and, after the filler is
+/// removed, writes, a checkpoint and a last open.
+fn fill_and_recover(m: &Mount, filler: &Path, writers: std::ops::Range<usize>, opts: impl Fn() -> Options) {
+    let dir = m.path().join("store");
     let db = Db::open_with(&dir, opts()).unwrap();
-    let mut acked = fill(&db, 4);
+    let first = writers.start;
+    let mut acked = fill(&db, writers);
     assert!(acked.done.len() > 100, "some writes fit: {}", acked.done.len());
     check(&db, &acked, "full");
 
@@ -163,25 +214,67 @@ fn a_full_tmpfs_keeps_every_acknowledged_write() {
     }
     db.close().unwrap();
 
-    // It opens on the full disk, with its options and with the defaults.
-    for (what, o) in [("its options", opts()), ("default options", Options::new())] {
+    // It opens on the full disk, with its options and with others.
+    let small = || {
+        let o = opts().segment_size(256 * 1024);
+        o.value_size_max(64 * 1024).batch_size_max(128 * 1024)
+    };
+    for (what, o) in [
+        ("its options", opts()),
+        ("256 KiB segments", small()),
+        ("default options", Options::new()),
+    ] {
         let db = Db::open_with(&dir, o).unwrap_or_else(|e| panic!("open on the full disk with {what}: {e}"));
         check(&db, &acked, what);
         db.close().unwrap();
     }
 
     // Room again: writes and a checkpoint succeed.
-    fs::remove_file(&filler).unwrap();
+    fs::remove_file(filler).unwrap();
     let db = Db::open_with(&dir, opts()).unwrap();
     for i in 0..200 {
         let at = 1_000_000 + i;
-        db.put(key(0, at), value(0, at)).unwrap();
-        acked.done.push((0, at));
+        db.put(key(first, at), value(first, at)).unwrap();
+        acked.done.push((first, at));
     }
     db.checkpoint().expect("a checkpoint with room");
     db.close().unwrap();
     let db = Db::open_with(&dir, opts()).unwrap();
     check(&db, &acked, "after freeing space");
+}
+
+#[test]
+fn a_full_tmpfs_keeps_every_acknowledged_write() {
+    let Some(m) = Mount::tmpfs("6m") else { return };
+    let filler = m.path().join("filler");
+    fs::write(&filler, vec![1u8; 2 << 20]).unwrap();
+    fill_and_recover(&m, &filler, 0..4, || {
+        let o = Options::new().segment_size(512 * 1024);
+        o.value_size_max(64 * 1024).batch_size_max(128 * 1024)
+    });
+}
+
+/// The issue's own case: ext4, default options (16 MiB segments), less free space than a
+/// segment once the store has its first two. Before, every open failed there
+/// ("...wal.tmp: write failed: No space left on device").
+#[test]
+fn a_full_ext4_with_default_segments_keeps_every_acknowledged_write() {
+    let Some(m) = Mount::ext4("72M") else { return };
+    let segment = 16u64 << 20;
+    {
+        // The store's first segment and its spare, then a filler leaving 12 MiB.
+        let db = Db::open(m.path().join("store")).unwrap();
+        let spare = m.path().join("store/wal/00000000000000000002.wal");
+        support::wait_until("the spare segment", || {
+            fs::metadata(&spare).is_ok_and(|md| md.len() == segment)
+        });
+        db.close().unwrap();
+    }
+    let filler = m.path().join("filler");
+    let room = m.free().saturating_sub(12 << 20);
+    fs::write(&filler, vec![1u8; room as usize]).unwrap();
+    println!("ext4: {} free bytes after the filler of {room}", m.free());
+    fill_and_recover(&m, &filler, 10..14, Options::new);
 }
 
 const SPARSE_CHILD: &str = "SESSIONDB_SPARSE_CHILD_DIR";
