@@ -5,10 +5,11 @@
 //!   `a_full_ext4_with_default_segments_keeps_every_acknowledged_write` (the issue's own case: a
 //!   loop-mounted ext4 image, 16 MiB segments, less room than a segment): four durable writers
 //!   fill a 6 MiB tmpfs (`mount -t tmpfs -o size=6m`) or the ext4 image (each needs root, as CI
-//!   runs; skipped with the reason printed otherwise) until each gets `StorageFull`. Every acknowledged write reads back; a
-//!   checkpoint on the full disk leaves disk use no higher; the store opens again on the full
-//!   disk, with its options and with the defaults; once a filler file is removed, writes and a
-//!   checkpoint succeed, and a last reopen holds every acknowledged write.
+//!   runs; skipped with the reason printed otherwise) until each gets `StorageFull`. Every
+//!   acknowledged write reads back; a checkpoint on the full disk leaves disk use no higher; the
+//!   store opens again on the full disk, with its options, 256 KiB segments and the defaults;
+//!   once a filler file is removed, writes and a checkpoint succeed, and a last reopen holds
+//!   every acknowledged write.
 //! - `a_huge_sparse_file_in_place_of_a_segment_is_not_read`: a sparse file of 4 GiB where the
 //!   spare segment was is damage, named at once (and set aside by `Salvage`); one of 900 MiB
 //!   (a possible segment, but not of these options) is not read past `segment_size`; the last
