@@ -70,13 +70,18 @@ pub enum Error {
     },
 
     /// The file was written by a format version this build does not read.
-    #[error("{}: format version {found} is not supported (this build reads version {supported})", path.display())]
+    #[error(
+        "{}: format version {found} is not supported (this build reads versions {} to {supported})",
+        path.display(),
+        crate::format::FORMAT_VERSION_OLDEST
+    )]
     UnsupportedFormat {
         /// The file.
         path: PathBuf,
         /// The version found in the file.
         found: u32,
-        /// The version this build reads and writes.
+        /// The newest version this build reads, the one it writes (it reads every version from
+        /// [`crate::FORMAT_VERSION_OLDEST`] to this one).
         supported: u32,
     },
 

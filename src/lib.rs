@@ -47,7 +47,7 @@ pub use batch::Batch;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{Db, Iter, Versioned};
 pub use error::{Conflict, Error, Result};
-pub use format::FORMAT_VERSION;
+pub use format::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
 pub use stats::{LatencyHistogram, RecoveryReport, Skipped, Stats};
 pub use tools::backup::{backup_dir, restore, BackupReport, RestoreReport};

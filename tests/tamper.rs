@@ -391,15 +391,15 @@ fn newer_segment_version_is_unsupported_format() {
         let copy = fresh_copy(store.path());
         let seg: PathBuf = copy.path().join(seg_path.strip_prefix(store.path()).unwrap());
         let mut bytes = fs::read(&seg).unwrap();
-        patch_segment_version(&mut bytes, 2, true);
+        patch_segment_version(&mut bytes, 3, true);
         fs::write(&seg, &bytes).unwrap();
         match Db::open_with(copy.path(), opts(RecoveryMode::TolerateTornTail)) {
             Err(Error::UnsupportedFormat { path, found, supported }) => {
-                assert_eq!((found, supported), (2, 1));
+                assert_eq!((found, supported), (3, sessiondb::FORMAT_VERSION));
                 assert!(path.ends_with(wal_relative(seg_path)), "names {}", path.display());
             }
             Err(e) => panic!("expected UnsupportedFormat, got {e:?}"),
-            Ok(_) => panic!("a segment of format version 2 was accepted"),
+            Ok(_) => panic!("a segment of format version 3 was accepted"),
         }
     }
 }
@@ -418,11 +418,11 @@ fn damaged_segment_version_is_not_unsupported_format() {
             RecoveryMode::Strict,
             RecoveryMode::Salvage,
         ] {
-            let what = format!("{} with version 2 and a stale preamble, {mode:?}", seg_path.display());
+            let what = format!("{} with version 3 and a stale preamble, {mode:?}", seg_path.display());
             let copy = fresh_copy(store.path());
             let seg: PathBuf = copy.path().join(seg_path.strip_prefix(store.path()).unwrap());
             let mut bytes = fs::read(&seg).unwrap();
-            patch_segment_version(&mut bytes, 2, false);
+            patch_segment_version(&mut bytes, 3, false);
             fs::write(&seg, &bytes).unwrap();
             if let Err(e @ Error::UnsupportedFormat { .. }) = Db::open_with(copy.path(), opts(mode)) {
                 panic!("{what}: damage read as a newer format: {e}");

@@ -139,9 +139,11 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
 }
 
 /// Writes the snapshot's temp file; returns `end_seq`. Every value copied is checked first
-/// against the record or snapshot block it comes from, and against its key and version
-/// ([`Engine::read_value`]): a value that does not verify fails the checkpoint, naming the file
-/// and offset it was read from, and never reaches the snapshot.
+/// ([`Engine::read_checked`]): against its value checksum, which binds it to its key and version
+/// (files of format version 2), or against the record or snapshot block it comes from and the
+/// key and version around it (version 1). A value that does not verify fails the checkpoint,
+/// naming the file and offset it was read from, and never reaches the snapshot. A checksum
+/// just checked is written as it is; a version 1 value gets one computed.
 fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<u64> {
     let mut writer = SnapshotWriter::create(engine.storage.as_ref(), tmp, roll.base)?;
     let mut lower: Bound<Key> = Bound::Unbounded;
@@ -159,15 +161,16 @@ fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<u64> 
                 continue;
             }
             let source = source?;
-            if entry.loc.record_len == 0 {
+            if matches!(source.file, FileId::Snapshot(_)) && source.version == 1 {
                 verify_block_around(engine, &source, entry.loc, &mut verified)?;
             }
-            let value = engine.read_value(&source, &key, &entry)?;
+            let (value, value_crc) = engine.read_checked(&source, &key, &entry)?;
             writer.push(SnapshotEntry {
                 key: &key,
                 value: &value,
                 seq: entry.seq.get(),
                 expires_at_ms: entry.expires_at_ms,
+                value_crc,
             })?;
         }
         lower = Bound::Excluded(last);
@@ -191,8 +194,9 @@ fn copy_chunk(engine: &Engine, lower: &Bound<Key>) -> (Vec<(Key, Entry, Result<S
     (with_sources, index.applied_seq)
 }
 
-/// Checks the checksum of the snapshot block that holds the value at `loc`, unless it is the
-/// block checked last (`verified`).
+/// Checks the checksum of the snapshot block (format version 1, whose values have no checksum
+/// of their own) that holds the value at `loc`, unless it is the block checked last
+/// (`verified`).
 fn verify_block_around(engine: &Engine, source: &Source, loc: Loc, verified: &mut Option<(Slot, u64)>) -> Result<()> {
     let path = || engine.file_path(source.file);
     let (Some(blocks), SourceData::Bytes(bytes)) = (&source.blocks, &source.data) else {
@@ -221,7 +225,7 @@ fn verify_block_around(engine: &Engine, source: &Source, loc: Loc, verified: &mu
         .and_then(|at| bytes.bytes().get(at..))
         .ok_or_else(|| Error::corruption(path(), start, "snapshot block lies past the end of the file"))?;
     let damaged = |d: format::Damage| Error::corruption(path(), start + d.offset, d.reason);
-    let frame = format::block_frame(b).map_err(damaged)?;
+    let frame = format::block_frame(b, source.version).map_err(damaged)?;
     format::verify_block(b, frame).map_err(damaged)?;
     if loc.offset + u64::from(loc.len) > start + frame.len as u64 {
         return Err(Error::corruption(

@@ -100,6 +100,8 @@ impl SnapshotWriter {
 /// A snapshot loaded by recovery.
 pub(crate) struct LoadedSnapshot {
     pub base_seq: u64,
+    /// The format version of its entries.
+    pub version: u32,
     pub end_seq: u64,
     pub entries: u64,
     pub bytes: Arc<FileBytes>,
@@ -110,7 +112,7 @@ pub(crate) struct LoadedSnapshot {
 impl LoadedSnapshot {
     /// How the index reads values from it.
     pub(crate) fn source(&self) -> Source {
-        Source::snapshot(self.base_seq, self.bytes.clone(), self.blocks.clone())
+        Source::snapshot(self.base_seq, self.version, self.bytes.clone(), self.blocks.clone())
     }
 }
 
@@ -139,11 +141,11 @@ pub(crate) fn decode_snapshot(
     slot: Slot,
 ) -> Result<(LoadedSnapshot, BaseEntries)> {
     let b = bytes.bytes();
-    check_header(b, path, base_seq)?;
+    let version = check_header(b, path, base_seq)?;
     let footer = check_footer(b, path, base_seq)?;
     let end = footer.footer_offset as usize;
-    let frames = block_frames(b, end, path)?;
-    let (count, entries) = decode_in_halves(b, end, &frames, path, slot)?;
+    let frames = block_frames(b, end, path, version)?;
+    let (count, entries) = decode_in_halves(b, end, &frames, path, slot, version)?;
     if count != footer.entry_count {
         return Err(Error::corruption(
             path,
@@ -153,6 +155,7 @@ pub(crate) fn decode_snapshot(
     }
     let loaded = LoadedSnapshot {
         base_seq,
+        version,
         end_seq: footer.end_seq,
         entries: count,
         blocks: frames.iter().map(|f| f.0 as u64).collect(),
@@ -161,14 +164,15 @@ pub(crate) fn decode_snapshot(
     Ok((loaded, entries))
 }
 
-/// The header must verify, be of our format version and name `base_seq`.
-fn check_header(b: &[u8], path: &Path, base_seq: u64) -> Result<()> {
+/// The header must verify, be of a format version this build reads and name `base_seq`.
+/// Returns the version.
+fn check_header(b: &[u8], path: &Path, base_seq: u64) -> Result<u32> {
     match format::decode_snapshot_header(b) {
-        HeaderState::Valid(seq) if seq == base_seq => Ok(()),
-        HeaderState::Valid(seq) => Err(Error::corruption(
+        HeaderState::Valid(h) if h.base_seq == base_seq => Ok(h.version),
+        HeaderState::Valid(h) => Err(Error::corruption(
             path,
             0,
-            format!("snapshot header says base sequence {seq}"),
+            format!("snapshot header says base sequence {}", h.base_seq),
         )),
         HeaderState::UnsupportedVersion(found) => Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
@@ -195,12 +199,12 @@ fn check_footer(b: &[u8], path: &Path, base_seq: u64) -> Result<SnapshotFooter> 
 
 /// Where each block between the header and the footer (at `end`) starts, and its framing (not
 /// yet verified).
-fn block_frames(b: &[u8], end: usize, path: &Path) -> Result<Vec<(usize, BlockFrame)>> {
+fn block_frames(b: &[u8], end: usize, path: &Path, version: u32) -> Result<Vec<(usize, BlockFrame)>> {
     let mut frames = Vec::new();
     let mut at = SNAPSHOT_HEADER_SIZE;
     while at < end {
-        let frame =
-            format::block_frame(&b[at..end]).map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
+        let frame = format::block_frame(&b[at..end], version)
+            .map_err(|d| Error::corruption(path, at as u64 + d.offset, d.reason))?;
         frames.push((at, frame));
         at += frame.len;
     }
@@ -217,6 +221,7 @@ fn decode_in_halves(
     frames: &[(usize, BlockFrame)],
     path: &Path,
     slot: Slot,
+    version: u32,
 ) -> Result<(u64, BaseEntries)> {
     let total: usize = frames.iter().map(|f| f.1.len).sum();
     let mut half = 0;
@@ -233,8 +238,8 @@ fn decode_in_halves(
     let mut out: BaseEntries = Vec::with_capacity(n1 + n2);
     let (slots1, slots2) = out.spare_capacity_mut()[..n1 + n2].split_at_mut(n1);
     let (a, b2) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| decode_entries(b, end, second, path, slot, slots2));
-        let mine = decode_entries(b, end, first, path, slot, slots1);
+        let other = scope.spawn(|| decode_entries(b, end, second, (path, slot, version), slots2));
+        let mine = decode_entries(b, end, first, (path, slot, version), slots1);
         let other = other
             .join()
             .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot decoder thread panicked")));
@@ -339,8 +344,7 @@ fn decode_entries<'a, 's>(
     b: &'a [u8],
     end: usize,
     frames: &[(usize, format::BlockFrame)],
-    path: &Path,
-    slot: Slot,
+    (path, slot, version): (&Path, Slot, u32),
     slots: &'s mut [MaybeUninit<(Key, BaseEntry)>],
 ) -> Result<DecodedHalf<'a, 's>> {
     let mut out = Filling { slots, filled: 0 };
@@ -351,7 +355,7 @@ fn decode_entries<'a, 's>(
         let block = &b[at..end];
         let corrupt = |d: format::Damage| Error::corruption(path, at as u64 + d.offset, d.reason);
         format::verify_block(block, frame).map_err(corrupt)?;
-        let entries = format::decode_block_entries(block, frame).map_err(corrupt)?;
+        let entries = format::decode_block_entries(block, frame, version).map_err(corrupt)?;
         for d in entries {
             let e = d.entry;
             let offset = (at + d.value_at) as u64;
@@ -425,6 +429,7 @@ mod tests {
                 value: &[i as u8; 100],
                 seq: i + 1,
                 expires_at_ms: 0,
+                value_crc: None,
             });
             if block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET || i + 1 == n {
                 starts.push(out.len());

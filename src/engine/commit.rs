@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Conflict, Error, Result};
-use crate::format::{self, Op, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::format::{self, Op, FORMAT_VERSION, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
 use crate::index::{Change, FileId, Index, Key, RecordAt, Source};
 use crate::limits;
 use crate::options::Durability;
@@ -566,6 +566,7 @@ impl Engine {
 
     /// Writes the group to the log; returns where it went and what an fsync would make durable.
     fn append(&self, group: &mut Group) -> Result<(Placement, SyncTarget)> {
+        seal_value_crcs(group);
         let mut log = self.log.lock();
         let bytes_before = log.bytes_written;
         let placement = log
@@ -587,7 +588,7 @@ impl Engine {
             index.set_source(sealed_source(&seg));
         }
         for seg in placement.activated {
-            index.set_source(Source::file(FileId::Segment(seg.id), seg.file.clone()));
+            index.set_source(Source::file(FileId::Segment(seg.id), FORMAT_VERSION, seg.file.clone()));
         }
         let records = group.records.iter().zip(group.placed.iter().copied());
         for ((rec, (segment, offset)), changes) in records.zip(group.changes.drain(..)) {
@@ -675,7 +676,11 @@ impl Engine {
         // the checkpoint succeeds, and if the checkpoint fails it may take appends again
         // (`Engine::unroll`), which a mapped file must never do.
         let sealed = rolled.map(|(sealed, active)| {
-            index.set_source(Source::file(FileId::Segment(active.id), active.file.clone()));
+            index.set_source(Source::file(
+                FileId::Segment(active.id),
+                FORMAT_VERSION,
+                active.file.clone(),
+            ));
             sealed
         });
         debug_assert_eq!(index.applied_seq, base, "no group is in flight");
@@ -761,10 +766,31 @@ impl Engine {
     }
 }
 
+/// Completes the value checksum of every put of the group's records with its record's sequence
+/// number, known since the record was ordered (`format::seal_value_crc`). Outside the commit lock:
+/// the leader's work, one short crc per put. Debug builds decode each sealed payload with every
+/// checksum checked.
+fn seal_value_crcs(group: &mut Group) {
+    for (rec, changes) in group.records.iter_mut().zip(&group.changes) {
+        for change in changes.as_slice() {
+            if let Change::Put {
+                value_at, value_len, ..
+            } = change
+            {
+                format::seal_value_crc(&mut rec.payload, (value_at + value_len) as usize, rec.seq);
+            }
+        }
+        debug_assert!(
+            format::decode_ops(&rec.payload, FORMAT_VERSION, Some(rec.seq)).is_ok(),
+            "a sealed payload's value checksums verify"
+        );
+    }
+}
+
 /// Pair the checks (debug builds; the hot path skips it): an encoded payload decodes back to the
 /// operations it was made from, each value where the layout puts it.
 fn payload_decodes_to(payload: &[u8], ops: &[Op<'_>]) -> bool {
-    let Ok(decoded) = format::decode_ops(payload) else {
+    let Ok(decoded) = format::decode_ops(payload, FORMAT_VERSION, None) else {
         return false;
     };
     decoded.len() == ops.len()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::sync::{self, Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
+use crate::format::FORMAT_VERSION;
 use crate::index::{FileId, Index, Source};
 use crate::options::Options;
 use crate::stats::{RecoveryReport, Stats};
@@ -217,7 +218,7 @@ impl Engine {
 pub(crate) fn sealed_source(seg: &SegmentFile) -> Source {
     let file = FileId::Segment(seg.id);
     match seg.file.map() {
-        Ok(Some(map)) => Source::bytes(file, Arc::new(crate::storage::FileBytes::Mapped(map))),
-        _ => Source::file(file, seg.file.clone()),
+        Ok(Some(map)) => Source::bytes(file, FORMAT_VERSION, Arc::new(crate::storage::FileBytes::Mapped(map))),
+        _ => Source::file(file, FORMAT_VERSION, seg.file.clone()),
     }
 }

@@ -98,45 +98,77 @@ impl Engine {
     }
 
     /// The value `entry` of `key` points at, from `source`, returned only once the bytes around
-    /// it show that it is `key`'s value of that version: in a log record, the whole record's
-    /// checksum (seeded with its segment's id), its sequence number and the put's key; in a
-    /// snapshot, the entry's key, sequence number and length. A location into the wrong place
-    /// is `Corruption` naming the file, the offset and the key, never another value.
+    /// it show that it is `key`'s value of that version ([`Engine::read_checked`]).
     pub(crate) fn read_value(&self, source: &Source, key: &[u8], entry: &Entry) -> Result<Vec<u8>> {
+        self.read_checked(source, key, entry).map(|(value, _)| value)
+    }
+
+    /// The value `entry` of `key` points at, from `source`, once it is shown to be `key`'s value
+    /// of that version, with its value checksum if the file stores one. In a file of format
+    /// version 2 (docs/format.md, "Value checksums"), the bytes read are the value and what
+    /// frames it (the put or the snapshot entry, which name the key and the length), and the
+    /// value checksum binds them to the key and the version: O(key + value) bytes, whatever the
+    /// record around them. In a file of version 1: in a log record, the whole record's checksum
+    /// (seeded with its segment's id), its sequence number and the put's key; in a snapshot, the
+    /// entry's key, sequence number and length. A location into the wrong place, or bytes
+    /// damaged since they were written, are `Corruption` naming the file, the offset and the
+    /// key, never a value.
+    pub(crate) fn read_checked(&self, source: &Source, key: &[u8], entry: &Entry) -> Result<(Vec<u8>, Option<u32>)> {
         let loc = entry.loc;
         let seq = entry.seq.get();
         let path = || self.file_path(source.file);
-        let not_its = |at: u64| {
+        let not_its = |at: u64, why: &str| {
             Error::corruption(
                 path(),
                 at,
                 format!(
-                    "the bytes here are not the value of key {} at version {seq}",
+                    "the bytes here are not the value of key {} at version {seq}: {why}",
                     show_key(key)
                 ),
             )
         };
-        if loc.record_len == 0 {
-            // A snapshot value: its entry's header and key lie just before it.
-            let back = format::snapshot_value_back(key.len());
-            let Some(start) = loc.offset.checked_sub(back as u64) else {
-                return Err(not_its(loc.offset));
-            };
-            let mut entry_bytes = self.read_bytes(source, start, back + loc.len as usize)?;
-            if !format::snapshot_value_is_for(&entry_bytes, back, key, seq, loc.len as usize) {
-                return Err(not_its(start));
+        let value_len = loc.len as usize;
+        let (back, tail) = match source.file {
+            FileId::Snapshot(_) => (format::snapshot_value_back(key.len(), source.version), 0),
+            FileId::Segment(_) if source.version == 1 => return self.read_v1_record_value(source, key, entry),
+            FileId::Segment(_) => (format::log_value_back(key.len()), format::VALUE_CRC_SIZE),
+        };
+        let Some(start) = loc.offset.checked_sub(back as u64) else {
+            return Err(not_its(loc.offset, "it lies at the start of the file"));
+        };
+        let len = back + value_len + tail;
+        let check = |b: &[u8]| match source.file {
+            FileId::Snapshot(_) => format::check_snapshot_value(b, key, value_len, seq, source.version),
+            FileId::Segment(_) => format::check_log_value(b, key, value_len, seq).map(Some),
+        };
+        let value = |b: &[u8]| b[back..back + value_len].to_vec();
+        match &source.data {
+            SourceData::Bytes(bytes) => {
+                // Checked where it lies; only the value is copied.
+                let b = self.slice(source, bytes.bytes(), start, len)?;
+                let crc = check(b).map_err(|d| not_its(start + d.offset, &d.reason))?;
+                Ok((value(b), crc))
             }
-            entry_bytes.drain(..back);
-            return Ok(entry_bytes);
+            SourceData::File(_) => {
+                let b = self.read_bytes(source, start, len)?;
+                let crc = check(&b).map_err(|d| not_its(start + d.offset, &d.reason))?;
+                Ok((value(&b), crc))
+            }
         }
-        // A value in a log record: read the whole record and check it before trusting a byte.
+    }
+
+    /// A value in a log record of format version 1, which has no value checksum: the whole
+    /// record is read and its checksum checked before a byte of it is trusted.
+    fn read_v1_record_value(&self, source: &Source, key: &[u8], entry: &Entry) -> Result<(Vec<u8>, Option<u32>)> {
+        let loc = entry.loc;
+        let seq = entry.seq.get();
+        let path = || self.file_path(source.file);
         let start = loc.offset.checked_sub(u64::from(loc.record_back));
-        let (FileId::Segment(segment_id), Some(start)) = (source.file, start) else {
+        let (FileId::Segment(segment_id), Some(start), true) = (source.file, start, loc.record_len > 0) else {
             return Err(Error::corruption(path(), loc.offset, "index entry names no log record"));
         };
         let back = loc.record_back as usize;
         let end = back + loc.len as usize;
-        let bad = || Error::corruption(path(), start, "record read back does not verify");
         let check = |record: &[u8]| match format::decode_record(record, segment_id, crate::limits::RECORD_PAYLOAD_MAX) {
             format::RecordState::Valid(r) if r.len == record.len() && end <= record.len() => {
                 let in_payload = back.checked_sub(RECORD_HEADER_SIZE);
@@ -144,46 +176,43 @@ impl Engine {
                     Some(at) if r.seq == seq && format::put_value_is_for(r.payload, at, key, loc.len as usize) => {
                         Ok(())
                     }
-                    _ => Err(not_its(start)),
+                    _ => Err(Error::corruption(
+                        path(),
+                        start,
+                        format!(
+                            "the bytes here are not the value of key {} at version {seq}",
+                            show_key(key)
+                        ),
+                    )),
                 }
             }
-            _ => Err(bad()),
+            _ => Err(Error::corruption(path(), start, "record read back does not verify")),
         };
-        match &source.data {
-            SourceData::Bytes(bytes) => {
-                let at = usize::try_from(start).unwrap_or(usize::MAX);
-                let record = at
-                    .checked_add(loc.record_len as usize)
-                    .and_then(|end| bytes.bytes().get(at..end))
-                    .ok_or_else(|| Error::corruption(path(), start, "record lies past the end of the file"))?;
-                check(record)?;
-                Ok(record[back..end].to_vec())
-            }
-            SourceData::File(_) => {
-                // One allocation: the record is read, checked, then cut down to its value.
-                let mut record = self.read_bytes(source, start, loc.record_len as usize)?;
-                check(&record)?;
-                record.truncate(end);
-                record.drain(..back);
-                Ok(record)
-            }
-        }
+        let record = match &source.data {
+            SourceData::Bytes(bytes) => self
+                .slice(source, bytes.bytes(), start, loc.record_len as usize)?
+                .to_vec(),
+            SourceData::File(_) => self.read_bytes(source, start, loc.record_len as usize)?,
+        };
+        check(&record)?;
+        Ok((record[back..end].to_vec(), None))
+    }
+
+    /// `len` bytes at `offset` of `b`, the bytes of `source`.
+    fn slice<'b>(&self, source: &Source, b: &'b [u8], offset: u64, len: usize) -> Result<&'b [u8]> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        start.checked_add(len).and_then(|end| b.get(start..end)).ok_or_else(|| {
+            Error::corruption(
+                self.file_path(source.file),
+                offset,
+                "value lies past the end of the file",
+            )
+        })
     }
 
     fn read_bytes(&self, source: &Source, offset: u64, len: usize) -> Result<Vec<u8>> {
         match &source.data {
-            SourceData::Bytes(bytes) => {
-                let b = bytes.bytes();
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                match start.checked_add(len).and_then(|end| b.get(start..end)) {
-                    Some(v) => Ok(v.to_vec()),
-                    None => Err(Error::corruption(
-                        self.file_path(source.file),
-                        offset,
-                        "value lies past the end of the file",
-                    )),
-                }
-            }
+            SourceData::Bytes(bytes) => self.slice(source, bytes.bytes(), offset, len).map(<[u8]>::to_vec),
             SourceData::File(file) => {
                 let mut v = vec![0u8; len];
                 read_exact_at(file.as_ref(), &mut v, offset)

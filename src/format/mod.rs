@@ -11,8 +11,17 @@
 
 use crate::limits;
 
-/// The format version this build writes and reads, in every file header.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes, in every file header it creates.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this build reads: files of every version from this one to
+/// [`FORMAT_VERSION`] are read (docs/format.md, "Changing the format").
+pub const FORMAT_VERSION_OLDEST: u32 = 1;
+
+/// Whether this build reads files of format `version`.
+pub fn reads_version(version: u32) -> bool {
+    (FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version)
+}
 
 /// First 8 bytes of every log segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SDB-WAL\0";
@@ -69,12 +78,13 @@ fn preamble_crc(b: &[u8]) -> u32 {
     crc32fast::hash(&b[..PREAMBLE_SIZE])
 }
 
-/// A header of `N` bytes for files starting with `magic`, holding `fields`.
-fn encode_header<const N: usize>(magic: &[u8; 8], fields: &[u64]) -> [u8; N] {
+/// A header of `N` bytes of format `version` for files starting with `magic`, holding `fields`.
+fn encode_header<const N: usize>(magic: &[u8; 8], version: u32, fields: &[u64]) -> [u8; N] {
     debug_assert_eq!(N, header_size(fields.len()));
+    debug_assert!(reads_version(version), "only versions this build reads are written");
     let mut b = [0u8; N];
     b[MAGIC_AT..VERSION_AT].copy_from_slice(magic);
-    b[VERSION_AT..PREAMBLE_CRC_AT].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[VERSION_AT..PREAMBLE_CRC_AT].copy_from_slice(&version.to_le_bytes());
     let pre = preamble_crc(&b);
     b[PREAMBLE_CRC_AT..FIELDS_AT].copy_from_slice(&pre.to_le_bytes());
     for (i, field) in fields.iter().enumerate() {
@@ -89,12 +99,14 @@ fn encode_header<const N: usize>(magic: &[u8; 8], fields: &[u64]) -> [u8; N] {
 
 /// Decodes a header of `F` fields from `b` (at least that long) for files starting with
 /// `magic`: preamble, version, checksum, and every field (an id or a sequence number) at most
-/// [`limits::SEQ_MAX`]. `what` names the file kind, `fields` the fields, in messages.
-fn decode_header<const F: usize>(b: &[u8], magic: &[u8; 8], what: &str, fields: &str) -> HeaderState<[u64; F]> {
+/// [`limits::SEQ_MAX`]. `what` names the file kind, `fields` the fields, in messages. Returns
+/// the fields and the format version.
+fn decode_header<const F: usize>(b: &[u8], magic: &[u8; 8], what: &str, fields: &str) -> HeaderState<([u64; F], u32)> {
     debug_assert!(b.len() >= header_size(F));
-    if let Some(state) = check_preamble(b, magic, what) {
-        return state;
-    }
+    let version = match check_preamble(b, magic, what) {
+        Ok(version) => version,
+        Err(state) => return state,
+    };
     let crc_at = header_size(F) - 8;
     if crc32fast::hash(&b[..crc_at]) != u32_at(b, crc_at) {
         return HeaderState::Damaged(damage(crc_at, format!("{what} header checksum mismatch")));
@@ -103,25 +115,26 @@ fn decode_header<const F: usize>(b: &[u8], magic: &[u8; 8], what: &str, fields: 
     if values.iter().any(|&v| v > limits::SEQ_MAX) {
         return HeaderState::Damaged(damage(FIELDS_AT, format!("{what} {fields} above the maximum")));
     }
-    HeaderState::Valid(values)
+    HeaderState::Valid((values, version))
 }
 
-/// Checks a header's magic and preamble checksum, then its version.
-fn check_preamble<H>(b: &[u8], magic: &[u8; 8], what: &str) -> Option<HeaderState<H>> {
+/// Checks a header's magic and preamble checksum, then its version: the version if this build
+/// reads it, else the header's state.
+fn check_preamble<H>(b: &[u8], magic: &[u8; 8], what: &str) -> Result<u32, HeaderState<H>> {
     if b[MAGIC_AT..VERSION_AT] != magic[..] {
-        return Some(HeaderState::Damaged(damage(MAGIC_AT, format!("bad {what} magic"))));
+        return Err(HeaderState::Damaged(damage(MAGIC_AT, format!("bad {what} magic"))));
     }
     if preamble_crc(b) != u32_at(b, PREAMBLE_CRC_AT) {
-        return Some(HeaderState::Damaged(damage(
+        return Err(HeaderState::Damaged(damage(
             PREAMBLE_CRC_AT,
             format!("{what} preamble checksum mismatch"),
         )));
     }
     let version = u32_at(b, VERSION_AT);
-    if version != FORMAT_VERSION {
-        return Some(HeaderState::UnsupportedVersion(version));
+    if !reads_version(version) {
+        return Err(HeaderState::UnsupportedVersion(version));
     }
-    None
+    Ok(version)
 }
 
 /// Bytes [`decode_preamble_version`] reads: the preamble and its checksum.
@@ -150,6 +163,19 @@ pub struct SegmentHeader {
     pub segment_id: u64,
     /// Sequence number of the segment's first record.
     pub first_seq: u64,
+    /// The format version of the segment's records: how their payloads are laid out.
+    pub version: u32,
+}
+
+impl SegmentHeader {
+    /// The header this build writes: format [`FORMAT_VERSION`].
+    pub fn new(segment_id: u64, first_seq: u64) -> SegmentHeader {
+        SegmentHeader {
+            segment_id,
+            first_seq,
+            version: FORMAT_VERSION,
+        }
+    }
 }
 
 /// What a segment's first bytes say.
@@ -178,7 +204,7 @@ impl<H> HeaderState<H> {
 
 /// Encodes a segment header.
 pub fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_SIZE] {
-    encode_header(&SEGMENT_MAGIC, &[h.segment_id, h.first_seq])
+    encode_header(&SEGMENT_MAGIC, h.version, &[h.segment_id, h.first_seq])
 }
 
 /// Decodes a segment header from the first bytes of a segment file.
@@ -190,8 +216,13 @@ pub fn decode_segment_header(b: &[u8]) -> HeaderState<SegmentHeader> {
     if b.len() < SEGMENT_HEADER_SIZE {
         return HeaderState::Damaged(damage(0, "segment header is cut short"));
     }
-    decode_header(b, &SEGMENT_MAGIC, "segment", "id or first sequence number")
-        .map(|[segment_id, first_seq]| SegmentHeader { segment_id, first_seq })
+    decode_header(b, &SEGMENT_MAGIC, "segment", "id or first sequence number").map(
+        |([segment_id, first_seq], version)| SegmentHeader {
+            segment_id,
+            first_seq,
+            version,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -303,7 +334,7 @@ pub fn decode_record(b: &[u8], segment_id: u64, payload_max: usize) -> RecordSta
 }
 
 // ---------------------------------------------------------------------------------------------
-// Record payload: bincode, fixed configuration (docs/format.md, "Payload")
+// Record payload: bincode, fixed configuration (docs/format.md, "Payload of an OPS record")
 
 /// One operation of a batch, borrowing its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::BorrowDecode)]
@@ -344,6 +375,61 @@ impl<'a> Op<'a> {
     }
 }
 
+/// An operation as format version 2 lays it out: a put carries its value's checksum
+/// ([`value_crc`]) right after the value. The variants and the other fields are those of
+/// [`Op`] (which is format version 1's layout), in the same order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::BorrowDecode)]
+enum WireOp<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+        value_crc: u32,
+        expires_at_ms: u64,
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Touch {
+        key: &'a [u8],
+        version: u64,
+        expires_at_ms: u64,
+    },
+}
+
+impl<'a> WireOp<'a> {
+    /// The operation and, for a put, its value's checksum.
+    fn op(self) -> (Op<'a>, Option<u32>) {
+        match self {
+            WireOp::Put {
+                key,
+                value,
+                value_crc,
+                expires_at_ms,
+            } => (
+                Op::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                },
+                Some(value_crc),
+            ),
+            WireOp::Delete { key } => (Op::Delete { key }, None),
+            WireOp::Touch {
+                key,
+                version,
+                expires_at_ms,
+            } => (
+                Op::Touch {
+                    key,
+                    version,
+                    expires_at_ms,
+                },
+                None,
+            ),
+        }
+    }
+}
+
 /// Bincode's configuration for payloads: little-endian, fixed-width integers (lengths are `u64`,
 /// enum tags `u32`), and a decode limit so no length can make the decoder allocate past it.
 fn bincode_config() -> impl bincode::config::Config {
@@ -353,18 +439,78 @@ fn bincode_config() -> impl bincode::config::Config {
         .with_limit::<{ 1 << 30 }>()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Value checksums (docs/format.md, "Value checksums"), format version 2
+
+/// Bytes of a value checksum.
+pub const VALUE_CRC_SIZE: usize = 4;
+
+/// The checksum that binds a value to the key and the version it was written for: the crc32 of
+/// the key's length (`u32`), the key, the value, and the sequence number of the write (`u64`).
+/// Log records and snapshot entries of format version 2 store it with every value, and a read
+/// returns a value only if it matches.
+pub fn value_crc(key: &[u8], value: &[u8], seq: u64) -> u32 {
+    value_crc_with_seq(value_crc_partial(key, value), seq)
+}
+
+/// The checksum of a value before its sequence number is known: the crc32 of the key's length,
+/// the key and the value. A write computes it as it encodes its payload, before it is ordered;
+/// [`value_crc_with_seq`] completes it once the sequence number is known.
+fn value_crc_partial(key: &[u8], value: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    // NOTE: cannot truncate: keys are at most KEY_SIZE_MAX bytes.
+    h.update(&(key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    h.finalize()
+}
+
+/// Continues the crc32 `partial` over the sequence number's 8 bytes: the value checksum.
+fn value_crc_with_seq(partial: u32, seq: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(partial);
+    h.update(&seq.to_le_bytes());
+    h.finalize()
+}
+
+/// Completes the value checksum of a put whose value ends at `crc_at` in `payload` (where its
+/// checksum field is) now that its record's sequence number is known: [`encode_ops`] left the
+/// partial checksum there.
+pub fn seal_value_crc(payload: &mut [u8], crc_at: usize, seq: u64) {
+    let field = &mut payload[crc_at..crc_at + VALUE_CRC_SIZE];
+    let mut partial = [0u8; VALUE_CRC_SIZE];
+    partial.copy_from_slice(field);
+    let crc = value_crc_with_seq(u32::from_le_bytes(partial), seq);
+    field.copy_from_slice(&crc.to_le_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload layout
+
 /// Smallest encoded op: a delete of an empty key (tag u32 + length u64).
 const OP_ENCODED_SIZE_MIN: usize = 4 + 8;
 
-/// Bytes a put of this key and value adds to a payload.
+/// Bytes a put of this key and value adds to a payload of this build's format: tag, key length,
+/// key, value length, value, value checksum, deadline.
 pub fn put_encoded_size(key_len: usize, value_len: usize) -> usize {
-    4 + 8 + key_len + 8 + value_len + 8
+    4 + 8 + key_len + 8 + value_len + VALUE_CRC_SIZE + 8
+}
+
+/// Bytes a put adds to a payload of format version 1 (no value checksum).
+#[cfg(any(test, feature = "sim"))] // used by tests and fuzz targets only
+pub fn put_encoded_size_v1(key_len: usize, value_len: usize) -> usize {
+    put_encoded_size(key_len, value_len) - VALUE_CRC_SIZE
 }
 
 /// Offset of a put's value within the payload, given the offset where the put's encoding starts:
-/// after its tag (u32), the key's length (u64), the key and the value's length (u64).
+/// after its tag (u32), the key's length (u64), the key and the value's length (u64). The same
+/// in both format versions.
 pub fn put_value_offset(op_start: usize, key_len: usize) -> usize {
-    op_start + 4 + 8 + key_len + 8
+    op_start + log_value_back(key_len)
+}
+
+/// Bytes from the start of a put's encoding to its value.
+pub fn log_value_back(key_len: usize) -> usize {
+    4 + 8 + key_len + 8
 }
 
 /// Whether the value of `value_len` bytes at `value_at` in `payload` is the value of a put of
@@ -372,7 +518,7 @@ pub fn put_value_offset(op_start: usize, key_len: usize) -> usize {
 /// a value name the key they were written for, so a location that points into the wrong place
 /// is caught even where a checksum over the surrounding bytes passes. Never panics.
 pub fn put_value_is_for(payload: &[u8], value_at: usize, key: &[u8], value_len: usize) -> bool {
-    let Some(op_at) = value_at.checked_sub(4 + 8 + key.len() + 8) else {
+    let Some(op_at) = value_at.checked_sub(log_value_back(key.len())) else {
         return false;
     };
     let key_at = op_at + 4 + 8;
@@ -382,6 +528,23 @@ pub fn put_value_is_for(payload: &[u8], value_at: usize, key: &[u8], value_len: 
         && u64_at(payload, op_at + 4) == key.len() as u64
         && &payload[key_at..len_at] == key
         && u64_at(payload, len_at) == value_len as u64
+}
+
+/// Checks the bytes of one put of format version 2, read from the start of its encoding to the
+/// end of its value checksum (`b`, [`log_value_back`] + `value_len` + [`VALUE_CRC_SIZE`] bytes),
+/// as the value of `key` written at `seq`: the put's framing names that key and that length, and
+/// the value checksum matches ([`value_crc`]). Returns the value's checksum. Never panics.
+pub fn check_log_value(b: &[u8], key: &[u8], value_len: usize, seq: u64) -> Result<u32, Damage> {
+    let value_at = log_value_back(key.len());
+    let crc_at = value_at + value_len;
+    if b.len() != crc_at + VALUE_CRC_SIZE || !put_value_is_for(b, value_at, key, value_len) {
+        return Err(damage(0, "the bytes here are not a put of this key"));
+    }
+    let stored = u32_at(b, crc_at);
+    if value_crc(key, &b[value_at..crc_at], seq) != stored {
+        return Err(damage(crc_at, "value checksum mismatch"));
+    }
+    Ok(stored)
 }
 
 /// The bincode tag of [`Op::Put`] (its variant index).
@@ -397,7 +560,7 @@ pub fn touch_encoded_size(key_len: usize) -> usize {
     4 + 8 + key_len + 8 + 8
 }
 
-/// Bytes `op` adds to a payload.
+/// Bytes `op` adds to a payload of this build's format.
 pub fn op_encoded_size(op: &Op<'_>) -> usize {
     match op {
         Op::Put { key, value, .. } => put_encoded_size(key.len(), value.len()),
@@ -409,20 +572,72 @@ pub fn op_encoded_size(op: &Op<'_>) -> usize {
 /// Bytes of the payload's leading op count.
 pub const PAYLOAD_COUNT_SIZE: usize = 8;
 
-/// Encodes a batch payload into `out` (cleared first) and returns where each op's value lies in
-/// it ([`value_offsets`]).
+/// Encodes a batch payload of this build's format into `out` (cleared first) and returns where
+/// each op's value lies in it ([`value_offsets`]). Each put's checksum field holds the partial
+/// checksum of its key and value: the record's sequence number completes it
+/// ([`seal_value_crc`]) before the payload is written.
 pub fn encode_ops<'a>(out: &mut Vec<u8>, ops: &'a [Op<'a>]) -> ValueOffsets<'a> {
     out.clear();
-    // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
-    if let Err(e) = bincode::encode_into_std_write(ops, out, bincode_config()) {
-        unreachable!("encoding into a Vec failed: {e}");
+    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+    for op in ops {
+        let wire = match *op {
+            Op::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => WireOp::Put {
+                key,
+                value,
+                value_crc: value_crc_partial(key, value),
+                expires_at_ms,
+            },
+            Op::Delete { key } => WireOp::Delete { key },
+            Op::Touch {
+                key,
+                version,
+                expires_at_ms,
+            } => WireOp::Touch {
+                key,
+                version,
+                expires_at_ms,
+            },
+        };
+        encode_into(&wire, out);
     }
     value_offsets(ops)
 }
 
-/// Where each op's value lies in the payload that encodes `ops`, from the layout (no bytes
-/// read): for each op in order, `Some(offset in the payload)` of a put's value, `None` for a
-/// delete or a touch.
+/// Encodes a batch payload of this build's format for the record with sequence number `seq`,
+/// every value checksum sealed (tests and fuzz targets, which frame records by hand).
+#[cfg(any(test, feature = "sim"))]
+pub fn encode_ops_sealed(out: &mut Vec<u8>, ops: &[Op<'_>], seq: u64) {
+    let offsets: Vec<Option<usize>> = encode_ops(out, ops).collect();
+    for (op, at) in ops.iter().zip(offsets) {
+        if let (Op::Put { value, .. }, Some(at)) = (op, at) {
+            seal_value_crc(out, at + value.len(), seq);
+        }
+    }
+}
+
+/// Encodes a batch payload of format version 1 (tests and fixtures only: this build writes
+/// version 2).
+#[cfg(any(test, feature = "sim"))]
+pub fn encode_ops_v1(out: &mut Vec<u8>, ops: &[Op<'_>]) {
+    out.clear();
+    encode_into(&ops, out);
+}
+
+/// Appends `v` in the payload configuration.
+fn encode_into(v: &impl bincode::Encode, out: &mut Vec<u8>) {
+    // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
+    if let Err(e) = bincode::encode_into_std_write(v, out, bincode_config()) {
+        unreachable!("encoding into a Vec failed: {e}");
+    }
+}
+
+/// Where each op's value lies in the payload of this build's format that encodes `ops`, from the
+/// layout (no bytes read): for each op in order, `Some(offset in the payload)` of a put's value,
+/// `None` for a delete or a touch. A put's checksum field follows its value.
 pub fn value_offsets<'a>(ops: &'a [Op<'a>]) -> ValueOffsets<'a> {
     ValueOffsets {
         ops: ops.iter(),
@@ -452,9 +667,11 @@ impl Iterator for ValueOffsets<'_> {
     }
 }
 
-/// Decodes a batch payload. The op count is checked against the payload's size before the
-/// decoder sees it, so a hostile count cannot make it allocate.
-pub fn decode_ops(payload: &[u8]) -> Result<Vec<Op<'_>>, Damage> {
+/// Decodes a batch payload of format `version`. The op count is checked against the payload's
+/// size before the decoder sees it, so a hostile count cannot make it allocate. With `seq` (the
+/// record's sequence number), each put's value checksum (version 2) is checked too: one that
+/// does not match is damage at its offset. Without it (a payload not yet sealed) they are not.
+pub fn decode_ops(payload: &[u8], version: u32, seq: Option<u64>) -> Result<Vec<Op<'_>>, Damage> {
     if payload.len() < PAYLOAD_COUNT_SIZE {
         return Err(damage(0, "payload is shorter than its op count"));
     }
@@ -463,10 +680,32 @@ pub fn decode_ops(payload: &[u8]) -> Result<Vec<Op<'_>>, Damage> {
     if count == 0 || count > limits::BATCH_OPS_MAX as u64 || count > room as u64 {
         return Err(damage(0, format!("payload op count {count} is impossible")));
     }
-    match bincode::borrow_decode_from_slice::<Vec<Op<'_>>, _>(payload, bincode_config()) {
-        Ok((ops, used)) if used == payload.len() => Ok(ops),
-        Ok((_, used)) => Err(damage(used, "payload has trailing bytes")),
-        Err(e) => Err(damage(0, format!("payload does not decode: {e}"))),
+    if version == 1 {
+        return decode_exact::<Vec<Op<'_>>>(payload).map_err(payload_damage);
+    }
+    if version != FORMAT_VERSION {
+        return Err(damage(0, format!("no payload layout for format version {version}")));
+    }
+    let wire = decode_exact::<Vec<WireOp<'_>>>(payload).map_err(payload_damage)?;
+    let mut ops = Vec::with_capacity(wire.len());
+    for w in wire {
+        let (op, crc) = w.op();
+        if let (Op::Put { key, value, .. }, Some(stored), Some(seq)) = (op, crc, seq) {
+            if value_crc(key, value, seq) != stored {
+                let crc_at = value.as_ptr() as usize - payload.as_ptr() as usize + value.len();
+                return Err(damage(crc_at, "value checksum mismatch"));
+            }
+        }
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+/// A payload's decoding error in the words the docs use.
+fn payload_damage(d: Damage) -> Damage {
+    match d.reason.as_str() {
+        "trailing bytes" => damage(d.offset as usize, "payload has trailing bytes"),
+        reason => damage(d.offset as usize, format!("payload {reason}")),
     }
 }
 
@@ -486,8 +725,22 @@ const ENTRY_KEY_LEN_AT: usize = 0;
 const ENTRY_VALUE_LEN_AT: usize = ENTRY_KEY_LEN_AT + 4;
 const ENTRY_SEQ_AT: usize = ENTRY_VALUE_LEN_AT + 4;
 const ENTRY_EXPIRES_AT: usize = ENTRY_SEQ_AT + 8;
-/// Bytes in a snapshot entry header; the key, then the value, follow.
-pub const ENTRY_HEADER_SIZE: usize = ENTRY_EXPIRES_AT + 8;
+/// Format version 2 only: the value's checksum ([`value_crc`]).
+const ENTRY_VALUE_CRC_AT: usize = ENTRY_EXPIRES_AT + 8;
+/// Bytes in a snapshot entry header of format version 1; the key, then the value, follow.
+pub const ENTRY_HEADER_SIZE_V1: usize = ENTRY_VALUE_CRC_AT;
+/// Bytes in a snapshot entry header of this build's format (the value checksum included); the
+/// key, then the value, follow.
+pub const ENTRY_HEADER_SIZE: usize = ENTRY_VALUE_CRC_AT + VALUE_CRC_SIZE;
+
+/// Bytes in a snapshot entry header of format `version`.
+pub fn entry_header_size(version: u32) -> usize {
+    if version == 1 {
+        ENTRY_HEADER_SIZE_V1
+    } else {
+        ENTRY_HEADER_SIZE
+    }
+}
 
 /// The block-length value that marks the footer.
 pub const FOOTER_MARKER: u32 = u32::MAX;
@@ -502,18 +755,35 @@ const FOOT_PAD_AT: usize = FOOT_CRC_AT + 4;
 /// Bytes in a snapshot footer.
 pub const SNAPSHOT_FOOTER_SIZE: usize = FOOT_PAD_AT + 4;
 
-/// Encodes a snapshot header. `base_seq`: every write with a sequence number at or below it is
-/// reflected in the snapshot.
+/// Encodes a snapshot header of this build's format. `base_seq`: every write with a sequence
+/// number at or below it is reflected in the snapshot.
 pub fn encode_snapshot_header(base_seq: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
-    encode_header(&SNAPSHOT_MAGIC, &[base_seq])
+    encode_snapshot_header_version(base_seq, FORMAT_VERSION)
 }
 
-/// Decodes a snapshot header; the value is its `base_seq`.
-pub fn decode_snapshot_header(b: &[u8]) -> HeaderState<u64> {
+/// Encodes a snapshot header of format `version` (a repair that keeps a damaged snapshot's
+/// blocks keeps their version).
+pub fn encode_snapshot_header_version(base_seq: u64, version: u32) -> [u8; SNAPSHOT_HEADER_SIZE] {
+    encode_header(&SNAPSHOT_MAGIC, version, &[base_seq])
+}
+
+/// A decoded snapshot header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// Every write with a sequence number at or below it is reflected in the snapshot; the file
+    /// is named after it.
+    pub base_seq: u64,
+    /// The format version of the snapshot's entries.
+    pub version: u32,
+}
+
+/// Decodes a snapshot header.
+pub fn decode_snapshot_header(b: &[u8]) -> HeaderState<SnapshotHeader> {
     if b.len() < SNAPSHOT_HEADER_SIZE {
         return HeaderState::Damaged(damage(0, "snapshot header is cut short"));
     }
-    decode_header(b, &SNAPSHOT_MAGIC, "snapshot", "base sequence number").map(|[base_seq]| base_seq)
+    decode_header(b, &SNAPSHOT_MAGIC, "snapshot", "base sequence number")
+        .map(|([base_seq], version)| SnapshotHeader { base_seq, version })
 }
 
 /// One live entry of a snapshot.
@@ -527,22 +797,35 @@ pub struct SnapshotEntry<'a> {
     pub seq: u64,
     /// Expiry deadline in ms since the Unix epoch, or 0.
     pub expires_at_ms: u64,
+    /// The value's checksum ([`value_crc`]): stored in entries of format version 2 (`None` when
+    /// decoding version 1, which has none). A writer may give it, already checked against the
+    /// value (a checkpoint copying a value it verified), or leave it to the block builder.
+    pub value_crc: Option<u32>,
 }
 
-/// Bytes an entry takes in a block.
+/// Bytes an entry of this build's format takes in a block.
 #[cfg(any(test, feature = "sim"))] // used by tests and fuzz targets only
 pub fn snapshot_entry_size(key_len: usize, value_len: usize) -> usize {
     ENTRY_HEADER_SIZE + key_len + value_len
 }
 
-/// Whether the value of `value_len` bytes at `value_at` in the snapshot `file` is the value of
-/// `key` written at `seq`: the entry's header and key lie just before it (see
-/// [`put_value_is_for`] for why). Never panics.
-pub fn snapshot_value_is_for(file: &[u8], value_at: usize, key: &[u8], seq: u64, value_len: usize) -> bool {
-    let Some(entry_at) = value_at.checked_sub(ENTRY_HEADER_SIZE + key.len()) else {
+/// Whether the value of `value_len` bytes at `value_at` in the snapshot `file` (of format
+/// `version`) is the value of `key` written at `seq`: the entry's header and key lie just before
+/// it (see [`put_value_is_for`] for why). The framing only; [`check_snapshot_value`] checks a
+/// version 2 value's checksum too. Never panics.
+pub fn snapshot_value_is_for(
+    file: &[u8],
+    value_at: usize,
+    key: &[u8],
+    seq: u64,
+    value_len: usize,
+    version: u32,
+) -> bool {
+    let header = entry_header_size(version);
+    let Some(entry_at) = value_at.checked_sub(header + key.len()) else {
         return false;
     };
-    let key_at = entry_at + ENTRY_HEADER_SIZE;
+    let key_at = entry_at + header;
     value_at.checked_add(value_len).is_some_and(|end| end <= file.len())
         && u32_at(file, entry_at + ENTRY_KEY_LEN_AT) as usize == key.len()
         && u32_at(file, entry_at + ENTRY_VALUE_LEN_AT) as usize == value_len
@@ -550,25 +833,70 @@ pub fn snapshot_value_is_for(file: &[u8], value_at: usize, key: &[u8], seq: u64,
         && &file[key_at..value_at] == key
 }
 
-/// Bytes from the start of a snapshot entry to its value.
-pub fn snapshot_value_back(key_len: usize) -> usize {
-    ENTRY_HEADER_SIZE + key_len
+/// Checks the bytes of one snapshot entry of format `version`, from its start to the end of its
+/// value (`b`, [`snapshot_value_back`] + `value_len` bytes), as the value of `key` written at
+/// `seq`: the entry's header names that key, length and version, and (format version 2) the
+/// value checksum matches. Returns the value checksum (`None` for version 1, which stores none).
+/// Never panics.
+pub fn check_snapshot_value(
+    b: &[u8],
+    key: &[u8],
+    value_len: usize,
+    seq: u64,
+    version: u32,
+) -> Result<Option<u32>, Damage> {
+    let value_at = snapshot_value_back(key.len(), version);
+    if b.len() != value_at + value_len || !snapshot_value_is_for(b, value_at, key, seq, value_len, version) {
+        return Err(damage(0, "the bytes here are not a snapshot entry of this key"));
+    }
+    if version == 1 {
+        return Ok(None);
+    }
+    let stored = u32_at(b, ENTRY_VALUE_CRC_AT);
+    if value_crc(key, &b[value_at..], seq) != stored {
+        return Err(damage(ENTRY_VALUE_CRC_AT, "value checksum mismatch"));
+    }
+    Ok(Some(stored))
+}
+
+/// Bytes from the start of a snapshot entry of format `version` to its value.
+pub fn snapshot_value_back(key_len: usize, version: u32) -> usize {
+    entry_header_size(version) + key_len
 }
 
 /// Builds snapshot blocks: entries go in with [`BlockBuilder::push`]; [`BlockBuilder::finish`]
 /// frames them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BlockBuilder {
     buf: Vec<u8>,
     count: u32,
+    version: u32,
+}
+
+impl Default for BlockBuilder {
+    fn default() -> BlockBuilder {
+        BlockBuilder::new()
+    }
 }
 
 impl BlockBuilder {
-    /// An empty block.
+    /// An empty block of this build's format.
     pub fn new() -> BlockBuilder {
         BlockBuilder {
             buf: vec![0u8; BLOCK_HEADER_SIZE],
             count: 0,
+            version: FORMAT_VERSION,
+        }
+    }
+
+    /// An empty block of format `version` (tests and fixtures only: this build writes
+    /// version 2).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn with_version(version: u32) -> BlockBuilder {
+        assert!(reads_version(version));
+        BlockBuilder {
+            version,
+            ..BlockBuilder::new()
         }
     }
 
@@ -595,6 +923,11 @@ impl BlockBuilder {
         self.buf.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&e.seq.to_le_bytes());
         self.buf.extend_from_slice(&e.expires_at_ms.to_le_bytes());
+        if self.version != 1 {
+            let crc = e.value_crc.unwrap_or_else(|| value_crc(e.key, e.value, e.seq));
+            debug_assert_eq!(crc, value_crc(e.key, e.value, e.seq), "a checksum given is the value's");
+            self.buf.extend_from_slice(&crc.to_le_bytes());
+        }
         self.buf.extend_from_slice(e.key);
         let value_at = self.buf.len();
         self.buf.extend_from_slice(e.value);
@@ -691,9 +1024,10 @@ pub struct BlockFrame {
     pub count: usize,
 }
 
-/// Reads the block header at the start of `b` (which runs to the footer) and checks its length
-/// and count against `b` and the limits. Offsets in errors are relative to `b`.
-pub fn block_frame(b: &[u8]) -> Result<BlockFrame, Damage> {
+/// Reads the block header at the start of `b` (which runs to the footer) of a snapshot of format
+/// `version` and checks its length and count against `b` and the limits. Offsets in errors are
+/// relative to `b`.
+pub fn block_frame(b: &[u8], version: u32) -> Result<BlockFrame, Damage> {
     if b.len() < BLOCK_HEADER_SIZE {
         return Err(damage(0, "snapshot block header is cut short"));
     }
@@ -702,7 +1036,7 @@ pub fn block_frame(b: &[u8]) -> Result<BlockFrame, Damage> {
     if body_len > limits::SNAPSHOT_BLOCK_BYTES_MAX || BLOCK_HEADER_SIZE + body_len > b.len() {
         return Err(damage(0, format!("snapshot block length {body_len} is impossible")));
     }
-    if count == 0 || count > body_len / ENTRY_HEADER_SIZE {
+    if count == 0 || count > body_len / entry_header_size(version) {
         return Err(damage(
             BLOCK_COUNT_AT,
             format!("snapshot block entry count {count} is impossible"),
@@ -729,25 +1063,26 @@ pub fn verify_block(b: &[u8], frame: BlockFrame) -> Result<(), Damage> {
 /// entries. Returns the entries and the block's total length. Offsets in errors are relative
 /// to `b`.
 #[cfg(any(test, feature = "sim"))] // used by tests and fuzz targets only
-pub fn decode_block(b: &[u8]) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> {
-    let frame = block_frame(b)?;
+pub fn decode_block(b: &[u8], version: u32) -> Result<(Vec<DecodedEntry<'_>>, usize), Damage> {
+    let frame = block_frame(b, version)?;
     verify_block(b, frame)?;
-    Ok((decode_block_entries(b, frame)?, frame.len))
+    Ok((decode_block_entries(b, frame, version)?, frame.len))
 }
 
 /// Decodes a framed block's entries without checking its checksum (the caller verifies it,
 /// possibly on another thread, before using any of them). Never panics on any bytes.
-pub fn decode_block_entries(b: &[u8], frame: BlockFrame) -> Result<Vec<DecodedEntry<'_>>, Damage> {
+pub fn decode_block_entries(b: &[u8], frame: BlockFrame, version: u32) -> Result<Vec<DecodedEntry<'_>>, Damage> {
     let BlockFrame { len: total, count } = frame;
+    let header = entry_header_size(version);
     let mut entries = Vec::with_capacity(count);
     let mut at = BLOCK_HEADER_SIZE;
     for _ in 0..count {
-        if total - at < ENTRY_HEADER_SIZE {
+        if total - at < header {
             return Err(damage(at, "snapshot entry header runs past its block"));
         }
         let key_len = u32_at(b, at + ENTRY_KEY_LEN_AT) as usize;
         let value_len = u32_at(b, at + ENTRY_VALUE_LEN_AT) as usize;
-        let key_at = at + ENTRY_HEADER_SIZE;
+        let key_at = at + header;
         if key_len > limits::KEY_SIZE_MAX
             || value_len > limits::VALUE_SIZE_MAX_LIMIT
             || total - key_at < key_len + value_len
@@ -761,6 +1096,7 @@ pub fn decode_block_entries(b: &[u8], frame: BlockFrame) -> Result<Vec<DecodedEn
                 value: &b[value_at..value_at + value_len],
                 seq: u64_at(b, at + ENTRY_SEQ_AT),
                 expires_at_ms: u64_at(b, at + ENTRY_EXPIRES_AT),
+                value_crc: (version != 1).then(|| u32_at(b, at + ENTRY_VALUE_CRC_AT)),
             },
             value_at,
         });
@@ -915,10 +1251,7 @@ mod preamble_version_tests {
 
     #[test]
     fn reads_the_version_of_an_intact_preamble_only() {
-        let seg = encode_segment_header(SegmentHeader {
-            segment_id: 3,
-            first_seq: 9,
-        });
+        let seg = encode_segment_header(SegmentHeader::new(3, 9));
         let snap = encode_snapshot_header(9);
         assert_eq!(decode_preamble_version(&seg), Some(FORMAT_VERSION));
         assert_eq!(decode_preamble_version(&snap[..PREAMBLE_BYTES]), Some(FORMAT_VERSION));

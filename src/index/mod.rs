@@ -308,6 +308,8 @@ fn layer<'a>(m: &'a BTreeMap<Key, Option<Entry>>, lower: Bound<&[u8]>, upper: Bo
 #[derive(Clone)]
 pub(crate) struct Source {
     pub file: FileId,
+    /// The file's format version: how the bytes around a value are laid out.
+    pub version: u32,
     pub data: SourceData,
     /// For a snapshot: where each of its blocks starts, ascending. A checkpoint verifies the
     /// block around every value it copies from a snapshot.
@@ -324,25 +326,28 @@ pub(crate) enum SourceData {
 }
 
 impl Source {
-    pub(crate) fn bytes(file: FileId, bytes: Arc<FileBytes>) -> Source {
+    pub(crate) fn bytes(file: FileId, version: u32, bytes: Arc<FileBytes>) -> Source {
         Source {
             file,
+            version,
             data: SourceData::Bytes(bytes),
             blocks: None,
         }
     }
 
-    pub(crate) fn snapshot(seq: u64, bytes: Arc<FileBytes>, blocks: Arc<[u64]>) -> Source {
+    pub(crate) fn snapshot(seq: u64, version: u32, bytes: Arc<FileBytes>, blocks: Arc<[u64]>) -> Source {
         Source {
             file: FileId::Snapshot(seq),
+            version,
             data: SourceData::Bytes(bytes),
             blocks: Some(blocks),
         }
     }
 
-    pub(crate) fn file(file: FileId, handle: Arc<dyn StorageFile>) -> Source {
+    pub(crate) fn file(file: FileId, version: u32, handle: Arc<dyn StorageFile>) -> Source {
         Source {
             file,
+            version,
             data: SourceData::File(handle),
             blocks: None,
         }

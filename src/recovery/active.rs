@@ -8,6 +8,7 @@ use super::segments::{is_clean, LogSegments, Seg};
 use super::snapshot::Base;
 use super::Recovery;
 use crate::error::{Error, Result};
+use crate::format::FORMAT_VERSION;
 use crate::index::{FileId, Source};
 use crate::options::Options;
 use crate::wal::writer::{self, LogStart, SegInfo, SegmentFile};
@@ -79,8 +80,11 @@ impl Recovery<'_> {
                 if let Some(f) = info.first_seq {
                     kept.keep(&seg.file, f, info.valid_end);
                 }
-                self.index
-                    .set_source(Source::file(FileId::Segment(seg.file.id), seg.file.file.clone()));
+                self.index.set_source(Source::file(
+                    FileId::Segment(seg.file.id),
+                    FORMAT_VERSION,
+                    seg.file.file.clone(),
+                ));
                 // Appends go no further than a segment of these options reaches (or than what is
                 // written, if more): a file longer than that (made under other options, or
                 // extended by something else) is not trusted for its length.
@@ -126,8 +130,14 @@ impl Recovery<'_> {
         })
     }
 
-    /// Whether the log's last segment can take the next appends.
+    /// Whether the log's last segment can take the next appends. Never one of an older format
+    /// version: records of this build's format go only into segments whose header says so (a
+    /// store written by an older build goes on in a fresh segment, docs/format.md, "Changing the
+    /// format").
     fn usable_as_active(&self, file: &SegmentFile, info: &Scanned, last_seq: u64) -> bool {
+        if info.version.is_some_and(|v| v != FORMAT_VERSION) {
+            return false;
+        }
         match info.first_seq {
             // Appending continues the sequence only if this segment holds the log's end. It
             // need not have room: the first group that does not fit rolls, and if the disk has
@@ -158,7 +168,7 @@ impl Recovery<'_> {
             },
         };
         self.index
-            .set_source(Source::file(FileId::Segment(id), file.file.clone()));
+            .set_source(Source::file(FileId::Segment(id), FORMAT_VERSION, file.file.clone()));
         Ok(Active {
             file: Some(file),
             id,

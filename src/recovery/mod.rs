@@ -182,18 +182,19 @@ fn skip(report: &mut RecoveryReport, e: &Error) {
     }
 }
 
-/// Applies one replayed record to the index (step 5). A payload that does not decode is row
-/// R9 of the decision table: corruption, or in `Salvage` skipped.
+/// Applies one replayed record of a segment of format `version` to the index (step 5). A
+/// payload that does not decode, or (version 2) a value whose checksum does not match, is row R9
+/// of the decision table: corruption, or in `Salvage` skipped.
 fn apply_record(
     index: &mut Index,
-    segment_id: u64,
+    (segment_id, version): (u64, u32),
     offset: u64,
     rec: RecordRef<'_>,
     path: &Path,
     opts: &Options,
     report: &mut RecoveryReport,
 ) -> Result<()> {
-    let ops = match format::decode_ops(rec.payload) {
+    let ops = match format::decode_ops(rec.payload, version, Some(rec.seq)) {
         Ok(ops) => ops,
         Err(d) => {
             let at = offset + RECORD_HEADER_SIZE as u64 + d.offset;
@@ -223,12 +224,14 @@ fn apply_record(
         Change::of(op, value_at)
     });
     debug_assert!(
-        ops.iter()
-            .map(|op| match op {
-                Op::Put { value, .. } => Some(value.as_ptr() as usize - payload_at),
-                _ => None,
-            })
-            .eq(format::value_offsets(&ops)),
+        version != format::FORMAT_VERSION
+            || ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { value, .. } => Some(value.as_ptr() as usize - payload_at),
+                    _ => None,
+                })
+                .eq(format::value_offsets(&ops)),
         "the layout puts each value where the decoder found it"
     );
     index.apply_record(&at, changes);

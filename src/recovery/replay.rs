@@ -8,6 +8,7 @@ use super::segments::Seg;
 use super::snapshot::Base;
 use super::{apply_record, skip, Recovery};
 use crate::error::{Error, Result};
+use crate::format::FORMAT_VERSION;
 use crate::index::{FileId, Source};
 use crate::limits;
 use crate::storage::{write_all_at, FileBytes};
@@ -17,6 +18,8 @@ use crate::wal::reader::{self, ScanInput, SegmentScan};
 #[derive(Default, Clone, Copy)]
 pub(super) struct Scanned {
     pub first_seq: Option<u64>,
+    /// The format version of its header (`None` without a valid one).
+    pub version: Option<u32>,
     pub last_seq: Option<u64>,
     /// End of its last valid record (0 without a valid header).
     pub valid_end: u64,
@@ -62,11 +65,16 @@ impl Recovery<'_> {
             if let Some(l) = last {
                 out.last_seq = Some(out.last_seq.map_or(l, |p: u64| p.max(l)));
             }
-            self.index
-                .set_source(Source::bytes(FileId::Segment(seg.file.id), bytes));
+            let version = scan.header.map(|h| h.version);
+            self.index.set_source(Source::bytes(
+                FileId::Segment(seg.file.id),
+                version.unwrap_or(FORMAT_VERSION),
+                bytes,
+            ));
             expected = last.map(|l| l + 1).or(expected);
             out.per_segment.push(Scanned {
                 first_seq: scan.header.map(|h| h.first_seq),
+                version,
                 last_seq: last,
                 valid_end: if scan.header.is_some() { scan.valid_end } else { 0 },
             });
@@ -101,11 +109,11 @@ impl Recovery<'_> {
         };
         let (index, opts, report) = (&mut self.index, self.opts, &mut self.report);
         let mut replayed = 0u64;
-        let scan = reader::scan_segment(&input, |offset, rec| {
+        let scan = reader::scan_segment(&input, |offset, rec, version| {
             if rec.seq <= base {
                 return Ok(());
             }
-            apply_record(index, seg.file.id, offset, rec, path, opts, report)?;
+            apply_record(index, (seg.file.id, version), offset, rec, path, opts, report)?;
             replayed += 1;
             Ok(())
         })?;

@@ -360,6 +360,7 @@ pub(crate) fn write_entries(storage: &dyn Storage, tmp: &Path, base: u64, entrie
             value: &e.value,
             seq: e.seq,
             expires_at_ms: e.expires_at_ms.unwrap_or(0),
+            value_crc: None,
         })?;
     }
     writer.finish(base)

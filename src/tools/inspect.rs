@@ -618,8 +618,10 @@ struct SnapshotWalk {
     verified_blocks: Vec<std::ops::Range<usize>>,
     /// The footer, if it verifies.
     footer: Option<SnapshotFooter>,
-    /// The version in the header, if it is not ours (nothing else is read then).
+    /// The version in the header is not one this build reads (nothing else is read then).
     unsupported: bool,
+    /// The format version of its entries.
+    version: u32,
 }
 
 /// Checks a snapshot's bytes (docs/format.md, "What a reader checks"), going on past a block
@@ -630,10 +632,14 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         verified_blocks: Vec::new(),
         footer: None,
         unsupported: false,
+        version: format::FORMAT_VERSION,
     };
-    if !check_snapshot_header(b, path, base, problems) {
-        walk.unsupported = true;
-        return walk;
+    match check_snapshot_header(b, path, base, problems) {
+        Some(version) => walk.version = version,
+        None => {
+            walk.unsupported = true;
+            return walk;
+        }
     }
     walk.footer = check_snapshot_footer(b, path, base, problems);
     // Without a footer, walk the blocks to where the footer would be.
@@ -658,27 +664,30 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
     walk
 }
 
-/// Checks a snapshot's header; false if it is of another format version (nothing else can be
-/// read then).
-fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> bool {
+/// Checks a snapshot's header; returns the format version of its entries (this build's if the
+/// header is damaged), or `None` if it is a version this build does not read (nothing else can
+/// be read then).
+fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> Option<u32> {
     match format::decode_snapshot_header(b) {
-        HeaderState::Valid(seq) if seq == base => {}
-        HeaderState::Valid(seq) => problems.push(problem(path, 0, format!("snapshot header says base sequence {seq}"))),
+        HeaderState::Valid(h) if h.base_seq == base => return Some(h.version),
+        HeaderState::Valid(h) => {
+            let reason = format!("snapshot header says base sequence {}", h.base_seq);
+            problems.push(problem(path, 0, reason));
+            return Some(h.version);
+        }
         HeaderState::UnsupportedVersion(v) => {
-            problems.push(problem(
-                path,
-                0,
-                format!(
-                    "format version {v} is not supported (this build reads version {})",
-                    format::FORMAT_VERSION
-                ),
-            ));
-            return false;
+            let e = Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: v,
+                supported: format::FORMAT_VERSION,
+            };
+            problems.push(problem_of(path, &e));
+            return None;
         }
         HeaderState::Zero => problems.push(problem(path, 0, "snapshot header is zero")),
         HeaderState::Damaged(d) => problems.push(problem(path, d.offset, d.reason)),
     }
-    true
+    Some(format::FORMAT_VERSION)
 }
 
 /// A snapshot's footer, if it verifies.
@@ -710,7 +719,7 @@ fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, w
     // blocks a salvage keeps always form a loadable snapshot.
     let mut prev_key: Option<&[u8]> = None;
     while at < end {
-        let frame = match format::block_frame(&b[at..end]) {
+        let frame = match format::block_frame(&b[at..end], walk.version) {
             Ok(f) => f,
             Err(d) => {
                 // The length is damaged: where the next block starts is unknown.
@@ -720,8 +729,8 @@ fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, w
                 return false;
             }
         };
-        let verified =
-            format::verify_block(&b[at..end], frame).and_then(|()| format::decode_block_entries(&b[at..end], frame));
+        let verified = format::verify_block(&b[at..end], frame)
+            .and_then(|()| format::decode_block_entries(&b[at..end], frame, walk.version));
         match verified {
             Ok(decoded) if check_block_entries(&decoded, at, prev_key, path, problems) => {
                 walk.entries += decoded.len() as u64;
@@ -742,7 +751,8 @@ fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, w
 }
 
 /// Checks the entries of a block that verifies (at `at`; `prev_key`: the last key before it):
-/// keys ascend, no sequence number is 0. Returns whether they passed.
+/// keys ascend, no sequence number is 0, each value checksum stored (format version 2) matches.
+/// Returns whether they passed.
 fn check_block_entries(
     decoded: &[format::DecodedEntry<'_>],
     at: usize,
@@ -760,6 +770,12 @@ fn check_block_entries(
         if d.entry.seq == 0 {
             problems.push(problem(path, offset, "snapshot entry has sequence number 0"));
         }
+        let e = d.entry;
+        if e.value_crc
+            .is_some_and(|crc| crc != format::value_crc(e.key, e.value, e.seq))
+        {
+            problems.push(problem(path, offset, "value checksum mismatch"));
+        }
         last = Some(d.entry.key);
     }
     problems.len() == before
@@ -774,7 +790,8 @@ pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<
     if walk.unsupported {
         return None;
     }
-    let mut out = format::encode_snapshot_header(base).to_vec();
+    // The blocks kept keep their format version, and so does the header before them.
+    let mut out = format::encode_snapshot_header_version(base, walk.version).to_vec();
     for r in &walk.verified_blocks {
         out.extend_from_slice(&b[r.clone()]);
     }
@@ -882,10 +899,10 @@ fn scan_one(
     // (offset, seq) of every valid record, to measure the damage between them.
     let mut records: Vec<(u64, u64)> = Vec::new();
     let mut undecodable = Vec::new();
-    let scanned = reader::scan_segment(&input, |offset, rec| {
+    let scanned = reader::scan_segment(&input, |offset, rec, version| {
         records.push((offset, rec.seq));
         // Other record kinds are the reader's and recovery's to judge (R9 for this one).
-        let ops = (rec.kind == format::KIND_OPS).then(|| format::decode_ops(rec.payload));
+        let ops = (rec.kind == format::KIND_OPS).then(|| format::decode_ops(rec.payload, version, Some(rec.seq)));
         if let Some(Err(d)) = ops {
             undecodable.push(problem(
                 path,

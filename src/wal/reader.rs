@@ -184,12 +184,13 @@ fn find_record<'a>(
     None
 }
 
-/// Scans one segment, calling `on_record(offset, record)` for each valid record in order: the
-/// header's row, then a record's row at each position after it, each acted on, until a row
-/// ends the scan.
+/// Scans one segment, calling `on_record(offset, record, format version)` for each valid record
+/// in order: the header's row, then a record's row at each position after it, each acted on,
+/// until a row ends the scan. (A record is only ever read after a header that verifies: the
+/// version is the header's.)
 pub(crate) fn scan_segment(
     input: &ScanInput<'_>,
-    mut on_record: impl FnMut(u64, RecordRef<'_>) -> Result<()>,
+    mut on_record: impl FnMut(u64, RecordRef<'_>, u32) -> Result<()>,
 ) -> Result<SegmentScan> {
     debug_assert!(input.data_end <= input.bytes.len());
     debug_assert!(
@@ -339,7 +340,7 @@ impl<'i, 'a> Scanner<'i, 'a> {
 
     /// Does what the row's cell in this segment's column says (docs/design.md, "The decision
     /// table"), and says whether the scan reads on.
-    fn act(&mut self, row: Row<'a>, on_record: &mut impl FnMut(u64, RecordRef<'_>) -> Result<()>) -> Result<Flow> {
+    fn act(&mut self, row: Row<'a>, on_record: &mut impl FnMut(u64, RecordRef<'_>, u32) -> Result<()>) -> Result<Flow> {
         use Column::{Last, Older};
         let mode = self.input.mode;
         let (strict, salvage) = (mode == RecoveryMode::Strict, mode == RecoveryMode::Salvage);
@@ -393,9 +394,10 @@ impl<'i, 'a> Scanner<'i, 'a> {
     fn replay(
         &mut self,
         r: RecordRef<'a>,
-        on_record: &mut impl FnMut(u64, RecordRef<'_>) -> Result<()>,
+        on_record: &mut impl FnMut(u64, RecordRef<'_>, u32) -> Result<()>,
     ) -> Result<Flow> {
-        on_record(self.pos as u64, r)?;
+        let version = self.scan.header.map_or(format::FORMAT_VERSION, |h| h.version);
+        on_record(self.pos as u64, r, version)?;
         self.scan.last_seq = Some(r.seq);
         self.pos += r.len;
         self.expect = r.seq + 1;
@@ -463,11 +465,7 @@ mod tests {
 
     /// The same, starting at sequence number `first`.
     fn segment_from(first: u64, durable: &[u64]) -> (Vec<u8>, Vec<usize>) {
-        let mut b = encode_segment_header(SegmentHeader {
-            segment_id: ID,
-            first_seq: first,
-        })
-        .to_vec();
+        let mut b = encode_segment_header(SegmentHeader::new(ID, first)).to_vec();
         let mut at = Vec::new();
         for (seq, &d) in (first..).zip(durable) {
             at.push(b.len());
@@ -523,18 +521,14 @@ mod tests {
         assert_eq!(row_id(&header_row(&torn[..200], None)), "R6bNotOurs");
 
         let (mut version, _) = segment(&[0]);
-        version[8] = 2;
+        version[8] = 3;
         assert_eq!(row_id(&header_row(&version, None)), "R7bDamagedVersion");
         let preamble_crc = crc32fast::hash(&version[..12]);
         version[12..16].copy_from_slice(&preamble_crc.to_le_bytes());
-        assert_eq!(header_row(&version, None), "R7OtherVersion(2)");
+        assert_eq!(header_row(&version, None), "R7OtherVersion(3)");
 
         assert_eq!(row_id(&header_row(&good, Some(5))), "R8WrongStart");
-        let mut other = encode_segment_header(SegmentHeader {
-            segment_id: ID + 1,
-            first_seq: 1,
-        })
-        .to_vec();
+        let mut other = encode_segment_header(SegmentHeader::new(ID + 1, 1)).to_vec();
         other.resize(good.len(), 0);
         assert_eq!(row_id(&header_row(&other, None)), "R8WrongSegment");
     }
@@ -556,7 +550,7 @@ mod tests {
             if !more {
                 return rows;
             }
-            assert!(matches!(scanner.act(row, &mut |_, _| Ok(())), Ok(Flow::Read)));
+            assert!(matches!(scanner.act(row, &mut |_, _, _| Ok(())), Ok(Flow::Read)));
         }
     }
 
@@ -575,7 +569,7 @@ mod tests {
     /// What a scan ends in: `cut N` (bytes to zero after the valid ones), `clean`, `skipped N`
     /// or the error's kind.
     fn outcome(bytes: &[u8], is_last: bool, mode: RecoveryMode) -> String {
-        match scan_segment(&input(bytes, is_last, mode, None), |_, _| Ok(())) {
+        match scan_segment(&input(bytes, is_last, mode, None), |_, _, _| Ok(())) {
             Ok(s) if !s.skipped.is_empty() => format!("skipped {}", s.skipped.len()),
             Ok(s) if s.dirty_end > s.valid_end => format!("cut {}", s.dirty_end - s.valid_end),
             Ok(_) => "clean".to_string(),
@@ -617,7 +611,7 @@ mod tests {
     fn salvage_reports_a_segment_that_starts_at_the_wrong_sequence() {
         let scan = |first: u64, mode| {
             let (b, _) = segment_from(first, &[0, 0]);
-            scan_segment(&input(&b, false, mode, Some(5)), |_, _| Ok(()))
+            scan_segment(&input(&b, false, mode, Some(5)), |_, _, _| Ok(()))
         };
         for first in [3, 9] {
             assert!(matches!(

@@ -440,10 +440,7 @@ impl LogWriter {
             }
             if !self.activated {
                 debug_assert_eq!(buf_at + self.buf.len() as u64, 0);
-                let header = format::encode_segment_header(SegmentHeader {
-                    segment_id: self.active_id,
-                    first_seq: rec.seq,
-                });
+                let header = format::encode_segment_header(SegmentHeader::new(self.active_id, rec.seq));
                 self.buf.extend_from_slice(&header);
                 self.activated = true;
                 self.segments.insert(
@@ -531,10 +528,7 @@ impl LogWriter {
             return Ok(None);
         };
         let first_seq = self.written_seq + 1;
-        let header = format::encode_segment_header(SegmentHeader {
-            segment_id: self.active_id,
-            first_seq,
-        });
+        let header = format::encode_segment_header(SegmentHeader::new(self.active_id, first_seq));
         let Some(active) = self.active.clone() else {
             return Ok(None);
         };

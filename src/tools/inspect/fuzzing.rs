@@ -63,7 +63,7 @@ pub fn scan_segment(
         data_end: reader::nonzero_end(bytes),
     };
     let mut records = Vec::new();
-    let scan = reader::scan_segment(&input, |offset, r| {
+    let scan = reader::scan_segment(&input, |offset, r, _version| {
         records.push(ScannedRecord {
             offset,
             len: r.len as u64,

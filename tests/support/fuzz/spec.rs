@@ -178,7 +178,8 @@ pub struct BuiltSegment {
     pub records: usize,
 }
 
-fn encode_ops(ops: &[OpSpec]) -> Vec<u8> {
+/// The payload of a record with sequence number `seq` (its value checksums sealed with it).
+fn encode_ops(ops: &[OpSpec], seq: u64) -> Vec<u8> {
     let ops: Vec<OpSpec> = ops.iter().take(ITEMS_MAX).cloned().collect();
     let keys: Vec<(Vec<u8>, Vec<u8>)> = ops
         .iter()
@@ -207,7 +208,7 @@ fn encode_ops(ops: &[OpSpec]) -> Vec<u8> {
         })
         .collect();
     let mut out = Vec::new();
-    format::encode_ops(&mut out, &encoded);
+    format::encode_ops_sealed(&mut out, &encoded, seq);
     out
 }
 
@@ -219,18 +220,12 @@ impl SegmentSpec {
             HeaderSpec::Valid { first_seq_delta } => {
                 let first = next_seq.max(1).saturating_add(small(u64::from(*first_seq_delta)));
                 pristine &= first == next_seq.max(1);
-                let h = format::encode_segment_header(SegmentHeader {
-                    segment_id,
-                    first_seq: first,
-                });
+                let h = format::encode_segment_header(SegmentHeader::new(segment_id, first));
                 (h.to_vec(), Some(first))
             }
             HeaderSpec::FirstSeq(f) => {
                 pristine &= *f == next_seq.max(1);
-                let h = format::encode_segment_header(SegmentHeader {
-                    segment_id,
-                    first_seq: *f,
-                });
+                let h = format::encode_segment_header(SegmentHeader::new(segment_id, *f));
                 (h.to_vec(), (*f != 0).then_some(*f))
             }
             HeaderSpec::Zero => {
@@ -239,18 +234,12 @@ impl SegmentSpec {
             }
             HeaderSpec::OtherId(id) => {
                 pristine = false;
-                let h = format::encode_segment_header(SegmentHeader {
-                    segment_id: *id,
-                    first_seq: next_seq.max(1),
-                });
+                let h = format::encode_segment_header(SegmentHeader::new(*id, next_seq.max(1)));
                 (h.to_vec(), None)
             }
             HeaderSpec::Version(v) => {
                 pristine = false;
-                let mut h = format::encode_segment_header(SegmentHeader {
-                    segment_id,
-                    first_seq: next_seq.max(1),
-                });
+                let mut h = format::encode_segment_header(SegmentHeader::new(segment_id, next_seq.max(1)));
                 h[8..12].copy_from_slice(&v.to_le_bytes());
                 let pre = crc32fast::hash(&h[..12]);
                 h[12..16].copy_from_slice(&pre.to_le_bytes());
@@ -279,7 +268,7 @@ impl SegmentSpec {
                 DurableSpec::Any(x) => x,
             };
             let payload = match &r.payload {
-                PayloadSpec::Ops(ops) if !ops.is_empty() => encode_ops(ops),
+                PayloadSpec::Ops(ops) if !ops.is_empty() => encode_ops(ops, s),
                 PayloadSpec::Ops(_) => {
                     pristine = false;
                     vec![0u8; 8]
@@ -477,6 +466,7 @@ impl SnapshotSpec {
                     value: v,
                     seq: *s,
                     expires_at_ms: *x,
+                    value_crc: None,
                 });
                 entries.push((k.clone(), v.clone(), *s, *x));
             }
