@@ -163,6 +163,8 @@ struct State {
     syncs_to_fail: u64,
     /// The disk's size, from [`SimStorage::set_capacity`].
     capacity: Option<u64>,
+    /// Bytes returned by reads of files so far.
+    bytes_read: u64,
 }
 
 impl State {
@@ -314,6 +316,7 @@ impl SimStorage {
                 sync_passes: 0,
                 syncs_to_fail: 0,
                 capacity: None,
+                bytes_read: 0,
             })),
             gate: Arc::new(Condvar::new()),
         }
@@ -334,6 +337,12 @@ impl SimStorage {
     /// with `ENOSPC`. Overwrites of a file's existing bytes always succeed.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.state.lock().capacity = bytes;
+    }
+
+    /// Bytes every read of every file returned so far (the engine reads through `read_at`
+    /// only: this storage has no maps): what a get costs in reads.
+    pub fn bytes_read(&self) -> u64 {
+        self.state.lock().bytes_read
     }
 
     /// Bytes all files hold now (named or still open).
@@ -624,6 +633,7 @@ impl StorageFile for SimFile {
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
+        s.bytes_read += n as u64;
         Ok(n)
     }
 
