@@ -269,7 +269,14 @@ fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec
         !used
     };
     let active = log.active_id();
-    let firsts: Vec<(u64, u64)> = log.segments.iter().map(|(&id, s)| (id, s.first_seq)).collect();
+    let mut firsts: Vec<(u64, u64)> = log.segments.iter().map(|(&id, s)| (id, s.first_seq)).collect();
+    if !log.segments.contains_key(&active) {
+        // The active segment was never activated: nothing was written since the open, whose
+        // last segment did not take appends (one of format version 1, docs/format.md,
+        // "Changing the format"), so the checkpoint did not roll. Its first record will follow
+        // the last one written: the segments before it end there, as before a rolled one.
+        firsts.push((active, log.written_seq + 1));
+    }
     let doomed: Vec<u64> = firsts
         .windows(2)
         .filter(|w| w[0].0 != active && w[1].1 <= base_seq + 1)
