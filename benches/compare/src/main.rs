@@ -48,7 +48,8 @@ pub struct Args {
     /// For `strace -c -f`: open ENGINE in a fresh DIR, make N durable puts, close.
     #[arg(long, num_args = 3, value_names = ["ENGINE", "DIR", "N"])]
     pub durable_puts: Option<Vec<String>>,
-    /// For profilers: WORKLOAD (w3: N lazy puts + sync; w4: load N keys, then N random gets)
+    /// For profilers: WORKLOAD (w3: N lazy puts + sync; w4: load N keys, then N random gets;
+    /// w4b: load N keys in batches of 1,000, then N random gets before any checkpoint)
     /// on ENGINE in a fresh DIR. The measured part runs in `measured_puts` / `measured_gets`
     /// (for `valgrind --tool=callgrind --toggle-collect='*measured_*'`).
     #[arg(long, num_args = 4, value_names = ["WORKLOAD", "ENGINE", "DIR", "N"])]

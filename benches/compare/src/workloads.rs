@@ -600,6 +600,26 @@ pub fn profile_run(args: &[String]) {
     let values = Values::new(6);
     let eng = engines::open(engine, dir, Some(n));
     let t = Instant::now();
+    if workload == "w4b" {
+        // As in W4b: batches of 1,000, gets before any checkpoint.
+        let mut rng = Rng::new(5);
+        let mut w = eng.worker();
+        let mut batch = Vec::with_capacity(1000);
+        for i in 0..n {
+            batch.push((key(31, i).to_vec(), values.get(&mut rng, VALUE_BYTES).to_vec()));
+            if batch.len() == 1000 || i + 1 == n {
+                w.put_batch(&batch);
+                batch.clear();
+            }
+        }
+        drop(w);
+        eng.sync();
+        let t = Instant::now();
+        measured_gets(eng.as_ref(), n);
+        eprintln!("{n} gets after a batched load: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+        eng.close();
+        return;
+    }
     measured_puts(eng.as_ref(), &values, n);
     eng.sync();
     eprintln!("{n} puts + sync: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
