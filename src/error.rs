@@ -114,6 +114,46 @@ pub enum Error {
     #[error("session data: {0}")]
     SessionData(String),
 
+    /// A session was saved at a payload version newer than the application's
+    /// (`session::Migrations::payload_version`): a newer release of the application wrote it.
+    /// It is neither returned nor overwritten.
+    #[error(
+        "session payload version {found} is newer than this application's payload version {known}: \
+         a newer release saved it; it is neither read nor overwritten"
+    )]
+    SessionPayloadTooNew {
+        /// The payload version the session was saved at.
+        found: u32,
+        /// The newest payload version this application knows.
+        known: u32,
+    },
+
+    /// Session data at payload version `from` must be migrated, but no migration from `from` to
+    /// `to` is registered (`session::Migrations::migrate`).
+    #[error(
+        "no session migration from payload version {from} to {to} is registered \
+         (this application's payload version is {current})"
+    )]
+    SessionMigrationMissing {
+        /// The version the missing step starts from.
+        from: u32,
+        /// The version it would produce (`from + 1`).
+        to: u32,
+        /// The application's payload version.
+        current: u32,
+    },
+
+    /// A registered session migration step returned an error.
+    #[error("session migration from payload version {from} to {to} failed: {reason}")]
+    SessionMigrationFailed {
+        /// The version the step starts from.
+        from: u32,
+        /// The version it produces (`from + 1`).
+        to: u32,
+        /// The step's error, as text.
+        reason: String,
+    },
+
     /// A path cannot be used for what it was given for: a directory given as a store holds no
     /// store (no lock file, log directory or snapshot), or a destination that must not exist yet
     /// (a backup's, a restore's) does.

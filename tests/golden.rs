@@ -41,7 +41,7 @@ use sessiondb::internals::format::{
 };
 use sessiondb::internals::format::{
     decode_session_map, decode_session_record, encode_session_map, encode_session_record, SessionMapEntries,
-    SessionRecord, SESSION_RECORD_VERSION,
+    SessionRecord, SESSION_PAYLOAD_VERSION_UNVERSIONED, SESSION_RECORD_VERSION, SESSION_RECORD_VERSION_UNVERSIONED,
 };
 use sessiondb::limits::BATCH_OPS_MAX;
 
@@ -289,12 +289,22 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// docs/format.md's session value example: user "ada", data `{"n":1}`.
+/// docs/format.md's session value example: user "ada", data `{"n":1}`, at the application's
+/// payload version 3 (record version 2).
 fn session_record() -> Vec<u8> {
     encode_session_record(&SessionRecord {
         user: Some(b"ada"),
         data: br#"{"n":1}"#,
+        payload_version: 3,
     })
+}
+
+/// The same session as builds before payload versions wrote it (record version 1): no encoder
+/// writes it any more, so its bytes are the golden file those builds left, read and never
+/// rewritten (blessing does not touch it).
+fn session_record_v1() -> Vec<u8> {
+    let path = golden_path("session_record.bin");
+    fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// docs/format.md's map session example: `cart` = 3 and `theme` = "dark", as JSON values.
@@ -340,21 +350,49 @@ fn golden_payload_touch() {
 fn golden_session_values() {
     let r = session_record();
     assert_eq!(r[0], SESSION_RECORD_VERSION);
-    assert_eq!(r.len(), 1 + (1 + 8 + 3) + (8 + 7), "version, Some(user), data");
+    assert_eq!(le_u32(&r, 1), 3, "payload version after the version byte");
+    assert_eq!(
+        r.len(),
+        1 + 4 + (1 + 8 + 3) + (8 + 7),
+        "version, payload version, Some(user), data"
+    );
     assert_eq!(
         decode_session_record(&r).unwrap(),
         SessionRecord {
             user: Some(b"ada"),
-            data: br#"{"n":1}"#
+            data: br#"{"n":1}"#,
+            payload_version: 3,
         }
     );
-    let anonymous = encode_session_record(&SessionRecord { user: None, data: b"" });
+    let anonymous = encode_session_record(&SessionRecord {
+        user: None,
+        data: b"",
+        payload_version: 1,
+    });
     assert_eq!(
         anonymous,
-        [SESSION_RECORD_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [SESSION_RECORD_VERSION, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         "None is one zero byte"
     );
-    check_golden("session_record.bin", &r);
+    check_golden("session_record_v2.bin", &r);
+
+    // Record version 1, as older builds wrote it, reads forever, as payload version 1.
+    let v1 = session_record_v1();
+    assert_eq!(v1[0], SESSION_RECORD_VERSION_UNVERSIONED);
+    assert_eq!(
+        decode_session_record(&v1).unwrap(),
+        SessionRecord {
+            user: Some(b"ada"),
+            data: br#"{"n":1}"#,
+            payload_version: SESSION_PAYLOAD_VERSION_UNVERSIONED,
+        }
+    );
+    assert_eq!(SESSION_PAYLOAD_VERSION_UNVERSIONED, 1);
+    assert_eq!(
+        decode_session_record(&[&[SESSION_RECORD_VERSION, 1, 0, 0, 0][..], &v1[1..]].concat()).unwrap(),
+        decode_session_record(&v1).unwrap(),
+        "version 2 is version 1 with the payload version inserted after the version byte"
+    );
 
     let m = session_map();
     assert_eq!(le_u64(&m, 0), 2, "entry count");
@@ -362,8 +400,31 @@ fn golden_session_values() {
     assert_eq!(decode_session_map(&m).unwrap().len(), 2);
     check_golden("session_map.bin", &m);
     // Hostile bytes are damage, never a panic or a huge allocation.
-    assert!(decode_session_record(&[2]).is_err(), "unknown version");
-    assert!(decode_session_record(&r[..r.len() - 1]).is_err(), "truncated");
+    assert!(decode_session_record(&[3]).is_err(), "unknown version");
+    assert!(decode_session_record(&[]).is_err(), "empty");
+    for cut in 0..r.len() {
+        assert!(
+            decode_session_record(&r[..cut]).is_err(),
+            "version 2 cut to {cut} bytes"
+        );
+    }
+    for cut in 0..v1.len() {
+        assert!(
+            decode_session_record(&v1[..cut]).is_err(),
+            "version 1 cut to {cut} bytes"
+        );
+    }
+    assert!(
+        decode_session_record(&[r.as_slice(), &[0]].concat()).is_err(),
+        "trailing byte"
+    );
+    let mut zero = r.clone();
+    zero[1..5].copy_from_slice(&0u32.to_le_bytes());
+    let d = decode_session_record(&zero).unwrap_err();
+    assert_eq!(d.offset, 1, "payload version 0 is damage at its field: {d:?}");
+    let mut long = r.clone();
+    long[5 + 1..5 + 9].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(decode_session_record(&long).is_err(), "user length past the end");
     let mut huge = m.clone();
     huge[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(decode_session_map(&huge).is_err(), "impossible count");
@@ -509,12 +570,13 @@ fn doc_example(name: &str) -> Vec<u8> {
 
 #[test]
 fn docs_examples_match_the_encoder() {
-    let examples: [(&str, Vec<u8>); 7] = [
+    let examples: [(&str, Vec<u8>); 8] = [
         ("segment_header", segment_header().to_vec()),
         ("record_one_put", one_put_record()),
         ("payload_one_put", payload(&one_put())),
         ("payload_one_touch", payload(&one_touch())),
         ("snapshot_one_entry", one_entry_snapshot()),
+        ("session_record_v1", session_record_v1()),
         ("session_record", session_record()),
         ("session_map", session_map()),
     ];

@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod migrate;
 mod out;
 mod progress;
 
@@ -21,8 +22,8 @@ use sessiondb::{Db, Error, Options, SyncMode};
 /// sessiondb: an embedded, crash-safe key-value store for session state.
 ///
 /// Reading subcommands (stats, verify, dump, get, backup) never change a store and work while
-/// another process has it open. Writing subcommands (put, delete, checkpoint, repair) open it
-/// and refuse while another process has it open.
+/// another process has it open. Writing subcommands (put, delete, checkpoint, repair,
+/// migrate-sessions) open it and refuse while another process has it open.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 #[command(
@@ -176,6 +177,34 @@ enum Command {
         /// The store's directory.
         dir: PathBuf,
     },
+    /// Count sessions by payload version; with --to and --step, migrate them with programs.
+    ///
+    /// Without --step it only prints how many sessions are at each payload version (a dry
+    /// run). With --to N and one --step FROM=COMMAND for each version FROM from the oldest
+    /// one stored up to N - 1, it runs each COMMAND once, with `sh -c`: the program reads JSON
+    /// Lines on stdin, one session's data per line (JSON data as it is; a map session as an
+    /// object of its entries), and must print exactly one line of JSON per input line, in
+    /// order, and exit 0. Step FROM gets the sessions stored at FROM and the output of step
+    /// FROM - 1. Every step runs to its end before anything is written: a program that fails,
+    /// prints another number of lines, prints a line that is not JSON, or is silent for
+    /// --step-timeout leaves the store unchanged (exit 1). Sessions at a payload version
+    /// newer than N are an error before any step runs. Refuses while the store is open
+    /// elsewhere.
+    #[command(name = "migrate-sessions")]
+    MigrateSessions {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The payload version to migrate every session to.
+        #[arg(long)]
+        to: Option<u32>,
+        /// A step: FROM=COMMAND turns data at payload version FROM into FROM + 1
+        /// (e.g. --step '1=jq -c --unbuffered "{lines: .items}"'). One per version.
+        #[arg(long = "step", value_name = "FROM=COMMAND", value_parser = migrate::parse_step, requires = "to")]
+        steps: Vec<(u32, String)>,
+        /// Seconds to wait for a step program's next line (and for its exit) before stopping it.
+        #[arg(long, default_value_t = 60)]
+        step_timeout: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -262,6 +291,12 @@ fn run(command: Command) -> sessiondb::Result<ExitCode> {
         Command::Backup { dir, dest } => backup(&dir, &dest),
         Command::Restore { backup, dir } => restore(&backup, &dir),
         Command::Repair { dir } => repair(&dir),
+        Command::MigrateSessions {
+            dir,
+            to,
+            steps,
+            step_timeout,
+        } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout)),
     }
 }
 

@@ -28,6 +28,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use sessiondb::session::{Migrations, SessionId, SessionMap, SessionStore};
 use sessiondb::{Batch, Db};
 use support::child::{spawn_test, ChildOutput};
 use support::{contents, segments_with_records, small_options, snapshot_files, wal_relative, OptionsExt};
@@ -139,6 +140,7 @@ fn help_documents_every_subcommand() {
         "backup",
         "restore",
         "repair",
+        "migrate-sessions",
     ];
     for sub in subcommands {
         assert!(help.contains(sub), "--help does not list {sub}:\n{help}");
@@ -160,7 +162,7 @@ fn usage_errors_exit_2() {
     expect(2, &["verify"]);
     expect(2, &["put", "x"]);
     expect(2, &[p(dir.path()), OsStr::new("--bogus")]);
-    for cmd in ["verify", "stats", "dump", "checkpoint", "repair"] {
+    for cmd in ["verify", "stats", "dump", "checkpoint", "repair", "migrate-sessions"] {
         expect(2, &[OsStr::new(cmd), p(&not_a_store)]);
         expect(2, &[OsStr::new(cmd), p(&missing)]);
     }
@@ -757,4 +759,162 @@ fn tool_works_on_a_store_another_process_writes() {
     // A restore never overwrites.
     expect(2, &[OsStr::new("restore"), p(&backups[0]), d]);
     expect(2, &[OsStr::new("backup"), d, p(&backups[0])]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// migrate-sessions: session payloads changed by external step programs
+
+/// A closed store with sessions at payload versions 1 and 2: ids of `{"items": [...]}` at
+/// version 1, a map session at version 1, and `{"lines": [...]}` at version 2.
+fn session_store() -> (tempfile::TempDir, Vec<SessionId>, SessionId, Vec<SessionId>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open_with(dir.path(), small_options().quiet()).unwrap());
+    let v1 = SessionStore::new(db.clone());
+    let hour = std::time::Duration::from_secs(3600);
+    let old: Vec<SessionId> = (0..3)
+        .map(|i| v1.create(format!(r#"{{"items":["a{i}"]}}"#).as_bytes(), hour).unwrap())
+        .collect();
+    let mut m = SessionMap::new();
+    m.insert("items", &vec!["m"]).unwrap();
+    let map = v1.create_map(&m, hour).unwrap();
+    let v2 = SessionStore::new(db.clone())
+        .with_migrations(Migrations::new().payload_version(2))
+        .unwrap();
+    let new: Vec<SessionId> = (0..2)
+        .map(|i| v2.create(format!(r#"{{"lines":["b{i}"]}}"#).as_bytes(), hour).unwrap())
+        .collect();
+    drop((v1, v2));
+    Arc::try_unwrap(db).expect("last handle").close().unwrap();
+    (dir, old, map, new)
+}
+
+/// Every session's (stored payload version, data), through the library, read as stored.
+fn sessions_as_stored(dir: &Path) -> BTreeMap<SessionId, (u32, Vec<u8>)> {
+    let db = Db::open_with(dir, small_options().quiet()).unwrap();
+    let store = SessionStore::new(db);
+    let all = store.stored_sessions(None, usize::MAX).unwrap();
+    all.into_iter().map(|s| (s.id, (s.payload_version, s.data))).collect()
+}
+
+fn migrate(dir: &Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args = vec!["migrate-sessions".into(), dir.as_os_str().to_owned()];
+    args.extend(extra.iter().map(|a| a.into()));
+    args
+}
+
+#[test]
+fn migrate_sessions_dry_run_counts_by_payload_version() {
+    let _serial = serial();
+    let (dir, ..) = session_store();
+    let before = sessions_as_stored(dir.path());
+    let out = expect(0, &migrate(dir.path(), &[]));
+    assert!(out.contains("payload version 1: 4 session(s)"), "{out}");
+    assert!(out.contains("payload version 2: 2 session(s)"), "{out}");
+    assert!(out.contains("dry run"), "{out}");
+    let out = expect(0, &migrate(dir.path(), &["--to", "3"]));
+    assert!(out.contains("dry run"), "--to without --step changes nothing: {out}");
+    assert_eq!(sessions_as_stored(dir.path()), before, "a dry run changes no session");
+}
+
+#[test]
+fn migrate_sessions_runs_each_step_program_once() {
+    let _serial = serial();
+    let (dir, old, map, new) = session_store();
+    let started = dir.path().join("started");
+    // Step 1 renames a field with sed; step 2 wraps each line with a shell loop and counts
+    // its own starts.
+    let step2 = format!(
+        r#"2=echo x >> '{}'; while IFS= read -r l; do printf '%s\n' "{{\"v3\":$l}}"; done"#,
+        started.display()
+    );
+    let out = expect(
+        0,
+        &migrate(
+            dir.path(),
+            &[
+                "--to",
+                "3",
+                "--step",
+                r#"1=sed -e 's/"items"/"lines"/'"#,
+                "--step",
+                &step2,
+            ],
+        ),
+    );
+    assert!(out.contains("migrated 6 session(s) to payload version 3"), "{out}");
+    assert!(out.contains("step 1 -> 2: 4 session(s)"), "{out}");
+    assert!(out.contains("step 2 -> 3: 6 session(s)"), "{out}");
+    assert_eq!(fs::read_to_string(&started).unwrap(), "x\n", "step 2 started once");
+    let after = sessions_as_stored(dir.path());
+    for (i, id) in old.iter().enumerate() {
+        let want = format!(r#"{{"v3":{{"lines":["a{i}"]}}}}"#);
+        assert_eq!(after[id], (3, want.into_bytes()), "session {i} at version 1");
+    }
+    for (i, id) in new.iter().enumerate() {
+        let want = format!(r#"{{"v3":{{"lines":["b{i}"]}}}}"#);
+        assert_eq!(after[id], (3, want.into_bytes()), "session {i} at version 2");
+    }
+    // The map session went through as an object of its entries and came back a map.
+    let db = Db::open_with(dir.path(), small_options().quiet()).unwrap();
+    let store = SessionStore::new(db)
+        .with_migrations(Migrations::new().payload_version(3))
+        .unwrap();
+    let m = store.load_map(&map).unwrap().unwrap();
+    assert_eq!(m.stored_payload_version(), 3);
+    assert_eq!(m.map.names().collect::<Vec<_>>(), ["v3"]);
+    assert_eq!(
+        m.map.get::<serde_json::Value>("v3").unwrap(),
+        Some(serde_json::json!({"lines": ["m"]}))
+    );
+}
+
+#[test]
+fn migrate_sessions_refuses_while_the_store_is_open() {
+    let _serial = serial();
+    let (dir, ..) = session_store();
+    let before = sessions_as_stored(dir.path());
+    let db = Db::open_with(dir.path(), small_options().quiet()).unwrap();
+    let out = run(&migrate(dir.path(), &["--to", "2", "--step", "1=cat"]));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked") && err.contains("another process"), "{err}");
+    drop(db);
+    assert_eq!(sessions_as_stored(dir.path()), before);
+}
+
+#[test]
+fn migrate_sessions_step_with_the_wrong_number_of_lines_changes_nothing() {
+    let _serial = serial();
+    let (dir, ..) = session_store();
+    let before = sessions_as_stored(dir.path());
+    for (step, complaint) in [
+        ("1=sed p", "printed 8 line(s) for 4 input line(s)"),
+        ("1=head -n 1", "printed 1 line(s) for 4 input line(s)"),
+        ("1=cat; exit 3", "failed: exit status: 3"),
+        ("1=sed 's/^/x/'", "is not JSON"),
+    ] {
+        let out = run(&migrate(dir.path(), &["--to", "2", "--step", step]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{step}: {err}");
+        assert!(
+            err.contains(complaint) && err.contains("nothing changed"),
+            "{step}: {err}"
+        );
+        assert_eq!(sessions_as_stored(dir.path()), before, "{step} changed the store");
+    }
+    // Steps that cannot bring every session to --to are refused before any runs.
+    for args in [
+        &["--to", "3", "--step", "2=cat"][..],                // nothing migrates version 1
+        &["--to", "4", "--step", "1=cat", "--step", "3=cat"], // no step from 2
+        &["--to", "1", "--step", "1=cat"],                    // a step that goes past --to
+    ] {
+        let out = run(&migrate(dir.path(), args));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(sessions_as_stored(dir.path()), before);
 }

@@ -1162,43 +1162,96 @@ pub fn user_index_id(key: &[u8], prefix: &[u8]) -> Option<[u8; SESSION_ID_BYTES]
 }
 
 // ---------------------------------------------------------------------------------------------
-// Session records (docs/format.md, "Session records"): values the session layer stores
+// Session records (docs/format.md, "Session keys and values"): values the session layer stores
 
-/// First byte of every session record's value: the layout version of what follows.
-pub const SESSION_RECORD_VERSION: u8 = 1;
+/// First byte of every session record's value: the layout version of what follows. This build
+/// writes [`SESSION_RECORD_VERSION`] and reads it and [`SESSION_RECORD_VERSION_UNVERSIONED`].
+pub const SESSION_RECORD_VERSION: u8 = 2;
+/// The first session record layout: no payload version. Read forever, as payload version
+/// [`SESSION_PAYLOAD_VERSION_UNVERSIONED`]; never written.
+pub const SESSION_RECORD_VERSION_UNVERSIONED: u8 = 1;
+/// The payload version of a record written before payload versions existed (record version 1).
+pub const SESSION_PAYLOAD_VERSION_UNVERSIONED: u32 = 1;
 
-/// A session as stored under its key: the user it belongs to, if any, and its data.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::BorrowDecode)]
+// Record version 2: the version byte, the application's payload version, then the same body as
+// version 1 (user and data, in the payload configuration).
+const SESSION_RECORD_VERSION_AT: usize = 0;
+const SESSION_PAYLOAD_VERSION_AT: usize = SESSION_RECORD_VERSION_AT + 1;
+const SESSION_BODY_V2_AT: usize = SESSION_PAYLOAD_VERSION_AT + 4;
+const SESSION_BODY_V1_AT: usize = SESSION_RECORD_VERSION_AT + 1;
+
+/// A session as stored under its key: the user it belongs to, if any, its data, and the
+/// application's version of the data's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord<'a> {
     /// The user id the session was created for (`SessionStore::create_for_user`).
     pub user: Option<&'a [u8]>,
     /// The session's data, as the application gave it.
     pub data: &'a [u8],
+    /// The application's payload version of `data` (at least 1); record version 1 reads as
+    /// [`SESSION_PAYLOAD_VERSION_UNVERSIONED`].
+    pub payload_version: u32,
 }
 
-/// Encodes a session record: the version byte, then the record in the payload configuration.
+/// What follows the version byte (and, in version 2, the payload version): the same in both
+/// record versions.
+#[derive(bincode::Encode, bincode::BorrowDecode)]
+struct SessionRecordBody<'a> {
+    user: Option<&'a [u8]>,
+    data: &'a [u8],
+}
+
+/// Encodes a session record in the current layout (version 2): the version byte, the payload
+/// version, then user and data in the payload configuration.
 pub fn encode_session_record(r: &SessionRecord<'_>) -> Vec<u8> {
-    let mut out = vec![SESSION_RECORD_VERSION];
+    debug_assert!(r.payload_version >= 1, "the session layer refuses payload version 0");
+    let mut out = Vec::with_capacity(SESSION_BODY_V2_AT + 17 + r.data.len());
+    out.push(SESSION_RECORD_VERSION);
+    out.extend_from_slice(&r.payload_version.to_le_bytes());
+    debug_assert_eq!(out.len(), SESSION_BODY_V2_AT);
+    let body = SessionRecordBody {
+        user: r.user,
+        data: r.data,
+    };
     // NOTE: encoding into a Vec cannot fail: no limit applies to encoding and a Vec grows.
-    if let Err(e) = bincode::encode_into_std_write(r, &mut out, bincode_config()) {
+    if let Err(e) = bincode::encode_into_std_write(&body, &mut out, bincode_config()) {
         unreachable!("encoding into a Vec failed: {e}");
     }
     out
 }
 
-/// Decodes a session record; lengths are bounded by the bytes present, never trusted.
+/// Decodes a session record of either layout version; lengths are bounded by the bytes present,
+/// never trusted. A version 1 record reads as payload version 1.
 pub fn decode_session_record(b: &[u8]) -> Result<SessionRecord<'_>, Damage> {
-    match b.first() {
-        Some(&SESSION_RECORD_VERSION) => {}
+    let (payload_version, body_at) = match b.first() {
+        Some(&SESSION_RECORD_VERSION_UNVERSIONED) => (SESSION_PAYLOAD_VERSION_UNVERSIONED, SESSION_BODY_V1_AT),
+        Some(&SESSION_RECORD_VERSION) => {
+            let Some(pv) = b.get(SESSION_PAYLOAD_VERSION_AT..SESSION_BODY_V2_AT) else {
+                return Err(damage(b.len(), "session record is shorter than its payload version"));
+            };
+            let pv = u32_at(pv, 0);
+            if pv == 0 {
+                return Err(damage(
+                    SESSION_PAYLOAD_VERSION_AT,
+                    "session payload version 0 is not valid",
+                ));
+            }
+            (pv, SESSION_BODY_V2_AT)
+        }
         Some(v) => return Err(damage(0, format!("session record version {v} is not supported"))),
         None => return Err(damage(0, "session record is empty")),
-    }
-    let body = &b[1..];
+    };
+    let body = b.get(body_at..).unwrap_or_default();
     // Both fields borrow from `b`, so decoding allocates nothing; the decode limit bounds the
     // lengths it reads, and each must fit in the bytes present.
-    decode_exact(body).map_err(|d| Damage {
-        offset: d.offset + 1,
+    let body: SessionRecordBody<'_> = decode_exact(body).map_err(|d| Damage {
+        offset: d.offset + body_at as u64,
         reason: d.reason,
+    })?;
+    Ok(SessionRecord {
+        user: body.user,
+        data: body.data,
+        payload_version,
     })
 }
 

@@ -6,6 +6,9 @@
 //! - `\0u` + user length (`u16`, big-endian) + user + the 16 id bytes → empty: the per-user
 //!   index, written, touched and deleted in the same atomic batch as its session, with the same
 //!   deadline.
+//!
+//! Payload versions and migrations (`migrate`): every record carries the application's
+//! version of its data's shape; loads migrate older data, saves write the current version.
 
 use std::fmt;
 use std::path::Path;
@@ -23,6 +26,10 @@ use crate::error::Conflict;
 use crate::error::{Error, Result};
 use crate::format::{self, SessionMapEntries, SessionRecord};
 use crate::options::Durability;
+
+mod migrate;
+
+pub use migrate::{data_from_json, data_to_json, JsonForm, MigrationReport, Migrations, StoredSession, FAILURES_KEPT};
 
 const ID_BYTES: usize = format::SESSION_ID_BYTES;
 /// Characters of an id's string form: 16 bytes in unpadded URL-safe base64.
@@ -133,8 +140,13 @@ impl FromStr for SessionId {
 pub struct Session {
     /// Its id.
     pub id: SessionId,
-    /// Its data, as saved.
+    /// Its data, migrated to the store's current payload version
+    /// ([`SessionStore::payload_version`]) if it was saved at an older one.
     pub data: Vec<u8>,
+    /// The payload version it was saved at (1 for sessions saved before payload versions
+    /// existed). When older than the store's, `data` was migrated on this load and the next
+    /// save writes it at the current version.
+    pub stored_payload_version: u32,
     /// Its version: pass it to [`SessionStore::save`] to refuse overwriting a newer save.
     pub version: u64,
     /// Its expiry deadline in ms since the Unix epoch, on the store's clock.
@@ -215,6 +227,8 @@ pub struct SessionStore {
     /// Retrying operations on one session queue here (by the id's first bytes), shared by
     /// clones.
     stripes: Arc<[Mutex<()>]>,
+    /// The application's payload version and its migrations (`with_migrations`).
+    migrations: Arc<Migrations>,
 }
 
 impl fmt::Debug for SessionStore {
@@ -222,6 +236,7 @@ impl fmt::Debug for SessionStore {
         f.debug_struct("SessionStore")
             .field("db", &self.db)
             .field("opts", &self.opts)
+            .field("migrations", &self.migrations)
             .finish_non_exhaustive()
     }
 }
@@ -287,6 +302,7 @@ impl SessionStore {
             db: db.into(),
             opts: SessionOptions::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            migrations: Arc::new(Migrations::new()),
         }
     }
 
@@ -308,6 +324,22 @@ impl SessionStore {
             guard: None,
             left: self.opts.retries_max,
         }
+    }
+
+    /// A record of `data` at the current payload version.
+    fn encode(&self, user: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+        format::encode_session_record(&SessionRecord {
+            user,
+            data,
+            payload_version: self.payload_version(),
+        })
+    }
+
+    /// The stored record, unless a newer release saved it: this one must not overwrite it.
+    fn decode_writable<'a>(&self, stored: &'a Stored) -> Result<SessionRecord<'a>> {
+        let r = stored.decode(self.db.path())?;
+        self.migrations.check_not_newer(r.payload_version)?;
+        Ok(r)
     }
 
     fn check_size(&self, data: &[u8]) -> Result<()> {
@@ -346,7 +378,7 @@ impl SessionStore {
 
     fn create_inner(&self, user: Option<&[u8]>, data: &[u8], ttl: Duration) -> Result<SessionId> {
         self.check_size(data)?;
-        let record = format::encode_session_record(&SessionRecord { user, data });
+        let record = self.encode(user, data);
         for _ in 0..self.opts.retries_max {
             let id = SessionId::generate()?;
             if self.insert(user, &id, &record, ttl)? {
@@ -365,7 +397,7 @@ impl SessionStore {
     /// nothing and returns false.
     pub fn create_with_id(&self, id: &SessionId, data: &[u8], ttl: Duration) -> Result<bool> {
         self.check_size(data)?;
-        let record = format::encode_session_record(&SessionRecord { user: None, data });
+        let record = self.encode(None, data);
         self.insert(None, id, &record, ttl)
     }
 
@@ -403,11 +435,11 @@ impl SessionStore {
         while retry.next() {
             let stored = self.get(id)?;
             let (user, expected) = match &stored {
-                Some(s) => (s.decode(self.db.path())?.user, Some(s.version)),
+                Some(s) => (self.decode_writable(s)?.user, Some(s.version)),
                 None if create => (None, None),
                 None => return Ok(None),
             };
-            let record = format::encode_session_record(&SessionRecord { user, data });
+            let record = self.encode(user, data);
             let mut batch = Batch::new();
             // The version check makes the session and its index entry one unit against a
             // concurrent regenerate or destroy; losing it to another write means reading again.
@@ -424,13 +456,18 @@ impl SessionStore {
         Err(self.gave_up(id))
     }
 
-    /// The session `id`, or `None` if it does not exist or has expired.
+    /// The session `id`, or `None` if it does not exist or has expired. Data saved at an
+    /// older payload version is returned migrated to the current one
+    /// ([`SessionStore::with_migrations`]); data saved at a newer one is
+    /// [`Error::SessionPayloadTooNew`], and a missing or failing step
+    /// [`Error::SessionMigrationMissing`] or [`Error::SessionMigrationFailed`].
     pub fn load(&self, id: &SessionId) -> Result<Option<Session>> {
         let Some(stored) = self.get(id)? else { return Ok(None) };
         let r = stored.decode(self.db.path())?;
         Ok(Some(Session {
             id: *id,
-            data: r.data.to_vec(),
+            data: self.migrations.apply(r.payload_version, r.data.to_vec())?,
+            stored_payload_version: r.payload_version,
             version: stored.version,
             expires_at_ms: (stored.deadline_ms != 0).then_some(stored.deadline_ms),
             user: r.user.map(<[u8]>::to_vec),
@@ -440,7 +477,9 @@ impl SessionStore {
     /// Replaces the data of session `id` if its version is still `expected_version` (the one
     /// [`SessionStore::load`] returned); keeps its deadline. Returns the new version, or the
     /// [`Conflict`] (with the session's current version, `None` if it is gone) instead of
-    /// overwriting a newer save. The conflict's key is the id's string form.
+    /// overwriting a newer save. The conflict's key is the id's string form. `data` is written
+    /// at the current payload version; a session saved at a newer one is not overwritten
+    /// ([`Error::SessionPayloadTooNew`]).
     pub fn save(&self, id: &SessionId, data: &[u8], expected_version: u64) -> Result<Result<u64, Conflict>> {
         self.check_size(data)?;
         let conflict = |actual| Conflict {
@@ -454,8 +493,8 @@ impl SessionStore {
         if stored.version != expected_version {
             return Ok(Err(conflict(Some(stored.version))));
         }
-        let user = stored.decode(self.db.path())?.user;
-        let record = format::encode_session_record(&SessionRecord { user, data });
+        let user = self.decode_writable(&stored)?.user;
+        let record = self.encode(user, data);
         let mut batch = Batch::new();
         batch
             .put_expiring_at(&id.key(), record, stored.deadline_ms)
@@ -681,6 +720,7 @@ impl SessionStore {
         Ok(Some(MapSession {
             id: *id,
             version: s.version,
+            stored_payload_version: s.stored_payload_version,
             loaded: map.clone(),
             map,
         }))
@@ -726,6 +766,7 @@ impl SessionStore {
             match self.save(&id, &data, version)? {
                 Ok(v) => {
                     session.version = v;
+                    session.stored_payload_version = self.payload_version();
                     session.loaded = SessionMap(merged.clone());
                     session.map = SessionMap(merged);
                     return Ok(Ok(v));
@@ -814,6 +855,7 @@ impl SessionMap {
 pub struct MapSession {
     id: SessionId,
     version: u64,
+    stored_payload_version: u32,
     /// The map as loaded (what the changes are measured against).
     loaded: SessionMap,
     /// The map to edit.
@@ -829,6 +871,12 @@ impl MapSession {
     /// The version it was loaded (or last saved) at.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The payload version it was stored at when loaded ([`Session::stored_payload_version`]);
+    /// the map holds the data migrated to the store's current one.
+    pub fn stored_payload_version(&self) -> u32 {
+        self.stored_payload_version
     }
 }
 
