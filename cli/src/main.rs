@@ -313,10 +313,12 @@ fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
     let s = &view.stats();
     let f = view.files();
     let version = f.format_version.unwrap_or(sessiondb::FORMAT_VERSION);
+    let oldest = f.oldest_format_version.unwrap_or(version);
     if json {
         let obj = out::Obj::new()
             .str("dir", &dir.display().to_string())
             .num("format_version", u64::from(version))
+            .num("oldest_format_version", u64::from(oldest))
             .num("keys", s.keys)
             .num("live_bytes", s.live_bytes)
             .num("dead_bytes", s.dead_bytes)
@@ -345,7 +347,11 @@ fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
         seq => format!("at sequence {seq}"),
     };
     println!("store:                  {}", dir.display());
-    println!("format version:         {version}");
+    if oldest < version {
+        println!("format version:         {version} (files of version {oldest} remain until the next checkpoint)");
+    } else {
+        println!("format version:         {version}");
+    }
     println!("keys:                   {}", s.keys);
     println!("live bytes:             {} ({})", s.live_bytes, out::size(s.live_bytes));
     println!("dead bytes:             {} ({})", s.dead_bytes, out::size(s.dead_bytes));

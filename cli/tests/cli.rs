@@ -918,3 +918,45 @@ fn migrate_sessions_step_with_the_wrong_number_of_lines_changes_nothing() {
     }
     assert_eq!(sessions_as_stored(dir.path()), before);
 }
+
+/// A store of format version 1 (a fixture the version-1 engine wrote) says so in `stats`, a
+/// write makes it mixed, and `sessiondb checkpoint` makes it all version 2 (docs/format.md,
+/// "Changing the format"); `get` reads the same value before and after, `verify` finds it intact.
+#[test]
+fn checkpoint_upgrades_a_version_1_store() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/v1/snapshot_and_log");
+    support::copy_dir(&fixture, tmp.path());
+    let d = p(tmp.path());
+    let stats = json(&expect(0, &[OsStr::new("stats"), d, OsStr::new("--json")]));
+    assert_eq!(
+        (
+            stats["format_version"].as_u64(),
+            stats["oldest_format_version"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let text = expect(0, &[OsStr::new("stats"), d]);
+    assert!(text.contains("format version:         1"), "{text}");
+    let before = expect(0, &[OsStr::new("get"), d, OsStr::new("key-001")]);
+    // A write goes into a segment of version 2; the version 1 files stay until a checkpoint.
+    expect(0, &[OsStr::new("put"), d, OsStr::new("new"), OsStr::new("value")]);
+    let text = expect(0, &[OsStr::new("stats"), d]);
+    assert!(
+        text.contains("2 (files of version 1 remain until the next checkpoint)"),
+        "{text}"
+    );
+    expect(0, &[OsStr::new("checkpoint"), d]);
+    let stats = json(&expect(0, &[OsStr::new("stats"), d, OsStr::new("--json")]));
+    assert_eq!(
+        (
+            stats["format_version"].as_u64(),
+            stats["oldest_format_version"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(expect(0, &[OsStr::new("get"), d, OsStr::new("key-001")]), before);
+    let verified = json(&expect(0, &[OsStr::new("verify"), d, OsStr::new("--json")]));
+    assert_eq!(verified["intact"], true, "{verified}");
+}

@@ -62,6 +62,9 @@ pub struct Inventory {
     /// The format version in the headers of the store's segments and snapshots (the highest
     /// one, if they differ); `None` if no file has a readable header yet.
     pub format_version: Option<u32>,
+    /// The lowest format version among them: below [`crate::FORMAT_VERSION`], files of an older
+    /// version remain, read as they are until the next checkpoint rewrites them.
+    pub oldest_format_version: Option<u32>,
 }
 
 impl Inventory {
@@ -180,6 +183,7 @@ fn inventory_of(storage: &dyn Storage, listed: &[PathBuf]) -> Result<Inventory> 
     for (_, path, _) in inv.segments.iter().chain(&inv.snapshots) {
         if let Some(v) = preamble_version(storage, path)? {
             inv.format_version = Some(inv.format_version.map_or(v, |w: u32| w.max(v)));
+            inv.oldest_format_version = Some(inv.oldest_format_version.map_or(v, |w: u32| w.min(v)));
         }
     }
     Ok(inv)
