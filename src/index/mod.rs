@@ -908,6 +908,9 @@ mod tests {
             .collect()
     }
 
+    /// Each key's version and deadline.
+    type Versions = BTreeMap<Vec<u8>, (u64, u64)>;
+
     /// Puts, deletes and touches of a few thousand keys (so the overlay and the frozen layer are
     /// sorted runs with trees on top, merged many times) across checkpoints that rebase or fail,
     /// against a map of key to (version, deadline): every key's entry, the whole range in order
@@ -919,9 +922,10 @@ mod tests {
         let (seed, mut next) = seeded();
         let run = std::panic::AssertUnwindSafe(|| {
             let mut index = Index::default();
-            let mut model: BTreeMap<Vec<u8>, (u64, u64)> = BTreeMap::new();
+            let mut model: Versions = BTreeMap::new();
             let mut seq = 0u64;
-            let mut frozen_at: Option<(u64, BTreeMap<Vec<u8>, (u64, u64)>)> = None;
+            // The base sequence number and the state at the freeze of a checkpoint in progress.
+            let mut frozen_at: Option<(u64, Versions)> = None;
             let mut runs_seen = (0, 0);
             for step in 0..30_000u64 {
                 let key = format!("k{:05}", next() % 4_000).into_bytes();
