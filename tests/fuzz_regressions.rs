@@ -142,3 +142,16 @@ fn sequence_numbers_stop_at_seq_max() {
 fn generate_seeds() {
     support::fuzz::seeds::generate(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds"));
 }
+
+/// Writes the `recovery_image` seeds derived from the format version 1 fixture stores
+/// (`tests/fixtures/v1/`): each store as it is, as this build leaves it after a few writes (a
+/// mixed v1/v2 store), and a prefix of `log_only`'s log small enough for the fuzzer's
+/// `-max_len`, also continued and checkpointed (`support::fuzz::seeds::generate_from_v1`). The
+/// fixtures never change, so neither do these, unless this build's writes do:
+/// `cargo test --test fuzz_regressions generate_v1_fixture_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn generate_v1_fixture_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    support::fuzz::seeds::generate_from_v1(&root.join("tests/fixtures/v1"), &root.join("fuzz/seeds"));
+}

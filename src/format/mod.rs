@@ -536,8 +536,9 @@ pub fn put_value_is_for(payload: &[u8], value_at: usize, key: &[u8], value_len: 
 /// the value checksum matches ([`value_crc`]). Returns the value's checksum. Never panics.
 pub fn check_log_value(b: &[u8], key: &[u8], value_len: usize, seq: u64) -> Result<u32, Damage> {
     let value_at = log_value_back(key.len());
-    let crc_at = value_at + value_len;
-    if b.len() != crc_at + VALUE_CRC_SIZE || !put_value_is_for(b, value_at, key, value_len) {
+    // A length no slice can hold is not this put's (and must not overflow the sum).
+    let crc_at = value_at.saturating_add(value_len);
+    if b.len() != crc_at.saturating_add(VALUE_CRC_SIZE) || !put_value_is_for(b, value_at, key, value_len) {
         return Err(damage(0, "the bytes here are not a put of this key"));
     }
     let stored = u32_at(b, crc_at);
@@ -860,7 +861,9 @@ pub fn check_snapshot_value(
     version: u32,
 ) -> Result<Option<u32>, Damage> {
     let value_at = snapshot_value_back(key.len(), version);
-    if b.len() != value_at + value_len || !snapshot_value_is_for(b, value_at, key, seq, value_len, version) {
+    if b.len() != value_at.saturating_add(value_len)
+        || !snapshot_value_is_for(b, value_at, key, seq, value_len, version)
+    {
         return Err(damage(0, "the bytes here are not a snapshot entry of this key"));
     }
     if version == 1 {

@@ -2,21 +2,27 @@
 //! (`wal/reader.rs`), in all three recovery modes.
 //!
 //! Input: a first byte that picks raw bytes (even) or a structured [`SegmentSpec`] (odd), and
-//! whether the segment is the log's last and its expected first sequence number is known.
+//! whether the segment is the log's last and its expected first sequence number is known; for a
+//! structured one, bit 3 picks its format version (set: 1, as older builds wrote; clear: 2).
 //! Invariants: the reader never panics and never allocates from a length field (the capped
 //! allocator); it ends in a clean end, a torn tail or an error naming corruption or an
 //! unsupported format; what it replays are valid, consecutive records inside the file; only
 //! the last segment outside `Strict` may have bytes cut; a cut is never vouched for by a later
 //! record (docs/design.md, "Vouching"); `Strict` ⊆ `TolerateTornTail` ⊆ `Salvage` in what they
-//! accept, agreeing where they both accept; a pristine spec reads back whole.
+//! accept, agreeing where they both accept; a pristine spec reads back whole. Every replayed
+//! payload goes through `decode_ops` in both versions, with and without the record's sequence
+//! number: checking value checksums only ever refuses more, and refuses exactly when some put's
+//! stored checksum is not `value_crc(key, value, seq)`, which `check_log_value` (the reader a get
+//! uses) agrees with put by put. The input's bytes also go to `check_log_value` and
+//! `check_snapshot_value` as they are: no panic, and whatever they accept is what they claim.
 
 use arbitrary::{Arbitrary, Unstructured};
-use sessiondb::internals::format::{self, RecordState, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use sessiondb::internals::format::{self, Op, RecordState, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, VALUE_CRC_SIZE};
 use sessiondb::internals::fuzzing::{self, SegmentOutcome};
 use sessiondb::internals::limits::RECORD_PAYLOAD_MAX;
 use sessiondb::{Error, RecoveryMode};
 
-use super::spec::{SegmentSpec, SEGMENT_BYTES};
+use super::spec::{version_from, SegmentSpec, SEGMENT_BYTES};
 
 /// One input, decoded.
 struct Case {
@@ -59,7 +65,7 @@ fn decode_input(data: &[u8]) -> Option<Case> {
     let spec = SegmentSpec::arbitrary(&mut u).ok()?;
     let id = 1 + u64::from(sel >> 4);
     let next = 1 + u64::from(u8::arbitrary(&mut u).unwrap_or(0));
-    let built = spec.build(id, next);
+    let built = spec.build(id, next, version_from(sel & 8 != 0));
     let expected_seq = (sel & 4 != 0).then_some(next);
     Some(Case {
         bytes: built.bytes,
@@ -73,6 +79,7 @@ fn decode_input(data: &[u8]) -> Option<Case> {
 
 /// The target.
 pub fn run(data: &[u8]) {
+    probe_value_readers(data);
     let Some(case) = decode_input(data) else {
         return;
     };
@@ -136,7 +143,9 @@ pub fn run(data: &[u8]) {
     for o in [&strict, &tolerant, &salvage].into_iter().flatten() {
         for r in &o.records {
             let at = r.offset as usize;
-            check_payload(&case.bytes[at + RECORD_HEADER_SIZE..at + r.len as usize]);
+            let payload = &case.bytes[at + RECORD_HEADER_SIZE..at + r.len as usize];
+            check_payload(payload);
+            check_values(payload, r.seq);
         }
     }
 }
@@ -253,6 +262,95 @@ pub fn check_payload(payload: &[u8]) {
             }
         }
         assert_eq!(again, payload, "a version 2 payload decoded but re-encodes differently");
+    }
+}
+
+/// `decode_ops` in both versions with and without `seq` (the record's sequence number), and
+/// `check_log_value` on every put of a version 2 reading: see the module's invariants.
+pub fn check_values(payload: &[u8], seq: u64) {
+    let v1 = format::decode_ops(payload, 1, None);
+    assert_eq!(
+        format::decode_ops(payload, 1, Some(seq)).ok(),
+        v1.ok(),
+        "a version 1 payload has no value checksum: the sequence number changes nothing"
+    );
+    let unsealed = format::decode_ops(payload, 2, None);
+    let sealed = format::decode_ops(payload, 2, Some(seq));
+    if let Ok(ops) = &sealed {
+        assert_eq!(
+            unsealed.as_ref().ok(),
+            Some(ops),
+            "checking value checksums changed the ops"
+        );
+    }
+    let Ok(ops) = &unsealed else {
+        assert!(
+            sealed.is_err(),
+            "a payload decoded only once its checksums were checked"
+        );
+        return;
+    };
+    let mut every_crc_ok = true;
+    for op in ops {
+        let Op::Put { key, value, .. } = *op else {
+            continue;
+        };
+        let value_at = value.as_ptr() as usize - payload.as_ptr() as usize;
+        let start = value_at - format::log_value_back(key.len());
+        let crc_at = value_at + value.len();
+        let b = &payload[start..crc_at + VALUE_CRC_SIZE];
+        let stored = u32::from_le_bytes(payload[crc_at..crc_at + VALUE_CRC_SIZE].try_into().unwrap_or([0; 4]));
+        let crc_ok = stored == format::value_crc(key, value, seq);
+        match format::check_log_value(b, key, value.len(), seq) {
+            Ok(c) => assert!(crc_ok && c == stored, "check_log_value accepted a wrong checksum"),
+            Err(_) => assert!(!crc_ok, "check_log_value refused a put whose checksum matches"),
+        }
+        // Another length or a key one byte longer never passes the framing check.
+        assert!(format::check_log_value(b, key, value.len() + 1, seq).is_err());
+        let longer = [key, b"x"].concat();
+        assert!(format::check_log_value(b, &longer, value.len(), seq).is_err());
+        every_crc_ok &= crc_ok;
+    }
+    assert_eq!(
+        sealed.is_ok(),
+        every_crc_ok,
+        "decode_ops with the sequence number disagrees with the puts' checksums"
+    );
+}
+
+/// The value readers on the input's own bytes: a key, a length and a sequence number taken from
+/// its first bytes. No panic; an accepted put or entry is exactly what the reader claims.
+fn probe_value_readers(data: &[u8]) {
+    let k = usize::from(data.first().copied().unwrap_or(0) % 8);
+    let key = data.get(1..1 + k).unwrap_or_default();
+    let seq = u64_at(data, 1 + k).unwrap_or(1);
+    let back = format::log_value_back(k);
+    let lens = [
+        0,
+        1,
+        data.len().saturating_sub(back + VALUE_CRC_SIZE),
+        data.len().saturating_sub(format::snapshot_value_back(k, 1)),
+        data.len().saturating_sub(format::snapshot_value_back(k, 2)),
+        u32::MAX as usize,
+        usize::MAX,
+    ];
+    for len in lens {
+        if let Ok(stored) = format::check_log_value(data, key, len, seq) {
+            assert_eq!(data.len(), back + len + VALUE_CRC_SIZE);
+            assert_eq!(&data[12..12 + k], key);
+            assert_eq!(stored, format::value_crc(key, &data[back..back + len], seq));
+        }
+        for version in [1, 2] {
+            let _ = format::decode_ops(data, version, Some(seq));
+            if let Ok(crc) = format::check_snapshot_value(data, key, len, seq, version) {
+                let back = format::snapshot_value_back(k, version);
+                assert_eq!(data.len(), back + len);
+                assert_eq!(&data[back - k..back], key);
+                assert_eq!(u64_at(data, 8), Some(seq));
+                let want = (version != 1).then(|| format::value_crc(key, &data[back..], seq));
+                assert_eq!(crc, want);
+            }
+        }
     }
 }
 

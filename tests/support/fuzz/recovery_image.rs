@@ -1,9 +1,12 @@
 //! Target `recovery_image`: an arbitrary store directory in the simulated storage, opened.
 //!
 //! Input: a first byte that picks a serialized image of real files (even: the seed corpus
-//! holds images the engine wrote, power-loss images around checkpoints among them, see
-//! [`encode_image`]) or a structured [`ImageSpec`] (odd): segments, snapshots, temp files and
-//! stray files, each built from a spec as in the decode targets, and the recovery mode.
+//! holds images the engine wrote, power-loss images around checkpoints among them, and the
+//! format version 1 fixture stores with what this build makes of them, see [`encode_image`] and
+//! `seeds.rs`) or a structured [`ImageSpec`] (odd): segments, snapshots, temp files and stray
+//! files, each built from a spec as in the decode targets, in format version 1 or 2 (the older
+//! segments and snapshots in version 1 when the spec says so: a store an older build wrote and
+//! this one went on with), and the recovery mode.
 //! Invariants: `Db::open` returns a store or an error naming corruption or an unsupported
 //! format, never panics or allocates from a length field; every key and value it then holds was
 //! in the image's records or snapshot entries, and none has expired; a second open gives the
@@ -22,7 +25,7 @@ use sessiondb::{Db, Error, ManualClock, Options, RecoveryMode, SyncMode};
 
 use super::super::{small_options, OptionsExt};
 use super::snapshot_decode::contains;
-use super::spec::{SegmentSpec, SnapshotSpec, SEGMENT_BYTES};
+use super::spec::{version_from, SegmentSpec, SnapshotSpec, SEGMENT_BYTES};
 
 /// Where the image is installed in the simulated file system.
 pub const DIR: &str = "/store";
@@ -74,6 +77,12 @@ pub struct ImageSpec {
     pub log_after_snapshot: bool,
     /// Milliseconds the clock is past `NOW_MS`.
     pub clock_ms: u16,
+    /// Segments with an id below this are built in format version 1, the others in version 2
+    /// (a store an older build wrote, continued by this one). Last, so older saved inputs keep
+    /// their meaning (0 when the input has run out: all version 2).
+    pub v1_segments_below: u8,
+    /// Snapshots with a base below this are built in format version 1.
+    pub v1_snapshots_below: u16,
 }
 
 fn id20(n: u64) -> String {
@@ -116,7 +125,8 @@ fn build(spec: &ImageSpec) -> Vec<(PathBuf, Vec<u8>)> {
                 _ => 0,
             };
             newest = newest.max(base);
-            out.push((p, s.build(base).bytes));
+            let version = version_from(base < u64::from(spec.v1_snapshots_below));
+            out.push((p, s.build(base, version).bytes));
         }
     }
     let mut segments: Vec<(u64, &FileSpec)> = files
@@ -131,7 +141,7 @@ fn build(spec: &ImageSpec) -> Vec<(PathBuf, Vec<u8>)> {
     let mut next = if spec.log_after_snapshot { newest + 1 } else { 1 };
     for (id, f) in segments {
         if let (Some(p), ContentSpec::Segment(s)) = (path_of(&f.name), &f.content) {
-            let built = s.build(id, next);
+            let built = s.build(id, next, version_from(id < u64::from(spec.v1_segments_below)));
             next = built.next_seq.max(next);
             out.push((p, built.bytes));
         }
@@ -196,7 +206,7 @@ fn decode_image(mut b: &[u8]) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Puts each file in the simulated storage, durable with its directory entry.
-fn install(sim: &SimStorage, files: &[(PathBuf, Vec<u8>)]) {
+pub fn install(sim: &SimStorage, files: &[(PathBuf, Vec<u8>)]) {
     let wal = Path::new(DIR).join("wal");
     sim.create_dir_all(&wal).expect("sim: create the store's directories");
     for (path, bytes) in files {

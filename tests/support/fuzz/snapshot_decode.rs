@@ -1,19 +1,27 @@
 //! Target `snapshot_decode`: bytes as a snapshot file through the loader recovery uses, the
 //! block-by-block check `verify` uses, and the rebuild `repair` does.
 //!
-//! Input: a first byte that picks raw bytes (even) or a structured [`SnapshotSpec`] (odd); raw
-//! inputs take the base sequence number from their header, so real snapshots load.
+//! Input: a first byte that picks raw bytes (even) or a structured [`SnapshotSpec`] (odd; bit 1
+//! picks its format version: set, 1 as older builds wrote; clear, 2); raw inputs take the base
+//! sequence number from their header, so real snapshots load.
 //! Invariants: no panic, no allocation from a length field; the loader returns the entries or
 //! an error naming corruption or an unsupported format; loaded keys ascend strictly, sequence
 //! numbers are not 0, the count is the footer's; the loader and `verify` agree on whether the
 //! file is intact; a rebuilt (salvaged) snapshot always loads, holding only entries of the
-//! original, all of them when it was intact; a pristine spec loads exactly as written.
+//! original, all of them when it was intact; a pristine spec loads exactly as written. Every
+//! block between a readable header and footer is also decoded entry by entry in both versions'
+//! layouts (no panic), and in its own version each entry goes through `check_snapshot_value`,
+//! the reader a get uses: it accepts the entry, returning the stored checksum in version 2,
+//! exactly when that checksum is `value_crc(key, value, seq)` (always, in version 1). Loading does
+//! not check value checksums (reads do) while `verify` does: where they differ, it is over an
+//! entry whose checksum `check_snapshot_value` refuses, and nothing else.
 
 use arbitrary::{Arbitrary, Unstructured};
+use sessiondb::internals::format::{self, HeaderState, SNAPSHOT_HEADER_SIZE};
 use sessiondb::internals::fuzzing::{self, DecodedSnapshot};
 use sessiondb::Error;
 
-use super::spec::{Item, SnapshotSpec};
+use super::spec::{version_from, Item, SnapshotSpec};
 
 /// One decoded input: the bytes, the base in the file name, the entries a pristine spec holds.
 type Case = (Vec<u8>, u64, Option<Vec<Item>>);
@@ -33,7 +41,7 @@ fn decode_input(data: &[u8]) -> Option<Case> {
     let mut u = Unstructured::new(rest);
     let spec = SnapshotSpec::arbitrary(&mut u).ok()?;
     let base = u64::from(u16::arbitrary(&mut u).unwrap_or(0));
-    let built = spec.build(base);
+    let built = spec.build(base, version_from(sel & 2 != 0));
     let pristine = built.pristine.then_some(built.entries);
     Some((built.bytes, base, pristine))
 }
@@ -45,12 +53,18 @@ pub fn run(data: &[u8]) {
     };
     let loaded = fuzzing::decode_snapshot(&bytes, base);
     let problems = fuzzing::snapshot_problems(&bytes, base);
+    let bad_value_crcs = check_entries(&bytes);
     match &loaded {
         Ok(s) => {
             check_loaded(&bytes, base, s);
             assert!(
-                problems.is_empty(),
+                problems.iter().all(|p| p.reason == "value checksum mismatch"),
                 "the loader accepted what verify refuses: {problems:?}"
+            );
+            assert_eq!(
+                problems.len(),
+                bad_value_crcs,
+                "verify and check_snapshot_value disagree on the value checksums"
             );
         }
         Err(Error::Corruption { .. } | Error::UnsupportedFormat { .. }) => {
@@ -112,6 +126,52 @@ fn check_loaded(bytes: &[u8], base: u64, s: &DecodedSnapshot) {
             "a loaded entry's key and value are not in the file"
         );
     }
+}
+
+/// Decodes every block between the header and the footer, if both read, in both versions'
+/// layouts, and checks each entry of the file's own version with `check_snapshot_value`. Returns
+/// how many entries it refused.
+fn check_entries(bytes: &[u8]) -> usize {
+    let HeaderState::Valid(h) = format::decode_snapshot_header(bytes) else {
+        return 0;
+    };
+    let Ok(footer) = format::decode_snapshot_footer(bytes) else {
+        return 0;
+    };
+    let end = footer.footer_offset as usize;
+    let mut at = SNAPSHOT_HEADER_SIZE;
+    let mut refused = 0;
+    while at < end {
+        let b = &bytes[at..end];
+        let other = 3 - h.version;
+        let _ = format::decode_block(b, other);
+        let Ok((entries, len)) = format::decode_block(b, h.version) else {
+            return refused;
+        };
+        for d in entries {
+            let e = d.entry;
+            let start = d.value_at - format::snapshot_value_back(e.key.len(), h.version);
+            let entry = &b[start..d.value_at + e.value.len()];
+            let want = format::value_crc(e.key, e.value, e.seq);
+            match format::check_snapshot_value(entry, e.key, e.value.len(), e.seq, h.version) {
+                Ok(crc) => {
+                    assert_eq!(crc, e.value_crc, "check_snapshot_value returned another checksum");
+                    assert!(crc.is_none_or(|c| c == want), "accepted a wrong value checksum");
+                }
+                Err(_) => {
+                    assert!(
+                        e.value_crc.is_some_and(|c| c != want),
+                        "refused an entry whose value checksum matches"
+                    );
+                    refused += 1;
+                }
+            }
+            // Another sequence number never passes the framing check.
+            assert!(format::check_snapshot_value(entry, e.key, e.value.len(), e.seq ^ 1, h.version).is_err());
+        }
+        at += len;
+    }
+    refused
 }
 
 /// Whether `needle` occurs in `hay`.

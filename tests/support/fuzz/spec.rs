@@ -2,6 +2,13 @@
 //! engine's own encoders (`sessiondb::internals::format`), so checksums are right unless the description
 //! says otherwise. Random bytes almost never carry a valid crc32; these inputs reach every row
 //! of the recovery decision table instead of stopping at the first checksum.
+//!
+//! Each file is built in the format version its caller picks from the input (format version 1,
+//! as stores written by older builds hold it: v1 headers, `encode_ops_v1` payloads, 24-byte
+//! snapshot entries; or version 2, what this build writes), so the targets reach both versions'
+//! decoders and, in `recovery_image`, stores that mix them. The version is an argument of
+//! `build`, not a field of the specs: the specs' `Arbitrary` shapes, and so the saved inputs'
+//! meaning, stay as they were.
 
 use arbitrary::Arbitrary;
 use sessiondb::internals::format::{self, BlockBuilder, Op, SegmentHeader, SnapshotEntry, SnapshotFooter, KIND_OPS};
@@ -178,8 +185,18 @@ pub struct BuiltSegment {
     pub records: usize,
 }
 
-/// The payload of a record with sequence number `seq` (its value checksums sealed with it).
-fn encode_ops(ops: &[OpSpec], seq: u64) -> Vec<u8> {
+/// The format version a caller picks from one input bit: version 1 when set, else this build's.
+pub fn version_from(bit: bool) -> u32 {
+    if bit {
+        1
+    } else {
+        format::FORMAT_VERSION
+    }
+}
+
+/// The payload of a record with sequence number `seq` in format `version` (version 2's value
+/// checksums sealed with `seq`; version 1 has none).
+fn encode_ops(ops: &[OpSpec], seq: u64, version: u32) -> Vec<u8> {
     let ops: Vec<OpSpec> = ops.iter().take(ITEMS_MAX).cloned().collect();
     let keys: Vec<(Vec<u8>, Vec<u8>)> = ops
         .iter()
@@ -208,24 +225,36 @@ fn encode_ops(ops: &[OpSpec], seq: u64) -> Vec<u8> {
         })
         .collect();
     let mut out = Vec::new();
-    format::encode_ops_sealed(&mut out, &encoded, seq);
+    if version == 1 {
+        format::encode_ops_v1(&mut out, &encoded);
+    } else {
+        format::encode_ops_sealed(&mut out, &encoded, seq);
+    }
     out
 }
 
 impl SegmentSpec {
-    /// Builds the file of segment `segment_id` whose log continues at `next_seq`.
-    pub fn build(&self, segment_id: u64, next_seq: u64) -> BuiltSegment {
+    /// Builds the file of segment `segment_id` whose log continues at `next_seq`, in format
+    /// `version` (1 or 2).
+    pub fn build(&self, segment_id: u64, next_seq: u64, version: u32) -> BuiltSegment {
+        let header = |segment_id, first_seq| {
+            format::encode_segment_header(SegmentHeader {
+                segment_id,
+                first_seq,
+                version,
+            })
+        };
         let mut pristine = self.damage.is_empty();
         let (mut bytes, first_seq) = match &self.header {
             HeaderSpec::Valid { first_seq_delta } => {
                 let first = next_seq.max(1).saturating_add(small(u64::from(*first_seq_delta)));
                 pristine &= first == next_seq.max(1);
-                let h = format::encode_segment_header(SegmentHeader::new(segment_id, first));
+                let h = header(segment_id, first);
                 (h.to_vec(), Some(first))
             }
             HeaderSpec::FirstSeq(f) => {
                 pristine &= *f == next_seq.max(1);
-                let h = format::encode_segment_header(SegmentHeader::new(segment_id, *f));
+                let h = header(segment_id, *f);
                 (h.to_vec(), (*f != 0).then_some(*f))
             }
             HeaderSpec::Zero => {
@@ -234,12 +263,12 @@ impl SegmentSpec {
             }
             HeaderSpec::OtherId(id) => {
                 pristine = false;
-                let h = format::encode_segment_header(SegmentHeader::new(*id, next_seq.max(1)));
+                let h = header(*id, next_seq.max(1));
                 (h.to_vec(), None)
             }
             HeaderSpec::Version(v) => {
                 pristine = false;
-                let mut h = format::encode_segment_header(SegmentHeader::new(segment_id, next_seq.max(1)));
+                let mut h = header(segment_id, next_seq.max(1));
                 h[8..12].copy_from_slice(&v.to_le_bytes());
                 let pre = crc32fast::hash(&h[..12]);
                 h[12..16].copy_from_slice(&pre.to_le_bytes());
@@ -268,7 +297,7 @@ impl SegmentSpec {
                 DurableSpec::Any(x) => x,
             };
             let payload = match &r.payload {
-                PayloadSpec::Ops(ops) if !ops.is_empty() => encode_ops(ops, s),
+                PayloadSpec::Ops(ops) if !ops.is_empty() => encode_ops(ops, s, version),
                 PayloadSpec::Ops(_) => {
                     pristine = false;
                     vec![0u8; 8]
@@ -400,18 +429,18 @@ pub struct BuiltSnapshot {
 }
 
 impl SnapshotSpec {
-    /// Builds the snapshot `<base_seq>.snap`.
-    pub fn build(&self, base_seq: u64) -> BuiltSnapshot {
+    /// Builds the snapshot `<base_seq>.snap` in format `version` (1 or 2).
+    pub fn build(&self, base_seq: u64, version: u32) -> BuiltSnapshot {
         let mut pristine = self.damage.is_empty();
         let mut bytes = match &self.header {
-            SnapHeaderSpec::Valid => format::encode_snapshot_header(base_seq).to_vec(),
+            SnapHeaderSpec::Valid => format::encode_snapshot_header_version(base_seq, version).to_vec(),
             SnapHeaderSpec::OtherBase(b) => {
                 pristine &= *b == base_seq;
-                format::encode_snapshot_header(*b).to_vec()
+                format::encode_snapshot_header_version(*b, version).to_vec()
             }
             SnapHeaderSpec::Version(v) => {
                 pristine = false;
-                let mut h = format::encode_snapshot_header(base_seq);
+                let mut h = format::encode_snapshot_header_version(base_seq, version);
                 h[8..12].copy_from_slice(&v.to_le_bytes());
                 let pre = crc32fast::hash(&h[..12]);
                 h[12..16].copy_from_slice(&pre.to_le_bytes());
@@ -458,7 +487,7 @@ impl SnapshotSpec {
             if b.is_empty() {
                 continue;
             }
-            let mut builder = BlockBuilder::new();
+            let mut builder = BlockBuilder::with_version(version);
             for (k, v, s, x) in b {
                 pristine &= *s != 0;
                 builder.push(SnapshotEntry {
