@@ -142,20 +142,27 @@ fn bytes_of_another_key_where_the_index_points_are_an_error() {
     assert_eq!(db.get("key-d").unwrap().as_deref(), Some(&b"value of d"[..]));
 }
 
-/// A checkpoint verifies the snapshot block of every value it copies from the previous
-/// snapshot: a value damaged at rest after the snapshot was loaded (one flipped bit, seen
-/// through the mapping) fails the checkpoint naming the snapshot, and no new snapshot holds it.
-#[test]
-fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = Db::open_with(tmp.path(), small_options().auto_checkpoint(false)).unwrap();
+/// A store in `dir` (real files) with `kept` and `hit` in a snapshot, and one bit of `hit`'s value
+/// flipped after the snapshot was loaded (seen through the mapping); and the snapshot's path.
+fn snapshot_with_a_damaged_value(dir: &std::path::Path) -> (Db, std::path::PathBuf) {
+    let db = Db::open_with(dir, small_options().auto_checkpoint(false)).unwrap();
     db.put("kept", "a value that stays as it is").unwrap();
     db.put("hit", "a value that is damaged at rest").unwrap();
     db.checkpoint().unwrap();
-    let snap = support::snapshot_files(tmp.path()).remove(0);
+    let snap = support::snapshot_files(dir).remove(0);
     let bytes = std::fs::read(&snap).unwrap();
     let at = find(&bytes, b"damaged at rest");
     write_in_place(&snap, at as u64, &[bytes[at] ^ 0x01]);
+    (db, snap)
+}
+
+/// A checkpoint verifies every value it copies from the previous snapshot (its value checksum;
+/// in a snapshot of format version 1, its block's): a value damaged at rest after the snapshot
+/// was loaded fails the checkpoint naming the snapshot, and no new snapshot holds it.
+#[test]
+fn a_checkpoint_never_copies_a_damaged_snapshot_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, snap) = snapshot_with_a_damaged_value(tmp.path());
     db.put("new", "so the next checkpoint has work").unwrap();
     match db.checkpoint() {
         Err(Error::Corruption { path, reason, .. }) => {
@@ -213,14 +220,7 @@ fn an_older_version_of_the_same_key_where_the_index_points_is_an_error() {
 #[test]
 fn a_snapshot_value_damaged_after_open_is_an_error_not_data() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = Db::open_with(tmp.path(), small_options().auto_checkpoint(false)).unwrap();
-    db.put("kept", "a value that stays as it is").unwrap();
-    db.put("hit", "a value that is damaged at rest").unwrap();
-    db.checkpoint().unwrap();
-    let snap = support::snapshot_files(tmp.path()).remove(0);
-    let bytes = std::fs::read(&snap).unwrap();
-    let at = find(&bytes, b"damaged at rest");
-    write_in_place(&snap, at as u64, &[bytes[at] ^ 0x01]);
+    let (db, snap) = snapshot_with_a_damaged_value(tmp.path());
     match db.get("hit") {
         Err(Error::Corruption { path, reason, .. }) => {
             assert_eq!(path, snap, "names the snapshot");

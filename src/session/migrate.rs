@@ -544,29 +544,14 @@ impl SessionStore {
             ));
         }
         self.check_size(data)?;
-        let conflict = |actual| crate::Conflict {
-            key: id.to_string().into_bytes(),
-            expected: Some(expected_version),
-            actual,
-        };
-        let Some(stored) = self.get(id)? else {
-            return Ok(Err(conflict(None)));
-        };
-        if stored.version != expected_version {
-            return Ok(Err(conflict(Some(stored.version))));
-        }
-        let r = stored.decode(self.db.path())?;
-        let record = format::encode_session_record(&SessionRecord {
-            user: r.user,
-            data,
-            payload_version,
-        });
-        let mut batch = Batch::new();
-        let key = id.key();
-        batch
-            .put_expiring_at(&key, record, stored.deadline_ms)
-            .expect_version(key, Some(expected_version));
-        Ok(self.write(batch)?.map_err(|c| conflict(c.actual)))
+        self.swap_record(id, expected_version, |stored| {
+            let r = stored.decode(self.db.path())?;
+            Ok(format::encode_session_record(&SessionRecord {
+                user: r.user,
+                data,
+                payload_version,
+            }))
+        })
     }
 }
 

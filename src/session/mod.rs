@@ -206,7 +206,7 @@ impl SessionOptions {
 }
 
 /// A session as the store holds it, with what its writes need.
-struct Stored {
+pub(crate) struct Stored {
     record: Vec<u8>,
     version: u64,
     deadline_ms: u64,
@@ -482,6 +482,22 @@ impl SessionStore {
     /// ([`Error::SessionPayloadTooNew`]).
     pub fn save(&self, id: &SessionId, data: &[u8], expected_version: u64) -> Result<Result<u64, Conflict>> {
         self.check_size(data)?;
+        self.swap_record(id, expected_version, |stored| {
+            let user = self.decode_writable(stored)?.user;
+            Ok(self.encode(user, data))
+        })
+    }
+
+    /// Replaces session `id`'s record with the one `record` makes of the stored one, if its
+    /// version is still `expected_version`, keeping its deadline: [`SessionStore::save`] and
+    /// the migrations' writes. Returns the new version or the [`Conflict`] (the key is the id's
+    /// string form, `actual` the session's current version, `None` if it is gone).
+    pub(crate) fn swap_record(
+        &self,
+        id: &SessionId,
+        expected_version: u64,
+        record: impl FnOnce(&Stored) -> Result<Vec<u8>>,
+    ) -> Result<Result<u64, Conflict>> {
         let conflict = |actual| Conflict {
             key: id.to_string().into_bytes(),
             expected: Some(expected_version),
@@ -493,8 +509,7 @@ impl SessionStore {
         if stored.version != expected_version {
             return Ok(Err(conflict(Some(stored.version))));
         }
-        let user = self.decode_writable(&stored)?.user;
-        let record = self.encode(user, data);
+        let record = record(&stored)?;
         let mut batch = Batch::new();
         batch
             .put_expiring_at(&id.key(), record, stored.deadline_ms)
