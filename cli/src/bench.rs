@@ -104,7 +104,7 @@ pub fn run(b: &Bench) -> sessiondb::Result<()> {
             true,
         ),
     };
-    println!(
+    outln!(
         "sessiondb bench: {} ({} threads, {} B values, {:?}, {} s per workload)",
         dir.display(),
         b.threads,
@@ -209,14 +209,24 @@ fn pct(sorted: &[u64], p: f64) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    println!();
-    println!(
+    outln!();
+    outln!(
         "| {:<24} | {:>9} | {:>11} | {:>9} | {:>9} | {:>9} | notes",
-        "workload", "ops", "ops/s", "p50", "p99", "max"
+        "workload",
+        "ops",
+        "ops/s",
+        "p50",
+        "p99",
+        "max"
     );
-    println!(
+    outln!(
         "|{:-<26}|{:->11}|{:->13}|{:->11}|{:->11}|{:->11}|-------",
-        "", "", "", "", "", ""
+        "",
+        "",
+        "",
+        "",
+        "",
+        ""
     );
     for r in rows {
         let mut lat = r.lat.clone();
@@ -232,9 +242,15 @@ fn print_table(rows: &[Row]) {
                 pct(&lat, 1.0),
             )
         };
-        println!(
+        outln!(
             "| {:<24} | {:>9} | {:>11} | {:>9} | {:>9} | {:>9} | {}",
-            r.workload, r.ops, rate, p50, p99, max, r.notes
+            r.workload,
+            r.ops,
+            rate,
+            p50,
+            p99,
+            max,
+            r.notes
         );
     }
 }

@@ -36,13 +36,13 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    println!(
+    outln!(
         "sessiondb demo: {} (SyncMode::Always: every write is fsynced before it returns)",
         dir.display()
     );
     let open_started = Instant::now();
     let db = Arc::new(Db::open_with(dir, Options::new())?);
-    println!("opened in {:.1} ms", open_started.elapsed().as_secs_f64() * 1e3);
+    outln!("opened in {:.1} ms", open_started.elapsed().as_secs_f64() * 1e3);
 
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -72,24 +72,24 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
     }
     let secs = started.elapsed().as_secs_f64();
     let s = db.stats();
-    println!(
+    outln!(
         "wrote {sessions} sessions of {value_size} B from {threads} threads in {secs:.2} s: {:.0} durable writes/s",
         sessions as f64 / secs
     );
-    println!(
+    outln!(
         "fsyncs: {}, commit groups: {}, mean group size: {:.1}, largest: {}",
         s.fsyncs,
         s.commit_groups,
         s.records as f64 / s.commit_groups.max(1) as f64,
         s.commit_group_size_max
     );
-    println!("group sizes (1, 2-3, 4-7, 8-15, ...): {:?}", s.commit_group_sizes);
+    outln!("group sizes (1, 2-3, 4-7, 8-15, ...): {:?}", s.commit_group_sizes);
     let q = |p: f64| {
         s.fsync_latency
             .quantile(p)
             .map_or_else(|| "-".to_string(), out::duration)
     };
-    println!(
+    outln!(
         "fsync latency: p50 under {}, p99 under {}, max {}",
         q(0.5),
         q(0.99),
@@ -98,13 +98,13 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
     let db = Arc::try_unwrap(db).unwrap_or_else(|_| unreachable!("the workers are joined"));
     let close_started = Instant::now();
     db.close()?;
-    println!("closed in {:.1} ms", close_started.elapsed().as_secs_f64() * 1e3);
+    outln!("closed in {:.1} ms", close_started.elapsed().as_secs_f64() * 1e3);
 
     let reopen_started = Instant::now();
     let db = Db::open(dir)?;
     let reopen = reopen_started.elapsed();
     let r = &db.stats().recovery;
-    println!(
+    outln!(
         "reopened in {:.1} ms: snapshot entries {}, log records replayed {}",
         reopen.as_secs_f64() * 1e3,
         r.snapshot_entries,
@@ -117,7 +117,7 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
             missing += 1;
         }
     }
-    println!(
+    outln!(
         "verified {sessions} sessions in {:.2} s: {missing} missing or wrong",
         verify_started.elapsed().as_secs_f64()
     );

@@ -2,6 +2,18 @@
 //! repair it, without writing Rust. It holds no storage logic: every subcommand calls the
 //! library (`sessiondb::inspect`, `Db`, `backup_dir`, `restore`, `repair`).
 
+/// `println!` to standard output, except that a reader gone away (`sessiondb dump DIR | head`)
+/// ends the program quietly, with status 0, as other command-line tools do, instead of a panic.
+/// Any other failure to write is reported on standard error with status 1.
+macro_rules! outln {
+    () => {
+        $crate::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod demo;
 mod migrate;
@@ -339,33 +351,33 @@ fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
             .num("recovery_records_replayed", s.recovery.records_replayed)
             .num("recovery_torn_tail_bytes", s.recovery.torn_tail_bytes)
             .finish();
-        println!("{obj}");
+        outln!("{obj}");
         return Ok(ExitCode::SUCCESS);
     }
     let last_checkpoint = match s.last_checkpoint_seq {
         0 => "none".to_string(),
         seq => format!("at sequence {seq}"),
     };
-    println!("store:                  {}", dir.display());
+    outln!("store:                  {}", dir.display());
     if oldest < version {
-        println!("format version:         {version} (files of version {oldest} remain until the next checkpoint)");
+        outln!("format version:         {version} (files of version {oldest} remain until the next checkpoint)");
     } else {
-        println!("format version:         {version}");
+        outln!("format version:         {version}");
     }
-    println!("keys:                   {}", s.keys);
-    println!("live bytes:             {} ({})", s.live_bytes, out::size(s.live_bytes));
-    println!("dead bytes:             {} ({})", s.dead_bytes, out::size(s.dead_bytes));
-    println!(
+    outln!("keys:                   {}", s.keys);
+    outln!("live bytes:             {} ({})", s.live_bytes, out::size(s.live_bytes));
+    outln!("dead bytes:             {} ({})", s.dead_bytes, out::size(s.dead_bytes));
+    outln!(
         "segments:               {} with records, {} files ({} on disk)",
         s.segments,
         f.segments.len(),
         out::size(f.segments.iter().map(|x| x.2).sum())
     );
-    println!("snapshots:              {}", s.snapshots);
-    println!("last checkpoint:        {last_checkpoint}");
-    println!("last sequence number:   {}", s.last_seq);
-    println!("log since checkpoint:   {}", out::size(s.log_bytes_since_checkpoint));
-    println!(
+    outln!("snapshots:              {}", s.snapshots);
+    outln!("last checkpoint:        {last_checkpoint}");
+    outln!("last sequence number:   {}", s.last_seq);
+    outln!("log since checkpoint:   {}", out::size(s.log_bytes_since_checkpoint));
+    outln!(
         "recovery:               {} (snapshot entries {}, log records replayed {}, torn tail {} B)",
         out::duration(s.recovery.duration),
         s.recovery.snapshot_entries,
@@ -373,7 +385,7 @@ fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
         s.recovery.torn_tail_bytes
     );
     if !f.temp_files.is_empty() || !f.broken_files.is_empty() {
-        println!(
+        outln!(
             "other files:            {} temporary, {} set aside by repair (*.broken)",
             f.temp_files.len(),
             f.broken_files.len()
@@ -449,12 +461,12 @@ fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
             .opt_num("last_seq", r.last_seq)
             .num("passes", r.passes as u64)
             .finish();
-        println!("{obj}");
+        outln!("{obj}");
         return Ok(code);
     }
-    println!("sessiondb verify: {}", dir.display());
+    outln!("sessiondb verify: {}", dir.display());
     for s in &r.snapshots {
-        println!(
+        outln!(
             "  snapshot {}: base sequence {}, {} entries, {}: {}",
             s.path.display(),
             s.base_seq,
@@ -474,26 +486,26 @@ fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
             SegmentState::Live => "ok",
             _ => "not read",
         };
-        println!(
+        outln!(
             "  segment {}: {}, {records}: {verdict}",
             s.path.display(),
             segment_state(s.state)
         );
     }
     for n in &r.notes {
-        println!("  note: {n}");
+        outln!("  note: {n}");
     }
     if r.is_intact() {
-        println!(
+        outln!(
             "intact: {} keys, last sequence number {}",
             r.keys.unwrap_or(0),
             r.last_seq.unwrap_or(0)
         );
     } else {
         for p in &r.problems {
-            println!("  PROBLEM {}", problem_line(p));
+            outln!("  PROBLEM {}", problem_line(p));
         }
-        println!(
+        outln!(
             "DAMAGED: {} problem(s) in {} file(s). With the store closed, `sessiondb repair {}` salvages what verifies.",
             r.problems.len(),
             damaged.len(),
@@ -612,14 +624,14 @@ fn checkpoint(dir: &Path) -> sessiondb::Result<ExitCode> {
     spin.finish_and_clear();
     let s = stats.unwrap_or_default();
     if s.last_checkpoint_seq == 0 {
-        println!("nothing to checkpoint: the store is empty");
+        outln!("nothing to checkpoint: the store is empty");
     } else if s.checkpoints == 0 {
-        println!(
+        outln!(
             "nothing new to checkpoint: the snapshot at sequence {} holds every write",
             s.last_checkpoint_seq
         );
     } else {
-        println!(
+        outln!(
             "checkpoint at sequence {}: {} keys, snapshot of {}, {} segment(s) left; took {}",
             s.last_checkpoint_seq,
             s.keys,
@@ -635,7 +647,7 @@ fn backup(dir: &Path, dest: &Path) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("backing up");
     let r = sessiondb::backup_dir(dir, dest)?;
     spin.finish_and_clear();
-    println!(
+    outln!(
         "backup of {} written to {}: state after sequence number {}, {} keys, {} snapshot, took {}",
         dir.display(),
         r.path.display(),
@@ -651,7 +663,7 @@ fn restore(backup: &Path, dir: &Path) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("restoring");
     let r = sessiondb::restore(backup, dir)?;
     spin.finish_and_clear();
-    println!(
+    outln!(
         "restored {} to {}: {} keys, last sequence number {}, {} copied",
         backup.display(),
         r.path.display(),
@@ -676,7 +688,7 @@ fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
     };
     spin.finish_and_clear();
     if !r.repaired {
-        println!(
+        outln!(
             "{} verifies intact ({} keys, last sequence number {}): nothing to repair",
             dir.display(),
             r.keys,
@@ -684,12 +696,12 @@ fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("sessiondb repair: {}", dir.display());
+    outln!("sessiondb repair: {}", dir.display());
     for p in &r.problems {
-        println!("  problem: {}", problem_line(p));
+        outln!("  problem: {}", problem_line(p));
     }
     for s in &r.skipped {
-        println!(
+        outln!(
             "  salvage skipped: {} at offset {}: {}",
             s.path.display(),
             s.offset,
@@ -704,9 +716,10 @@ fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
     } else {
         String::new()
     };
-    println!(
+    outln!(
         "lost: {} bytes of damage; {} log records{unknown}",
-        r.bytes_lost, r.records_lost
+        r.bytes_lost,
+        r.records_lost
     );
     let snapshot_damaged = r
         .problems
@@ -716,31 +729,43 @@ fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
         let lost = r
             .snapshot_entries_lost
             .map_or_else(|| "an unknown number of".to_string(), |n| n.to_string());
-        println!(
+        outln!(
             "damaged snapshot: {} entries read from blocks that verify and kept, {lost} entries lost (the log after it still applies)",
             r.snapshot_entries_kept
         );
     }
     if r.torn_tail_bytes > 0 {
-        println!(
+        outln!(
             "cut: {} bytes of torn tail (writes never known durable)",
             r.torn_tail_bytes
         );
     }
     for (was, now) in &r.broken_files {
-        println!("  kept damaged file: {} -> {}", was.display(), now.display());
+        outln!("  kept damaged file: {} -> {}", was.display(), now.display());
     }
     for p in &r.removed_files {
-        println!("  removed (its content is in the new snapshot): {}", p.display());
+        outln!("  removed (its content is in the new snapshot): {}", p.display());
     }
     match &r.snapshot {
-        Some(s) => println!(
+        Some(s) => outln!(
             "repaired: {} keys as of sequence number {}, in {}",
             r.keys,
             r.seq,
             s.display()
         ),
-        None => println!("repaired: nothing could be salvaged; the store is now empty"),
+        None => outln!("repaired: nothing could be salvaged; the store is now empty"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line to standard output, for [`outln!`].
+fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("sessiondb: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }

@@ -61,13 +61,13 @@ pub fn run(
     let store = SessionStore::new(db);
     let found = census(&store)?;
     for (version, n) in &found {
-        println!("payload version {version}: {n} session(s)");
+        outln!("payload version {version}: {n} session(s)");
     }
     if found.is_empty() {
-        println!("no sessions");
+        outln!("no sessions");
     }
     let Some(to) = to.filter(|_| !steps.is_empty()) else {
-        println!("dry run: nothing changed (give --to and a --step per version to migrate)");
+        outln!("dry run: nothing changed (give --to and a --step per version to migrate)");
         return close(store).map(|()| ExitCode::SUCCESS);
     };
     if let Err(e) = plan(to, steps, &found) {
@@ -80,7 +80,7 @@ pub fn run(
     spill.remove();
     match outcome {
         Ok(written) => {
-            println!("migrated {written} session(s) to payload version {to}");
+            outln!("migrated {written} session(s) to payload version {to}");
             close(store).map(|()| ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -215,14 +215,14 @@ fn steps_then_write(
     let mut previous: Option<u32> = None;
     for (from, command) in steps {
         let lines = run_step(store, *from, command, previous, spill, step_timeout)?;
-        println!("step {from} -> {}: {lines} session(s) through `{command}`", from + 1);
+        outln!("step {from} -> {}: {lines} session(s) through `{command}`", from + 1);
         previous = Some(*from);
     }
     let Some(last) = previous else { return Ok(0) };
     let written = write_back(store, to, spill, last)?;
     let current = found.get(&to).copied().unwrap_or(0);
     if current > 0 {
-        println!("{current} session(s) already at payload version {to}");
+        outln!("{current} session(s) already at payload version {to}");
     }
     Ok(written)
 }
@@ -411,7 +411,7 @@ fn write_back(store: &SessionStore, to: u32, spill: &Spill, last: u32) -> StepRe
         }
     }
     if changed > 0 {
-        println!("{changed} session(s) changed or expired while the steps ran: left as they are");
+        outln!("{changed} session(s) changed or expired while the steps ran: left as they are");
     }
     Ok(written)
 }

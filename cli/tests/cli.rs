@@ -960,3 +960,36 @@ fn checkpoint_upgrades_a_version_1_store() {
     let verified = json(&expect(0, &[OsStr::new("verify"), d, OsStr::new("--json")]));
     assert_eq!(verified["intact"], true, "{verified}");
 }
+
+/// A reader that goes away (`sessiondb stats DIR | head -1`) ends the tool quietly with status 0,
+/// never a panic, for every command that prints: the pipe is closed before the tool writes.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let _serial = serial();
+    let store = log_store(20);
+    let d = p(store.path());
+    for args in [
+        vec![OsStr::new("stats"), d],
+        vec![OsStr::new("stats"), d, OsStr::new("--json")],
+        vec![OsStr::new("verify"), d],
+        vec![OsStr::new("dump"), d],
+        vec![OsStr::new("get"), d, OsStr::new("key0001")],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sessiondb");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for sessiondb");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            out.status.code().is_some_and(|c| c == 0 || c == 1),
+            "{args:?}: {}: {stderr}",
+            out.status
+        );
+    }
+}
