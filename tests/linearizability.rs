@@ -5,7 +5,8 @@
 //! `touch_with` in each durability, `get`, `get_with_version`, `get_versioned`, `scan_prefix`,
 //! `range`, `backup`) on six keys, so they collide on every key, while checkpoints (automatic,
 //! after 32 to 256 KiB of log, and a thread calling `checkpoint` and `sync`), the expiry
-//! sweeper (every few ms) and `purge_expired` run, and a `ManualClock` moves forward under them
+//! sweeper (every few ms) and `purge_expired` run, batches of filler keys outside the checked
+//! ones grow the index's layers into sorted runs, and a `ManualClock` moves forward under them
 //! (TTLs of 50 ms to 5 s, so entries expire mid-history). Segments are 64 KiB, so rolls and the
 //! spare segment's hand-off happen all the time. Every few rounds the store is closed and
 //! reopened, with other options (segment size among them).
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
-use sessiondb::{Db, ManualClock, Options, SyncMode};
+use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
 use support::history::{check, final_reads, state_after, Env, Key, KeyState, Mix, Recorder, Worker};
 use support::{seed, small_options, OptionsExt, Rng};
 
@@ -110,11 +111,27 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
             let mut rng = Rng::new(rng.next_u64());
             std::thread::spawn(move || -> Result<(), String> {
                 while !stop.load(Ordering::Relaxed) {
-                    match rng.below(4) {
+                    match rng.below(5) {
                         0 => db.checkpoint().map_err(|e| format!("checkpoint: {e}"))?,
                         1 => db.sync().map_err(|e| format!("sync: {e}"))?,
                         2 => {
                             db.purge_expired();
+                        }
+                        3 => {
+                            // Filler keys, outside the checked ones' `k` prefix: enough of them
+                            // that the index's layers become sorted runs (merged in place,
+                            // changed in place, copied up by touches during checkpoints) with
+                            // the checked keys among them.
+                            let mut batch = Batch::new();
+                            for _ in 0..32 {
+                                let key = format!("f{:04}", rng.below(2_000));
+                                if rng.chance(20) {
+                                    batch.delete(key);
+                                } else {
+                                    batch.put(key, [7u8; 16]);
+                                }
+                            }
+                            db.write(batch).map_err(|e| format!("filler batch: {e}"))?;
                         }
                         _ => clock.advance(Duration::from_millis(rng.below(3))),
                     }

@@ -141,18 +141,17 @@ impl Engine {
             FileId::Snapshot(_) => format::check_snapshot_value(b, key, value_len, seq, source.version),
             FileId::Segment(_) => format::check_log_value(b, key, value_len, seq).map(Some),
         };
-        let value = |b: &[u8]| b[back..back + value_len].to_vec();
         match &source.data {
             SourceData::Bytes(bytes) => {
                 // Checked where it lies; only the value is copied.
                 let b = self.slice(source, bytes.bytes(), start, len)?;
                 let crc = check(b).map_err(|d| not_its(start + d.offset, &d.reason))?;
-                Ok((value(b), crc))
+                Ok((b[back..back + value_len].to_vec(), crc))
             }
             SourceData::File(_) => {
                 let b = self.read_bytes(source, start, len)?;
                 let crc = check(&b).map_err(|d| not_its(start + d.offset, &d.reason))?;
-                Ok((value(&b), crc))
+                Ok((cut_to(b, back..back + value_len), crc))
             }
         }
     }
@@ -188,14 +187,18 @@ impl Engine {
             }
             _ => Err(Error::corruption(path(), start, "record read back does not verify")),
         };
-        let record = match &source.data {
-            SourceData::Bytes(bytes) => self
-                .slice(source, bytes.bytes(), start, loc.record_len as usize)?
-                .to_vec(),
-            SourceData::File(_) => self.read_bytes(source, start, loc.record_len as usize)?,
-        };
-        check(&record)?;
-        Ok((record[back..end].to_vec(), None))
+        match &source.data {
+            SourceData::Bytes(bytes) => {
+                let record = self.slice(source, bytes.bytes(), start, loc.record_len as usize)?;
+                check(record)?;
+                Ok((record[back..end].to_vec(), None))
+            }
+            SourceData::File(_) => {
+                let record = self.read_bytes(source, start, loc.record_len as usize)?;
+                check(&record)?;
+                Ok((cut_to(record, back..end), None))
+            }
+        }
     }
 
     /// `len` bytes at `offset` of `b`, the bytes of `source`.
@@ -248,6 +251,14 @@ impl Engine {
             .collect::<Result<_>>()?;
         Ok((live, last))
     }
+}
+
+/// The bytes of `range` in `b`, in `b`'s own allocation (a positioned read's buffer cut down to
+/// the value it holds: one allocation per read).
+fn cut_to(mut b: Vec<u8>, range: std::ops::Range<usize>) -> Vec<u8> {
+    b.truncate(range.end);
+    b.drain(..range.start);
+    b
 }
 
 /// A scan's position: live entries in `(lower, upper)`, fetched a chunk at a time so writers
