@@ -154,6 +154,33 @@ pub enum Error {
         reason: String,
     },
 
+    /// The master key given does not open the store's keyring: it is not the key the store was
+    /// encrypted with (or last rotated to).
+    #[error("{}: wrong encryption key", path.display())]
+    WrongKey {
+        /// The keyring.
+        path: PathBuf,
+    },
+
+    /// The store is encrypted and no key was given ([`crate::Options::encryption_key`]).
+    #[error("{}: the store is encrypted; open it with its encryption key", path.display())]
+    KeyRequired {
+        /// The store's directory.
+        path: PathBuf,
+    },
+
+    /// An encryption key was given for a store that is not encrypted. sessiondb never mixes
+    /// encrypted and unencrypted files in one store: convert it with `sessiondb encrypt`.
+    #[error("{}: the store is not encrypted, but an encryption key was given (convert it with `sessiondb encrypt`)", path.display())]
+    NotEncrypted {
+        /// The store's directory.
+        path: PathBuf,
+    },
+
+    /// An encryption key could not be read: wrong length or characters.
+    #[error("invalid encryption key: {0}")]
+    InvalidKey(String),
+
     /// A path cannot be used for what it was given for: a directory given as a store holds no
     /// store (no lock file, log directory or snapshot), or a destination that must not exist yet
     /// (a backup's, a restore's) does.

@@ -19,6 +19,7 @@ macro_rules! point {
 // index (the in-memory map) underneath; tools (inspect, backup, repair) and session on top.
 mod batch;
 mod clock;
+mod crypto;
 mod db;
 mod error;
 pub mod limits;
@@ -45,6 +46,7 @@ pub use tools::inspect;
 
 pub use batch::Batch;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use crypto::EncryptionKey;
 pub use db::{Db, Iter, Versioned};
 pub use error::{Conflict, Error, Result};
 pub use format::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};

@@ -83,6 +83,7 @@ pub struct Options {
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) encryption_key: Option<crate::EncryptionKey>,
     /// Runs at each protocol point (tests only).
     #[cfg(feature = "sim")]
     pub(crate) on_point: Option<Arc<dyn Fn(crate::storage::sim::Point) + Send + Sync>>,
@@ -102,6 +103,7 @@ impl Default for Options {
             sweep_interval: Some(limits::SWEEP_INTERVAL_DEFAULT),
             clock: Arc::new(SystemClock),
             storage: Arc::new(FsStorage),
+            encryption_key: None,
             #[cfg(feature = "sim")]
             on_point: None,
         }
@@ -122,6 +124,7 @@ impl fmt::Debug for Options {
             .field("sweep_interval", &self.sweep_interval)
             .field("clock", &self.clock)
             .field("storage", &self.storage)
+            .field("encrypted", &self.encryption_key.is_some())
             .finish()
     }
 }
@@ -224,6 +227,17 @@ impl Options {
     #[must_use]
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Options {
         self.storage = storage;
+        self
+    }
+
+    /// Encrypts the store at rest under `key` (docs/design.md, "Encryption at rest"): a new
+    /// store is created encrypted; an existing one must have been encrypted with this key (or
+    /// rotated to it, [`crate::Db::rotate_key`]): another key is [`crate::Error::WrongKey`], a
+    /// store that is not encrypted [`crate::Error::NotEncrypted`]. Without it, an encrypted
+    /// store fails to open with [`crate::Error::KeyRequired`]. Default: none (not encrypted).
+    #[must_use]
+    pub fn encryption_key(mut self, key: crate::EncryptionKey) -> Options {
+        self.encryption_key = Some(key);
         self
     }
 

@@ -11,6 +11,9 @@
 
 use crate::limits;
 
+mod encrypted;
+pub use encrypted::*;
+
 /// The format version this build writes, in every file header it creates.
 pub const FORMAT_VERSION: u32 = 2;
 
@@ -18,9 +21,13 @@ pub const FORMAT_VERSION: u32 = 2;
 /// [`FORMAT_VERSION`] are read (docs/format.md, "Changing the format").
 pub const FORMAT_VERSION_OLDEST: u32 = 1;
 
+/// The newest format version this build reads: [`FORMAT_VERSION_ENCRYPTED`], the files of an
+/// encrypted store (version 2's layout with every key and value sealed).
+pub const FORMAT_VERSION_NEWEST: u32 = FORMAT_VERSION_ENCRYPTED;
+
 /// Whether this build reads files of format `version`.
 pub fn reads_version(version: u32) -> bool {
-    (FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version)
+    (FORMAT_VERSION_OLDEST..=FORMAT_VERSION_NEWEST).contains(&version)
 }
 
 /// First 8 bytes of every log segment.
@@ -698,6 +705,10 @@ pub fn decode_ops(payload: &[u8], version: u32, seq: Option<u64>) -> Result<Vec<
     if version == 1 {
         return decode_exact::<Vec<Op<'_>>>(payload).map_err(payload_damage);
     }
+    if version == FORMAT_VERSION_ENCRYPTED {
+        // An opened payload (`open_ops`): its tags authenticated the keys and values.
+        return decode_ops_encrypted(payload);
+    }
     if version != FORMAT_VERSION {
         return Err(damage(0, format!("no payload layout for format version {version}")));
     }
@@ -750,10 +761,10 @@ pub const ENTRY_HEADER_SIZE: usize = ENTRY_VALUE_CRC_AT + VALUE_CRC_SIZE;
 
 /// Bytes in a snapshot entry header of format `version`.
 pub fn entry_header_size(version: u32) -> usize {
-    if version == 1 {
-        ENTRY_HEADER_SIZE_V1
-    } else {
-        ENTRY_HEADER_SIZE
+    match version {
+        1 => ENTRY_HEADER_SIZE_V1,
+        FORMAT_VERSION_ENCRYPTED => ENTRY_HEADER_SIZE_ENCRYPTED,
+        _ => ENTRY_HEADER_SIZE,
     }
 }
 
@@ -906,9 +917,8 @@ impl BlockBuilder {
         }
     }
 
-    /// An empty block of format `version` (tests and fixtures only: this build writes
-    /// version 2).
-    #[cfg(any(test, feature = "sim"))]
+    /// An empty block of format `version`: 2, or [`FORMAT_VERSION_ENCRYPTED`] (its entries
+    /// are sealed by [`BlockBuilder::seal`] before it is finished); 1 in tests and fixtures.
     pub fn with_version(version: u32) -> BlockBuilder {
         assert!(reads_version(version));
         BlockBuilder {
@@ -940,7 +950,10 @@ impl BlockBuilder {
         self.buf.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&e.seq.to_le_bytes());
         self.buf.extend_from_slice(&e.expires_at_ms.to_le_bytes());
-        if self.version != 1 {
+        if self.version == FORMAT_VERSION_ENCRYPTED {
+            // The tag, once the entry is sealed.
+            self.buf.extend_from_slice(&[0u8; crate::crypto::TAG_BYTES]);
+        } else if self.version != 1 {
             let crc = e.value_crc.unwrap_or_else(|| value_crc(e.key, e.value, e.seq));
             debug_assert_eq!(crc, value_crc(e.key, e.value, e.seq), "a checksum given is the value's");
             self.buf.extend_from_slice(&crc.to_le_bytes());
@@ -950,6 +963,20 @@ impl BlockBuilder {
         self.buf.extend_from_slice(e.value);
         self.count += 1;
         value_at
+    }
+
+    /// Seals every entry of a version 3 block whose header will be at `block_offset` in the
+    /// snapshot with base sequence number `base_seq` (before [`BlockBuilder::finish`]).
+    pub(crate) fn seal(&mut self, cipher: &crate::crypto::FileCipher, base_seq: u64, block_offset: u64) {
+        debug_assert_eq!(self.version, FORMAT_VERSION_ENCRYPTED);
+        let mut at = BLOCK_HEADER_SIZE;
+        while at < self.buf.len() {
+            let len = ENTRY_HEADER_SIZE_ENCRYPTED
+                + u32_at(&self.buf, at + ENTRY_KEY_LEN_AT) as usize
+                + u32_at(&self.buf, at + ENTRY_VALUE_LEN_AT) as usize;
+            seal_entry(&mut self.buf, at, cipher, base_seq, block_offset);
+            at += len;
+        }
     }
 
     /// Frames the block and returns its bytes; the builder is empty again afterwards.
@@ -1113,7 +1140,7 @@ pub fn decode_block_entries(b: &[u8], frame: BlockFrame, version: u32) -> Result
                 value: &b[value_at..value_at + value_len],
                 seq: u64_at(b, at + ENTRY_SEQ_AT),
                 expires_at_ms: u64_at(b, at + ENTRY_EXPIRES_AT),
-                value_crc: (version != 1).then(|| u32_at(b, at + ENTRY_VALUE_CRC_AT)),
+                value_crc: (version == FORMAT_VERSION).then(|| u32_at(b, at + ENTRY_VALUE_CRC_AT)),
             },
             value_at,
         });

@@ -22,6 +22,10 @@ use crate::storage::Storage;
 
 /// The lock file's name.
 pub const LOCK_FILE: &str = "LOCK";
+/// The keyring of an encrypted store (docs/format.md, "The keyring").
+pub const KEYRING_FILE: &str = "KEYRING";
+/// The keyring being written, before its rename.
+pub const KEYRING_TMP_FILE: &str = "KEYRING.tmp";
 /// The log directory's name.
 pub const WAL_DIR: &str = "wal";
 
@@ -94,6 +98,16 @@ impl Layout {
     /// The temporary path a snapshot is written under before its rename.
     pub fn snapshot_tmp(&self, base_seq: u64) -> PathBuf {
         self.dir.join(format!("{base_seq:0ID_DIGITS$}{SNAPSHOT_EXT}{TMP_EXT}"))
+    }
+
+    /// The keyring's path (encrypted stores).
+    pub fn keyring(&self) -> PathBuf {
+        self.dir.join(KEYRING_FILE)
+    }
+
+    /// The path the keyring is written under before its rename.
+    pub fn keyring_tmp(&self) -> PathBuf {
+        self.dir.join(KEYRING_TMP_FILE)
     }
 }
 

@@ -1,0 +1,578 @@
+//! Format version 3: the bytes of an encrypted store (docs/format.md, "Encrypted stores").
+//!
+//! The files and frames are those of version 2 (segment and snapshot headers with version 3,
+//! records, blocks, footers); what differs is each operation of a record payload and each
+//! snapshot entry: its lengths, deadline and version stay in clear text, its key and value are
+//! sealed with AES-256-GCM under the file's data key, and the 16-byte tag takes the place of
+//! version 2's value checksum. The associated data of every sealed piece is its placement: the
+//! file (segment id or snapshot base sequence number), the piece's offset in the file, the
+//! sequence number of the write, and the piece's clear-text fields.
+
+use super::{damage, u32_at, u64_at, Damage, Op, PAYLOAD_COUNT_SIZE};
+use crate::crypto::{nonce, FileCipher, DOMAIN_LOG, DOMAIN_SNAPSHOT, KEY_BYTES, NONCE_BYTES, TAG_BYTES};
+use crate::limits;
+
+/// The format version of an encrypted store's files.
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 3;
+
+const TAG_PUT: u32 = 0;
+const TAG_DELETE: u32 = 1;
+const TAG_TOUCH: u32 = 2;
+
+/// Bytes before a version 3 put's sealed key: tag, key length, value length, deadline, nonce.
+const PUT_CLEAR: usize = 4 + 8 + 8 + 8 + 8;
+/// Bytes before a version 3 delete's sealed key: tag, key length, nonce.
+const DELETE_CLEAR: usize = 4 + 8 + 8;
+/// Bytes before a version 3 touch's sealed key: tag, key length, version, deadline, nonce.
+const TOUCH_CLEAR: usize = 4 + 8 + 8 + 8 + 8;
+/// Smallest version 3 op: a delete of the empty key.
+pub(crate) const OP_ENCRYPTED_SIZE_MIN: usize = DELETE_CLEAR + TAG_BYTES;
+
+/// Bytes a put adds to a version 3 payload.
+pub fn put_encoded_size_encrypted(key_len: usize, value_len: usize) -> usize {
+    PUT_CLEAR + key_len + value_len + TAG_BYTES
+}
+
+/// Bytes a delete adds to a version 3 payload.
+pub fn delete_encoded_size_encrypted(key_len: usize) -> usize {
+    DELETE_CLEAR + key_len + TAG_BYTES
+}
+
+/// Bytes a touch adds to a version 3 payload.
+pub fn touch_encoded_size_encrypted(key_len: usize) -> usize {
+    TOUCH_CLEAR + key_len + TAG_BYTES
+}
+
+/// Bytes `op` adds to a version 3 payload.
+pub fn op_encoded_size_encrypted(op: &Op<'_>) -> usize {
+    match op {
+        Op::Put { key, value, .. } => put_encoded_size_encrypted(key.len(), value.len()),
+        Op::Delete { key } => delete_encoded_size_encrypted(key.len()),
+        Op::Touch { key, .. } => touch_encoded_size_encrypted(key.len()),
+    }
+}
+
+/// Bytes from the start of a version 3 put to its value.
+pub fn log_value_back_encrypted(key_len: usize) -> usize {
+    PUT_CLEAR + key_len
+}
+
+/// Encodes a version 3 payload in clear (keys and values in place, nonces and tags zero) into
+/// `out` (cleared first); returns each op's value offset (`None` for deletes and touches).
+/// [`seal_ops`] encrypts it once its placement is known.
+pub fn encode_ops_encrypted(out: &mut Vec<u8>, ops: &[Op<'_>]) -> Vec<Option<usize>> {
+    out.clear();
+    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+    let mut offsets = Vec::with_capacity(ops.len());
+    let len = |b: &[u8]| (b.len() as u64).to_le_bytes();
+    for op in ops {
+        match *op {
+            Op::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => {
+                out.extend_from_slice(&TAG_PUT.to_le_bytes());
+                out.extend_from_slice(&len(key));
+                out.extend_from_slice(&len(value));
+                out.extend_from_slice(&expires_at_ms.to_le_bytes());
+                out.extend_from_slice(&0u64.to_le_bytes());
+                out.extend_from_slice(key);
+                offsets.push(Some(out.len()));
+                out.extend_from_slice(value);
+            }
+            Op::Delete { key } => {
+                out.extend_from_slice(&TAG_DELETE.to_le_bytes());
+                out.extend_from_slice(&len(key));
+                out.extend_from_slice(&0u64.to_le_bytes());
+                out.extend_from_slice(key);
+                offsets.push(None);
+            }
+            Op::Touch {
+                key,
+                version,
+                expires_at_ms,
+            } => {
+                out.extend_from_slice(&TAG_TOUCH.to_le_bytes());
+                out.extend_from_slice(&len(key));
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&expires_at_ms.to_le_bytes());
+                out.extend_from_slice(&0u64.to_le_bytes());
+                out.extend_from_slice(key);
+                offsets.push(None);
+            }
+        }
+        out.extend_from_slice(&[0u8; TAG_BYTES]);
+    }
+    offsets
+}
+
+/// Where one version 3 op lies in a payload, read from its clear-text fields.
+#[derive(Debug, Clone, Copy)]
+struct OpFrame {
+    tag: u32,
+    /// Start of the op in the payload.
+    at: usize,
+    /// Start of the sealed bytes (the key, then a put's value).
+    sealed_at: usize,
+    key_len: usize,
+    /// Bytes sealed: the key and a put's value.
+    sealed_len: usize,
+    /// Offset of the nonce field.
+    nonce_at: usize,
+}
+
+impl OpFrame {
+    fn end(&self) -> usize {
+        self.sealed_at + self.sealed_len + TAG_BYTES
+    }
+}
+
+/// Reads the frame of the op at `at` in `payload`; checks every length before using it.
+fn op_frame(payload: &[u8], at: usize) -> Result<OpFrame, Damage> {
+    let left = payload.len() - at;
+    if left < 4 + 8 {
+        return Err(damage(at, "payload op runs past the payload"));
+    }
+    let tag = u32_at(payload, at);
+    let key_len = u64_at(payload, at + 4);
+    let (clear, value_len) = match tag {
+        TAG_PUT if left >= PUT_CLEAR => (PUT_CLEAR, u64_at(payload, at + 12)),
+        TAG_DELETE if left >= DELETE_CLEAR => (DELETE_CLEAR, 0),
+        TAG_TOUCH if left >= TOUCH_CLEAR => (TOUCH_CLEAR, 0),
+        TAG_PUT | TAG_DELETE | TAG_TOUCH => return Err(damage(at, "payload op runs past the payload")),
+        _ => return Err(damage(at, format!("payload op has unknown tag {tag}"))),
+    };
+    if key_len > limits::KEY_SIZE_MAX as u64 || value_len > limits::VALUE_SIZE_MAX_LIMIT as u64 {
+        return Err(damage(at + 4, "payload op length is impossible"));
+    }
+    // NOTE: cannot truncate: both bounded just above.
+    let (key_len, value_len) = (key_len as usize, value_len as usize);
+    let frame = OpFrame {
+        tag,
+        at,
+        sealed_at: at + clear,
+        key_len,
+        sealed_len: key_len + value_len,
+        nonce_at: at + clear - 8,
+    };
+    if frame.end() > payload.len() {
+        return Err(damage(at, "payload op runs past the payload"));
+    }
+    Ok(frame)
+}
+
+/// Walks the ops of a version 3 payload: the op count checked against the payload's size
+/// first, then each op's frame; the ops must fill the payload exactly.
+fn op_frames(payload: &[u8]) -> Result<Vec<OpFrame>, Damage> {
+    if payload.len() < PAYLOAD_COUNT_SIZE {
+        return Err(damage(0, "payload is shorter than its op count"));
+    }
+    let count = u64_at(payload, 0);
+    let room = (payload.len() - PAYLOAD_COUNT_SIZE) / OP_ENCRYPTED_SIZE_MIN;
+    if count == 0 || count > limits::BATCH_OPS_MAX as u64 || count > room as u64 {
+        return Err(damage(0, format!("payload op count {count} is impossible")));
+    }
+    // NOTE: cannot truncate: bounded by BATCH_OPS_MAX.
+    let mut frames = Vec::with_capacity(count as usize);
+    let mut at = PAYLOAD_COUNT_SIZE;
+    for _ in 0..count {
+        let f = op_frame(payload, at)?;
+        at = f.end();
+        frames.push(f);
+    }
+    if at != payload.len() {
+        return Err(damage(at, "payload has trailing bytes"));
+    }
+    Ok(frames)
+}
+
+/// Associated data of a sealed piece: its file, its offset in the file, the write's sequence
+/// number, and its clear-text fields.
+fn piece_aad(file: u64, offset: u64, seq: u64, clear: &[u8]) -> ([u8; 64], usize) {
+    let mut aad = [0u8; 64];
+    aad[..8].copy_from_slice(&file.to_le_bytes());
+    aad[8..16].copy_from_slice(&offset.to_le_bytes());
+    aad[16..24].copy_from_slice(&seq.to_le_bytes());
+    let n = 24 + clear.len();
+    aad[24..n].copy_from_slice(clear);
+    (aad, n)
+}
+
+/// Seals every op of a clear version 3 payload (from [`encode_ops_encrypted`]) in place, for
+/// the record with sequence number `seq` whose payload starts at `payload_offset` in segment
+/// `segment_id`: each op gets a fresh nonce from `cipher`'s counter.
+pub fn seal_ops(payload: &mut [u8], cipher: &FileCipher, segment_id: u64, payload_offset: u64, seq: u64) {
+    let frames = match op_frames(payload) {
+        Ok(frames) => frames,
+        // NOTE: the payload is this build's own encoding.
+        Err(d) => unreachable!("a payload this build encoded does not frame: {d:?}"),
+    };
+    let first = cipher.take_nonces(frames.len() as u64);
+    for (i, f) in frames.iter().enumerate() {
+        let n = first + i as u64;
+        payload[f.nonce_at..f.nonce_at + 8].copy_from_slice(&n.to_le_bytes());
+        let (aad, aad_len) = piece_aad(
+            segment_id,
+            payload_offset + f.at as u64,
+            seq,
+            &payload[f.at..f.sealed_at],
+        );
+        let (sealed, tag) = payload[f.sealed_at..f.end()].split_at_mut(f.sealed_len);
+        tag.copy_from_slice(&cipher.seal(&nonce(n, DOMAIN_LOG), &aad[..aad_len], sealed));
+    }
+}
+
+/// Opens every op of a sealed version 3 payload in place (see [`seal_ops`] for the placement);
+/// afterwards [`decode_ops_encrypted`] reads it. An op that does not authenticate is damage at
+/// its offset: bytes changed, or moved from another place, file or store.
+pub fn open_ops(
+    payload: &mut [u8],
+    cipher: &FileCipher,
+    segment_id: u64,
+    payload_offset: u64,
+    seq: u64,
+) -> Result<(), Damage> {
+    for f in op_frames(payload)? {
+        let n = u64_at(payload, f.nonce_at);
+        let (aad, aad_len) = piece_aad(
+            segment_id,
+            payload_offset + f.at as u64,
+            seq,
+            &payload[f.at..f.sealed_at],
+        );
+        let (sealed, tag) = payload[f.sealed_at..f.end()].split_at_mut(f.sealed_len);
+        if !cipher.open(&nonce(n, DOMAIN_LOG), &aad[..aad_len], sealed, tag) {
+            return Err(damage(
+                f.at,
+                "payload op does not authenticate (damaged, moved, or another key's)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an opened (clear) version 3 payload.
+pub fn decode_ops_encrypted(payload: &[u8]) -> Result<Vec<Op<'_>>, Damage> {
+    let frames = op_frames(payload)?;
+    let mut ops = Vec::with_capacity(frames.len());
+    for f in frames {
+        let key = &payload[f.sealed_at..f.sealed_at + f.key_len];
+        ops.push(match f.tag {
+            TAG_PUT => Op::Put {
+                key,
+                value: &payload[f.sealed_at + f.key_len..f.sealed_at + f.sealed_len],
+                expires_at_ms: u64_at(payload, f.at + 20),
+            },
+            TAG_DELETE => Op::Delete { key },
+            _ => Op::Touch {
+                key,
+                version: u64_at(payload, f.at + 12),
+                expires_at_ms: u64_at(payload, f.at + 20),
+            },
+        });
+    }
+    Ok(ops)
+}
+
+/// Checks and opens the bytes of one sealed version 3 put, read from its start to the end of
+/// its tag (`b`: [`log_value_back_encrypted`] + `value_len` + 16 bytes, found at `op_offset` in
+/// segment `segment_id`), as the value of `key` written at `seq`. On success the value lies in
+/// clear at [`log_value_back_encrypted`] in `b`. Never panics.
+pub fn check_log_value_encrypted(
+    b: &mut [u8],
+    key: &[u8],
+    value_len: usize,
+    seq: u64,
+    cipher: &FileCipher,
+    segment_id: u64,
+    op_offset: u64,
+) -> Result<(), Damage> {
+    let not_this = || damage(0, "the bytes here are not a put of this key");
+    let expected = put_encoded_size_encrypted(key.len(), value_len);
+    if b.len() != expected || b.len() < PUT_CLEAR {
+        return Err(not_this());
+    }
+    if u32_at(b, 0) != TAG_PUT || u64_at(b, 4) != key.len() as u64 || u64_at(b, 12) != value_len as u64 {
+        return Err(not_this());
+    }
+    let n = u64_at(b, PUT_CLEAR - 8);
+    let (clear, rest) = b.split_at_mut(PUT_CLEAR);
+    let (aad, aad_len) = piece_aad(segment_id, op_offset, seq, clear);
+    let (sealed, tag) = rest.split_at_mut(key.len() + value_len);
+    if !cipher.open(&nonce(n, DOMAIN_LOG), &aad[..aad_len], sealed, tag) {
+        return Err(damage(
+            0,
+            "value does not authenticate (damaged, moved, or of another version)",
+        ));
+    }
+    if &sealed[..key.len()] != key {
+        return Err(not_this());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot entries, version 3
+
+/// Bytes of a version 3 snapshot entry's header: key length, value length, sequence number,
+/// deadline, tag. The sealed key and value follow.
+pub const ENTRY_HEADER_SIZE_ENCRYPTED: usize = 4 + 4 + 8 + 8 + TAG_BYTES;
+/// The clear-text part of an entry header (all but the tag).
+const ENTRY_CLEAR: usize = ENTRY_HEADER_SIZE_ENCRYPTED - TAG_BYTES;
+
+/// Seals the entry at `entry_at` of a block being built (clear key and value in place), the
+/// block starting at `block_offset` in the snapshot with base sequence number `base_seq`.
+pub(crate) fn seal_entry(block: &mut [u8], entry_at: usize, cipher: &FileCipher, base_seq: u64, block_offset: u64) {
+    let key_len = u32_at(block, entry_at) as usize;
+    let value_len = u32_at(block, entry_at + 4) as usize;
+    let seq = u64_at(block, entry_at + 8);
+    let offset = block_offset + entry_at as u64;
+    let (aad, aad_len) = piece_aad(base_seq, offset, seq, &block[entry_at..entry_at + ENTRY_CLEAR]);
+    let (head, sealed) = block[entry_at..].split_at_mut(ENTRY_HEADER_SIZE_ENCRYPTED);
+    let tag = cipher.seal(
+        &nonce(offset, DOMAIN_SNAPSHOT),
+        &aad[..aad_len],
+        &mut sealed[..key_len + value_len],
+    );
+    head[ENTRY_CLEAR..].copy_from_slice(&tag);
+}
+
+/// Opens one version 3 entry in place: `e` runs from the entry's start to the end of its value,
+/// found at `offset` in the snapshot with base sequence number `base_seq`. Never panics.
+pub(crate) fn open_entry(e: &mut [u8], cipher: &FileCipher, base_seq: u64, offset: u64) -> Result<(), Damage> {
+    if e.len() < ENTRY_HEADER_SIZE_ENCRYPTED {
+        return Err(damage(0, "snapshot entry is cut short"));
+    }
+    let seq = u64_at(e, 8);
+    let (head, sealed) = e.split_at_mut(ENTRY_HEADER_SIZE_ENCRYPTED);
+    let (clear, tag) = head.split_at(ENTRY_CLEAR);
+    let (aad, aad_len) = piece_aad(base_seq, offset, seq, clear);
+    if !cipher.open(&nonce(offset, DOMAIN_SNAPSHOT), &aad[..aad_len], sealed, tag) {
+        return Err(damage(
+            0,
+            "snapshot entry does not authenticate (damaged, moved, or another key's)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks and opens one version 3 snapshot entry read from its start to the end of its value
+/// (`b`, found at `offset` in snapshot `base_seq`) as the value of `key` written at `seq`. On
+/// success the value lies in clear at [`ENTRY_HEADER_SIZE_ENCRYPTED`] + key length in `b`.
+pub fn check_snapshot_value_encrypted(
+    b: &mut [u8],
+    key: &[u8],
+    value_len: usize,
+    seq: u64,
+    cipher: &FileCipher,
+    base_seq: u64,
+    offset: u64,
+) -> Result<(), Damage> {
+    let not_this = || damage(0, "the bytes here are not a snapshot entry of this key");
+    if b.len() != ENTRY_HEADER_SIZE_ENCRYPTED + key.len() + value_len
+        || u32_at(b, 0) as usize != key.len()
+        || u32_at(b, 4) as usize != value_len
+        || u64_at(b, 8) != seq
+    {
+        return Err(not_this());
+    }
+    open_entry(b, cipher, base_seq, offset)?;
+    if &b[ENTRY_HEADER_SIZE_ENCRYPTED..ENTRY_HEADER_SIZE_ENCRYPTED + key.len()] != key {
+        return Err(not_this());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The keyring file (docs/format.md, "The keyring")
+
+/// First 8 bytes of the keyring.
+pub const KEYRING_MAGIC: [u8; 8] = *b"SDB-KEY\0";
+/// Bytes of the keyring's header (the associated data of its sealed body).
+pub const KEYRING_HEADER_SIZE: usize = 48;
+/// Most data keys a keyring holds.
+pub const KEYRING_ENTRIES_MAX: usize = 1 << 20;
+/// Bytes of one keyring entry: kind, file number, data key.
+const KEYRING_ENTRY_SIZE: usize = 1 + 8 + KEY_BYTES;
+/// Largest keyring file.
+pub const KEYRING_BYTES_MAX: usize = KEYRING_HEADER_SIZE + 4 + KEYRING_ENTRY_SIZE * KEYRING_ENTRIES_MAX + TAG_BYTES + 4;
+/// Keyring entry kind: a log segment's data key (the number is the segment id).
+pub const KEYRING_KIND_SEGMENT: u8 = 1;
+/// Keyring entry kind: a snapshot's data key (the number is its base sequence number).
+pub const KEYRING_KIND_SNAPSHOT: u8 = 2;
+
+/// One data key in the keyring.
+#[derive(Clone)]
+pub struct KeyringEntry {
+    /// [`KEYRING_KIND_SEGMENT`] or [`KEYRING_KIND_SNAPSHOT`].
+    pub kind: u8,
+    /// The segment id or snapshot base sequence number.
+    pub id: u64,
+    /// The data key.
+    pub key: [u8; KEY_BYTES],
+}
+
+impl Drop for KeyringEntry {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// The keyring's body in clear: the entry count, then the entries.
+pub fn encode_keyring_body(entries: &[KeyringEntry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + KEYRING_ENTRY_SIZE * entries.len());
+    // NOTE: cannot truncate: a keyring holds at most KEYRING_ENTRIES_MAX keys.
+    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        b.push(e.kind);
+        b.extend_from_slice(&e.id.to_le_bytes());
+        b.extend_from_slice(&e.key);
+    }
+    b
+}
+
+/// Decodes an opened keyring body.
+pub fn decode_keyring_body(b: &[u8]) -> Result<Vec<KeyringEntry>, Damage> {
+    if b.len() < 4 {
+        return Err(damage(KEYRING_HEADER_SIZE, "keyring body is cut short"));
+    }
+    let count = u32_at(b, 0) as usize;
+    if count > KEYRING_ENTRIES_MAX || b.len() != 4 + count * KEYRING_ENTRY_SIZE {
+        return Err(damage(
+            KEYRING_HEADER_SIZE,
+            format!("keyring entry count {count} is impossible"),
+        ));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = 4 + i * KEYRING_ENTRY_SIZE;
+        let kind = b[at];
+        let id = u64_at(b, at + 1);
+        if !matches!(kind, KEYRING_KIND_SEGMENT | KEYRING_KIND_SNAPSHOT) || id > limits::SEQ_MAX {
+            return Err(damage(KEYRING_HEADER_SIZE + at, "keyring entry names no file"));
+        }
+        let mut key = [0u8; KEY_BYTES];
+        key.copy_from_slice(&b[at + 9..at + 9 + KEY_BYTES]);
+        entries.push(KeyringEntry { kind, id, key });
+    }
+    Ok(entries)
+}
+
+/// The keyring's header: magic, version, preamble checksum, generation, nonce, body length,
+/// checksum, pad.
+pub fn encode_keyring_header(generation: u64, nonce: &[u8; NONCE_BYTES], body_len: usize) -> [u8; KEYRING_HEADER_SIZE] {
+    let mut b = [0u8; KEYRING_HEADER_SIZE];
+    b[..8].copy_from_slice(&KEYRING_MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION_ENCRYPTED.to_le_bytes());
+    let pre = crc32fast::hash(&b[..12]);
+    b[12..16].copy_from_slice(&pre.to_le_bytes());
+    b[16..24].copy_from_slice(&generation.to_le_bytes());
+    b[24..36].copy_from_slice(nonce);
+    // NOTE: cannot truncate: a body is at most KEYRING_BYTES_MAX.
+    b[36..40].copy_from_slice(&(body_len as u32).to_le_bytes());
+    let crc = crc32fast::hash(&b[..40]);
+    b[40..44].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The whole keyring file: header, sealed body, tag, and a crc32 of everything before it (so
+/// damage reads as damage, and only a key that does not open an intact file as a wrong key).
+pub fn encode_keyring(header: &[u8; KEYRING_HEADER_SIZE], body: &[u8], tag: &[u8; TAG_BYTES]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(KEYRING_HEADER_SIZE + body.len() + TAG_BYTES + 4);
+    b.extend_from_slice(header);
+    b.extend_from_slice(body);
+    b.extend_from_slice(tag);
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// A keyring file's parts, checked but still sealed.
+#[derive(Debug)]
+pub struct SealedKeyring<'a> {
+    /// Counts the keyring's rewrites.
+    pub generation: u64,
+    /// The nonce its body was sealed with.
+    pub nonce: [u8; NONCE_BYTES],
+    /// The header: the associated data.
+    pub aad: &'a [u8],
+    /// The sealed body.
+    pub body: &'a [u8],
+    /// The tag.
+    pub tag: &'a [u8],
+}
+
+/// Checks a keyring file's framing and checksums (not its seal: that needs the master key).
+pub fn decode_keyring(b: &[u8]) -> Result<SealedKeyring<'_>, Damage> {
+    if b.len() < KEYRING_HEADER_SIZE + TAG_BYTES + 4 {
+        return Err(damage(0, "keyring is cut short"));
+    }
+    if b[..8] != KEYRING_MAGIC {
+        return Err(damage(0, "bad keyring magic"));
+    }
+    if crc32fast::hash(&b[..12]) != u32_at(b, 12) {
+        return Err(damage(12, "keyring preamble checksum mismatch"));
+    }
+    let version = u32_at(b, 8);
+    if version != FORMAT_VERSION_ENCRYPTED {
+        return Err(damage(
+            8,
+            format!("keyring of format version {version}, not {FORMAT_VERSION_ENCRYPTED}"),
+        ));
+    }
+    if crc32fast::hash(&b[..40]) != u32_at(b, 40) {
+        return Err(damage(40, "keyring header checksum mismatch"));
+    }
+    let body_len = u32_at(b, 36) as usize;
+    if b.len() != KEYRING_HEADER_SIZE + body_len + TAG_BYTES + 4 {
+        return Err(damage(36, "keyring length disagrees with its header"));
+    }
+    let crc_at = b.len() - 4;
+    if crc32fast::hash(&b[..crc_at]) != u32_at(b, crc_at) {
+        return Err(damage(crc_at, "keyring checksum mismatch"));
+    }
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce.copy_from_slice(&b[24..36]);
+    let body_end = KEYRING_HEADER_SIZE + body_len;
+    Ok(SealedKeyring {
+        generation: u64_at(b, 16),
+        nonce,
+        aad: &b[..KEYRING_HEADER_SIZE],
+        body: &b[KEYRING_HEADER_SIZE..body_end],
+        tag: &b[body_end..crc_at],
+    })
+}
+
+/// Opens every entry of a framed version 3 block in place (`b` starts at the block's header,
+/// found at `block_offset` in snapshot `base_seq`); afterwards [`super::decode_block_entries`]
+/// reads it. Checks every length before using it; never panics. Offsets in errors are relative
+/// to `b`.
+pub(crate) fn open_block(
+    b: &mut [u8],
+    frame: super::BlockFrame,
+    cipher: &FileCipher,
+    base_seq: u64,
+    block_offset: u64,
+) -> Result<(), Damage> {
+    let mut at = super::BLOCK_HEADER_SIZE;
+    for _ in 0..frame.count {
+        if frame.len - at < ENTRY_HEADER_SIZE_ENCRYPTED {
+            return Err(damage(at, "snapshot entry header runs past its block"));
+        }
+        let key_len = u32_at(b, at) as usize;
+        let value_len = u32_at(b, at + 4) as usize;
+        let sealed_at = at + ENTRY_HEADER_SIZE_ENCRYPTED;
+        if key_len > limits::KEY_SIZE_MAX
+            || value_len > limits::VALUE_SIZE_MAX_LIMIT
+            || frame.len - sealed_at < key_len + value_len
+        {
+            return Err(damage(at, "snapshot entry runs past its block"));
+        }
+        let end = sealed_at + key_len + value_len;
+        open_entry(&mut b[at..end], cipher, base_seq, block_offset + at as u64)
+            .map_err(|d| damage(at + d.offset as usize, d.reason))?;
+        at = end;
+    }
+    Ok(())
+}
