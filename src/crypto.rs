@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
-use parking_lot::Mutex;
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::format::{self, KeyringEntry};
@@ -193,6 +194,9 @@ fn open_with(key: &LessSafeKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut
 /// One file's data key, ready to seal and open its pieces.
 pub(crate) struct FileCipher {
     aead: LessSafeKey,
+    /// The key itself, for the nonce audit (test builds only).
+    #[cfg(feature = "sim")]
+    key: [u8; KEY_BYTES],
     /// The next log nonce counter value (log segments only).
     next_nonce: AtomicU64,
     /// Pieces sealed with this key (tests count nonces with it).
@@ -211,6 +215,8 @@ impl FileCipher {
     pub(crate) fn new(key: &[u8; KEY_BYTES]) -> FileCipher {
         FileCipher {
             aead: aes_key(key),
+            #[cfg(feature = "sim")]
+            key: *key,
             next_nonce: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
         }
@@ -226,6 +232,8 @@ impl FileCipher {
     /// Encrypts `buf` in place; returns the tag.
     pub(crate) fn seal(&self, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_BYTES] {
         self.sealed.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "sim")]
+        audit::sealed(&self.key, nonce);
         seal_with(&self.aead, nonce, aad, buf)
     }
 
@@ -496,5 +504,51 @@ mod tests {
         assert_eq!(&buf[..], b"secret");
         assert_eq!(c.take_nonces(3), 0);
         assert_eq!(c.take_nonces(1), 3);
+    }
+}
+
+/// The nonce audit of test builds: while on, every piece sealed under a data key is recorded
+/// with its nonce, and a nonce used twice under one key (which would break GCM) panics.
+#[cfg(feature = "sim")]
+pub mod audit {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use parking_lot::Mutex;
+
+    use super::{KEY_BYTES, NONCE_BYTES};
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static SEALED: AtomicU64 = AtomicU64::new(0);
+    static SEEN: Mutex<Option<HashSet<[u8; KEY_BYTES + NONCE_BYTES]>>> = Mutex::new(None);
+
+    /// Starts recording (clearing what was recorded).
+    pub fn start() {
+        *SEEN.lock() = Some(HashSet::new());
+        SEALED.store(0, Ordering::SeqCst);
+        ON.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops recording; returns how many pieces were sealed while it was on, and under how
+    /// many distinct data keys.
+    pub fn stop() -> (u64, usize) {
+        ON.store(false, Ordering::SeqCst);
+        let seen = SEEN.lock().take().unwrap_or_default();
+        let keys: HashSet<&[u8]> = seen.iter().map(|k| &k[..KEY_BYTES]).collect();
+        (SEALED.load(Ordering::SeqCst), keys.len())
+    }
+
+    pub(super) fn sealed(key: &[u8; KEY_BYTES], nonce: &[u8; NONCE_BYTES]) {
+        if !ON.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut id = [0u8; KEY_BYTES + NONCE_BYTES];
+        id[..KEY_BYTES].copy_from_slice(key);
+        id[KEY_BYTES..].copy_from_slice(nonce);
+        let mut seen = SEEN.lock();
+        if let Some(seen) = seen.as_mut() {
+            assert!(seen.insert(id), "a nonce was used twice under one data key: {nonce:?}");
+            SEALED.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }

@@ -82,6 +82,11 @@ pub mod internals {
     pub mod fuzzing {
         pub use crate::tools::inspect::fuzzing::*;
     }
+    /// The nonce audit: every nonce sealed under each data key, recorded (test builds).
+    #[cfg(feature = "sim")]
+    pub mod nonce_audit {
+        pub use crate::crypto::audit::*;
+    }
     /// Test hooks of the engine's protocol points ([`crate::Options::on_point`]).
     pub use crate::storage::sim::Point;
 }

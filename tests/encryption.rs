@@ -53,7 +53,8 @@ fn plaintext_appears_in_no_file_in_any_state() {
     let db = Db::open_with(dir.path(), opts(1)).unwrap();
     assert!(db.is_encrypted());
     db.put(SECRET_KEY, SECRET_VALUE).unwrap();
-    db.put_with_ttl(b"ttl-key-abcdef", SECRET_VALUE, Duration::from_secs(600)).unwrap();
+    db.put_with_ttl(b"ttl-key-abcdef", SECRET_VALUE, Duration::from_secs(600))
+        .unwrap();
     for i in 0..200u32 {
         db.put(format!("filler-{i}"), format!("filler-value-{i}")).unwrap();
     }
@@ -62,15 +63,26 @@ fn plaintext_appears_in_no_file_in_any_state() {
     assert_nowhere(dir.path(), &[SECRET_KEY, SECRET_VALUE, b"filler-value-1"], "log only");
     db.checkpoint().unwrap();
     db.put(b"after-checkpoint-key", SECRET_VALUE).unwrap();
-    assert_nowhere(dir.path(), &[SECRET_KEY, SECRET_VALUE, b"filler-value-1"], "after a checkpoint");
+    assert_nowhere(
+        dir.path(),
+        &[SECRET_KEY, SECRET_VALUE, b"filler-value-1"],
+        "after a checkpoint",
+    );
     db.close().unwrap();
-    assert_nowhere(dir.path(), &[SECRET_KEY, SECRET_VALUE, b"after-checkpoint-key"], "closed");
+    assert_nowhere(
+        dir.path(),
+        &[SECRET_KEY, SECRET_VALUE, b"after-checkpoint-key"],
+        "closed",
+    );
 
     let db = Db::open_with(dir.path(), opts(1)).unwrap();
     assert_eq!(db.get(SECRET_KEY).unwrap().as_deref(), Some(SECRET_VALUE));
     assert_eq!(db.get(b"after-checkpoint-key").unwrap().as_deref(), Some(SECRET_VALUE));
     assert_eq!(db.get(b"filler-3").unwrap(), None);
-    assert_eq!(db.get(b"filler-199").unwrap().as_deref(), Some(&b"filler-value-199"[..]));
+    assert_eq!(
+        db.get(b"filler-199").unwrap().as_deref(),
+        Some(&b"filler-value-199"[..])
+    );
     assert!(db.get_versioned(b"ttl-key-abcdef").unwrap().is_some());
     let all: Vec<_> = db.range::<&[u8], _>(..).map(|r| r.unwrap()).collect();
     assert_eq!(all.len(), 202);
@@ -118,7 +130,10 @@ fn rotation_needs_the_new_key_afterwards() {
     db.rotate_key(key(7)).unwrap();
     db.put(b"after", b"rotation").unwrap();
     db.close().unwrap();
-    assert!(matches!(Db::open_with(dir.path(), opts(1)), Err(Error::WrongKey { .. })));
+    assert!(matches!(
+        Db::open_with(dir.path(), opts(1)),
+        Err(Error::WrongKey { .. })
+    ));
     let db = Db::open_with(dir.path(), opts(7)).unwrap();
     assert_eq!(db.get(SECRET_KEY).unwrap().as_deref(), Some(SECRET_VALUE));
     assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"rotation"[..]));

@@ -172,7 +172,11 @@ pub(crate) fn decode_snapshot(
     let b = bytes.bytes();
     let version = check_header(b, path, base_seq)?;
     if version == format::FORMAT_VERSION_ENCRYPTED && cipher.is_none() {
-        return Err(Error::corruption(path, 0, "the snapshot has no data key in the keyring"));
+        return Err(Error::corruption(
+            path,
+            0,
+            "the snapshot has no data key in the keyring",
+        ));
     }
     let footer = check_footer(b, path, base_seq)?;
     let end = footer.footer_offset as usize;

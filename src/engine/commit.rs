@@ -400,9 +400,9 @@ impl Engine {
     /// [`Engine::prepare`] in an encrypted store: the payload of format version 3, in clear
     /// until the log writer seals it where it lands.
     fn prepare_encrypted(&self, ops: &[Op<'_>], durability: Durability) -> Prepared {
-        let size = ops
-            .iter()
-            .fold(format::PAYLOAD_COUNT_SIZE, |n, op| n + format::op_encoded_size_encrypted(op));
+        let size = ops.iter().fold(format::PAYLOAD_COUNT_SIZE, |n, op| {
+            n + format::op_encoded_size_encrypted(op)
+        });
         let mut payload = SPARE_PAYLOAD.with(Cell::take);
         payload.reserve(size);
         let offsets = format::encode_ops_encrypted(&mut payload, ops);
@@ -833,16 +833,12 @@ fn payload_decodes_to(
         return false;
     };
     decoded.len() == ops.len()
-        && decoded
-            .iter()
-            .zip(ops)
-            .zip(offsets)
-            .all(|((d, o), at)| {
-                let value_ok = match (d, at) {
-                    (Op::Put { value, .. }, Some(at)) => value.as_ptr() as usize - payload.as_ptr() as usize == at,
-                    (Op::Put { .. }, None) => false,
-                    (_, at) => at.is_none(),
-                };
-                value_ok && d == o
-            })
+        && decoded.iter().zip(ops).zip(offsets).all(|((d, o), at)| {
+            let value_ok = match (d, at) {
+                (Op::Put { value, .. }, Some(at)) => value.as_ptr() as usize - payload.as_ptr() as usize == at,
+                (Op::Put { .. }, None) => false,
+                (_, at) => at.is_none(),
+            };
+            value_ok && d == o
+        })
 }

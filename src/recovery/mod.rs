@@ -317,7 +317,9 @@ fn open_keyring(layout: &Layout, opts: &Options, listing: &listing::Listing) -> 
     let has_data = !listing.segments.is_empty() || !listing.snapshots.is_empty();
     let dir = layout.dir().to_path_buf();
     match (&opts.encryption_key, exists) {
-        (Some(key), true) => Keyring::load(opts.storage.clone(), layout.clone(), key.clone()).map(|k| Some(Arc::new(k))),
+        (Some(key), true) => {
+            Keyring::load(opts.storage.clone(), layout.clone(), key.clone()).map(|k| Some(Arc::new(k)))
+        }
         (Some(key), false) if !has_data => {
             Keyring::create(opts.storage.clone(), layout.clone(), key.clone()).map(|k| Some(Arc::new(k)))
         }

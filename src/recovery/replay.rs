@@ -114,7 +114,16 @@ impl Recovery<'_> {
             if rec.seq <= base {
                 return Ok(());
             }
-            apply_record(index, (seg.file.id, version), cipher.as_deref(), offset, rec, path, opts, report)?;
+            apply_record(
+                index,
+                (seg.file.id, version),
+                cipher.as_deref(),
+                offset,
+                rec,
+                path,
+                opts,
+                report,
+            )?;
             replayed += 1;
             Ok(())
         })?;

@@ -15,8 +15,8 @@ use crate::sync::{Condvar, Mutex};
 
 use crate::crypto::{FileCipher, Keyring};
 use crate::error::{Error, Result};
-use crate::index::FileId;
 use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::index::FileId;
 use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
 use crate::wal::sync::{LogSync, SyncTarget};
@@ -469,11 +469,8 @@ impl LogWriter {
             }
             if !self.activated {
                 debug_assert_eq!(buf_at + self.buf.len() as u64, 0);
-                let header = format::encode_segment_header(SegmentHeader::with_version(
-                    self.active_id,
-                    rec.seq,
-                    self.version(),
-                ));
+                let header =
+                    format::encode_segment_header(SegmentHeader::with_version(self.active_id, rec.seq, self.version()));
                 self.buf.extend_from_slice(&header);
                 self.activated = true;
                 self.segments.insert(
@@ -566,11 +563,8 @@ impl LogWriter {
             return Ok(None);
         };
         let first_seq = self.written_seq + 1;
-        let header = format::encode_segment_header(SegmentHeader::with_version(
-            self.active_id,
-            first_seq,
-            self.version(),
-        ));
+        let header =
+            format::encode_segment_header(SegmentHeader::with_version(self.active_id, first_seq, self.version()));
         let Some(active) = self.active.clone() else {
             return Ok(None);
         };
