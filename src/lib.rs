@@ -49,7 +49,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::EncryptionKey;
 pub use db::{Db, Iter, Versioned};
 pub use error::{Conflict, Error, Result};
-pub use format::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};
+pub use format::{FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED, FORMAT_VERSION_NEWEST, FORMAT_VERSION_OLDEST};
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
 pub use stats::{LatencyHistogram, RecoveryReport, Skipped, Stats};
 pub use tools::backup::{backup_dir, restore, BackupReport, RestoreReport};

@@ -242,7 +242,7 @@ fn apply_record(
             Some(c) => format::open_ops(&mut opened, c, segment_id, payload_at, rec.seq),
             None => Err(format::Damage {
                 offset: 0,
-                reason: "the segment has no data key in the keyring".into(),
+                reason: "the segment is encrypted (format version 3) and the keyring has no data key for it (KEYRING missing or damaged?)".into(),
             }),
         };
         if let Err(d) = result {
