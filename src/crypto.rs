@@ -192,7 +192,7 @@ fn open_with(key: &LessSafeKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut
 }
 
 /// One file's data key, ready to seal and open its pieces.
-pub(crate) struct FileCipher {
+pub struct FileCipher {
     aead: LessSafeKey,
     /// The key itself, for the nonce audit (test builds only).
     #[cfg(feature = "sim")]
@@ -212,7 +212,8 @@ impl fmt::Debug for FileCipher {
 }
 
 impl FileCipher {
-    pub(crate) fn new(key: &[u8; KEY_BYTES]) -> FileCipher {
+    /// A file's cipher from its data key.
+    pub fn new(key: &[u8; KEY_BYTES]) -> FileCipher {
         FileCipher {
             aead: aes_key(key),
             #[cfg(feature = "sim")]

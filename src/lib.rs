@@ -82,6 +82,10 @@ pub mod internals {
     pub mod fuzzing {
         pub use crate::tools::inspect::fuzzing::*;
     }
+    /// A file's data key, to seal and open format version 3's pieces (golden files, fuzzing).
+    pub mod crypto {
+        pub use crate::crypto::FileCipher;
+    }
     /// The nonce audit: every nonce sealed under each data key, recorded (test builds).
     #[cfg(feature = "sim")]
     pub mod nonce_audit {

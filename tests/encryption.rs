@@ -141,3 +141,21 @@ fn rotation_needs_the_new_key_afterwards() {
     let p = Db::open(plain.path()).unwrap();
     assert!(matches!(p.rotate_key(key(3)), Err(Error::NotEncrypted { .. })));
 }
+
+mod support;
+
+/// The ops-against-model fuzz target's body on encrypted stores (its bit 8 of `faults`):
+/// random operations, faults, power losses and reopens, every state checked against the model.
+/// Seeded: `SESSIONDB_SEED` replays.
+#[test]
+fn ops_against_the_model_on_encrypted_stores() {
+    let (seed, _guard) = support::seeded("ops_against_the_model_on_encrypted_stores");
+    let mut rng = support::Rng::new(seed);
+    for _ in 0..150 {
+        let len = rng.range(64, 4096) as usize;
+        let mut data = rng.bytes(len);
+        // OpsSpec's layout: two bools, then the fault bits.
+        data[2] |= 8;
+        support::fuzz::ops_vs_model::run(&data);
+    }
+}
