@@ -576,3 +576,21 @@ pub(crate) fn open_block(
     }
     Ok(())
 }
+
+/// [`super::BlockBuilder::seal`] for tests and golden files (feature `sim`).
+#[cfg(any(test, feature = "sim"))]
+pub fn seal_block_for_tests(b: &mut super::BlockBuilder, cipher: &FileCipher, base_seq: u64, block_offset: u64) {
+    b.seal(cipher, base_seq, block_offset);
+}
+
+/// [`open_block`] for tests and golden files (feature `sim`).
+#[cfg(any(test, feature = "sim"))]
+pub fn open_block_for_tests(
+    b: &mut [u8],
+    frame: super::BlockFrame,
+    cipher: &FileCipher,
+    base_seq: u64,
+    block_offset: u64,
+) -> Result<(), Damage> {
+    open_block(b, frame, cipher, base_seq, block_offset)
+}
