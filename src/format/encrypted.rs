@@ -289,7 +289,8 @@ pub fn check_log_value_encrypted(
     op_offset: u64,
 ) -> Result<(), Damage> {
     let not_this = || damage(0, "the bytes here are not a put of this key");
-    let expected = put_encoded_size_encrypted(key.len(), value_len);
+    // A length no slice can hold is not this put's (and must not overflow the sum).
+    let expected = (PUT_CLEAR + key.len() + TAG_BYTES).saturating_add(value_len);
     if b.len() != expected || b.len() < PUT_CLEAR {
         return Err(not_this());
     }
@@ -370,7 +371,7 @@ pub fn check_snapshot_value_encrypted(
     offset: u64,
 ) -> Result<(), Damage> {
     let not_this = || damage(0, "the bytes here are not a snapshot entry of this key");
-    if b.len() != ENTRY_HEADER_SIZE_ENCRYPTED + key.len() + value_len
+    if b.len() != (ENTRY_HEADER_SIZE_ENCRYPTED + key.len()).saturating_add(value_len)
         || u32_at(b, 0) as usize != key.len()
         || u32_at(b, 4) as usize != value_len
         || u64_at(b, 8) != seq
