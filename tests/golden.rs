@@ -1905,34 +1905,57 @@ mod v3 {
     #[test]
     fn golden_snapshot_block() {
         let base = FIRST_SEQ + 1;
-        let mut b = BlockBuilder::with_version(FORMAT_VERSION_ENCRYPTED);
-        b.push(SnapshotEntry {
-            key: b"k",
-            value: b"v",
-            seq: base,
-            expires_at_ms: 0,
-            value_crc: None,
-        });
-        let mut block = {
-            // Sealed as the first block of the snapshot `base`, at offset 32.
-            let cipher = FileCipher::new(&DATA_KEY);
-            sessiondb::internals::format::seal_block_for_tests(&mut b, &cipher, base, SNAPSHOT_HEADER_SIZE as u64);
-            b.finish()
-        };
-        check("snapshot_block.bin", &block);
-        let at = BLOCK_HEADER_SIZE;
-        assert_eq!(block.len(), at + 40 + 2);
-        assert_eq!(&block[at..at + 4], &1u32.to_le_bytes(), "key length");
-        assert_eq!(&block[at + 8..at + 16], &base.to_le_bytes(), "seq in clear");
-        let mut moved = block.clone();
-        let frame = sessiondb::internals::format::block_frame(&moved, FORMAT_VERSION_ENCRYPTED).unwrap();
         let cipher = FileCipher::new(&DATA_KEY);
+        let mut b = BlockBuilder::with_version(FORMAT_VERSION_ENCRYPTED);
+        for (k, v) in [(&b"k"[..], &b"v"[..]), (b"user:42", b"session-blob")] {
+            b.push(SnapshotEntry {
+                key: k,
+                value: v,
+                seq: base,
+                expires_at_ms: 0,
+                value_crc: None,
+            });
+        }
+        // Sealed as the first block of the snapshot `base`, at offset 32.
+        let at = SNAPSHOT_HEADER_SIZE as u64;
+        let block = sessiondb::internals::format::seal_block_for_tests(&mut b, &cipher, base, at);
+        check("snapshot_block.bin", &block);
+        // Header, directory length, directory (24 + K per entry), its tag, then each value and
+        // its tag.
+        let dir_len = 24 + 1 + 24 + 7;
+        assert_eq!(block.len(), BLOCK_HEADER_SIZE + 4 + dir_len + 16 + (1 + 16) + (12 + 16));
+        assert_eq!(&block[12..16], &(dir_len as u32).to_le_bytes());
+        for secret in [&b"user:42"[..], b"session-blob"] {
+            assert!(!block.windows(secret.len()).any(|w| w == secret), "{secret:?} in clear");
+        }
+        let frame = sessiondb::internals::format::block_frame(&block, FORMAT_VERSION_ENCRYPTED).unwrap();
+        let mut opened = sessiondb::internals::format::OpenedBlock::default();
         assert!(
-            sessiondb::internals::format::open_block_for_tests(&mut moved, frame, &cipher, base, 33).is_err(),
+            sessiondb::internals::format::open_block(&block, frame, &cipher, base, at + 1, &mut opened).is_err(),
             "a block read at another offset does not open"
         );
-        sessiondb::internals::format::open_block_for_tests(&mut block, frame, &cipher, base, 32).unwrap();
-        assert_eq!(&block[at + 40..], b"kv");
+        sessiondb::internals::format::open_block(&block, frame, &cipher, base, at, &mut opened).unwrap();
+        let keys: Vec<&[u8]> = opened.entries.iter().map(|e| opened.key(e)).collect();
+        assert_eq!(keys, [&b"k"[..], b"user:42"]);
+        let e = opened.entries[1];
+        let mut value = block[e.value_at..e.value_at + e.value_len + 16].to_vec();
+        let value_at = at + e.value_at as u64;
+        sessiondb::internals::format::check_snapshot_value_encrypted(&mut value, 12, base, &cipher, base, value_at)
+            .unwrap();
+        assert_eq!(&value[..12], b"session-blob");
+        let mut again = block[e.value_at..e.value_at + e.value_len + 16].to_vec();
+        assert!(
+            sessiondb::internals::format::check_snapshot_value_encrypted(
+                &mut again,
+                12,
+                base + 1,
+                &cipher,
+                base,
+                value_at
+            )
+            .is_err(),
+            "a value opens only at its version"
+        );
     }
 
     #[test]

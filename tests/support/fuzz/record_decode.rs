@@ -353,7 +353,7 @@ fn probe_value_readers(data: &[u8]) {
         let mut copy = data.to_vec();
         let _ = format::check_log_value_encrypted(&mut copy, key, len, seq, &cipher, 3, 65);
         let mut copy = data.to_vec();
-        let _ = format::check_snapshot_value_encrypted(&mut copy, key, len, seq, &cipher, 1002, 44);
+        let _ = format::check_snapshot_value_encrypted(&mut copy, len, seq, &cipher, 1002, 44);
         for version in [1, 2] {
             let _ = format::decode_ops(data, version, Some(seq));
             if let Ok(crc) = format::check_snapshot_value(data, key, len, seq, version) {

@@ -192,9 +192,10 @@ fn open_as_version_3(bytes: &[u8], base: u64) {
         let Ok(frame) = sessiondb::internals::format::block_frame(&bytes[at..end], 3) else {
             return;
         };
-        let mut copy = bytes[at..at + frame.len].to_vec();
+        let mut opened = sessiondb::internals::format::OpenedBlock::default();
         assert!(
-            sessiondb::internals::format::open_block_for_tests(&mut copy, frame, &cipher, base, at as u64).is_err(),
+            sessiondb::internals::format::open_block(&bytes[at..end], frame, &cipher, base, at as u64, &mut opened)
+                .is_err(),
             "a block sealed under no key opened"
         );
         at += frame.len;
