@@ -373,8 +373,17 @@ impl Db {
         if !engine.is_poisoned() {
             result = engine.sync();
             let since = engine.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
-            if result.is_ok() && engine.opts.auto_checkpoint && since >= limits::CLOSE_CHECKPOINT_LOG_BYTES_MIN {
-                result = match checkpoint::run(engine) {
+            let auto = engine.opts.auto_checkpoint && since >= limits::CLOSE_CHECKPOINT_LOG_BYTES_MIN;
+            // With max_retention, a store at rest holds no value that is dead already.
+            let dead = engine.opts.max_retention.is_some()
+                && engine.retention.dead_since().is_some_and(|at| at <= engine.now_ms());
+            if result.is_ok() && (auto || dead) {
+                let ran = if dead {
+                    retention_checkpoint(engine)
+                } else {
+                    checkpoint::run(engine)
+                };
+                result = match ran {
                     // The closing checkpoint only shortens the next open's replay: on a full
                     // disk it is left out (it took no room) and the log, durable, stays.
                     Err(e) if e.is_storage_full() => Ok(()),
@@ -438,7 +447,105 @@ fn start_background(engine: &Arc<Engine>) -> Result<Vec<JoinHandle<()>>> {
         let e = engine.clone();
         threads.push(spawn("sessiondb-sweep", Box::new(move || sweep_loop(&e, every)))?);
     }
+    if let Some(bound) = engine.opts.max_retention {
+        let e = engine.clone();
+        threads.push(spawn(
+            "sessiondb-retention",
+            Box::new(move || retention_loop(&e, bound)),
+        )?);
+    }
     Ok(threads)
+}
+
+/// How long the retention thread waits, at the longest, before it looks at the store's clock
+/// again: the clock may be a `ManualClock`, which moves without waking anyone, or a wall clock
+/// that jumps; and nothing wakes it when a value dies.
+const RETENTION_LOOK_EVERY: Duration = Duration::from_millis(100);
+/// After a retention checkpoint that failed or completed none, the next waits this long,
+/// doubling up to [`RETENTION_RETRY_MAX`] (a full disk is not tried in a loop).
+const RETENTION_RETRY_MIN: Duration = Duration::from_secs(1);
+const RETENTION_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// `Options::max_retention`: starts a checkpoint once half of `bound` has passed, on the store's
+/// clock, since the files first held a dead value (docs/design.md, "Retention"); looks at the
+/// clock at least every [`RETENTION_LOOK_EVERY`].
+fn retention_loop(engine: &Engine, bound: Duration) {
+    let half_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX) / 2;
+    note_loaded_deadlines(engine);
+    let bg = &engine.background;
+    let mut retry = RETENTION_RETRY_MIN;
+    let mut not_before: Option<std::time::Instant> = None;
+    let mut st = bg.state.lock();
+    loop {
+        if st.shutdown {
+            return;
+        }
+        let now = engine.now_ms();
+        let start_at = engine.retention.dead_since().map(|at| at.saturating_add(half_ms));
+        let due = start_at.is_some_and(|at| at <= now);
+        let held = engine.is_poisoned() || not_before.is_some_and(|t| std::time::Instant::now() < t);
+        if due && !held {
+            drop(st);
+            let before = engine.counters.checkpoints.load(Ordering::Relaxed);
+            let ran = retention_checkpoint(engine);
+            // NOTE: a failed checkpoint leaves the old snapshot and the whole log (and gives
+            // back what it took from retention); it is retried after a pause.
+            if ran.is_ok() && engine.counters.checkpoints.load(Ordering::Relaxed) > before {
+                (retry, not_before) = (RETENTION_RETRY_MIN, None);
+            } else {
+                not_before = Some(std::time::Instant::now() + retry);
+                retry = (retry * 2).min(RETENTION_RETRY_MAX);
+            }
+            engine.retention.checked_ms.store(now, Ordering::Relaxed);
+            st = bg.state.lock();
+            continue;
+        }
+        engine.retention.checked_ms.store(now, Ordering::Relaxed);
+        let wait = match start_at {
+            Some(at) if at > now => Duration::from_millis(at - now).min(RETENTION_LOOK_EVERY),
+            _ => RETENTION_LOOK_EVERY,
+        };
+        bg.cv.wait_for(&mut st, wait);
+    }
+}
+
+/// A checkpoint for `Options::max_retention`. When nothing was written since the last
+/// checkpoint, the dead values are expired entries of its snapshot, which only a new snapshot
+/// drops, and a checkpoint needs a write to cover: a record that changes nothing.
+fn retention_checkpoint(engine: &Engine) -> Result<()> {
+    engine.retention.checkpoints.fetch_add(1, Ordering::Relaxed);
+    let applied = engine.index.read().applied_seq;
+    let last = engine.snapshots.lock().last().map(|s| s.0);
+    if last == Some(applied) {
+        engine.write_nothing()?;
+    }
+    checkpoint::run(engine)
+}
+
+/// Notes the earliest expiry deadline among the entries the open loaded (an expired entry is
+/// dead from its deadline on), reading the index a chunk at a time as a checkpoint copies it.
+fn note_loaded_deadlines(engine: &Engine) {
+    let mut lower: Bound<crate::index::Key> = Bound::Unbounded;
+    let mut deadline = u64::MAX;
+    loop {
+        let chunk = engine
+            .index
+            .read()
+            .range_chunk(lower.as_ref().map(|k| k.as_bytes()), Bound::Unbounded, 1024);
+        let Some(last) = chunk.last().map(|(k, _)| k.clone()) else {
+            break;
+        };
+        for (_, e) in &chunk {
+            if e.expires_at_ms != 0 {
+                deadline = deadline.min(e.expires_at_ms);
+            }
+        }
+        lower = Bound::Excluded(last);
+        if engine.background.state.lock().shutdown {
+            return;
+        }
+    }
+    engine.retention.loaded_deadline(deadline);
 }
 
 /// The expiry sweeper: every `every`, a round of bounded passes that walks the index a chunk at

@@ -10,6 +10,10 @@ use crate::format::{put_encoded_size, PAYLOAD_COUNT_SIZE, RECORD_HEADER_SIZE, SE
 use crate::limits;
 use crate::storage::{FsStorage, Storage};
 
+/// The shortest [`Options::max_retention`]: a retention checkpoint must start and finish within
+/// half of it, and the thread that starts them looks at the clock every 100 ms.
+const MAX_RETENTION_MIN: Duration = Duration::from_secs(1);
+
 /// When a write counts as durable. See the README's guarantee table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -81,6 +85,7 @@ pub struct Options {
     pub(crate) batch_size_max: usize,
     pub(crate) preallocate_ahead: bool,
     pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) max_retention: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) encryption_key: Option<crate::EncryptionKey>,
@@ -101,6 +106,7 @@ impl Default for Options {
             batch_size_max: limits::BATCH_SIZE_MAX_DEFAULT,
             preallocate_ahead: true,
             sweep_interval: Some(limits::SWEEP_INTERVAL_DEFAULT),
+            max_retention: None,
             clock: Arc::new(SystemClock),
             storage: Arc::new(FsStorage),
             encryption_key: None,
@@ -122,6 +128,7 @@ impl fmt::Debug for Options {
             .field("batch_size_max", &self.batch_size_max)
             .field("preallocate_ahead", &self.preallocate_ahead)
             .field("sweep_interval", &self.sweep_interval)
+            .field("max_retention", &self.max_retention)
             .field("clock", &self.clock)
             .field("storage", &self.storage)
             .field("encrypted", &self.encryption_key.is_some())
@@ -216,6 +223,29 @@ impl Options {
         self
     }
 
+    /// Bounds how long a dead value stays in the store's files: no value that was overwritten
+    /// (a put, a compare-and-swap), deleted (a [`crate::session::SessionStore::destroy`] or
+    /// `destroy_all_of` included) or expired stays in a file of the store's directory for more
+    /// than `bound` of the store's clock (see [`Options::clock`]) while the store is open; an
+    /// expired value counts from its deadline. The engine notes when the first such value
+    /// appeared and starts a checkpoint half of `bound` later, which rewrites the live data and
+    /// deletes every segment and older snapshot that held the dead one. So the bound holds as
+    /// long as a checkpoint takes less than half of it; it costs at most one checkpoint per half
+    /// of `bound` under a steady stream of overwrites, none while nothing dies.
+    ///
+    /// Independent of [`Options::auto_checkpoint`]: with `max_retention` set, these checkpoints
+    /// run (and [`crate::Db::close`] checkpoints when the files hold a dead value) even with
+    /// automatic checkpoints off. A value that died before the store was opened, or that expires
+    /// while it is closed, counts from the open. Not covered: blocks the file system or the disk
+    /// freed but has not overwritten, and copies made outside the store (backups). At least one
+    /// second. Default: `None`, no bound (dead values go at the next checkpoint, however late).
+    /// See docs/design.md, "Retention".
+    #[must_use]
+    pub fn max_retention(mut self, bound: Duration) -> Options {
+        self.max_retention = Some(bound);
+        self
+    }
+
     /// The clock behind expiry. Default: the system clock.
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Options {
@@ -300,6 +330,13 @@ impl Options {
         }
         if self.checkpoint_log_bytes == 0 {
             return bad("checkpoint_log_bytes must be positive".into());
+        }
+        if let Some(bound) = self.max_retention {
+            if bound < MAX_RETENTION_MIN {
+                return bad(format!(
+                    "max_retention {bound:?} is below {MAX_RETENTION_MIN:?}: a checkpoint must fit in half of it"
+                ));
+            }
         }
         Ok(())
     }

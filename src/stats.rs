@@ -52,6 +52,18 @@ pub struct Stats {
     pub checkpoint_bytes_total: u64,
     /// Expired entries the sweeper (or [`crate::Db::purge_expired`]) dropped since open.
     pub expired_swept: u64,
+    /// With [`crate::Options::max_retention`]: the store's time (ms since the Unix epoch) from
+    /// which the store's files hold a dead value (overwritten, deleted, or expired: an expiry
+    /// deadline may still be ahead), the earliest the engine knows of; it errs early, never
+    /// late. A retention checkpoint starts half of `max_retention` after it. `None` when the
+    /// files hold none, and without `max_retention`.
+    pub dead_since_ms: Option<u64>,
+    /// Checkpoints started because of [`crate::Options::max_retention`] since open.
+    pub retention_checkpoints: u64,
+    /// The store's time when the retention thread last looked at the clock, after any
+    /// checkpoint it started then (it looks at least every 100 ms); 0 before its first look and
+    /// without [`crate::Options::max_retention`].
+    pub retention_checked_ms: u64,
     /// What the last open found and did.
     pub recovery: RecoveryReport,
 }

@@ -48,9 +48,10 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     point!(engine, CheckpointFrozen);
     let base_seq = roll.base;
     // The index is frozen at the base until the snapshot replaces its lower layers.
-    let snapshot_bytes = match write_and_rebase(engine, &roll) {
-        Ok(bytes) => bytes,
+    let (snapshot_bytes, deadline) = match write_and_rebase(engine, &roll) {
+        Ok(written) => written,
         Err(e) => {
+            engine.retention.give_back(roll.dead, None);
             // The store goes on from its current files: the frozen changes go back under the
             // overlay, the new snapshot is forgotten (its number is never reused) and its
             // temporary file removed. (If it was already renamed into place, it stays: it and
@@ -86,6 +87,11 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     let removed = remove_covered(engine, base_seq, &old);
     #[cfg(debug_assertions)]
     check_every_entry(engine);
+    match removed {
+        Ok(true) => engine.retention.checkpointed(deadline),
+        // Some file it covers is still there, and with it what the roll took from retention.
+        Ok(false) | Err(_) => engine.retention.give_back(roll.dead, Some(deadline)),
+    }
     removed?;
     point!(engine, CheckpointDone);
     engine.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -109,8 +115,8 @@ fn snapshot_estimate(engine: &Engine) -> u64 {
 }
 
 /// Steps 2 to 5: writes the snapshot, makes it the recovery base, reads it back and makes its
-/// entries the index's base. Returns the snapshot's size.
-fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
+/// entries the index's base. Returns the snapshot's size and its earliest expiry deadline.
+fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<(u64, u64)> {
     let base_seq = roll.base;
     let storage = engine.storage.as_ref();
     let tmp = engine.layout.snapshot_tmp(base_seq);
@@ -121,7 +127,7 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
         Some(keyring) => Some(keyring.fresh(FileId::Snapshot(base_seq))?),
         None => None,
     };
-    let end_seq = write_snapshot(engine, &tmp, roll, cipher.clone())?;
+    let (end_seq, deadline) = write_snapshot(engine, &tmp, roll, cipher.clone())?;
     point!(engine, CheckpointWritten);
     // The snapshot may hold writes up to end_seq; they must be durable in the log before the
     // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
@@ -145,7 +151,7 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
     let mut index = engine.index.write();
     index.set_source(loaded.source());
     index.rebase(entries, roll.base, roll.cut_ms);
-    Ok(size)
+    Ok((size, deadline))
 }
 
 /// Writes the snapshot's temp file; returns `end_seq`. Every value copied is checked first
@@ -153,18 +159,20 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
 /// (files of format version 2), or against the record or snapshot block it comes from and the
 /// key and version around it (version 1). A value that does not verify fails the checkpoint,
 /// naming the file and offset it was read from, and never reaches the snapshot. A checksum
-/// just checked is written as it is; a version 1 value gets one computed.
+/// just checked is written as it is; a version 1 value gets one computed. Also returns the
+/// earliest expiry deadline written (`u64::MAX` for none), for `Options::max_retention`.
 fn write_snapshot(
     engine: &Engine,
     tmp: &Path,
     roll: &RollPoint,
     cipher: Option<Arc<crate::crypto::FileCipher>>,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut writer = SnapshotWriter::create(engine.storage.as_ref(), tmp, roll.base, cipher)?;
     let mut lower: Bound<Key> = Bound::Unbounded;
     // The snapshot block verified last: values come from a snapshot in key order, which is the
     // order of its blocks, so each block is checked once.
     let mut verified: Option<(Slot, u64)> = None;
+    let mut deadline = u64::MAX;
     let end_seq = loop {
         let (chunk, applied) = copy_chunk(engine, &lower);
         let Some(last) = chunk.last().map(|(k, _, _)| k.clone()) else {
@@ -180,6 +188,9 @@ fn write_snapshot(
                 verify_block_around(engine, &source, entry.loc, &mut verified)?;
             }
             let (value, value_crc) = engine.read_checked(&source, &key, &entry)?;
+            if entry.expires_at_ms != 0 {
+                deadline = deadline.min(entry.expires_at_ms);
+            }
             writer.push(SnapshotEntry {
                 key: &key,
                 value: &value,
@@ -191,7 +202,7 @@ fn write_snapshot(
         lower = Bound::Excluded(last);
     };
     writer.finish(end_seq)?;
-    Ok(end_seq.max(roll.base))
+    Ok((end_seq.max(roll.base), deadline))
 }
 
 /// Up to [`COPY_CHUNK`] index entries after `lower`, each with the file its value is read from,
@@ -257,9 +268,10 @@ fn verify_block_around(engine: &Engine, source: &Source, loc: Loc, verified: &mu
 /// each only once no index entry points into it. After the rebase none does (the snapshot holds
 /// every live value of those files, and `Index::rebase` folded into it the entries a touch
 /// copied up meanwhile); if one ever did, that file is kept, with its entry, for a later
-/// checkpoint to copy (debug builds stop there instead).
-fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Result<()> {
-    let (segments, snapshots) = forget_covered(engine, base_seq, old_snapshots);
+/// checkpoint to copy (debug builds stop there instead). Returns whether every file it covers
+/// went.
+fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Result<bool> {
+    let (segments, snapshots, all) = forget_covered(engine, base_seq, old_snapshots);
     let layout = &engine.layout;
     remove_files(engine, segments.iter().map(|&id| layout.segment(id)), layout.wal_dir())?;
     remove_files(engine, snapshots.iter().map(|&seq| layout.snapshot(seq)), layout.dir())?;
@@ -273,13 +285,13 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
             .collect();
         keyring.forget(&gone)?;
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Takes the files [`remove_covered`] deletes out of the log and the index, under their locks;
-/// returns their segment ids and snapshot base sequence numbers. An old snapshot still in use
-/// goes back into the store's list of snapshots.
-fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec<u64>, Vec<u64>) {
+/// returns their segment ids and snapshot base sequence numbers, and whether that is every file
+/// covered. An old snapshot still in use goes back into the store's list of snapshots.
+fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec<u64>, Vec<u64>, bool) {
     let storage = engine.storage.as_ref();
     let mut log = engine.log.lock();
     let mut index = engine.index.write();
@@ -303,13 +315,18 @@ fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec
         // the last one written: the segments before it end there, as before a rolled one.
         firsts.push((active, log.written_seq + 1));
     }
-    let doomed: Vec<u64> = firsts
+    let covered: Vec<u64> = firsts
         .windows(2)
         .filter(|w| w[0].0 != active && w[1].1 <= base_seq + 1)
         .map(|w| w[0].0)
+        .collect();
+    let doomed: Vec<u64> = covered
+        .iter()
+        .copied()
         .filter(|&id| unused(FileId::Segment(id)))
         .collect();
     let (old, kept): (Vec<u64>, Vec<u64>) = old_snapshots.iter().partition(|&&seq| unused(FileId::Snapshot(seq)));
+    let all = doomed.len() == covered.len() && kept.is_empty();
     for id in &doomed {
         log.segments.remove(id);
         index.remove_source(FileId::Segment(*id));
@@ -327,7 +344,7 @@ fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec
             snapshots.insert(0, (seq, size));
         }
     }
-    (doomed, old)
+    (doomed, old, all)
 }
 
 /// Removes `paths`, files in `dir`, then fsyncs `dir` if there were any.

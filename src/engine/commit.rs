@@ -22,7 +22,8 @@ use crate::sync::{Mutex, MutexGuard};
 use crate::wal::sync::SyncTarget;
 use crate::wal::writer::{PendingRecord, Placement, SegmentFile};
 
-use super::{sealed_source, Engine};
+use super::retention::Watch;
+use super::{sealed_source, Engine, Taken};
 
 /// Payload buffers up to this size are kept for the thread's next write.
 const SPARE_PAYLOAD_MAX: usize = 16 * 1024;
@@ -136,6 +137,9 @@ pub(crate) struct RollPoint {
     pub log_bytes: u64,
     /// The segment the roll sealed, if it rolled.
     pub sealed: Option<SegmentFile>,
+    /// The dead values noted before the base (`Options::max_retention`): the checkpoint
+    /// removes them, or gives them back if it fails.
+    pub dead: Taken,
 }
 
 /// The outcome every writer of a group waits for.
@@ -277,6 +281,23 @@ impl Engine {
     pub(crate) fn write_ops(&self, ops: &[Op<'_>], durability: Durability) -> Result<u64> {
         debug_assert!(!ops.iter().any(|op| matches!(op, Op::Touch { .. })));
         let prepared = self.prepare(ops, durability);
+        let st = self.commit.lock();
+        self.check_poison()?;
+        self.join(st, prepared)
+    }
+
+    /// Writes a record that changes nothing: a touch of the empty key at version 0, which no
+    /// value has (sequence numbers start at 1), so neither the commit path nor replay applies
+    /// it (docs/format.md, "Op, variant 2: Touch"). Gives a checkpoint a sequence number to
+    /// cover when nothing was written since the last one (a retention checkpoint that must
+    /// drop an expired entry from the snapshot). Costs no fsync of its own.
+    pub(crate) fn write_nothing(&self) -> Result<u64> {
+        let ops = [Op::Touch {
+            key: b"",
+            version: 0,
+            expires_at_ms: 0,
+        }];
+        let prepared = self.prepare(&ops, Durability::Lazy);
         let st = self.commit.lock();
         self.check_poison()?;
         self.join(st, prepared)
@@ -625,6 +646,8 @@ impl Engine {
                     .with_cipher(seg.cipher.clone()),
             );
         }
+        let retention = self.opts.max_retention.is_some();
+        let (mut killed, mut deadline) = (false, u64::MAX);
         let records = group.records.iter().zip(group.placed.iter().copied());
         for ((rec, (segment, offset)), changes) in records.zip(group.changes.drain(..)) {
             let at = RecordAt {
@@ -634,7 +657,15 @@ impl Engine {
                 len: (RECORD_HEADER_SIZE + rec.payload.len()) as u32,
                 seq: rec.seq,
             };
+            let watch = retention.then(|| Watch::of(changes.as_slice(), index.len()));
             index.apply_record(&at, changes);
+            if let Some(w) = watch {
+                killed |= w.killed(index.len());
+                deadline = deadline.min(w.deadline());
+            }
+        }
+        if retention {
+            self.retention.applied(killed, deadline, || self.now_ms());
         }
     }
 
@@ -722,12 +753,18 @@ impl Engine {
         index.freeze();
         // The log the snapshot will cover, read before any writer goes on.
         let log_bytes = self.counters.log_bytes_since_checkpoint.load(Ordering::Relaxed);
+        // Still leading: every dead value noted so far lies at or below the base.
+        let dead = match self.opts.max_retention {
+            Some(_) => self.retention.take(),
+            None => Taken::NOTHING,
+        };
         Ok(RollPoint {
             base,
             cut_ms,
             pending,
             log_bytes,
             sealed,
+            dead,
         })
     }
 

@@ -4,6 +4,7 @@
 
 mod commit;
 mod read;
+mod retention;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::wal::writer::{LogWriter, SegmentFile, SpareSlot};
 
 pub(crate) use commit::{CommitState, RollPoint};
 pub(crate) use read::Entries;
+pub(crate) use retention::{Retention, Taken};
 
 /// Counters for [`Stats`].
 #[derive(Default)]
@@ -93,6 +95,8 @@ pub(crate) struct Engine {
     pub log_sync: Arc<LogSync>,
     /// An encrypted store's keyring (docs/design.md, "Encryption at rest").
     pub keyring: Option<Arc<crate::crypto::Keyring>>,
+    /// Since when the files hold a dead value (noted only with `Options::max_retention`).
+    pub retention: Retention,
 }
 
 impl Engine {
@@ -102,6 +106,15 @@ impl Engine {
             .log_bytes_since_checkpoint
             .store(r.log_bytes_since_checkpoint, Ordering::Relaxed);
         let log_sync = r.log.log_sync();
+        let retention = Retention::default();
+        if opts.max_retention.is_some() {
+            // Anything but one snapshot of live entries may hold dead values: a log (its puts
+            // may overwrite, its deletes delete), an older snapshot, entries recovery dropped
+            // as expired. They count from now.
+            let dropped_expired = (r.index.len() as u64) < r.report.snapshot_entries;
+            let dead = r.report.records_replayed > 0 || r.snapshots.len() > 1 || dropped_expired;
+            retention.opened(dead, opts.clock.now_ms());
+        }
         debug_assert_eq!(
             log_sync.durable_seq(),
             r.durable_seq,
@@ -127,6 +140,7 @@ impl Engine {
             lock_guard: Mutex::new(Some(guard)),
             recovery: r.report,
             clock_floor: sync::AtomicU64::new(0),
+            retention,
         }
     }
 
@@ -219,6 +233,9 @@ impl Engine {
             commit_group_sizes: sizes,
             checkpoints: load(&c.checkpoints),
             expired_swept: load(&c.expired_swept),
+            dead_since_ms: self.retention.dead_since(),
+            retention_checkpoints: load(&self.retention.checkpoints),
+            retention_checked_ms: load(&self.retention.checked_ms),
             recovery: self.recovery.clone(),
             ..Stats::default()
         };
