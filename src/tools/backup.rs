@@ -161,7 +161,7 @@ fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// Options to open a copy with: a tool's (the copy is only checkpointed), on the source's
 /// storage, with its clock (expiry is judged by the same time).
 fn copy_options(storage: Arc<dyn Storage>, source: &Options) -> Options {
-    super::tool_options(storage).clock(source.clock.clone())
+    super::tool_options(storage, None).clock(source.clock.clone())
 }
 
 /// Step 1 and 2: copies the newest snapshot and the log after it into `tmp`.
@@ -286,7 +286,7 @@ pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) 
     inspect::check_is_store(storage.as_ref(), &Layout::new(dir))?;
     let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
     let (stats, seq, bytes) = staged(storage.as_ref(), &tmp, || {
-        let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
+        let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail, None)?;
         let stats = view.stats();
         let seq = stats.last_seq;
         let mut bytes = 0;
@@ -317,7 +317,7 @@ pub fn restore(backup: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<Restor
 }
 
 pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -> Result<RestoreReport> {
-    let check = inspect::verify_in(storage.clone(), backup)?;
+    let check = inspect::verify_in(storage.clone(), backup, None)?;
     if let Some(p) = check.problems.first() {
         return Err(Error::Corruption {
             path: p.path.clone(),
@@ -338,7 +338,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
         put_in_place(storage.as_ref(), &tmp, dir, &parent)?;
         Ok(bytes)
     })?;
-    let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail)?;
+    let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail, None)?;
     let stats = view.stats();
     Ok(RestoreReport {
         path: dir.to_path_buf(),

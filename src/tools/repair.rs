@@ -83,7 +83,7 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     let layout = Layout::new(dir);
     inspect::check_is_store(storage.as_ref(), &layout)?;
     let _lock = recovery::lock(storage.as_ref(), &layout)?;
-    let check = inspect::verify_in(storage.clone(), dir)?;
+    let check = inspect::verify_in(storage.clone(), dir, None)?;
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
         ..RepairReport::default()
@@ -120,7 +120,7 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     report.snapshot = new_snapshot;
 
     // Step 8.
-    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?.stats();
+    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail, None)?.stats();
     report.seq = repaired.last_seq;
     report.keys = repaired.keys;
     Ok(report)
@@ -170,7 +170,7 @@ fn salvage(
             _ => None,
         };
     }
-    let view = View::open_on(overlay, dir, RecoveryMode::Salvage, files.clone())?;
+    let view = View::open_on(overlay, dir, RecoveryMode::Salvage, files.clone(), None)?;
     let salvaged = view.stats();
     report.skipped = salvaged.recovery.skipped.clone();
     report.torn_tail_bytes = salvaged.recovery.torn_tail_bytes;
