@@ -102,7 +102,7 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     let (view, base) = salvage(&storage, dir, &check, &files, &mut report)?;
     let new_snapshot = (base > 0).then(|| layout.snapshot(base));
     if base > 0 {
-        write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
+        write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""), None)?;
     }
     drop(view);
     // Steps 5 to 7: damaged files aside, the new snapshot in place, the rest of the old gone.
