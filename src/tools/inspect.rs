@@ -1057,6 +1057,61 @@ pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<
     Some((out, walk.entries, walk.footer.map(|f| f.entry_count)))
 }
 
+/// What [`salvage_sealed_snapshot`] kept of a damaged sealed snapshot.
+pub(crate) struct SealedSalvage {
+    /// Entries kept.
+    pub kept: u64,
+    /// Entries the original held, if its footer verifies.
+    pub total: Option<u64>,
+    /// The end sequence number the rebuilt snapshot's footer takes.
+    pub end_seq: u64,
+}
+
+/// The entries of a damaged sealed snapshot (format version 3) that verify, for
+/// [`crate::repair`]: every block whose checksum verifies and whose entries all open with
+/// `cipher` (the snapshot's data key), in key order, each entry handed to `push` in clear (the
+/// caller seals them again under a fresh data key: a sealed entry is bound to its offset, and
+/// the blocks kept move). `None` if the snapshot is not sealed or of a version this build does
+/// not read.
+pub(crate) fn salvage_sealed_snapshot(
+    b: &[u8],
+    path: &Path,
+    base: u64,
+    cipher: &Arc<FileCipher>,
+    mut push: impl FnMut(format::SnapshotEntry<'_>) -> Result<()>,
+) -> Result<Option<SealedSalvage>> {
+    let opening = Opening::Keyed(Some(cipher.clone()));
+    let walk = walk_snapshot(b, path, base, &opening, &mut Vec::new());
+    if walk.unsupported || walk.version != format::FORMAT_VERSION_ENCRYPTED {
+        return Ok(None);
+    }
+    let damaged = |at: usize, d: format::Damage| Error::corruption(path, at as u64 + d.offset, d.reason);
+    for r in &walk.verified_blocks {
+        let block = &b[r.clone()];
+        let frame = format::block_frame(block, walk.version).map_err(|d| damaged(r.start, d))?;
+        let copy = open_sealed_block(block, frame, walk.version, base, r.start, &opening)
+            .map_err(|d| damaged(r.start, d))?
+            .ok_or_else(|| {
+                damaged(
+                    r.start,
+                    format::Damage {
+                        offset: 0,
+                        reason: "a sealed block that verified did not open".into(),
+                    },
+                )
+            })?;
+        let decoded = format::decode_block_entries(&copy, frame, walk.version).map_err(|d| damaged(r.start, d))?;
+        for d in decoded {
+            push(d.entry)?;
+        }
+    }
+    Ok(Some(SealedSalvage {
+        kept: walk.entries,
+        total: walk.footer.map(|f| f.entry_count),
+        end_seq: walk.footer.map_or(base, |f| f.end_seq.max(base)),
+    }))
+}
+
 /// What a segment's header says, read from its first bytes.
 fn header_first_seq(storage: &dyn Storage, path: &Path, id: u64) -> (Option<u64>, bool) {
     let Ok(file) = storage.open(path, OpenMode::Read) else {
