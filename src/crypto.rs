@@ -398,6 +398,11 @@ impl Keyring {
         Ok(())
     }
 
+    /// The master key the keyring is sealed under now (after [`Keyring::rotate`], the new one).
+    pub(crate) fn master(&self) -> EncryptionKey {
+        self.state.lock().master.clone()
+    }
+
     /// Writes the keyring: to `KEYRING.tmp`, fsync, rename over `KEYRING`, fsync the directory;
     /// then overwrites the replaced file's blocks with zeros through a handle kept open across
     /// the rename, and fsyncs it, so the old sealed keys do not linger in free blocks of a file

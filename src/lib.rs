@@ -52,8 +52,8 @@ pub use error::{Conflict, Error, Result};
 pub use format::{FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED, FORMAT_VERSION_NEWEST, FORMAT_VERSION_OLDEST};
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
 pub use stats::{LatencyHistogram, RecoveryReport, Skipped, Stats};
-pub use tools::backup::{backup_dir, restore, BackupReport, RestoreReport};
-pub use tools::repair::{repair, RepairReport};
+pub use tools::backup::{backup_dir, backup_dir_with_key, restore, restore_with_key, BackupReport, RestoreReport};
+pub use tools::repair::{repair, repair_with_key, RepairReport};
 
 /// What the project's own tests, fuzz targets and benchmarks reach inside the crate: the
 /// on-disk format, file names, tuning limits, the simulated storage and the decoders' fuzzing

@@ -8,14 +8,22 @@
 //! 2. Copy the newest snapshot and the log after it into a temporary directory next to the
 //!    destination: sealed segments whole, the active one only up to its noted length (records
 //!    written after the note are not copied, so the copy ends at a record boundary: `S`).
-//!    Release the lock.
-//! 3. Open the copy as a store (the real recovery), checkpoint it into one snapshot, close it,
-//!    and delete its log and lock file.
+//!    An encrypted store's keyring is copied too, after the note: it holds the data key of
+//!    every file noted (a file's key is in the keyring before anything is sealed in it, and
+//!    only a checkpoint drops keys). Release the lock.
+//! 3. Open the copy as a store (the real recovery; an encrypted one with the master key its
+//!    keyring is sealed under), checkpoint it into one snapshot, close it, and delete its log
+//!    and lock file (and, encrypted, every data key but the snapshot's).
 //! 4. fsync the directories, rename the temporary directory to the destination, fsync its
 //!    parent. A crash before the rename leaves only the temporary directory
 //!    (`.<name>.tmp-<pid>`), never a partial backup under the destination's name.
 //!
 //! All file I/O goes through the store's [`Storage`].
+//!
+//! **Encrypted stores.** A backup of an encrypted store is encrypted under the same master key
+//! (its own keyring, its snapshot sealed under a data key of its own): no key or value is
+//! written in clear. [`backup_dir_with_key`] and [`restore_with_key`] need the key (without it
+//! they refuse an encrypted store: [`Error::KeyRequired`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,10 +31,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::SnapshotWriter;
+use crate::crypto::{EncryptionKey, FileCipher, Keyring};
 use crate::db::Db;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::SnapshotEntry;
+use crate::index::FileId;
 use crate::options::{Options, RecoveryMode};
 use crate::storage::layout::{self, Layout};
 use crate::storage::{read_exact_at, write_all_at, FsStorage, OpenMode, Storage};
@@ -34,6 +44,11 @@ use crate::tools::inspect::{self, Entries, View};
 
 /// Bytes copied per read and write.
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Times [`copy_keyring`] copies a keyring that does not open before it gives up: the store
+/// replaces its keyring (a segment rolled, a key rotated) by a rename and then zeroes the old
+/// file, so a copy that opened the old one just before may read zeros.
+const KEYRING_COPIES_MAX: usize = 8;
 
 /// What [`crate::Db::backup`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,13 +174,47 @@ fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 }
 
 /// Options to open a copy with: a tool's (the copy is only checkpointed), on the source's
-/// storage, with its clock (expiry is judged by the same time).
-fn copy_options(storage: Arc<dyn Storage>, source: &Options) -> Options {
-    super::tool_options(storage).clock(source.clock.clone())
+/// storage, with its clock (expiry is judged by the same time) and, encrypted, the source's
+/// master key: `key`, the one its keyring is sealed under now (the options' one, unless
+/// [`Db::rotate_key`] changed it since).
+fn copy_options(storage: Arc<dyn Storage>, source: &Options, key: Option<EncryptionKey>) -> Options {
+    let key = key.or_else(|| source.encryption_key.clone());
+    super::tool_options(storage, key).clock(source.clock.clone())
 }
 
-/// Step 1 and 2: copies the newest snapshot and the log after it into `tmp`.
-fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<()> {
+/// Step 2 for an encrypted store: copies its keyring into `tmp`, fsynced, and returns the master
+/// key it is sealed under; copied again if the copy does not open with it (see
+/// [`KEYRING_COPIES_MAX`]). `None` for a store that is not encrypted.
+fn copy_keyring(engine: &Engine, tmp: &Layout) -> Result<Option<EncryptionKey>> {
+    let Some(keyring) = &engine.keyring else {
+        return Ok(None);
+    };
+    let storage = &engine.storage;
+    let mut copies = 0;
+    loop {
+        copies += 1;
+        let master = keyring.master();
+        let _ = storage.remove(&tmp.keyring());
+        copy_file(storage.as_ref(), &engine.layout.keyring(), &tmp.keyring(), None, true)?;
+        match Keyring::load(storage.clone(), tmp.clone(), master.clone()) {
+            Ok(_) => return Ok(Some(master)),
+            // Read while it was replaced (zeroed, or sealed under a key rotated to meanwhile).
+            Err(Error::Corruption { .. } | Error::WrongKey { .. }) if copies < KEYRING_COPIES_MAX => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Step 3's end for an encrypted backup: its keyring keeps only the data key of its snapshot
+/// `base` (0: none), not those of the log the copy had.
+fn keep_snapshot_key(storage: &Arc<dyn Storage>, tmp: &Layout, key: EncryptionKey, base: u64) -> Result<()> {
+    let keyring = Keyring::load(storage.clone(), tmp.clone(), key)?;
+    keyring.retain(|id| base > 0 && id == FileId::Snapshot(base))
+}
+
+/// Step 1 and 2: copies the newest snapshot and the log after it into `tmp`, and an encrypted
+/// store's keyring; returns the master key the keyring copy is sealed under.
+fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<Option<EncryptionKey>> {
     let storage = engine.storage.as_ref();
     // No checkpoint runs while this is held: no segment or snapshot is deleted under the copy.
     let _no_checkpoint = engine.checkpoint_lock.lock();
@@ -183,6 +232,8 @@ fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<()> {
     // What was noted was handed to the OS; make it durable, so the backup never holds a write
     // that the store could still lose.
     engine.sync()?;
+    // After the note: the keyring holds the data key of every file noted.
+    let key = copy_keyring(engine, tmp)?;
     if let Some(base) = snapshot {
         copy_file(storage, &engine.layout.snapshot(base), &tmp.snapshot(base), None, true)?;
     }
@@ -196,7 +247,7 @@ fn copy_consistent_prefix(engine: &Engine, tmp: &Layout) -> Result<()> {
             false,
         )?;
     }
-    Ok(())
+    Ok(key)
 }
 
 /// Removes every file of the store in `tmp` but its snapshots: the log and the lock file
@@ -240,14 +291,17 @@ impl Db {
         let storage = engine.storage.clone();
         let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
         let stats = staged(storage.as_ref(), &tmp, || {
-            copy_consistent_prefix(engine, &tmp)?;
+            let key = copy_consistent_prefix(engine, &tmp)?;
 
             // Step 3: the copy becomes one snapshot, through the real recovery and checkpoint.
-            let db = Db::open_with(tmp.dir(), copy_options(storage.clone(), &engine.opts))?;
+            let db = Db::open_with(tmp.dir(), copy_options(storage.clone(), &engine.opts, key.clone()))?;
             db.checkpoint()?;
             let stats = db.stats();
             db.close()?;
             remove_log(storage.as_ref(), &tmp)?;
+            if let Some(key) = key {
+                keep_snapshot_key(&storage, &tmp, key, stats.last_checkpoint_seq)?;
+            }
 
             // Step 4: in place, durably.
             put_in_place(storage.as_ref(), &tmp, dest, &parent)?;
@@ -276,22 +330,52 @@ impl Db {
 /// the moment the files were read (a prefix of the log: the state after some sequence number),
 /// as one fsynced snapshot. It may include writes that the other process had handed to the OS
 /// but not yet fsynced. In-process, prefer [`crate::Db::backup`], which makes what it copies
-/// durable first.
+/// durable first. An encrypted store needs its key: see [`backup_dir_with_key`].
 pub fn backup_dir(dir: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<BackupReport> {
-    backup_dir_in(Arc::new(FsStorage), dir.as_ref(), dest.as_ref())
+    backup_dir_with_key(dir, dest, None)
 }
 
-pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) -> Result<BackupReport> {
+/// [`backup_dir`] with the master key of an encrypted store (`None`: a store that is not
+/// encrypted). The backup of an encrypted store is encrypted under the same master key: a
+/// keyring of its own, and its snapshot sealed under a fresh data key; nothing of it is written
+/// in clear. Without the key an encrypted store is refused ([`Error::KeyRequired`]); a wrong
+/// one is [`Error::WrongKey`].
+pub fn backup_dir_with_key(
+    dir: impl AsRef<Path>,
+    dest: impl AsRef<Path>,
+    key: Option<EncryptionKey>,
+) -> Result<BackupReport> {
+    backup_dir_in(Arc::new(FsStorage), dir.as_ref(), dest.as_ref(), key)
+}
+
+pub(crate) fn backup_dir_in(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    dest: &Path,
+    key: Option<EncryptionKey>,
+) -> Result<BackupReport> {
     let started = Instant::now();
     inspect::check_is_store(storage.as_ref(), &Layout::new(dir))?;
     let (parent, tmp) = staging(storage.as_ref(), dest, false)?;
     let (stats, seq, bytes) = staged(storage.as_ref(), &tmp, || {
-        let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?;
+        let view = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail, key.clone())?;
         let stats = view.stats();
         let seq = stats.last_seq;
+        // An encrypted store's backup gets a keyring of its own under the same master key.
+        let keyring = match (view.is_encrypted(), &key) {
+            (false, _) => None,
+            (true, Some(key)) => Some(Keyring::create(storage.clone(), tmp.clone(), key.clone())?),
+            // NOTE: an encrypted store opens only with its key.
+            (true, None) => {
+                return Err(Error::KeyRequired {
+                    path: dir.to_path_buf(),
+                })
+            }
+        };
         let mut bytes = 0;
         if seq > 0 {
-            bytes = write_entries(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""))?;
+            let cipher = keyring.as_ref().map(|k| k.fresh(FileId::Snapshot(seq))).transpose()?;
+            bytes = write_entries(storage.as_ref(), &tmp.snapshot_tmp(seq), seq, view.entries(b""), cipher)?;
             storage
                 .rename(&tmp.snapshot_tmp(seq), &tmp.snapshot(seq))
                 .map_err(|e| Error::io("rename", tmp.snapshot_tmp(seq), e))?;
@@ -311,13 +395,37 @@ pub(crate) fn backup_dir_in(storage: Arc<dyn Storage>, dir: &Path, dest: &Path) 
 
 /// Restores the backup (or any closed, intact store) in `backup` to `dir`, which must not exist
 /// or be an empty directory. The backup is verified first and left unchanged; its files are
-/// copied and fsynced under a temporary name next to `dir`, then renamed into place.
+/// copied and fsynced under a temporary name next to `dir`, then renamed into place. An
+/// encrypted backup needs its key: see [`restore_with_key`].
 pub fn restore(backup: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<RestoreReport> {
-    restore_in(Arc::new(FsStorage), backup.as_ref(), dir.as_ref())
+    restore_with_key(backup, dir, None)
 }
 
-pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -> Result<RestoreReport> {
-    let check = inspect::verify_in(storage.clone(), backup)?;
+/// [`restore`] with the master key of an encrypted backup (`None`: one that is not encrypted).
+/// The backup is verified with the key (every key and value authenticated) and restored with
+/// its keyring, so the restored store opens with the same key. Without the key an encrypted
+/// backup is refused before anything is copied ([`Error::KeyRequired`]: it cannot be verified);
+/// a wrong key is [`Error::WrongKey`].
+pub fn restore_with_key(
+    backup: impl AsRef<Path>,
+    dir: impl AsRef<Path>,
+    key: Option<EncryptionKey>,
+) -> Result<RestoreReport> {
+    restore_in(Arc::new(FsStorage), backup.as_ref(), dir.as_ref(), key)
+}
+
+pub(crate) fn restore_in(
+    storage: Arc<dyn Storage>,
+    backup: &Path,
+    dir: &Path,
+    key: Option<EncryptionKey>,
+) -> Result<RestoreReport> {
+    if key.is_none() && inspect::inventory_in(storage.as_ref(), &Layout::new(backup))?.encrypted {
+        return Err(Error::KeyRequired {
+            path: backup.to_path_buf(),
+        });
+    }
+    let check = inspect::verify_in(storage.clone(), backup, key.as_ref())?;
     if let Some(p) = check.problems.first() {
         return Err(Error::Corruption {
             path: p.path.clone(),
@@ -325,10 +433,14 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
             reason: format!("the backup is damaged: {}", p.reason),
         });
     }
-    let files = inspect::inventory_in(storage.as_ref(), &Layout::new(backup))?;
+    let from = Layout::new(backup);
+    let files = inspect::inventory_in(storage.as_ref(), &from)?;
     let (parent, tmp) = staging(storage.as_ref(), dir, true)?;
     let bytes = staged(storage.as_ref(), &tmp, || {
         let mut bytes = 0;
+        if files.encrypted {
+            bytes += copy_file(storage.as_ref(), &from.keyring(), &tmp.keyring(), None, true)?;
+        }
         for (seq, path, _) in &files.snapshots {
             bytes += copy_file(storage.as_ref(), path, &tmp.snapshot(*seq), None, true)?;
         }
@@ -338,7 +450,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
         put_in_place(storage.as_ref(), &tmp, dir, &parent)?;
         Ok(bytes)
     })?;
-    let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail)?;
+    let view = View::open_in(storage, dir, RecoveryMode::TolerateTornTail, key)?;
     let stats = view.stats();
     Ok(RestoreReport {
         path: dir.to_path_buf(),
@@ -349,9 +461,16 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
 }
 
 /// Writes the entries as a snapshot with base (and end) sequence number `base` to `tmp`
-/// (docs/format.md, "Snapshots"), fsynced. Returns its size.
-pub(crate) fn write_entries(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
-    let mut writer = SnapshotWriter::create(storage, tmp, base, None)?;
+/// (docs/format.md, "Snapshots"), fsynced, sealed with `cipher` if given (an encrypted store's:
+/// the snapshot's data key, already in its keyring). Returns its size.
+pub(crate) fn write_entries(
+    storage: &dyn Storage,
+    tmp: &Path,
+    base: u64,
+    entries: Entries<'_>,
+    cipher: Option<Arc<FileCipher>>,
+) -> Result<u64> {
+    let mut writer = SnapshotWriter::create(storage, tmp, base, cipher)?;
     for e in entries {
         let e = e?;
         debug_assert!(e.seq <= base, "an entry is no newer than the state it is part of");

@@ -25,10 +25,12 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::crypto::{EncryptionKey, FileCipher, Keyring};
 use crate::db::{prefix_successor, Db};
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::format::{self, HeaderState, SnapshotFooter, SEGMENT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE};
+use crate::index::FileId;
 use crate::limits;
 use crate::options::RecoveryMode;
 use crate::stats::Stats;
@@ -63,8 +65,12 @@ pub struct Inventory {
     /// one, if they differ); `None` if no file has a readable header yet.
     pub format_version: Option<u32>,
     /// The lowest format version among them: below [`crate::FORMAT_VERSION`], files of an older
-    /// version remain, read as they are until the next checkpoint rewrites them.
+    /// version remain, read as they are until the next checkpoint rewrites them. (An encrypted
+    /// store's files are of format version 3, `format::FORMAT_VERSION_ENCRYPTED`.)
     pub oldest_format_version: Option<u32>,
+    /// Whether the store is encrypted at rest: it has a keyring (`DIR/KEYRING`), and opening,
+    /// verifying, backing up or repairing it needs its key (the `*_with_key` tools).
+    pub encrypted: bool,
 }
 
 impl Inventory {
@@ -170,6 +176,14 @@ fn inventory_of(storage: &dyn Storage, listed: &[PathBuf]) -> Result<Inventory> 
             continue;
         };
         let size = || file_size(storage, path);
+        if name == layout::KEYRING_FILE {
+            inv.encrypted = true;
+            continue;
+        }
+        if name == layout::KEYRING_TMP_FILE {
+            inv.temp_files.push(path.clone());
+            continue;
+        }
         match layout::classify(name) {
             Some(FileKind::Segment(id)) => inv.segments.push((id, path.clone(), size()?)),
             Some(FileKind::Snapshot(seq)) => inv.snapshots.push((seq, path.clone(), size()?)),
@@ -254,17 +268,32 @@ impl LiveEntry {
 impl View {
     /// Opens the store in `dir` read-only, as a default open would recover it (a torn tail is
     /// cut in the view; other damage is an error).
+    /// An encrypted store needs its key: [`Error::KeyRequired`] (see [`View::open_with_key`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<View> {
-        View::open_in(Arc::new(FsStorage), dir.as_ref(), RecoveryMode::TolerateTornTail)
+        View::open_with_key(dir, None)
     }
 
-    pub(crate) fn open_in(storage: Arc<dyn Storage>, dir: &Path, mode: RecoveryMode) -> Result<View> {
+    /// [`View::open`] with the master key of an encrypted store (`None`: a store that is not
+    /// encrypted). As an open would: another key than the store's is [`Error::WrongKey`], none
+    /// for an encrypted store [`Error::KeyRequired`], one for a store with data that is not
+    /// encrypted [`Error::NotEncrypted`]. Nothing is written: what recovery changes in the
+    /// keyring (a fresh data key for the segment it would append to) stays in the view.
+    pub fn open_with_key(dir: impl AsRef<Path>, key: Option<EncryptionKey>) -> Result<View> {
+        View::open_in(Arc::new(FsStorage), dir.as_ref(), RecoveryMode::TolerateTornTail, key)
+    }
+
+    pub(crate) fn open_in(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        mode: RecoveryMode,
+        key: Option<EncryptionKey>,
+    ) -> Result<View> {
         let opened = in_passes(
             storage.as_ref(),
             dir,
             |_, listed| {
                 let files = inventory_of(storage.as_ref(), listed)?;
-                View::open_on(Arc::new(Overlay::new(storage.clone())), dir, mode, files)
+                View::open_on(Arc::new(Overlay::new(storage.clone())), dir, mode, files, key.clone())
             },
             // A store open elsewhere may have checkpointed or rolled while it was read: a file
             // gone, or a snapshot and a log listed at different moments. Read it again.
@@ -279,14 +308,25 @@ impl View {
 
     /// One pass of [`View::open_in`], on an overlay the caller may have changed first (repair
     /// puts salvaged snapshots in it), of a store whose files are `files`.
-    pub(crate) fn open_on(overlay: Arc<Overlay>, dir: &Path, mode: RecoveryMode, files: Inventory) -> Result<View> {
-        let db = Db::open_with(dir, super::tool_options(overlay).recovery_mode(mode))?;
+    pub(crate) fn open_on(
+        overlay: Arc<Overlay>,
+        dir: &Path,
+        mode: RecoveryMode,
+        files: Inventory,
+        key: Option<EncryptionKey>,
+    ) -> Result<View> {
+        let db = Db::open_with(dir, super::tool_options(overlay, key).recovery_mode(mode))?;
         Ok(View { db, files })
     }
 
     /// The store's files, as this view listed them just before its recovery read them.
     pub fn files(&self) -> &Inventory {
         &self.files
+    }
+
+    /// Whether the store is encrypted at rest (it was opened with its key).
+    pub fn is_encrypted(&self) -> bool {
+        self.db.is_encrypted()
     }
 
     /// The store's statistics as an open would start with them. `recovery.duration` is the
@@ -437,17 +477,39 @@ impl VerifyReport {
 /// Checks every file of the store in `dir` without changing anything or taking its lock, and
 /// lists every problem by file and offset. Works on a store another process has open (reading a
 /// consistent prefix of it). `Err` only when `dir` is not a store or cannot be listed; damage,
-/// unreadable files included, is reported in [`VerifyReport::problems`].
+/// unreadable files included, is reported in [`VerifyReport::problems`]. An encrypted store is
+/// checked as far as it can be without its key: see [`verify_with_key`].
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
-    verify_in(Arc::new(FsStorage), dir.as_ref())
+    verify_with_key(dir, None)
 }
 
-pub(crate) fn verify_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyReport> {
+/// [`verify`] with the master key of an encrypted store (`None`: no key).
+///
+/// **With the key**, every log operation and snapshot entry is opened (authenticated) with its
+/// file's data key: a byte changed in a sealed key or value, or an operation or entry moved
+/// from another place, file or store, is a problem at the offset where that operation or entry
+/// starts (damage the record or block checksum catches first is one at the record or block).
+/// A sealed file whose data key is not in the keyring is a problem; so is a damaged keyring
+/// (naming `DIR/KEYRING`). A key that does not open an intact keyring is not damage:
+/// `Err(`[`Error::WrongKey`]`)`, naming the keyring. A key for a store that has data and is
+/// not encrypted is `Err(`[`Error::NotEncrypted`]`)`.
+///
+/// **Without the key**, an encrypted store (format version 3) is checked as far as that goes:
+/// file headers, record and block framing and their checksums (which cover the sealed bytes),
+/// and the clear-text fields of each operation and entry. Keys and values are not
+/// authenticated and the open is not tried ([`VerifyReport::keys`] and
+/// [`VerifyReport::last_seq`] are `None`); [`VerifyReport::notes`] says so. Nothing is reported
+/// as damage for want of the key.
+pub fn verify_with_key(dir: impl AsRef<Path>, key: Option<EncryptionKey>) -> Result<VerifyReport> {
+    verify_in(Arc::new(FsStorage), dir.as_ref(), key.as_ref())
+}
+
+pub(crate) fn verify_in(storage: Arc<dyn Storage>, dir: &Path, key: Option<&EncryptionKey>) -> Result<VerifyReport> {
     let report = in_passes(
         storage.as_ref(),
         dir,
         |n, listed| {
-            let mut report = verify_once(&storage, dir, listed)?;
+            let mut report = verify_once(&storage, dir, listed, key)?;
             report.passes = n;
             Ok(report)
         },
@@ -464,7 +526,12 @@ pub(crate) fn verify_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<VerifyR
 }
 
 /// One pass of [`verify_in`] over the files `listed`.
-fn verify_once(storage: &Arc<dyn Storage>, dir: &Path, listed: &[PathBuf]) -> Result<VerifyReport> {
+fn verify_once(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    listed: &[PathBuf],
+    key: Option<&EncryptionKey>,
+) -> Result<VerifyReport> {
     let inv = inventory_of(storage.as_ref(), listed)?;
     let mut report = VerifyReport {
         dir: dir.to_path_buf(),
@@ -472,7 +539,7 @@ fn verify_once(storage: &Arc<dyn Storage>, dir: &Path, listed: &[PathBuf]) -> Re
     };
     for p in &inv.temp_files {
         report.notes.push(format!(
-            "{}: temporary file of a checkpoint or segment creation in progress or interrupted (an open removes it)",
+            "{}: temporary file of a checkpoint, segment creation or keyring update in progress or interrupted (an open removes it)",
             p.display()
         ));
     }
@@ -481,23 +548,27 @@ fn verify_once(storage: &Arc<dyn Storage>, dir: &Path, listed: &[PathBuf]) -> Re
             .notes
             .push(format!("{}: a damaged file set aside by repair", p.display()));
     }
+    let keys = open_keys(storage, dir, &inv, key, &mut report)?;
     let mut newest_intact = None;
     for (base, path, size) in &inv.snapshots {
-        let check = check_snapshot_file(storage.as_ref(), path, *base, *size, &mut report.problems);
+        let opening = keys.opening(FileId::Snapshot(*base));
+        let check = check_snapshot_file(storage.as_ref(), path, *base, *size, &opening, &mut report.problems);
         if check.intact {
             newest_intact = Some(*base);
         }
         report.snapshots.push(check);
     }
-    check_segments(storage.as_ref(), &inv, newest_intact.unwrap_or(0), &mut report);
+    check_segments(storage.as_ref(), &inv, newest_intact.unwrap_or(0), &keys, &mut report);
     // The open an application would do, on a read-only view: catches what no single file shows
     // (a missing segment, a log that does not reach a snapshot's end).
-    match View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail) {
+    match View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail, key.cloned()) {
         Ok(view) => {
             let s = view.stats();
             report.keys = Some(s.keys);
             report.last_seq = Some(s.last_seq);
         }
+        // Not damage: the key was not given (the notes say what was checked without it).
+        Err(Error::KeyRequired { .. }) if key.is_none() => {}
         Err(e) => {
             let p = problem_of(dir, &e);
             if !report.problems.iter().any(|q| q.path == p.path) {
@@ -536,6 +607,133 @@ fn problem(path: &Path, offset: u64, reason: impl Into<String>) -> Problem {
         reason: reason.into(),
         bytes: None,
         records_lost: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encrypted stores
+
+/// Times [`open_keys`] reads a keyring that does not verify before it is reported damaged: a
+/// store open elsewhere replaces its keyring by a rename and then zeroes the old file, so a
+/// read that opened the old one just before may see it zeroed.
+const KEYRING_READS_MAX: usize = 4;
+
+/// What [`verify`] knows of a store's encryption.
+pub(crate) struct Keys {
+    /// The store is encrypted: it has a keyring, or files of format version 3.
+    encrypted: bool,
+    /// Its keyring, opened with the key given.
+    keyring: Option<Keyring>,
+}
+
+impl Keys {
+    /// How the checks treat file `id`'s sealed pieces.
+    fn opening(&self, id: FileId) -> Opening {
+        match (&self.keyring, self.encrypted) {
+            (Some(k), _) => Opening::Keyed(k.cipher(id)),
+            (None, true) => Opening::Unkeyed,
+            (None, false) => Opening::Plain,
+        }
+    }
+}
+
+/// How a check treats the sealed pieces (format version 3) of one file.
+#[derive(Clone)]
+pub(crate) enum Opening {
+    /// A store that is not encrypted (a sealed file in it is checked as without the key).
+    Plain,
+    /// An encrypted store checked without its key: framing and checksums only, which cover the
+    /// sealed bytes; keys and values are not authenticated.
+    Unkeyed,
+    /// An encrypted store whose keyring is open: the file's data key, if the keyring has one (a
+    /// sealed file without one is damage: recovery could not read it).
+    Keyed(Option<Arc<FileCipher>>),
+}
+
+impl Opening {
+    /// The format version a file with a damaged header is read as.
+    fn assumed_version(&self) -> u32 {
+        match self {
+            Opening::Plain => format::FORMAT_VERSION,
+            Opening::Unkeyed | Opening::Keyed(_) => format::FORMAT_VERSION_ENCRYPTED,
+        }
+    }
+
+    /// The data key of a sealed file (`None`: its pieces are checked without opening them).
+    fn cipher(&self) -> Option<&FileCipher> {
+        match self {
+            Opening::Keyed(Some(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether the file is sealed but its data key is missing from an open keyring.
+    fn key_missing(&self) -> bool {
+        matches!(self, Opening::Keyed(None))
+    }
+}
+
+/// Step 0 of a verify pass: the store's keyring, opened with `key` if it is encrypted and a key
+/// was given; a note on what is checked. A wrong key (for an intact keyring) or a key for a
+/// store with data that is not encrypted is an error; a damaged keyring, or a missing one in a
+/// store with sealed files, is a problem.
+fn open_keys(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    inv: &Inventory,
+    key: Option<&EncryptionKey>,
+    report: &mut VerifyReport,
+) -> Result<Keys> {
+    let layout = Layout::new(dir);
+    let sealed_files = inv.format_version == Some(format::FORMAT_VERSION_ENCRYPTED);
+    let encrypted = inv.encrypted || sealed_files;
+    let has_data = !inv.segments.is_empty() || !inv.snapshots.is_empty();
+    let mut keyring = None;
+    match (key, inv.encrypted) {
+        (None, _) => {}
+        (Some(key), true) => keyring = load_keyring(storage, &layout, key, report)?,
+        (Some(_), false) if sealed_files => report.problems.push(problem(
+            &layout.keyring(),
+            0,
+            "the keyring is missing: the store has files of format version 3 (encrypted), which cannot be read without it",
+        )),
+        (Some(_), false) if has_data => {
+            return Err(Error::NotEncrypted {
+                path: dir.to_path_buf(),
+            })
+        }
+        (Some(_), false) => {}
+    }
+    if encrypted {
+        report.notes.push(match (&keyring, key) {
+            (Some(_), _) => "the store is encrypted (format version 3): every key and value was authenticated with its file's data key".to_string(),
+            (None, None) => "the store is encrypted (format version 3) and no key was given: file headers, record and block framing and checksums were checked (they cover the sealed bytes), but keys and values were not authenticated and the store was not opened; verify with the key to check them".to_string(),
+            (None, Some(_)) => "the store is encrypted (format version 3) and its keyring could not be read: keys and values were not authenticated".to_string(),
+        });
+    }
+    Ok(Keys { encrypted, keyring })
+}
+
+/// The keyring opened with `key`, read again if it does not verify (see [`KEYRING_READS_MAX`]);
+/// `None`, with a problem, if it stays damaged or cannot be read.
+fn load_keyring(
+    storage: &Arc<dyn Storage>,
+    layout: &Layout,
+    key: &EncryptionKey,
+    report: &mut VerifyReport,
+) -> Result<Option<Keyring>> {
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        match Keyring::load(storage.clone(), layout.clone(), key.clone()) {
+            Ok(ring) => return Ok(Some(ring)),
+            Err(e @ Error::WrongKey { .. }) => return Err(e),
+            Err(Error::Corruption { .. }) if reads < KEYRING_READS_MAX => continue,
+            Err(e) => {
+                report.problems.push(problem_of(&layout.keyring(), &e));
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -588,6 +786,7 @@ fn check_snapshot_file(
     path: &Path,
     base: u64,
     size: u64,
+    opening: &Opening,
     problems: &mut Vec<Problem>,
 ) -> SnapshotCheck {
     let mut check = SnapshotCheck {
@@ -609,7 +808,7 @@ fn check_snapshot_file(
         }
     };
     let found_before = problems.len();
-    check.entries = walk_snapshot(bytes.bytes(), path, base, problems).entries;
+    check.entries = walk_snapshot(bytes.bytes(), path, base, opening, problems).entries;
     check.intact = problems.len() == found_before;
     check
 }
@@ -629,8 +828,9 @@ struct SnapshotWalk {
 }
 
 /// Checks a snapshot's bytes (docs/format.md, "What a reader checks"), going on past a block
-/// whose checksum fails.
-fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> SnapshotWalk {
+/// whose checksum fails. A sealed snapshot's entries are opened with `opening`'s data key (and
+/// only then count as verified), or checked without it.
+fn walk_snapshot(b: &[u8], path: &Path, base: u64, opening: &Opening, problems: &mut Vec<Problem>) -> SnapshotWalk {
     let mut walk = SnapshotWalk {
         entries: 0,
         verified_blocks: Vec::new(),
@@ -638,12 +838,15 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         unsupported: false,
         version: format::FORMAT_VERSION,
     };
-    match check_snapshot_header(b, path, base, problems) {
+    match check_snapshot_header(b, path, base, opening.assumed_version(), problems) {
         Some(version) => walk.version = version,
         None => {
             walk.unsupported = true;
             return walk;
         }
+    }
+    if walk.version == format::FORMAT_VERSION_ENCRYPTED && opening.key_missing() {
+        problems.push(problem(path, 0, "the snapshot has no data key in the keyring"));
     }
     walk.footer = check_snapshot_footer(b, path, base, problems);
     // Without a footer, walk the blocks to where the footer would be.
@@ -652,7 +855,7 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
         .map_or(b.len().saturating_sub(format::SNAPSHOT_FOOTER_SIZE), |f| {
             f.footer_offset as usize
         });
-    let all_verified = walk_blocks(b, end, path, problems, &mut walk);
+    let all_verified = walk_blocks(b, end, (path, base), opening, problems, &mut walk);
     if let Some(f) = walk.footer {
         if all_verified && walk.entries != f.entry_count {
             problems.push(problem(
@@ -668,10 +871,10 @@ fn walk_snapshot(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) 
     walk
 }
 
-/// Checks a snapshot's header; returns the format version of its entries (this build's if the
+/// Checks a snapshot's header; returns the format version of its entries (`assumed` if the
 /// header is damaged), or `None` if it is a version this build does not read (nothing else can
 /// be read then).
-fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Problem>) -> Option<u32> {
+fn check_snapshot_header(b: &[u8], path: &Path, base: u64, assumed: u32, problems: &mut Vec<Problem>) -> Option<u32> {
     match format::decode_snapshot_header(b) {
         HeaderState::Valid(h) if h.base_seq == base => return Some(h.version),
         HeaderState::Valid(h) => {
@@ -683,7 +886,7 @@ fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Pr
             let e = Error::UnsupportedFormat {
                 path: path.to_path_buf(),
                 found: v,
-                supported: format::FORMAT_VERSION,
+                supported: format::FORMAT_VERSION_NEWEST,
             };
             problems.push(problem_of(path, &e));
             return None;
@@ -691,7 +894,7 @@ fn check_snapshot_header(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Pr
         HeaderState::Zero => problems.push(problem(path, 0, "snapshot header is zero")),
         HeaderState::Damaged(d) => problems.push(problem(path, d.offset, d.reason)),
     }
-    Some(format::FORMAT_VERSION)
+    Some(assumed)
 }
 
 /// A snapshot's footer, if it verifies.
@@ -714,14 +917,23 @@ fn check_snapshot_footer(b: &[u8], path: &Path, base: u64, problems: &mut Vec<Pr
     }
 }
 
-/// Checks the blocks between the header and `end`, block by block, adding the entries and
-/// ranges of those that verify to `walk`. Returns whether every block did.
-fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, walk: &mut SnapshotWalk) -> bool {
+/// Checks the blocks between the header and `end` of snapshot `base` in `path`, block by block,
+/// adding the entries and ranges of those that verify to `walk`. Returns whether every block
+/// did.
+fn walk_blocks(
+    b: &[u8],
+    end: usize,
+    (path, base): (&Path, u64),
+    opening: &Opening,
+    problems: &mut Vec<Problem>,
+    walk: &mut SnapshotWalk,
+) -> bool {
     let mut at = SNAPSHOT_HEADER_SIZE.min(end);
-    let mut all_verified = true;
+    // A sealed snapshot without its data key does not verify, whatever its blocks hold.
+    let mut all_verified = !(walk.version == format::FORMAT_VERSION_ENCRYPTED && opening.key_missing());
     // The last key of the last block kept: a kept block's keys must all come after it, so the
     // blocks a salvage keeps always form a loadable snapshot.
-    let mut prev_key: Option<&[u8]> = None;
+    let mut prev_key: Option<Vec<u8>> = None;
     while at < end {
         let frame = match format::block_frame(&b[at..end], walk.version) {
             Ok(f) => f,
@@ -733,15 +945,25 @@ fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, w
                 return false;
             }
         };
-        let verified = format::verify_block(&b[at..end], frame)
-            .and_then(|()| format::decode_block_entries(&b[at..end], frame, walk.version));
+        let opened = format::verify_block(&b[at..end], frame)
+            .and_then(|()| open_sealed_block(&b[at..at + frame.len], frame, walk.version, base, at, opening));
+        // Keys are compared only in clear: a sealed block read without its key is not.
+        let keys_clear = walk.version != format::FORMAT_VERSION_ENCRYPTED || matches!(opened, Ok(Some(_)));
+        let verified = opened.and_then(|copy| {
+            let block = copy.as_deref().unwrap_or(&b[at..at + frame.len]);
+            let decoded = format::decode_block_entries(block, frame, walk.version)?;
+            let passed = check_block_entries(&decoded, (at, keys_clear), prev_key.as_deref(), path, problems);
+            Ok(passed.then(|| (decoded.len() as u64, decoded.last().map(|d| d.entry.key.to_vec()))))
+        });
         match verified {
-            Ok(decoded) if check_block_entries(&decoded, at, prev_key, path, problems) => {
-                walk.entries += decoded.len() as u64;
+            Ok(Some((count, last_key))) => {
+                walk.entries += count;
                 walk.verified_blocks.push(at..at + frame.len);
-                prev_key = decoded.last().map(|d| d.entry.key).or(prev_key);
+                if keys_clear {
+                    prev_key = last_key.or(prev_key);
+                }
             }
-            Ok(_) => all_verified = false,
+            Ok(None) => all_verified = false,
             Err(d) => {
                 all_verified = false;
                 let mut p = problem(path, at as u64 + d.offset, d.reason);
@@ -754,12 +976,34 @@ fn walk_blocks(b: &[u8], end: usize, path: &Path, problems: &mut Vec<Problem>, w
     all_verified
 }
 
+/// A framed, checksummed block of a snapshot (`block`, at `at` in snapshot `base`), opened if
+/// it is sealed and `opening` has its data key: a copy with every entry opened (an entry that
+/// does not authenticate is damage at its offset in the block); `None` when it is read as it is
+/// (not sealed, or sealed and checked without its key).
+fn open_sealed_block(
+    block: &[u8],
+    frame: format::BlockFrame,
+    version: u32,
+    base: u64,
+    at: usize,
+    opening: &Opening,
+) -> Result<Option<Vec<u8>>, format::Damage> {
+    match opening.cipher() {
+        Some(cipher) if version == format::FORMAT_VERSION_ENCRYPTED => {
+            let mut copy = block.to_vec();
+            format::open_block(&mut copy, frame, cipher, base, at as u64)?;
+            Ok(Some(copy))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Checks the entries of a block that verifies (at `at`; `prev_key`: the last key before it):
-/// keys ascend, no sequence number is 0, each value checksum stored (format version 2) matches.
-/// Returns whether they passed.
+/// keys ascend (when `keys_clear`: not sealed keys read without the key), no sequence number is
+/// 0, each value checksum stored (format version 2) matches. Returns whether they passed.
 fn check_block_entries(
     decoded: &[format::DecodedEntry<'_>],
-    at: usize,
+    (at, keys_clear): (usize, bool),
     prev_key: Option<&[u8]>,
     path: &Path,
     problems: &mut Vec<Problem>,
@@ -768,7 +1012,7 @@ fn check_block_entries(
     let mut last = prev_key;
     for d in decoded {
         let offset = (at + d.value_at) as u64;
-        if last.is_some_and(|p| p >= d.entry.key) {
+        if keys_clear && last.is_some_and(|p| p >= d.entry.key) {
             problems.push(problem(path, offset, "snapshot keys are not in ascending order"));
         }
         if d.entry.seq == 0 {
@@ -788,10 +1032,11 @@ fn check_block_entries(
 /// A damaged snapshot rebuilt from its blocks that verify, for [`crate::repair`]: a valid
 /// snapshot with the same base sequence number holding every entry that could be read. Returns
 /// its bytes, the entries it holds, and the entries the footer says the original held (when the
-/// footer verifies). `None` if nothing of it can be used (another format version).
+/// footer verifies). `None` if nothing of it can be used (another format version, or a sealed
+/// snapshot: its entries are bound to their offsets, see [`salvage_sealed_snapshot`]).
 pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<u8>, u64, Option<u64>)> {
-    let walk = walk_snapshot(b, path, base, &mut Vec::new());
-    if walk.unsupported {
+    let walk = walk_snapshot(b, path, base, &Opening::Plain, &mut Vec::new());
+    if walk.unsupported || walk.version == format::FORMAT_VERSION_ENCRYPTED {
         return None;
     }
     // The blocks kept keep their format version, and so does the header before them.
@@ -810,6 +1055,61 @@ pub(crate) fn salvage_snapshot(b: &[u8], path: &Path, base: u64) -> Option<(Vec<
     });
     out.extend_from_slice(&footer);
     Some((out, walk.entries, walk.footer.map(|f| f.entry_count)))
+}
+
+/// What [`salvage_sealed_snapshot`] kept of a damaged sealed snapshot.
+pub(crate) struct SealedSalvage {
+    /// Entries kept.
+    pub kept: u64,
+    /// Entries the original held, if its footer verifies.
+    pub total: Option<u64>,
+    /// The end sequence number the rebuilt snapshot's footer takes.
+    pub end_seq: u64,
+}
+
+/// The entries of a damaged sealed snapshot (format version 3) that verify, for
+/// [`crate::repair`]: every block whose checksum verifies and whose entries all open with
+/// `cipher` (the snapshot's data key), in key order, each entry handed to `push` in clear (the
+/// caller seals them again under a fresh data key: a sealed entry is bound to its offset, and
+/// the blocks kept move). `None` if the snapshot is not sealed or of a version this build does
+/// not read.
+pub(crate) fn salvage_sealed_snapshot(
+    b: &[u8],
+    path: &Path,
+    base: u64,
+    cipher: &Arc<FileCipher>,
+    mut push: impl FnMut(format::SnapshotEntry<'_>) -> Result<()>,
+) -> Result<Option<SealedSalvage>> {
+    let opening = Opening::Keyed(Some(cipher.clone()));
+    let walk = walk_snapshot(b, path, base, &opening, &mut Vec::new());
+    if walk.unsupported || walk.version != format::FORMAT_VERSION_ENCRYPTED {
+        return Ok(None);
+    }
+    let damaged = |at: usize, d: format::Damage| Error::corruption(path, at as u64 + d.offset, d.reason);
+    for r in &walk.verified_blocks {
+        let block = &b[r.clone()];
+        let frame = format::block_frame(block, walk.version).map_err(|d| damaged(r.start, d))?;
+        let copy = open_sealed_block(block, frame, walk.version, base, r.start, &opening)
+            .map_err(|d| damaged(r.start, d))?
+            .ok_or_else(|| {
+                damaged(
+                    r.start,
+                    format::Damage {
+                        offset: 0,
+                        reason: "a sealed block that verified did not open".into(),
+                    },
+                )
+            })?;
+        let decoded = format::decode_block_entries(&copy, frame, walk.version).map_err(|d| damaged(r.start, d))?;
+        for d in decoded {
+            push(d.entry)?;
+        }
+    }
+    Ok(Some(SealedSalvage {
+        kept: walk.entries,
+        total: walk.footer.map(|f| f.entry_count),
+        end_seq: walk.footer.map_or(base, |f| f.end_seq.max(base)),
+    }))
 }
 
 /// What a segment's header says, read from its first bytes.
@@ -831,7 +1131,7 @@ fn header_first_seq(storage: &dyn Storage, path: &Path, id: u64) -> (Option<u64>
 
 /// Scans every segment of the live log (as recovery chooses them: after the covered ones, up to
 /// the last one written), listing damage with the bytes and records it covers.
-fn check_segments(storage: &dyn Storage, inv: &Inventory, base: u64, report: &mut VerifyReport) {
+fn check_segments(storage: &dyn Storage, inv: &Inventory, base: u64, keys: &Keys, report: &mut VerifyReport) {
     let heads: Vec<(Option<u64>, bool)> = inv
         .segments
         .iter()
@@ -866,17 +1166,18 @@ fn check_segments(storage: &dyn Storage, inv: &Inventory, base: u64, report: &mu
                 expected = None;
             }
             let is_last = last_used == Some(i);
-            expected = scan_one(path, *id, is_last, expected, storage, &mut check, report);
+            let opening = keys.opening(FileId::Segment(*id));
+            expected = scan_one((path, *id, &opening), is_last, expected, storage, &mut check, report);
         }
         report.segments.push(check);
     }
 }
 
-/// Scans one segment in salvage mode (which goes on past damage and lists it); returns the
-/// sequence number the next segment must start at.
+/// Scans one segment in salvage mode (which goes on past damage and lists it), opening its
+/// sealed operations with `opening`'s data key; returns the sequence number the next segment
+/// must start at.
 fn scan_one(
-    path: &Path,
-    id: u64,
+    (path, id, opening): (&Path, u64, &Opening),
     is_last: bool,
     expected: Option<u64>,
     storage: &dyn Storage,
@@ -903,16 +1204,23 @@ fn scan_one(
     // (offset, seq) of every valid record, to measure the damage between them.
     let mut records: Vec<(u64, u64)> = Vec::new();
     let mut undecodable = Vec::new();
+    let mut key_missing_reported = false;
     let scanned = reader::scan_segment(&input, |offset, rec, version| {
         records.push((offset, rec.seq));
         // Other record kinds are the reader's and recovery's to judge (R9 for this one).
-        let ops = (rec.kind == format::KIND_OPS).then(|| format::decode_ops(rec.payload, version, Some(rec.seq)));
-        if let Some(Err(d)) = ops {
-            undecodable.push(problem(
-                path,
-                offset + format::RECORD_HEADER_SIZE as u64 + d.offset,
-                d.reason,
-            ));
+        if rec.kind != format::KIND_OPS {
+            return Ok(());
+        }
+        let payload_at = offset + format::RECORD_HEADER_SIZE as u64;
+        let sealed = version == format::FORMAT_VERSION_ENCRYPTED;
+        if sealed && opening.key_missing() {
+            if !std::mem::replace(&mut key_missing_reported, true) {
+                undecodable.push(problem(path, payload_at, "the segment has no data key in the keyring"));
+            }
+            return Ok(());
+        }
+        if let Err(d) = check_payload(rec, version, (id, payload_at), opening) {
+            undecodable.push(problem(path, payload_at + d.offset, d.reason));
         }
         Ok(())
     });
@@ -942,6 +1250,25 @@ fn scan_one(
     scan.last_seq
         .map(|l| l + 1)
         .or_else(|| scan.header.map(|h| h.first_seq))
+}
+
+/// Checks a record's payload (found at `payload_at` in segment `segment_id`) of format
+/// `version`: decodes it, and first opens every sealed operation (format version 3) with
+/// `opening`'s data key; without it, only the operations' clear-text framing is checked.
+fn check_payload(
+    rec: format::RecordRef<'_>,
+    version: u32,
+    (segment_id, payload_at): (u64, u64),
+    opening: &Opening,
+) -> Result<(), format::Damage> {
+    match opening.cipher() {
+        Some(cipher) if version == format::FORMAT_VERSION_ENCRYPTED => {
+            let mut copy = rec.payload.to_vec();
+            format::open_ops(&mut copy, cipher, segment_id, payload_at, rec.seq)?;
+            format::decode_ops(&copy, version, Some(rec.seq)).map(drop)
+        }
+        _ => format::decode_ops(rec.payload, version, Some(rec.seq)).map(drop),
+    }
 }
 
 /// The damage a salvage scan skipped, each region with the bytes it covers (up to the next valid

@@ -8,6 +8,7 @@ pub(crate) mod repair;
 
 use std::sync::Arc;
 
+use crate::crypto::EncryptionKey;
 use crate::limits;
 use crate::options::{Options, SyncMode};
 use crate::storage::Storage;
@@ -15,10 +16,15 @@ use crate::storage::Storage;
 /// Options for a store a tool opens for a moment on `storage` (a read-only view, a copy being
 /// checkpointed): no background threads, no automatic checkpoint, and small segments, so the
 /// segment an open may create costs 64 KiB, not 64 MiB. (Replay bounds lengths by the format,
-/// not by these options: `recovery/`.)
-fn tool_options(storage: Arc<dyn Storage>) -> Options {
-    Options::new()
-        .storage(storage)
+/// not by these options: `recovery/`.) With `key`, an encrypted store is opened with it (a
+/// store that is encrypted needs it: [`crate::Error::KeyRequired`] otherwise).
+fn tool_options(storage: Arc<dyn Storage>, key: Option<EncryptionKey>) -> Options {
+    let opts = Options::new();
+    let opts = match key {
+        Some(key) => opts.encryption_key(key),
+        None => opts,
+    };
+    opts.storage(storage)
         .auto_checkpoint(false)
         .preallocate_ahead(false)
         .sync_mode(SyncMode::Never)

@@ -20,12 +20,32 @@
 //!
 //! A crash part-way leaves either the old files (with the damaged ones possibly already set
 //! aside) or the new snapshot in place; running repair again finishes the job.
+//!
+//! **Encrypted stores** ([`repair_with_key`]) are repaired only with their key (without it
+//! nothing can be authenticated, let alone salvaged: [`Error::KeyRequired`]), and nothing is
+//! written in clear:
+//!
+//! - step 2 authenticates every key and value (`inspect::verify_with_key`);
+//! - step 3 rebuilds a damaged snapshot from the entries of its blocks that verify and open,
+//!   sealed again under a fresh data key in the view's keyring (a sealed entry is bound to its
+//!   offset, and the blocks kept move), in memory only;
+//! - step 4 seals the new snapshot under a fresh data key, durable in the keyring first. If an
+//!   intact snapshot already holds the state (`S` is its base), it is kept instead: its data key
+//!   is never replaced;
+//! - after step 7 the keyring keeps only the new snapshot's data key (as the next open would):
+//!   the files set aside stay sealed and can no longer be decrypted.
+//!
+//! A crash between step 4 and step 6 when a damaged snapshot has base `S` itself leaves that
+//! snapshot under a replaced data key: running repair again salvages nothing more from it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::checkpoint::SnapshotWriter;
+use crate::crypto::{EncryptionKey, FileCipher, Keyring};
 use crate::error::{Error, Result};
+use crate::index::FileId;
 use crate::options::RecoveryMode;
 use crate::recovery;
 use crate::stats::Skipped;
@@ -33,7 +53,7 @@ use crate::storage::layout::{self, Layout};
 use crate::storage::overlay::Overlay;
 use crate::storage::{write_all_at, FsStorage, OpenMode, Storage};
 use crate::tools::backup::write_entries;
-use crate::tools::inspect::{self, Inventory, Problem, VerifyReport, View};
+use crate::tools::inspect::{self, Inventory, Problem, SnapshotCheck, VerifyReport, View};
 
 /// What [`repair`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,16 +94,32 @@ pub struct RepairReport {
 }
 
 /// Repairs the store in `dir` (see the module docs). Refuses a store that is open
-/// ([`Error::Locked`]) and a directory that holds no store ([`Error::InvalidPath`]).
+/// ([`Error::Locked`]) and a directory that holds no store ([`Error::InvalidPath`]). An
+/// encrypted store needs its key: see [`repair_with_key`].
 pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
-    repair_in(Arc::new(FsStorage), dir.as_ref())
+    repair_with_key(dir, None)
 }
 
-pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairReport> {
+/// [`repair`] with the master key of an encrypted store (`None`: a store that is not
+/// encrypted). An encrypted store is refused without its key ([`Error::KeyRequired`]) and with
+/// another ([`Error::WrongKey`]); with it, every key and value is authenticated, what verifies
+/// is salvaged, and the new snapshot is sealed under a fresh data key: nothing is written in
+/// clear (see the module docs, "Encrypted stores").
+pub fn repair_with_key(dir: impl AsRef<Path>, key: Option<EncryptionKey>) -> Result<RepairReport> {
+    repair_in(Arc::new(FsStorage), dir.as_ref(), key)
+}
+
+pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path, key: Option<EncryptionKey>) -> Result<RepairReport> {
     let layout = Layout::new(dir);
     inspect::check_is_store(storage.as_ref(), &layout)?;
     let _lock = recovery::lock(storage.as_ref(), &layout)?;
-    let check = inspect::verify_in(storage.clone(), dir)?;
+    let encrypted = inspect::inventory_in(storage.as_ref(), &layout)?.encrypted;
+    if encrypted && key.is_none() {
+        return Err(Error::KeyRequired {
+            path: dir.to_path_buf(),
+        });
+    }
+    let check = inspect::verify_in(storage.clone(), dir, key.as_ref())?;
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
         ..RepairReport::default()
@@ -98,17 +134,27 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     count_losses(&check, &files, &mut report);
     let st = storage.as_ref();
 
+    // The store's keyring (its key opened it in step 2, or step 2 reported it damaged).
+    let keyring = match (&key, encrypted) {
+        (Some(key), true) => Some(Keyring::load(storage.clone(), layout.clone(), key.clone())?),
+        _ => None,
+    };
+
     // Steps 3 and 4: the salvaged state, as of `base`, into a new snapshot's temp file.
-    let (view, base) = salvage(&storage, dir, &check, &files, &mut report)?;
+    let (view, base) = salvage(&storage, dir, (&check, &files), key.as_ref(), &mut report)?;
     let new_snapshot = (base > 0).then(|| layout.snapshot(base));
-    if base > 0 {
-        write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""))?;
+    let keep_existing = keyring.is_some() && intact_snapshot(&check, base).is_some();
+    let written = base > 0 && !keep_existing;
+    if written {
+        // Durable in the keyring before anything is sealed with it.
+        let cipher = keyring.as_ref().map(|k| k.fresh(FileId::Snapshot(base))).transpose()?;
+        write_entries(st, &layout.snapshot_tmp(base), base, view.entries(b""), cipher)?;
     }
     drop(view);
     // Steps 5 to 7: damaged files aside, the new snapshot in place, the rest of the old gone.
     set_aside_damaged(st, &check, &files, &mut report)?;
     sync_dirs(st, &layout)?;
-    if let Some(snap) = &new_snapshot {
+    if let (Some(snap), true) = (&new_snapshot, written) {
         let tmp = layout.snapshot_tmp(base);
         st.rename(&tmp, snap).map_err(|e| Error::io("rename", &tmp, e))?;
         // The new snapshot must be the store's durable base before the old files go.
@@ -117,10 +163,14 @@ pub(crate) fn repair_in(storage: Arc<dyn Storage>, dir: &Path) -> Result<RepairR
     }
     remove_replaced(st, &files, new_snapshot.as_ref(), &mut report)?;
     sync_dirs(st, &layout)?;
+    if let Some(keyring) = &keyring {
+        // The files set aside or removed are no longer the store's (as the next open would).
+        keyring.retain(|id| base > 0 && id == FileId::Snapshot(base))?;
+    }
     report.snapshot = new_snapshot;
 
     // Step 8.
-    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail)?.stats();
+    let repaired = View::open_in(storage.clone(), dir, RecoveryMode::TolerateTornTail, key)?.stats();
     report.seq = repaired.last_seq;
     report.keys = repaired.keys;
     Ok(report)
@@ -139,42 +189,101 @@ fn count_losses(check: &VerifyReport, files: &Inventory, report: &mut RepairRepo
     report.problems = check.problems.clone();
 }
 
+/// The snapshot with base `base` that verified intact and that no problem names: in an
+/// encrypted store, repair keeps it rather than writing the same state again (which would
+/// replace its data key).
+fn intact_snapshot(check: &VerifyReport, base: u64) -> Option<&SnapshotCheck> {
+    check
+        .snapshots
+        .iter()
+        .find(|s| base > 0 && s.base_seq == base && s.intact)
+        .filter(|s| !check.problems.iter().any(|p| p.path == s.path))
+}
+
 /// Step 3: a read-only view of the store in which each damaged snapshot is replaced by one
 /// rebuilt from its blocks that verify, recovered in [`RecoveryMode::Salvage`]; and its last
-/// sequence number.
+/// sequence number. `key`: an encrypted store's master key.
 fn salvage(
     storage: &Arc<dyn Storage>,
     dir: &Path,
-    check: &VerifyReport,
-    files: &Inventory,
+    (check, files): (&VerifyReport, &Inventory),
+    key: Option<&EncryptionKey>,
     report: &mut RepairReport,
 ) -> Result<(View, u64)> {
     let overlay = Arc::new(Overlay::new(storage.clone()));
+    // The view's own keyring (in the overlay: nothing of it is written to the store).
+    let keyring = match key {
+        Some(key) if files.encrypted => Some(Keyring::load(overlay.clone(), Layout::new(dir), key.clone())?),
+        _ => None,
+    };
     report.snapshot_entries_lost = Some(0);
     for snap in check.snapshots.iter().filter(|s| !s.intact) {
         let Ok(bytes) = inspect::read_whole(storage.as_ref(), &snap.path, u64::MAX) else {
             report.snapshot_entries_lost = None;
             continue;
         };
-        let Some((rebuilt, kept, total)) = inspect::salvage_snapshot(&bytes, &snap.path, snap.base_seq) else {
+        let salvaged = match &keyring {
+            Some(keyring) => salvage_sealed(&overlay, keyring, &bytes, snap)?,
+            None => salvage_plain(&overlay, &bytes, snap)?,
+        };
+        let Some((kept, total)) = salvaged else {
             continue;
         };
-        // In the view only: the file on disk is set aside unchanged below.
-        overlay
-            .open(&snap.path, OpenMode::ReadWrite)
-            .and_then(|f| f.set_len(0).and_then(|()| write_all_at(f.as_ref(), &rebuilt, 0)))
-            .map_err(|e| Error::io("write", &snap.path, e))?;
         report.snapshot_entries_kept += kept;
         report.snapshot_entries_lost = match (report.snapshot_entries_lost, total) {
             (Some(lost), Some(total)) => Some(lost + total.saturating_sub(kept)),
             _ => None,
         };
     }
-    let view = View::open_on(overlay, dir, RecoveryMode::Salvage, files.clone())?;
+    drop(keyring);
+    let view = View::open_on(overlay, dir, RecoveryMode::Salvage, files.clone(), key.cloned())?;
     let salvaged = view.stats();
     report.skipped = salvaged.recovery.skipped.clone();
     report.torn_tail_bytes = salvaged.recovery.torn_tail_bytes;
     Ok((view, salvaged.last_seq))
+}
+
+/// Step 3 for a snapshot that is not sealed: replaced in the view by one rebuilt from its blocks
+/// that verify. Returns the entries kept and those the original held (if its footer says).
+fn salvage_plain(overlay: &Arc<Overlay>, bytes: &[u8], snap: &SnapshotCheck) -> Result<Option<(u64, Option<u64>)>> {
+    let Some((rebuilt, kept, total)) = inspect::salvage_snapshot(bytes, &snap.path, snap.base_seq) else {
+        return Ok(None);
+    };
+    // In the view only: the file on disk is set aside unchanged below.
+    overlay
+        .open(&snap.path, OpenMode::ReadWrite)
+        .and_then(|f| f.set_len(0).and_then(|()| write_all_at(f.as_ref(), &rebuilt, 0)))
+        .map_err(|e| Error::io("write", &snap.path, e))?;
+    Ok(Some((kept, total)))
+}
+
+/// Step 3 for a snapshot of an encrypted store: replaced in the view by one holding the entries
+/// of its blocks that verify and open with its data key, sealed again under a fresh data key in
+/// the view's `keyring` (all in memory). Returns the entries kept and those the original held
+/// (if its footer says); `None` if nothing of it can be read (no data key, another format).
+fn salvage_sealed(
+    overlay: &Arc<Overlay>,
+    keyring: &Keyring,
+    bytes: &[u8],
+    snap: &SnapshotCheck,
+) -> Result<Option<(u64, Option<u64>)>> {
+    let id = FileId::Snapshot(snap.base_seq);
+    let Some(cipher): Option<Arc<FileCipher>> = keyring.cipher(id) else {
+        return Ok(None);
+    };
+    let tmp = Layout::new(snap.path.parent().unwrap_or(Path::new("."))).snapshot_tmp(snap.base_seq);
+    let mut writer = SnapshotWriter::create(overlay.as_ref(), &tmp, snap.base_seq, Some(keyring.fresh(id)?))?;
+    let salvaged = inspect::salvage_sealed_snapshot(bytes, &snap.path, snap.base_seq, &cipher, |e| writer.push(e))?;
+    let Some(salvaged) = salvaged else {
+        drop(writer);
+        let _ = overlay.remove(&tmp);
+        return Ok(None);
+    };
+    writer.finish(salvaged.end_seq)?;
+    overlay
+        .rename(&tmp, &snap.path)
+        .map_err(|e| Error::io("rename", &tmp, e))?;
+    Ok(Some((salvaged.kept, salvaged.total)))
 }
 
 /// Step 5: renames each damaged segment and snapshot to a `.broken` name.

@@ -114,7 +114,13 @@ pub fn decode_snapshot(bytes: &[u8], base_seq: u64) -> Result<DecodedSnapshot> {
 /// The problems `verify` lists for `bytes` as the snapshot `<base_seq>.snap` (block by block).
 pub fn snapshot_problems(bytes: &[u8], base_seq: u64) -> Vec<super::Problem> {
     let mut problems = Vec::new();
-    super::walk_snapshot(bytes, Path::new("fuzz.snap"), base_seq, &mut problems);
+    super::walk_snapshot(
+        bytes,
+        Path::new("fuzz.snap"),
+        base_seq,
+        &super::Opening::Plain,
+        &mut problems,
+    );
     problems
 }
 
