@@ -947,11 +947,28 @@ fn walk_blocks(
         };
         let opened = format::verify_block(&b[at..end], frame)
             .and_then(|()| open_sealed_block(&b[at..at + frame.len], frame, walk.version, base, at, opening));
+        let sealed = walk.version == format::FORMAT_VERSION_ENCRYPTED;
         // Keys are compared only in clear: a sealed block read without its key is not.
-        let keys_clear = walk.version != format::FORMAT_VERSION_ENCRYPTED || matches!(opened, Ok(Some(_)));
-        let verified = opened.and_then(|copy| {
-            let block = copy.as_deref().unwrap_or(&b[at..at + frame.len]);
-            let decoded = format::decode_block_entries(block, frame, walk.version)?;
+        let keys_clear = !sealed || matches!(opened, Ok(Some(_)));
+        let verified = opened.and_then(|opened| {
+            let decoded: Vec<format::DecodedEntry<'_>> = match &opened {
+                Some(values) => values
+                    .iter()
+                    .map(|v| format::DecodedEntry {
+                        entry: format::SnapshotEntry {
+                            key: &v.key,
+                            value: &v.value,
+                            seq: v.seq,
+                            expires_at_ms: v.expires_at_ms,
+                            value_crc: None,
+                        },
+                        value_at: v.value_at,
+                    })
+                    .collect(),
+                // A sealed block without its key: its checksum is all that can be checked.
+                None if sealed => return Ok(Some((frame.count as u64, None))),
+                None => format::decode_block_entries(&b[at..at + frame.len], frame, walk.version)?,
+            };
             let passed = check_block_entries(&decoded, (at, keys_clear), prev_key.as_deref(), path, problems);
             Ok(passed.then(|| (decoded.len() as u64, decoded.last().map(|d| d.entry.key.to_vec()))))
         });
@@ -977,9 +994,9 @@ fn walk_blocks(
 }
 
 /// A framed, checksummed block of a snapshot (`block`, at `at` in snapshot `base`), opened if
-/// it is sealed and `opening` has its data key: a copy with every entry opened (an entry that
-/// does not authenticate is damage at its offset in the block); `None` when it is read as it is
-/// (not sealed, or sealed and checked without its key).
+/// it is sealed and `opening` has its data key: its directory and every value opened (a piece
+/// that does not authenticate is damage at its offset in the block); `None` when it is read as
+/// it is (not sealed, or sealed and checked without its key).
 fn open_sealed_block(
     block: &[u8],
     frame: format::BlockFrame,
@@ -987,12 +1004,10 @@ fn open_sealed_block(
     base: u64,
     at: usize,
     opening: &Opening,
-) -> Result<Option<Vec<u8>>, format::Damage> {
+) -> Result<Option<Vec<format::OpenedValue>>, format::Damage> {
     match opening.cipher() {
         Some(cipher) if version == format::FORMAT_VERSION_ENCRYPTED => {
-            let mut copy = block.to_vec();
-            format::open_block(&mut copy, frame, cipher, base, at as u64)?;
-            Ok(Some(copy))
+            format::open_block_values(block, frame, cipher, base, at as u64).map(Some)
         }
         _ => Ok(None),
     }
@@ -1089,7 +1104,7 @@ pub(crate) fn salvage_sealed_snapshot(
     for r in &walk.verified_blocks {
         let block = &b[r.clone()];
         let frame = format::block_frame(block, walk.version).map_err(|d| damaged(r.start, d))?;
-        let copy = open_sealed_block(block, frame, walk.version, base, r.start, &opening)
+        let values = open_sealed_block(block, frame, walk.version, base, r.start, &opening)
             .map_err(|d| damaged(r.start, d))?
             .ok_or_else(|| {
                 damaged(
@@ -1100,9 +1115,14 @@ pub(crate) fn salvage_sealed_snapshot(
                     },
                 )
             })?;
-        let decoded = format::decode_block_entries(&copy, frame, walk.version).map_err(|d| damaged(r.start, d))?;
-        for d in decoded {
-            push(d.entry)?;
+        for v in &values {
+            push(format::SnapshotEntry {
+                key: &v.key,
+                value: &v.value,
+                seq: v.seq,
+                expires_at_ms: v.expires_at_ms,
+                value_crc: None,
+            })?;
         }
     }
     Ok(Some(SealedSalvage {
