@@ -17,6 +17,7 @@ use std::time::Duration;
 /// Every engine the harness knows, by its command-line name.
 pub const ALL: &[&str] = &[
     "sessiondb",
+    "sessiondb-enc",
     "raw",
     "redb",
     "fjall",
@@ -30,7 +31,12 @@ pub const ALL: &[&str] = &[
 /// Whether an engine is a peer (compared against), as opposed to ours, the floor or a
 /// configuration that is not durable.
 pub fn is_peer(name: &str) -> bool {
-    !matches!(name, "sessiondb" | "raw" | "sled-flush")
+    !matches!(name, "sessiondb" | "sessiondb-enc" | "raw" | "sled-flush")
+}
+
+/// Whether an engine is sessiondb itself, encrypted or not (gets the checkpoint-only metrics).
+pub fn is_sessiondb(name: &str) -> bool {
+    matches!(name, "sessiondb" | "sessiondb-enc")
 }
 
 /// Whether an engine's "durable" put really is durable.
@@ -82,7 +88,8 @@ pub trait Worker {
 pub fn open(name: &str, dir: &Path, bulk: Option<u64>) -> Box<dyn Engine> {
     fs::create_dir_all(dir).expect("create store dir");
     match name {
-        "sessiondb" => Box::new(SessionDb::open(dir, bulk.is_some())),
+        "sessiondb" => Box::new(SessionDb::open(dir, bulk.is_some(), false)),
+        "sessiondb-enc" => Box::new(SessionDb::open(dir, bulk.is_some(), true)),
         "raw" => Box::new(Raw::open(dir, bulk)),
         "redb" => Box::new(Redb::open(dir)),
         "fjall" => Box::new(Fjall::open(dir)),
@@ -96,7 +103,13 @@ pub fn open(name: &str, dir: &Path, bulk: Option<u64>) -> Box<dyn Engine> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// sessiondb
+// sessiondb, and "sessiondb-enc": the same adapter on an encrypted store (format version 3,
+// `Options::encryption_key` with the fixed key below), for issue 16's encrypted ÷ unencrypted
+// ratios in one run.
+
+/// The master key of every "sessiondb-enc" store (fixed, so a reopen in a fresh process
+/// finds the store's key).
+pub const BENCH_KEY: [u8; 32] = *b"sessiondb-compare bench key 0016";
 
 pub struct SessionDb {
     db: Option<sessiondb::Db>,
@@ -105,13 +118,17 @@ pub struct SessionDb {
 }
 
 impl SessionDb {
-    fn open(dir: &Path, bulk: bool) -> SessionDb {
+    fn open(dir: &Path, bulk: bool, encrypted: bool) -> SessionDb {
         let mode = if bulk {
             sessiondb::SyncMode::Never
         } else {
             sessiondb::SyncMode::Always
         };
-        let db = sessiondb::Db::open_with(dir, sessiondb::Options::new().sync_mode(mode)).expect("open sessiondb");
+        let mut opts = sessiondb::Options::new().sync_mode(mode);
+        if encrypted {
+            opts = opts.encryption_key(sessiondb::EncryptionKey::from_bytes(BENCH_KEY));
+        }
+        let db = sessiondb::Db::open_with(dir, opts).expect("open sessiondb");
         SessionDb { db: Some(db), bulk }
     }
 

@@ -36,7 +36,8 @@ pub struct Args {
     /// Engines, comma separated (default: all built).
     #[arg(long, value_delimiter = ',')]
     pub engines: Option<Vec<String>>,
-    /// Workloads, comma separated: w1,w2,w3 (w3 also runs w4, w5, w6 on its store),w4b,w7,ckpt.
+    /// Workloads, comma separated: w1,w2,w3 (w3 also runs w4, w5, w6 on its store),w4b,w7,ckpt;
+    /// also wopen (W5's reopen of 1M keys, engines interleaved; not in the default set).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4b,w7,ckpt")]
     pub workloads: Vec<String>,
     /// Writer counts for W2.

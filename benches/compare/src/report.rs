@@ -26,6 +26,10 @@ const WORKLOADS: &[(&str, &str)] = &[
         "reopen of the W3 store in a fresh process, warm, to the first get",
     ),
     (
+        "WOPEN",
+        "reopen of a checkpointed store of the W3 keys in a fresh process, warm, engines taking turns: the open alone, and to the first get",
+    ),
+    (
         "W6",
         "space amplification (allocated bytes on disk / live key+value bytes)",
     ),
@@ -96,6 +100,7 @@ pub fn write(args: &Args, cfg: &Config, engines: &[String], rows: &[Row], elapse
         elapsed.as_secs_f64()
     );
     md.push_str(&targets(&med));
+    md.push_str(&encryption(rows));
     for (w, about) in WORKLOADS {
         md.push_str(&table(&med, engines, w, about));
     }
@@ -177,6 +182,86 @@ fn table(med: &Medians, engines: &[String], w: &str, about: &str) -> String {
     let _ = writeln!(s, "| *sessiondb ÷ best peer* | {} |", peer.join(" | "));
     let _ = writeln!(s, "| *sessiondb ÷ raw floor* | {} |", floor.join(" | "));
     s
+}
+
+/// Issue 16's targets: sessiondb-enc ÷ sessiondb, `(workload, metric, bound, at least?)`.
+const ENCRYPTION_TARGETS: &[(&str, &str, f64, bool)] = &[
+    ("W2", "ops_s@64", 0.85, true),
+    ("W3", "ops_s", 0.7, true),
+    ("W4", "ops_s_1t", 0.7, true),
+    ("W4", "ops_s_2t", 0.7, true),
+    ("W4b", "ops_s_1t", 0.7, true),
+    ("W4b", "ops_s_1t_checkpointed", 0.7, true),
+    ("WOPEN", "open_ms", 1.5, false),
+    ("W5", "open_ms", 1.5, false),
+];
+
+/// Encrypted ÷ unencrypted (sessiondb-enc ÷ sessiondb) per run, for every metric both have in
+/// a run, and the median of the per-run ratios: issue 16's targets first, then everything else.
+fn encryption(rows: &[Row]) -> String {
+    let mut by: BTreeMap<(String, String), BTreeMap<usize, (Option<f64>, Option<f64>)>> = BTreeMap::new();
+    for r in rows {
+        let slot = match r.engine.as_str() {
+            "sessiondb" => 0,
+            "sessiondb-enc" => 1,
+            _ => continue,
+        };
+        let e = by
+            .entry((r.workload.clone(), r.metric.clone()))
+            .or_default()
+            .entry(r.run)
+            .or_default();
+        if slot == 0 {
+            e.0 = Some(r.value);
+        } else {
+            e.1 = Some(r.value);
+        }
+    }
+    let ratios = |w: &str, m: &str| -> Vec<(usize, f64)> {
+        by.get(&(w.to_string(), m.to_string()))
+            .map(|runs| {
+                runs.iter()
+                    .filter_map(|(run, (a, b))| Some((*run, b.as_ref()? / a.as_ref()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let line = |w: &str, m: &str, rs: &[(usize, f64)]| {
+        let mut v: Vec<f64> = rs.iter().map(|r| r.1).collect();
+        let per: Vec<String> = rs.iter().map(|(run, r)| format!("{r:.3} (run {run})")).collect();
+        (median(&mut v), format!("{w} {m}"), per.join(", "))
+    };
+    if !rows.iter().any(|r| r.engine == "sessiondb-enc") {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n### Encryption (issue 16): sessiondb-enc ÷ sessiondb, per run and the median\n\n\
+         | target | median | met | per run |\n|---|---:|---|---|\n",
+    );
+    for (w, m, bound, at_least) in ENCRYPTION_TARGETS {
+        let rs = ratios(w, m);
+        if rs.is_empty() {
+            continue;
+        }
+        let (med, what, per) = line(w, m, &rs);
+        let met = if *at_least { med >= *bound } else { med <= *bound };
+        let _ = writeln!(
+            out,
+            "| {what} {} {bound} | {med:.3} | {} | {per} |",
+            if *at_least { "≥" } else { "≤" },
+            if met { "**met**" } else { "**not met**" }
+        );
+    }
+    out.push_str("\n| every metric | median | per run |\n|---|---:|---|\n");
+    for (w, m) in by.keys() {
+        let rs = ratios(w, m);
+        if rs.is_empty() {
+            continue;
+        }
+        let (med, what, per) = line(w, m, &rs);
+        let _ = writeln!(out, "| {what} | {med:.3} | {per} |");
+    }
+    out
 }
 
 struct Target {

@@ -27,6 +27,8 @@ pub struct Config {
     pub ckpt: Duration,
     pub writers: Vec<usize>,
     pub reopens: usize,
+    /// WOPEN: measured reopens of each store per run (after one unmeasured).
+    pub wopen_reopens: usize,
 }
 
 impl Config {
@@ -45,6 +47,7 @@ impl Config {
                 ckpt: s(2),
                 writers: args.writers.clone(),
                 reopens: 1,
+                wopen_reopens: 3,
             }
         } else {
             Config {
@@ -59,6 +62,7 @@ impl Config {
                 ckpt: s(6),
                 writers: args.writers.clone(),
                 reopens: 3,
+                wopen_reopens: 9,
             }
         }
     }
@@ -116,9 +120,14 @@ pub fn run(ctx: &mut Ctx, workload: &str, engines: &[String]) {
     match workload {
         "w1" => return w1(ctx, engines),
         "w2" => return w2(ctx, engines),
+        "wopen" => return wopen(ctx, engines),
         _ => {}
     }
-    for e in engines {
+    // One engine after the other, starting with a different one each run, so that no engine
+    // always runs first (on a cold cache) or last (after the others' stores filled the disk).
+    let n = engines.len();
+    for j in 0..n {
+        let e = &engines[(j + ctx.run - 1) % n];
         match workload {
             "w3" if engines::is_durable(e) => w3_to_w6(ctx, e),
             "w4b" if engines::is_durable(e) => w4b(ctx, e),
@@ -474,7 +483,7 @@ fn w4b(ctx: &mut Ctx, e: &str) {
     eng.sync();
     ctx.record("W4b", e, "load_ops_s", n as f64 / start.elapsed().as_secs_f64());
     ctx.record("W4b", e, "ops_s_1t", w4(eng.as_ref(), n, 1, ctx.cfg.w4));
-    if e == "sessiondb" {
+    if engines::is_sessiondb(e) {
         eng.before_close();
         ctx.record("W4b", e, "ops_s_1t_checkpointed", w4(eng.as_ref(), n, 1, ctx.cfg.w4));
     }
@@ -510,39 +519,106 @@ fn w4(eng: &dyn Engine, n: u64, threads: usize, time: Duration) -> f64 {
     total as f64
 }
 
-fn w5(ctx: &mut Ctx, e: &str, dir: &Path, n: u64) {
+/// What a reopen in a fresh process measured (see [`reopen_child`]).
+struct Reopen {
+    /// From just before the open to the first get's return.
+    to_first_get_ms: f64,
+    /// Anonymous RSS growth over the open and the get.
+    rss_anon_b: f64,
+    /// The open alone (for sessiondb, `Db::open_with` until it returns).
+    open_ms: f64,
+}
+
+/// Reopens engine `e`'s store of `n` W3 keys in `dir` in a fresh process.
+fn reopen_in_child(e: &str, dir: &Path, n: u64, probe: u64) -> Reopen {
     let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(&exe)
+        .arg("--reopen-child")
+        .args([e, &dir.display().to_string(), &n.to_string(), &probe.to_string()])
+        .output()
+        .expect("run reopen child");
+    assert!(
+        out.status.success(),
+        "reopen child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("REOPEN"))
+        .expect("child's REOPEN line");
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    Reopen {
+        to_first_get_ms: f[0],
+        rss_anon_b: f[1],
+        open_ms: f[2],
+    }
+}
+
+fn w5(ctx: &mut Ctx, e: &str, dir: &Path, n: u64) {
     let mut times = Vec::new();
+    let mut opens = Vec::new();
     let mut mem = Vec::new();
     for probe in 0..ctx.cfg.reopens {
-        let out = Command::new(&exe)
-            .arg("--reopen-child")
-            .args([e, &dir.display().to_string(), &n.to_string(), &probe.to_string()])
-            .output()
-            .expect("run reopen child");
-        assert!(
-            out.status.success(),
-            "reopen child failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("REOPEN"))
-            .expect("child's REOPEN line");
-        let f: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().expect("number"))
-            .collect();
-        times.push(f[0]);
-        mem.push(f[1]);
+        let r = reopen_in_child(e, dir, n, probe as u64);
+        times.push(r.to_first_get_ms);
+        opens.push(r.open_ms);
+        mem.push(r.rss_anon_b);
     }
     // The first reopen after the load separately: an engine that replays its log at open and
     // then flushes it (RocksDB) pays for the replay only there, and the median hides it.
     ctx.record("W5", e, "first_reopen_ms", times[0]);
     ctx.record("W5", e, "reopen_ms", median(&mut times));
+    ctx.record("W5", e, "open_ms", median(&mut opens));
     ctx.record("W5", e, "rss_anon_b_per_key", median(&mut mem) / n as f64);
+}
+
+/// WOPEN: W5's reopen, interleaved. Every engine's store gets the W3 keys (bulk load, one
+/// sync, a checkpoint for sessiondb, close); then each store is reopened in a fresh process
+/// once unmeasured and `wopen_reopens` times measured, the engines taking turns in a rotating
+/// order, so that the machine's drift falls on all of them alike (issue 16: the reopen of an
+/// encrypted store of 1M keys against an unencrypted one). `open_ms` is the open alone
+/// (`Db::open_with` until it returns), `reopen_ms` the open and the first get.
+fn wopen(ctx: &mut Ctx, engines: &[String]) {
+    let n = ctx.cfg.w3_keys;
+    let engines: Vec<&String> = engines.iter().filter(|e| engines::is_durable(e)).collect();
+    let dirs: Vec<PathBuf> = engines
+        .iter()
+        .map(|e| {
+            let dir = ctx.store_dir(e, "wopen");
+            let eng = engines::open(e, &dir, Some(n));
+            bulk_put(eng.as_ref(), &ctx.values, n, 3);
+            eng.before_close();
+            eng.close();
+            dir
+        })
+        .collect();
+    for (e, dir) in engines.iter().zip(&dirs) {
+        reopen_in_child(e, dir, n, 0);
+    }
+    let k = engines.len();
+    let mut opens: Vec<Vec<f64>> = vec![Vec::new(); k];
+    let mut reopens: Vec<Vec<f64>> = vec![Vec::new(); k];
+    for r in 0..ctx.cfg.wopen_reopens {
+        for j in 0..k {
+            let i = (j + r) % k;
+            let x = reopen_in_child(engines[i], &dirs[i], n, 1 + r as u64);
+            opens[i].push(x.open_ms);
+            reopens[i].push(x.to_first_get_ms);
+        }
+    }
+    for i in 0..k {
+        let e = engines[i];
+        let min = opens[i].iter().copied().fold(f64::INFINITY, f64::min);
+        ctx.record("WOPEN", e, "open_ms", median(&mut opens[i]));
+        ctx.record("WOPEN", e, "open_min_ms", min);
+        ctx.record("WOPEN", e, "reopen_ms", median(&mut reopens[i]));
+        let _ = std::fs::remove_dir_all(&dirs[i]);
+    }
 }
 
 fn rss_anon_bytes() -> f64 {
@@ -557,7 +633,8 @@ fn rss_anon_bytes() -> f64 {
     kb * 1024.0
 }
 
-/// In a fresh process: open the store, get one key; prints `REOPEN <ms> <anon RSS growth B>`.
+/// In a fresh process: open the store, get one key; prints
+/// `REOPEN <ms to the first get> <anon RSS growth B> <ms of the open alone>`.
 pub fn reopen_child(args: &[String]) {
     let (engine, dir, n, probe) = (&args[0], Path::new(&args[1]), &args[2], &args[3]);
     let n: u64 = n.parse().expect("KEYS");
@@ -565,11 +642,12 @@ pub fn reopen_child(args: &[String]) {
     let before = rss_anon_bytes();
     let t = Instant::now();
     let eng = engines::open(engine, dir, Some(n));
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let found = eng.worker().get(&key(31, (probe * 7919) % n));
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let after = rss_anon_bytes();
     assert!(found.is_some(), "reopened store lacks a loaded key");
-    println!("REOPEN {ms} {}", after - before);
+    println!("REOPEN {ms} {} {open_ms}", after - before);
     // Close cleanly (not measured): the next reopen must find the store as the parent left it,
     // not one that needs a repair or a replay because this process died with it open.
     eng.close();
@@ -616,7 +694,10 @@ pub fn profile_run(args: &[String]) {
         eng.sync();
         let t = Instant::now();
         measured_gets(eng.as_ref(), n);
-        eprintln!("{n} gets after a batched load: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+        eprintln!(
+            "{n} gets after a batched load: {:.0}/s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
         eng.close();
         return;
     }
