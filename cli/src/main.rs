@@ -1,6 +1,7 @@
 //! The `sessiondb` command-line tool: look inside a store, check it, copy it while it runs, and
 //! repair it, without writing Rust. It holds no storage logic: every subcommand calls the
-//! library (`sessiondb::inspect`, `Db`, `backup_dir`, `restore`, `repair`).
+//! library (`sessiondb::inspect`, `Db`, `backup_dir`, `restore`, `repair`). An encrypted store's
+//! key comes from `--key-file` (keys.rs) and goes to every call that opens a store (keyed.rs).
 
 /// `println!` to standard output, except that a reader gone away (`sessiondb dump DIR | head`)
 /// ends the program quietly, with status 0, as other command-line tools do, instead of a panic.
@@ -16,6 +17,8 @@ macro_rules! outln {
 
 mod bench;
 mod demo;
+mod keyed;
+mod keys;
 mod migrate;
 mod out;
 mod progress;
@@ -28,8 +31,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sessiondb::inspect::{self, Problem, SegmentState, View};
-use sessiondb::{Db, Error, Options, SyncMode};
+use sessiondb::inspect::{self, Problem, SegmentState};
+use sessiondb::{Db, EncryptionKey, Error, Options, SyncMode};
 
 /// sessiondb: an embedded, crash-safe key-value store for session state.
 ///
@@ -43,6 +46,11 @@ use sessiondb::{Db, Error, Options, SyncMode};
                         2 usage error (bad arguments, or DIR is not a store)."
 )]
 struct Cli {
+    /// The store's encryption key: a file holding 32 raw bytes or 64 hex characters
+    /// (`sessiondb keygen PATH` writes one). Every subcommand that reads or writes an encrypted
+    /// store needs it; `put`, `demo` and `bench` create a new store encrypted with it.
+    #[arg(long, global = true, value_name = "PATH", env = keys::KEY_FILE_VAR)]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -234,17 +242,28 @@ enum DumpFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, cli.key_file.as_deref()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sessiondb: {e}");
+            match &e {
+                Error::KeyRequired { path } => eprintln!(
+                    "sessiondb: {}: the store is encrypted; give its key with --key-file PATH (or {})",
+                    path.display(),
+                    keys::KEY_FILE_VAR
+                ),
+                Error::WrongKey { .. } => match &cli.key_file {
+                    Some(k) => eprintln!("sessiondb: {e} (the key in {} does not open this store)", k.display()),
+                    None => eprintln!("sessiondb: {e}"),
+                },
+                _ => eprintln!("sessiondb: {e}"),
+            }
             if let Error::Locked { .. } = e {
                 eprintln!(
                     "sessiondb: another process has the store open; stats, verify, dump, get and backup work while it runs"
                 );
             }
             match e {
-                Error::InvalidPath { .. } => ExitCode::from(2),
+                Error::InvalidPath { .. } | Error::InvalidKey(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -261,7 +280,19 @@ fn creatable(dir: &Path) -> sessiondb::Result<()> {
     Ok(())
 }
 
-fn run(command: Command) -> sessiondb::Result<ExitCode> {
+/// [`Error::Io`] for the tool's own file operations.
+fn io_error(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Error {
+    Error::Io {
+        path: path.as_ref().to_path_buf(),
+        op,
+        offset: None,
+        source,
+    }
+}
+
+fn run(command: Command, key_file: Option<&Path>) -> sessiondb::Result<ExitCode> {
+    let key = key_file.map(keys::read_key_file).transpose()?;
+    let key = key.as_ref();
     if let Command::Demo { dir, .. } | Command::Bench { dir: Some(dir), .. } | Command::Put { dir, .. } = &command {
         creatable(dir)?;
     }
@@ -271,7 +302,7 @@ fn run(command: Command) -> sessiondb::Result<ExitCode> {
             threads,
             sessions,
             value_size,
-        } => demo::run(&dir, threads.max(1), sessions, value_size).map(|()| ExitCode::SUCCESS),
+        } => demo::run(&dir, threads.max(1), sessions, value_size, key).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             dir,
             threads,
@@ -290,25 +321,31 @@ fn run(command: Command) -> sessiondb::Result<ExitCode> {
                 value_size,
                 sync,
                 seconds: if seconds.is_finite() { seconds.max(0.0) } else { 3.0 },
+                key: key.cloned(),
             };
             bench::run(&b).map(|()| ExitCode::SUCCESS)
         }
-        Command::Stats { dir, json } => stats(&dir, json),
-        Command::Verify { dir, json } => verify(&dir, json),
-        Command::Dump { dir, format, prefix } => dump(&dir, format, prefix.as_ref().map(|p| p.as_bytes())),
-        Command::Get { dir, key } => get(&dir, key.as_bytes()),
-        Command::Put { dir, key, value, ttl } => put(&dir, key.as_bytes(), &value, ttl),
-        Command::Delete { dir, key } => write_existing(&dir, |db| db.delete(key.as_bytes())),
-        Command::Checkpoint { dir } => checkpoint(&dir),
-        Command::Backup { dir, dest } => backup(&dir, &dest),
-        Command::Restore { backup, dir } => restore(&backup, &dir),
-        Command::Repair { dir } => repair(&dir),
+        Command::Stats { dir, json } => stats(&dir, json, key),
+        Command::Verify { dir, json } => verify(&dir, json, key),
+        Command::Dump { dir, format, prefix } => dump(&dir, format, prefix.as_ref().map(|p| p.as_bytes()), key),
+        Command::Get { dir, key: k } => get(&dir, k.as_bytes(), key),
+        Command::Put {
+            dir,
+            key: k,
+            value,
+            ttl,
+        } => put(&dir, k.as_bytes(), &value, ttl, key),
+        Command::Delete { dir, key: k } => write_existing(&dir, key, |db| db.delete(k.as_bytes())),
+        Command::Checkpoint { dir } => checkpoint(&dir, key),
+        Command::Backup { dir, dest } => backup(&dir, &dest, key),
+        Command::Restore { backup, dir } => restore(&backup, &dir, key),
+        Command::Repair { dir } => repair(&dir, key),
         Command::MigrateSessions {
             dir,
             to,
             steps,
             step_timeout,
-        } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout)),
+        } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout), key),
     }
 }
 
@@ -318,9 +355,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
+fn stats(dir: &Path, json: bool, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("reading the store");
-    let view = View::open(dir)?;
+    let view = keyed::view(dir, key)?;
     spin.finish_and_clear();
     let s = &view.stats();
     let f = view.files();
@@ -420,9 +457,9 @@ fn problem_json(p: &Problem) -> String {
         .finish()
 }
 
-fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
+fn verify(dir: &Path, json: bool, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("verifying");
-    let r = inspect::verify(dir)?;
+    let r = keyed::verify(dir, key)?;
     spin.finish_and_clear();
     let code = if r.is_intact() {
         ExitCode::SUCCESS
@@ -541,8 +578,13 @@ fn output(f: impl FnOnce(&mut dyn Write) -> sessiondb::Result<io::Result<()>>) -
     }
 }
 
-fn dump(dir: &Path, format: DumpFormat, prefix: Option<&[u8]>) -> sessiondb::Result<ExitCode> {
-    let view = View::open(dir)?;
+fn dump(
+    dir: &Path,
+    format: DumpFormat,
+    prefix: Option<&[u8]>,
+    key: Option<&EncryptionKey>,
+) -> sessiondb::Result<ExitCode> {
+    let view = keyed::view(dir, key)?;
     let now = now_ms();
     output(|w| {
         for e in view.entries(prefix.unwrap_or(b"")) {
@@ -570,18 +612,24 @@ fn dump(dir: &Path, format: DumpFormat, prefix: Option<&[u8]>) -> sessiondb::Res
     })
 }
 
-fn get(dir: &Path, key: &[u8]) -> sessiondb::Result<ExitCode> {
-    let view = View::open(dir)?;
-    match view.get(key)? {
+fn get(dir: &Path, k: &[u8], key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
+    let view = keyed::view(dir, key)?;
+    match view.get(k)? {
         Some(v) => output(|w| Ok(w.write_all(&v).and_then(|()| w.write_all(b"\n")))),
         None => {
-            eprintln!("sessiondb: no such key: {}", out::escaped(key));
+            eprintln!("sessiondb: no such key: {}", out::escaped(k));
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn put(dir: &Path, key: &[u8], value: &OsString, ttl: Option<Duration>) -> sessiondb::Result<ExitCode> {
+fn put(
+    dir: &Path,
+    k: &[u8],
+    value: &OsString,
+    ttl: Option<Duration>,
+    key: Option<&EncryptionKey>,
+) -> sessiondb::Result<ExitCode> {
     let value = if value == "-" {
         let mut v = Vec::new();
         io::stdin().read_to_end(&mut v).map_err(|e| Error::Io {
@@ -594,29 +642,33 @@ fn put(dir: &Path, key: &[u8], value: &OsString, ttl: Option<Duration>) -> sessi
     } else {
         value.as_bytes().to_vec()
     };
-    let db = Db::open_with(dir, Options::new())?;
+    let db = Db::open_with(dir, keys::with_key(Options::new(), key))?;
     match ttl {
-        Some(ttl) => db.put_with_ttl(key, &value, ttl)?,
-        None => db.put(key, &value)?,
+        Some(ttl) => db.put_with_ttl(k, &value, ttl)?,
+        None => db.put(k, &value)?,
     }
     db.close()?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Opens an existing store (never creating one), runs `f`, closes it.
-fn write_existing(dir: &Path, f: impl FnOnce(&Db) -> sessiondb::Result<()>) -> sessiondb::Result<ExitCode> {
+fn write_existing(
+    dir: &Path,
+    key: Option<&EncryptionKey>,
+    f: impl FnOnce(&Db) -> sessiondb::Result<()>,
+) -> sessiondb::Result<ExitCode> {
     inspect::inventory(dir)?;
-    let db = Db::open_with(dir, Options::new())?;
+    let db = Db::open_with(dir, keys::with_key(Options::new(), key))?;
     f(&db)?;
     db.close()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn checkpoint(dir: &Path) -> sessiondb::Result<ExitCode> {
+fn checkpoint(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let started = Instant::now();
     let mut stats = None;
     let spin = progress::spinner("checkpointing");
-    write_existing(dir, |db| {
+    write_existing(dir, key, |db| {
         db.checkpoint()?;
         stats = Some(db.stats());
         Ok(())
@@ -643,9 +695,9 @@ fn checkpoint(dir: &Path) -> sessiondb::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup(dir: &Path, dest: &Path) -> sessiondb::Result<ExitCode> {
+fn backup(dir: &Path, dest: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("backing up");
-    let r = sessiondb::backup_dir(dir, dest)?;
+    let r = keyed::backup_dir(dir, dest, key)?;
     spin.finish_and_clear();
     outln!(
         "backup of {} written to {}: state after sequence number {}, {} keys, {} snapshot, took {}",
@@ -659,9 +711,9 @@ fn backup(dir: &Path, dest: &Path) -> sessiondb::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(backup: &Path, dir: &Path) -> sessiondb::Result<ExitCode> {
+fn restore(backup: &Path, dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("restoring");
-    let r = sessiondb::restore(backup, dir)?;
+    let r = keyed::restore(backup, dir, key)?;
     spin.finish_and_clear();
     outln!(
         "restored {} to {}: {} keys, last sequence number {}, {} copied",
@@ -674,9 +726,9 @@ fn restore(backup: &Path, dir: &Path) -> sessiondb::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
+fn repair(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("repairing");
-    let r = match sessiondb::repair(dir) {
+    let r = match keyed::repair(dir, key) {
         Ok(r) => r,
         Err(e @ Error::Locked { .. }) => {
             spin.finish_and_clear();
