@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use sessiondb::{EncryptionKey, Error, Options};
@@ -77,21 +77,15 @@ pub fn read_key_file(path: &Path) -> sessiondb::Result<EncryptionKey> {
     Ok(key)
 }
 
-/// `sessiondb keygen [PATH] [--stdout]`: a new random key, as 64 hex characters and a newline,
-/// written to a new file of mode 0600 (never over an existing one: a key overwritten is a store
-/// lost), or printed when asked for.
-pub fn keygen(path: Option<&Path>, stdout: bool) -> sessiondb::Result<ExitCode> {
+/// `sessiondb keygen PATH` or `keygen --stdout` (`path` `None`): a new random key, as 64 hex
+/// characters and a newline, written to a new file of mode 0600 (never over an existing one: a
+/// key overwritten is a store lost), or printed.
+pub fn keygen(path: Option<&Path>) -> sessiondb::Result<ExitCode> {
     let key = EncryptionKey::generate()?;
     let mut line = Zeroizing::new(String::with_capacity(65));
     line.push_str(&key.to_hex());
     line.push('\n');
     let Some(path) = path else {
-        if !stdout {
-            return Err(Error::InvalidPath {
-                path: PathBuf::from("keygen"),
-                reason: "give a PATH to write the key to (or --stdout to print it)".into(),
-            });
-        }
         let mut out = io::stdout().lock();
         out.write_all(line.as_bytes())
             .and_then(|()| out.flush())

@@ -40,7 +40,7 @@ use sessiondb::{Db, EncryptionKey, Error, Options, SyncMode};
 /// another process has it open. Writing subcommands (put, delete, checkpoint, repair,
 /// migrate-sessions) open it and refuse while another process has it open.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(name = "sessiondb", version, about, long_about)]
 #[command(
     after_help = "Exit status: 0 success; 1 failure (verify: problems found; get: no such key); \
                         2 usage error (bad arguments, or DIR is not a store)."
@@ -225,6 +225,29 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         step_timeout: u64,
     },
+    /// Write a new random encryption key to PATH: 64 hex characters and a newline, mode 0600.
+    ///
+    /// Never overwrites a file (a key overwritten is a store lost). The key is printed only
+    /// with --stdout. Use the file with --key-file.
+    Keygen {
+        /// Where to write the key (must not exist).
+        path: Option<PathBuf>,
+        /// Print the key on standard output instead of writing a file.
+        #[arg(long, conflicts_with = "path")]
+        stdout: bool,
+    },
+    /// Change an encrypted store's key: --key-file is its key now, --new-key-file the new one.
+    ///
+    /// Only the keyring is sealed anew (every file keeps its own data key), atomically: after a
+    /// crash the store opens with one of the two keys. Refuses while the store is open elsewhere.
+    #[command(name = "rotate-key")]
+    RotateKey {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The file holding the new key.
+        #[arg(long, value_name = "PATH")]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -290,7 +313,32 @@ fn io_error(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Erro
     }
 }
 
+/// A missing argument, reported as clap reports one (with the usage line; exit 2).
+fn missing_argument(message: String) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
+/// The key a subcommand cannot do without; a usage error if --key-file is missing.
+fn required_key<'k>(key: Option<&'k EncryptionKey>, subcommand: &str, what: &str) -> &'k EncryptionKey {
+    key.unwrap_or_else(|| {
+        missing_argument(format!(
+            "`{subcommand}` needs --key-file PATH ({what}; `sessiondb keygen PATH` writes a new key)"
+        ))
+    })
+}
+
 fn run(command: Command, key_file: Option<&Path>) -> sessiondb::Result<ExitCode> {
+    if let Command::Keygen { path, stdout } = &command {
+        return match (path, stdout) {
+            (None, false) => {
+                missing_argument("`keygen` needs a PATH to write the key to (or --stdout to print it)".into())
+            }
+            (path, _) => keys::keygen(path.as_deref()),
+        };
+    }
     let key = key_file.map(keys::read_key_file).transpose()?;
     let key = key.as_ref();
     if let Command::Demo { dir, .. } | Command::Bench { dir: Some(dir), .. } | Command::Put { dir, .. } = &command {
@@ -346,6 +394,12 @@ fn run(command: Command, key_file: Option<&Path>) -> sessiondb::Result<ExitCode>
             steps,
             step_timeout,
         } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout), key),
+        Command::RotateKey { dir, new_key_file } => rotate_key(
+            &dir,
+            required_key(key, "rotate-key", "the store's key now"),
+            &new_key_file,
+        ),
+        Command::Keygen { .. } => unreachable!("handled above: it reads no key"),
     }
 }
 
@@ -692,6 +746,26 @@ fn checkpoint(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<Exit
             out::duration(started.elapsed())
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_key(dir: &Path, old: &EncryptionKey, new_key_file: &Path) -> sessiondb::Result<ExitCode> {
+    let new = keys::read_key_file(new_key_file)?;
+    if new.as_bytes() == old.as_bytes() {
+        return Err(Error::InvalidPath {
+            path: new_key_file.to_path_buf(),
+            reason: "holds the same key as --key-file: nothing to rotate".into(),
+        });
+    }
+    inspect::inventory(dir)?;
+    let db = Db::open_with(dir, keys::with_key(Options::new(), Some(old)))?;
+    keyed::rotate_key(&db, new)?;
+    db.close()?;
+    outln!(
+        "rotated the key of {}: it opens with the key in {} now, no longer with the old one",
+        dir.display(),
+        new_key_file.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
