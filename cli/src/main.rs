@@ -16,6 +16,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod convert;
 mod demo;
 mod keyed;
 mod keys;
@@ -225,6 +226,23 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         step_timeout: u64,
     },
+    /// Encrypt a closed store in place with the key in --key-file.
+    ///
+    /// Copies every live entry (value and expiry deadline) into a new encrypted store next to
+    /// DIR, compares the copy with the original, then exchanges the two directories in one step
+    /// and deletes the original: after a crash at any moment DIR is the whole original or the
+    /// whole encrypted store (the next encrypt deletes what the crash left beside it). Every
+    /// key gets a new version. The unencrypted bytes may remain in the file system's free
+    /// blocks. Refuses while the store is open elsewhere.
+    Encrypt {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// Decrypt a closed store in place; --key-file is its key. As encrypt, the other way.
+    Decrypt {
+        /// The store's directory.
+        dir: PathBuf,
+    },
     /// Write a new random encryption key to PATH: 64 hex characters and a newline, mode 0600.
     ///
     /// Never overwrites a file (a key overwritten is a store lost). The key is printed only
@@ -394,6 +412,16 @@ fn run(command: Command, key_file: Option<&Path>) -> sessiondb::Result<ExitCode>
             steps,
             step_timeout,
         } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout), key),
+        Command::Encrypt { dir } => convert::run(
+            &dir,
+            convert::Conversion::Encrypt,
+            required_key(key, "encrypt", "the key to encrypt with"),
+        ),
+        Command::Decrypt { dir } => convert::run(
+            &dir,
+            convert::Conversion::Decrypt,
+            required_key(key, "decrypt", "the store's key"),
+        ),
         Command::RotateKey { dir, new_key_file } => rotate_key(
             &dir,
             required_key(key, "rotate-key", "the store's key now"),
