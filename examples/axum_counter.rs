@@ -7,6 +7,12 @@
 //!
 //! Each visit is saved durably (fsynced) before its response is sent, so killing the server
 //! loses no visit it has answered. Sessions expire after 30 minutes without a visit.
+//!
+//! Encrypted at rest: give the store's key in `SESSIONDB_KEY` (64 hex characters) or in a file
+//! named by `SESSIONDB_KEY_FILE` (32 raw bytes or 64 hex characters), as a secrets manager or a
+//! systemd credential would provide it. Make one with `sessiondb keygen key.hex` (or
+//! `head -c 32 /dev/urandom > key.bin`), keep it outside the store's directory, and never lose
+//! it: without it the sessions cannot be read.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +21,7 @@ use axum::routing::get;
 use axum::Router;
 use sessiondb::session::tower::TowerStore;
 use sessiondb::session::SessionStore;
+use sessiondb::{EncryptionKey, Options};
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 const COUNTER: &str = "visits";
@@ -24,6 +31,19 @@ async fn visit(session: Session) -> Result<String, (axum::http::StatusCode, Stri
     let visits = session.get::<u64>(COUNTER).await.map_err(fail)?.unwrap_or(0) + 1;
     session.insert(COUNTER, visits).await.map_err(fail)?;
     Ok(format!("visits: {visits}\n"))
+}
+
+/// The store's encryption key, if the environment gives one: `SESSIONDB_KEY` (hex) or the file
+/// `SESSIONDB_KEY_FILE` names. Never printed, and wiped from memory when dropped.
+fn key_from_env() -> Result<Option<EncryptionKey>, Box<dyn std::error::Error>> {
+    if let Ok(hex) = std::env::var("SESSIONDB_KEY") {
+        return Ok(Some(EncryptionKey::from_hex(&hex)?));
+    }
+    if let Some(path) = std::env::var_os("SESSIONDB_KEY_FILE") {
+        let contents = zeroize::Zeroizing::new(std::fs::read(&path)?);
+        return Ok(Some(EncryptionKey::from_key_file_contents(&contents)?));
+    }
+    Ok(None)
 }
 
 fn usage() -> ! {
@@ -45,7 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Opening recovers whatever the last run wrote durably, even if it was killed.
-    let store = TowerStore::new(SessionStore::open(&dir)?);
+    let mut options = Options::new();
+    if let Some(key) = key_from_env()? {
+        options = options.encryption_key(key);
+    }
+    // (An encrypted store opened without its key, or with another, fails here with a message
+    // that says so; it is never served empty.)
+    let sessions = SessionStore::open_with(&dir, options).map_err(|e| e.to_string())?;
+    let store = TowerStore::new(sessions);
     // Expired sessions are never loaded, and the engine's sweeper frees them in the
     // background: no deletion task is needed (`ExpiredDeletion` is there if you want one).
 

@@ -19,10 +19,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
-use parking_lot::Mutex;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::format::{self, KeyringEntry};
@@ -116,8 +116,8 @@ impl EncryptionKey {
         s
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new((&*self.0).into())
+    fn cipher(&self) -> LessSafeKey {
+        aes_key(&self.0)
     }
 }
 
@@ -154,9 +154,49 @@ pub(crate) const DOMAIN_LOG: u32 = 1;
 /// Nonce domain of a snapshot entry.
 pub(crate) const DOMAIN_SNAPSHOT: u32 = 2;
 
+/// An AES-256-GCM key ready to use.
+fn aes_key(key: &[u8; KEY_BYTES]) -> LessSafeKey {
+    match UnboundKey::new(&AES_256_GCM, key) {
+        Ok(k) => LessSafeKey::new(k),
+        // NOTE: ring refuses only a key of the wrong length; this one is 32 bytes.
+        Err(_) => unreachable!("ring refused a 32-byte AES-256 key"),
+    }
+}
+
+/// Seals `buf` in place under `key`; returns the tag.
+fn seal_with(key: &LessSafeKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_BYTES] {
+    match key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf) {
+        Ok(tag) => {
+            let mut t = [0u8; TAG_BYTES];
+            t.copy_from_slice(tag.as_ref());
+            t
+        }
+        // NOTE: GCM refuses only messages over 64 GiB; pieces are at most a value and a key.
+        Err(_) => unreachable!("AES-GCM refused a piece of {} bytes", buf.len()),
+    }
+}
+
+/// Opens `buf` in place under `key` if `tag` authenticates it with `aad`.
+fn open_with(key: &LessSafeKey, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
+    let Ok(tag) = <[u8; TAG_BYTES]>::try_from(tag) else {
+        return false;
+    };
+    key.open_in_place_separate_tag(
+        Nonce::assume_unique_for_key(*nonce),
+        Aad::from(aad),
+        Tag::from(tag),
+        buf,
+        0..,
+    )
+    .is_ok()
+}
+
 /// One file's data key, ready to seal and open its pieces.
-pub(crate) struct FileCipher {
-    aead: Aes256Gcm,
+pub struct FileCipher {
+    aead: LessSafeKey,
+    /// The key itself, for the nonce audit (test builds only).
+    #[cfg(feature = "sim")]
+    key: [u8; KEY_BYTES],
     /// The next log nonce counter value (log segments only).
     next_nonce: AtomicU64,
     /// Pieces sealed with this key (tests count nonces with it).
@@ -172,9 +212,12 @@ impl fmt::Debug for FileCipher {
 }
 
 impl FileCipher {
-    pub(crate) fn new(key: &[u8; KEY_BYTES]) -> FileCipher {
+    /// A file's cipher from its data key.
+    pub fn new(key: &[u8; KEY_BYTES]) -> FileCipher {
         FileCipher {
-            aead: Aes256Gcm::new(key.into()),
+            aead: aes_key(key),
+            #[cfg(feature = "sim")]
+            key: *key,
             next_nonce: AtomicU64::new(0),
             sealed: AtomicU64::new(0),
         }
@@ -190,23 +233,16 @@ impl FileCipher {
     /// Encrypts `buf` in place; returns the tag.
     pub(crate) fn seal(&self, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_BYTES] {
         self.sealed.fetch_add(1, Ordering::Relaxed);
-        match self.aead.encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf) {
-            Ok(tag) => tag.into(),
-            // NOTE: GCM refuses only messages over 64 GiB; pieces are at most a value and a key.
-            Err(_) => unreachable!("AES-GCM refused a piece of {} bytes", buf.len()),
-        }
+        #[cfg(feature = "sim")]
+        audit::sealed(&self.key, nonce);
+        seal_with(&self.aead, nonce, aad, buf)
     }
 
     /// Decrypts `buf` in place if `tag` authenticates it with `aad`; `false` (and `buf`
     /// unchanged in meaning) if not.
     #[must_use]
     pub(crate) fn open(&self, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
-        if tag.len() != TAG_BYTES {
-            return false;
-        }
-        self.aead
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
-            .is_ok()
+        open_with(&self.aead, nonce, aad, buf, tag)
     }
 
     /// Pieces sealed with this key since it was loaded or made.
@@ -291,13 +327,7 @@ impl Keyring {
         })?;
         let sealed = format::decode_keyring(&bytes).map_err(|d| keyring_damage(&path, d))?;
         let mut body = Zeroizing::new(sealed.body.to_vec());
-        let opened = master.cipher().decrypt_in_place_detached(
-            Nonce::from_slice(&sealed.nonce),
-            sealed.aad,
-            &mut body,
-            Tag::from_slice(sealed.tag),
-        );
-        if opened.is_err() {
+        if !open_with(&master.cipher(), &sealed.nonce, sealed.aad, &mut body, sealed.tag) {
             return Err(Error::WrongKey { path });
         }
         let entries = format::decode_keyring_body(&body).map_err(|d| keyring_damage(&path, d))?;
@@ -408,15 +438,8 @@ impl Keyring {
         let mut nonce = [0u8; NONCE_BYTES];
         random(&mut nonce)?;
         let header = format::encode_keyring_header(st.generation, &nonce, body.len());
-        let tag = match st
-            .master
-            .cipher()
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &header, &mut body)
-        {
-            Ok(tag) => tag,
-            Err(_) => unreachable!("AES-GCM refused a keyring of {} bytes", body.len()),
-        };
-        let bytes = format::encode_keyring(&header, &body, &tag.into());
+        let tag = seal_with(&st.master.cipher(), &nonce, &header, &mut body);
+        let bytes = format::encode_keyring(&header, &body, &tag);
         let (path, tmp) = (self.layout.keyring(), self.layout.keyring_tmp());
         let s = self.storage.as_ref();
         let _ = s.remove(&tmp);
@@ -482,5 +505,51 @@ mod tests {
         assert_eq!(&buf[..], b"secret");
         assert_eq!(c.take_nonces(3), 0);
         assert_eq!(c.take_nonces(1), 3);
+    }
+}
+
+/// The nonce audit of test builds: while on, every piece sealed under a data key is recorded
+/// with its nonce, and a nonce used twice under one key (which would break GCM) panics.
+#[cfg(feature = "sim")]
+pub mod audit {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use parking_lot::Mutex;
+
+    use super::{KEY_BYTES, NONCE_BYTES};
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static SEALED: AtomicU64 = AtomicU64::new(0);
+    static SEEN: Mutex<Option<HashSet<[u8; KEY_BYTES + NONCE_BYTES]>>> = Mutex::new(None);
+
+    /// Starts recording (clearing what was recorded).
+    pub fn start() {
+        *SEEN.lock() = Some(HashSet::new());
+        SEALED.store(0, Ordering::SeqCst);
+        ON.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops recording; returns how many pieces were sealed while it was on, and under how
+    /// many distinct data keys.
+    pub fn stop() -> (u64, usize) {
+        ON.store(false, Ordering::SeqCst);
+        let seen = SEEN.lock().take().unwrap_or_default();
+        let keys: HashSet<&[u8]> = seen.iter().map(|k| &k[..KEY_BYTES]).collect();
+        (SEALED.load(Ordering::SeqCst), keys.len())
+    }
+
+    pub(super) fn sealed(key: &[u8; KEY_BYTES], nonce: &[u8; NONCE_BYTES]) {
+        if !ON.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut id = [0u8; KEY_BYTES + NONCE_BYTES];
+        id[..KEY_BYTES].copy_from_slice(key);
+        id[KEY_BYTES..].copy_from_slice(nonce);
+        let mut seen = SEEN.lock();
+        if let Some(seen) = seen.as_mut() {
+            assert!(seen.insert(id), "a nonce was used twice under one data key: {nonce:?}");
+            SEALED.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }

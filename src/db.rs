@@ -245,7 +245,11 @@ impl Db {
                     expires_at_ms: deadline_ms(now, *ttl),
                 },
             };
-            size += format::op_encoded_size(&op);
+            size += if self.engine.keyring.is_some() {
+                format::op_encoded_size_encrypted(&op)
+            } else {
+                format::op_encoded_size(&op)
+            };
             ops.push(op);
         }
         let max = self.engine.opts.batch_size_max;
@@ -312,6 +316,26 @@ impl Db {
     /// snapshot is durable and the covered segments are gone. One checkpoint runs at a time.
     pub fn checkpoint(&self) -> Result<()> {
         checkpoint::run(&self.engine)
+    }
+
+    /// Seals the keyring of an encrypted store under `new` from now on (durably; no data file
+    /// is rewritten): later opens need `new`. Files deleted before the rotation cannot be
+    /// decrypted with the keyring afterwards, even by someone who learns the old key (see
+    /// docs/design.md, "Encryption at rest", for what the file system may keep).
+    /// [`Error::NotEncrypted`] on a store that is not encrypted.
+    pub fn rotate_key(&self, new: crate::EncryptionKey) -> Result<()> {
+        self.engine.check_poison()?;
+        match &self.engine.keyring {
+            Some(keyring) => keyring.rotate(new),
+            None => Err(Error::NotEncrypted {
+                path: self.engine.layout.dir().to_path_buf(),
+            }),
+        }
+    }
+
+    /// Whether the store is encrypted at rest.
+    pub fn is_encrypted(&self) -> bool {
+        self.engine.keyring.is_some()
     }
 
     /// Counters and sizes.

@@ -80,8 +80,9 @@ pub enum Error {
         path: PathBuf,
         /// The version found in the file.
         found: u32,
-        /// The newest version this build reads, the one it writes (it reads every version from
-        /// [`crate::FORMAT_VERSION_OLDEST`] to this one).
+        /// The newest version this build reads, [`crate::FORMAT_VERSION_NEWEST`] (it reads every
+        /// version from [`crate::FORMAT_VERSION_OLDEST`] to this one; it writes version 2, and 3
+        /// in an encrypted store).
         supported: u32,
     },
 

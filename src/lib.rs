@@ -49,7 +49,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::EncryptionKey;
 pub use db::{Db, Iter, Versioned};
 pub use error::{Conflict, Error, Result};
-pub use format::{FORMAT_VERSION, FORMAT_VERSION_OLDEST};
+pub use format::{FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED, FORMAT_VERSION_NEWEST, FORMAT_VERSION_OLDEST};
 pub use options::{Durability, Options, RecoveryMode, SyncMode};
 pub use stats::{LatencyHistogram, RecoveryReport, Skipped, Stats};
 pub use tools::backup::{backup_dir, restore, BackupReport, RestoreReport};
@@ -81,6 +81,15 @@ pub mod internals {
     /// Entry points of the fuzz targets.
     pub mod fuzzing {
         pub use crate::tools::inspect::fuzzing::*;
+    }
+    /// A file's data key, to seal and open format version 3's pieces (golden files, fuzzing).
+    pub mod crypto {
+        pub use crate::crypto::FileCipher;
+    }
+    /// The nonce audit: every nonce sealed under each data key, recorded (test builds).
+    #[cfg(feature = "sim")]
+    pub mod nonce_audit {
+        pub use crate::crypto::audit::*;
     }
     /// Test hooks of the engine's protocol points ([`crate::Options::on_point`]).
     pub use crate::storage::sim::Point;

@@ -50,9 +50,15 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// With `env` set (the encryption key, say).
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(example_binary())
             .args(["--addr", "127.0.0.1:0", "--dir"])
             .arg(dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -121,4 +127,44 @@ async fn counter_survives_sigkill_and_restart() {
         "a new visitor starts at 1"
     );
     server.kill();
+}
+
+/// The example's encrypted mode: the key from `SESSIONDB_KEY_FILE`; sessions survive a kill,
+/// the visitor's counter never appears in the store's files in clear, and a start without the
+/// key fails (it never serves an empty store in place of the encrypted one).
+#[tokio::test]
+async fn encrypted_counter_with_a_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("key.hex");
+    std::fs::write(&key_file, format!("{}\n", "3c".repeat(32))).unwrap();
+    let env = [("SESSIONDB_KEY_FILE", key_file.to_str().unwrap())];
+    let alice = browser();
+    let server = Server::start_with(dir.path(), &env);
+    for n in 1..=2 {
+        assert_eq!(visit(&alice, &server).await, format!("visits: {n}"));
+    }
+    server.kill();
+    assert!(dir.path().join("KEYRING").exists(), "the store is encrypted");
+    let server = Server::start_with(dir.path(), &env);
+    assert_eq!(visit(&alice, &server).await, "visits: 3");
+    server.kill();
+    let plain = "\"visits\"";
+    for entry in std::fs::read_dir(dir.path().join("wal")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(plain.len()).any(|w| w == plain.as_bytes()),
+            "session data in clear"
+        );
+    }
+    let status = Command::new(example_binary())
+        .args(["--addr", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run without the key");
+    assert!(!status.status.success(), "started without the key");
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(err.contains("encrypted"), "says why: {err}");
 }

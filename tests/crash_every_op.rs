@@ -10,7 +10,7 @@
 //! operations for some k ≥ the number acknowledged; a second reopen gives the same contents.
 
 use sessiondb::internals::sim::{CrashMode, SimStorage};
-use sessiondb::{Db, SyncMode};
+use sessiondb::{Db, EncryptionKey, Options, SyncMode};
 
 mod support;
 use support::faults::{apply, check_oracle, issue, options, Op, State, DIR};
@@ -70,7 +70,21 @@ fn run(db: &Db, steps: &[Step]) -> usize {
 
 #[test]
 fn crash_at_every_io_op() {
-    let (seed, _guard) = support::seeded("crash_at_every_io_op");
+    crash_at_every_io_op_of(|sim, mode| options(sim, mode), "crash_at_every_io_op");
+}
+
+/// The same on an encrypted store: its keyring is written at creation, at every segment taken
+/// for appends and at every checkpoint, and each is a crash point too.
+#[test]
+fn crash_at_every_io_op_encrypted() {
+    crash_at_every_io_op_of(
+        |sim, mode| options(sim, mode).encryption_key(EncryptionKey::from_bytes([0xc5; 32])),
+        "crash_at_every_io_op_encrypted",
+    );
+}
+
+fn crash_at_every_io_op_of(options: impl Fn(&SimStorage, SyncMode) -> Options, test: &'static str) {
+    let (seed, _guard) = support::seeded(test);
     let steps = workload();
     let states = model_states(&steps);
 

@@ -1561,8 +1561,8 @@ fn hostile_segment_headers() {
 
         // A genuine version this build does not read keeps the preamble intact: it reads as
         // that version, before the rest of the header (laid out as that version likes) is looked
-        // at. Version 3 is the next one; 0 was never written.
-        for other in [0, 3, 4, u32::MAX] {
+        // at. Version 4 is the next one (3 is an encrypted store's); 0 was never written.
+        for other in [0, 4, 5, u32::MAX] {
             assert_eq!(
                 decode_segment_header(&with_version(&h, other, true)),
                 HeaderState::UnsupportedVersion(other)
@@ -1611,7 +1611,7 @@ fn hostile_snapshot_headers() {
     for v in VERSIONS {
         let h = snapshot_header(v);
         assert!(matches!(decode_snapshot_header(&h[..31]), HeaderState::Damaged(_)));
-        for other in [0, 3, 4, u32::MAX] {
+        for other in [0, 4, 5, u32::MAX] {
             assert_eq!(
                 decode_snapshot_header(&with_version(&h, other, true)),
                 HeaderState::UnsupportedVersion(other)

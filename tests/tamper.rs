@@ -391,15 +391,16 @@ fn newer_segment_version_is_unsupported_format() {
         let copy = fresh_copy(store.path());
         let seg: PathBuf = copy.path().join(seg_path.strip_prefix(store.path()).unwrap());
         let mut bytes = fs::read(&seg).unwrap();
-        patch_segment_version(&mut bytes, 3, true);
+        // Version 4: the newest this build reads is 3 (an encrypted store's files).
+        patch_segment_version(&mut bytes, 4, true);
         fs::write(&seg, &bytes).unwrap();
         match Db::open_with(copy.path(), opts(RecoveryMode::TolerateTornTail)) {
             Err(Error::UnsupportedFormat { path, found, supported }) => {
-                assert_eq!((found, supported), (3, sessiondb::FORMAT_VERSION));
+                assert_eq!((found, supported), (4, sessiondb::FORMAT_VERSION_NEWEST));
                 assert!(path.ends_with(wal_relative(seg_path)), "names {}", path.display());
             }
             Err(e) => panic!("expected UnsupportedFormat, got {e:?}"),
-            Ok(_) => panic!("a segment of format version 3 was accepted"),
+            Ok(_) => panic!("a segment of format version 4 was accepted"),
         }
     }
 }

@@ -69,6 +69,10 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
             if let (Some(sealed), false) = (&roll.sealed, snapshot_in_place) {
                 engine.unroll(sealed);
             }
+            if let (Some(keyring), false) = (&engine.keyring, snapshot_in_place) {
+                // Best effort: the next open drops keys of files that are gone anyway.
+                let _ = keyring.forget(&[FileId::Snapshot(base_seq)]);
+            }
             return Err(e.needing(snapshot_estimate(engine)));
         }
     };
@@ -111,7 +115,13 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
     let storage = engine.storage.as_ref();
     let tmp = engine.layout.snapshot_tmp(base_seq);
     let path = engine.layout.snapshot(base_seq);
-    let end_seq = write_snapshot(engine, &tmp, roll)?;
+    // An encrypted store's snapshot gets a new data key, durable in the keyring before the
+    // snapshot can become the recovery base.
+    let cipher = match &engine.keyring {
+        Some(keyring) => Some(keyring.fresh(FileId::Snapshot(base_seq))?),
+        None => None,
+    };
+    let end_seq = write_snapshot(engine, &tmp, roll, cipher.clone())?;
     point!(engine, CheckpointWritten);
     // The snapshot may hold writes up to end_seq; they must be durable in the log before the
     // snapshot becomes the recovery base, or a crash could leave a state no prefix produced.
@@ -131,7 +141,7 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
     let size = bytes.bytes().len() as u64;
     // Pair the checks: the snapshot is read back and verified before the log it replaces goes.
     let slot = engine.index.write().slot(FileId::Snapshot(base_seq));
-    let (loaded, entries) = decode_snapshot(bytes, &path, base_seq, slot)?;
+    let (loaded, entries) = decode_snapshot(bytes, &path, base_seq, slot, cipher)?;
     let mut index = engine.index.write();
     index.set_source(loaded.source());
     index.rebase(entries, roll.base, roll.cut_ms);
@@ -144,8 +154,13 @@ fn write_and_rebase(engine: &Engine, roll: &RollPoint) -> Result<u64> {
 /// key and version around it (version 1). A value that does not verify fails the checkpoint,
 /// naming the file and offset it was read from, and never reaches the snapshot. A checksum
 /// just checked is written as it is; a version 1 value gets one computed.
-fn write_snapshot(engine: &Engine, tmp: &Path, roll: &RollPoint) -> Result<u64> {
-    let mut writer = SnapshotWriter::create(engine.storage.as_ref(), tmp, roll.base)?;
+fn write_snapshot(
+    engine: &Engine,
+    tmp: &Path,
+    roll: &RollPoint,
+    cipher: Option<Arc<crate::crypto::FileCipher>>,
+) -> Result<u64> {
+    let mut writer = SnapshotWriter::create(engine.storage.as_ref(), tmp, roll.base, cipher)?;
     let mut lower: Bound<Key> = Bound::Unbounded;
     // The snapshot block verified last: values come from a snapshot in key order, which is the
     // order of its blocks, so each block is checked once.
@@ -247,7 +262,18 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
     let (segments, snapshots) = forget_covered(engine, base_seq, old_snapshots);
     let layout = &engine.layout;
     remove_files(engine, segments.iter().map(|&id| layout.segment(id)), layout.wal_dir())?;
-    remove_files(engine, snapshots.iter().map(|&seq| layout.snapshot(seq)), layout.dir())
+    remove_files(engine, snapshots.iter().map(|&seq| layout.snapshot(seq)), layout.dir())?;
+    // The deleted files' data keys go too (after the files: a crash between leaves keys of
+    // files that are gone, which the next open drops; never a file without its key).
+    if let Some(keyring) = &engine.keyring {
+        let gone: Vec<FileId> = segments
+            .iter()
+            .map(|&id| FileId::Segment(id))
+            .chain(snapshots.iter().map(|&seq| FileId::Snapshot(seq)))
+            .collect();
+        keyring.forget(&gone)?;
+    }
+    Ok(())
 }
 
 /// Takes the files [`remove_covered`] deletes out of the log and the index, under their locks;

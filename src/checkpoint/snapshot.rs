@@ -7,6 +7,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::crypto::FileCipher;
 use crate::error::{Error, Result};
 use crate::format::{self, BlockBuilder, BlockFrame, HeaderState, SnapshotEntry, SnapshotFooter, SNAPSHOT_HEADER_SIZE};
 use crate::index::{BaseEntries, BaseEntry, Key, Slot, Source};
@@ -32,27 +33,50 @@ pub(crate) struct SnapshotWriter {
     written: u64,
     block: BlockBuilder,
     count: u64,
+    /// The snapshot's data key, in an encrypted store.
+    cipher: Option<Arc<FileCipher>>,
 }
 
 impl SnapshotWriter {
-    /// Creates `path` for the snapshot with base sequence number `base_seq`. A leftover of an
-    /// interrupted run with the same base, which would make the create fail, is removed first.
-    pub(crate) fn create(storage: &dyn Storage, path: &Path, base_seq: u64) -> Result<SnapshotWriter> {
+    /// Creates `path` for the snapshot with base sequence number `base_seq`, sealed with
+    /// `cipher` if given (format version 3, an encrypted store). A leftover of an interrupted
+    /// run with the same base, which would make the create fail, is removed first.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        path: &Path,
+        base_seq: u64,
+        cipher: Option<Arc<FileCipher>>,
+    ) -> Result<SnapshotWriter> {
         let _ = storage.remove(path);
         let file = storage
             .open(path, OpenMode::CreateNew)
             .map_err(|e| Error::io("create", path, e))?;
         let mut out = Vec::with_capacity(WRITE_BUFFER_BYTES + limits::SNAPSHOT_BLOCK_BYTES_TARGET);
-        out.extend_from_slice(&format::encode_snapshot_header(base_seq));
+        let version = match cipher {
+            Some(_) => format::FORMAT_VERSION_ENCRYPTED,
+            None => format::FORMAT_VERSION,
+        };
+        out.extend_from_slice(&format::encode_snapshot_header_version(base_seq, version));
         Ok(SnapshotWriter {
             file,
             path: path.to_path_buf(),
             base_seq,
             out,
             written: 0,
-            block: BlockBuilder::new(),
+            block: BlockBuilder::with_version(version),
             count: 0,
+            cipher,
         })
+    }
+
+    /// Frames the block being built (sealing its entries first in an encrypted store) into the
+    /// output.
+    fn close_block(&mut self) {
+        if let Some(cipher) = &self.cipher {
+            let at = self.written + self.out.len() as u64;
+            self.block.seal(cipher, self.base_seq, at);
+        }
+        self.out.extend_from_slice(&self.block.finish());
     }
 
     /// Adds the next entry (keys ascend).
@@ -60,7 +84,7 @@ impl SnapshotWriter {
         self.block.push(entry);
         self.count += 1;
         if self.block.len() >= limits::SNAPSHOT_BLOCK_BYTES_TARGET {
-            self.out.extend_from_slice(&self.block.finish());
+            self.close_block();
         }
         if self.out.len() >= WRITE_BUFFER_BYTES {
             self.write_out()?;
@@ -79,7 +103,7 @@ impl SnapshotWriter {
     /// the entries may reflect) and fsyncs the file. Returns its size.
     pub(crate) fn finish(mut self, end_seq: u64) -> Result<u64> {
         if !self.block.is_empty() {
-            self.out.extend_from_slice(&self.block.finish());
+            self.close_block();
         }
         let footer = format::encode_snapshot_footer(SnapshotFooter {
             entry_count: self.count,
@@ -107,12 +131,15 @@ pub(crate) struct LoadedSnapshot {
     pub bytes: Arc<FileBytes>,
     /// Where each block starts.
     pub blocks: Arc<[u64]>,
+    /// Its data key, in an encrypted store.
+    pub cipher: Option<Arc<FileCipher>>,
 }
 
 impl LoadedSnapshot {
     /// How the index reads values from it.
     pub(crate) fn source(&self) -> Source {
         Source::snapshot(self.base_seq, self.version, self.bytes.clone(), self.blocks.clone())
+            .with_cipher(self.cipher.clone())
     }
 }
 
@@ -124,12 +151,13 @@ pub(crate) fn load_snapshot(
     path: &Path,
     base_seq: u64,
     slot: Slot,
+    cipher: Option<Arc<FileCipher>>,
 ) -> Result<(LoadedSnapshot, BaseEntries)> {
     let file = storage
         .open(path, OpenMode::Read)
         .map_err(|e| Error::io("open", path, e))?;
     let bytes = Arc::new(FileBytes::load(file.as_ref()).map_err(|e| Error::read(path, e))?);
-    decode_snapshot(bytes, path, base_seq, slot)
+    decode_snapshot(bytes, path, base_seq, slot, cipher)
 }
 
 /// Verifies and decodes the whole snapshot in `bytes`, its entries pointing at `slot`: the
@@ -139,13 +167,28 @@ pub(crate) fn decode_snapshot(
     path: &Path,
     base_seq: u64,
     slot: Slot,
+    cipher: Option<Arc<FileCipher>>,
 ) -> Result<(LoadedSnapshot, BaseEntries)> {
     let b = bytes.bytes();
     let version = check_header(b, path, base_seq)?;
+    if version == format::FORMAT_VERSION_ENCRYPTED && cipher.is_none() {
+        return Err(Error::corruption(
+            path,
+            0,
+            "the snapshot has no data key in the keyring",
+        ));
+    }
     let footer = check_footer(b, path, base_seq)?;
     let end = footer.footer_offset as usize;
     let frames = block_frames(b, end, path, version)?;
-    let (count, entries) = decode_in_halves(b, end, &frames, path, slot, version)?;
+    let how = Decoding {
+        path,
+        slot,
+        version,
+        base_seq,
+        cipher: cipher.as_deref(),
+    };
+    let (count, entries) = decode_in_halves(b, end, &frames, &how, slot)?;
     if count != footer.entry_count {
         return Err(Error::corruption(
             path,
@@ -160,6 +203,7 @@ pub(crate) fn decode_snapshot(
         entries: count,
         blocks: frames.iter().map(|f| f.0 as u64).collect(),
         bytes,
+        cipher,
     };
     Ok((loaded, entries))
 }
@@ -177,7 +221,7 @@ fn check_header(b: &[u8], path: &Path, base_seq: u64) -> Result<u32> {
         HeaderState::UnsupportedVersion(found) => Err(Error::UnsupportedFormat {
             path: path.to_path_buf(),
             found,
-            supported: format::FORMAT_VERSION,
+            supported: format::FORMAT_VERSION_NEWEST,
         }),
         HeaderState::Zero => Err(Error::corruption(path, 0, "snapshot header is zero")),
         HeaderState::Damaged(d) => Err(Error::corruption(path, d.offset, d.reason)),
@@ -219,10 +263,11 @@ fn decode_in_halves(
     b: &[u8],
     end: usize,
     frames: &[(usize, BlockFrame)],
-    path: &Path,
+    how: &Decoding<'_>,
     slot: Slot,
-    version: u32,
 ) -> Result<(u64, BaseEntries)> {
+    let _ = slot;
+    let path = how.path;
     let total: usize = frames.iter().map(|f| f.1.len).sum();
     let mut half = 0;
     let split = frames
@@ -238,8 +283,8 @@ fn decode_in_halves(
     let mut out: BaseEntries = Vec::with_capacity(n1 + n2);
     let (slots1, slots2) = out.spare_capacity_mut()[..n1 + n2].split_at_mut(n1);
     let (a, b2) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| decode_entries(b, end, second, (path, slot, version), slots2));
-        let mine = decode_entries(b, end, first, (path, slot, version), slots1);
+        let other = scope.spawn(|| decode_entries(b, end, second, how, slots2));
+        let mine = decode_entries(b, end, first, how, slots1);
         let other = other
             .join()
             .unwrap_or_else(|_| Err(Error::corruption(path, 0, "snapshot decoder thread panicked")));
@@ -262,21 +307,31 @@ fn decode_in_halves(
     Ok((a.count + b2.count, out))
 }
 
+/// How a snapshot's blocks are decoded.
+struct Decoding<'p> {
+    path: &'p Path,
+    slot: Slot,
+    version: u32,
+    base_seq: u64,
+    /// The data key of an encrypted store's snapshot.
+    cipher: Option<&'p FileCipher>,
+}
+
 /// One half of a snapshot, decoded.
-struct DecodedHalf<'a, 's> {
+struct DecodedHalf<'s> {
     /// Its slots, every one written.
     filled: Filling<'s>,
     /// Its entries, expired ones included.
     count: u64,
     /// The last key.
-    last: Option<&'a [u8]>,
+    last: Option<Vec<u8>>,
     /// The first key and its offset.
-    first: Option<(&'a [u8], u64)>,
+    first: Option<(Vec<u8>, u64)>,
 }
 
-impl<'a> DecodedHalf<'a, '_> {
+impl DecodedHalf<'_> {
     /// Leaves the entries to the vector; returns (count, first key and its offset, last key).
-    fn hand_over(self) -> HalfEnds<'a> {
+    fn hand_over(self) -> HalfEnds {
         self.filled.hand_over();
         HalfEnds {
             count: self.count,
@@ -287,10 +342,10 @@ impl<'a> DecodedHalf<'a, '_> {
 }
 
 /// What joins two decoded halves: their counts and the keys where they meet.
-struct HalfEnds<'a> {
+struct HalfEnds {
     count: u64,
-    first: Option<(&'a [u8], u64)>,
-    last: Option<&'a [u8]>,
+    first: Option<(Vec<u8>, u64)>,
+    last: Option<Vec<u8>>,
 }
 
 /// Slots of a vector being filled; on an early return, the entries written so far are dropped
@@ -340,34 +395,51 @@ impl Drop for Filling<'_> {
 
 /// Checks and decodes the framed blocks into `slots`, which must be exactly as many as their
 /// entries; keys must ascend. Returns Ok only with every slot written.
-fn decode_entries<'a, 's>(
-    b: &'a [u8],
+fn decode_entries<'s>(
+    b: &[u8],
     end: usize,
     frames: &[(usize, format::BlockFrame)],
-    (path, slot, version): (&Path, Slot, u32),
+    how: &Decoding<'_>,
     slots: &'s mut [MaybeUninit<(Key, BaseEntry)>],
-) -> Result<DecodedHalf<'a, 's>> {
+) -> Result<DecodedHalf<'s>> {
+    let Decoding {
+        path, slot, version, ..
+    } = *how;
     let mut out = Filling { slots, filled: 0 };
     let mut count = 0u64;
-    let mut first: Option<(&[u8], u64)> = None;
-    let mut prev_key: Option<&[u8]> = None;
+    let mut first: Option<(Vec<u8>, u64)> = None;
+    // The previous key (copied: an encrypted block is opened in a buffer reused by the next).
+    let mut prev_key: Vec<u8> = Vec::new();
+    let mut opened: Vec<u8> = Vec::new();
     for &(at, frame) in frames {
-        let block = &b[at..end];
+        let in_file = &b[at..end];
         let corrupt = |d: format::Damage| Error::corruption(path, at as u64 + d.offset, d.reason);
-        format::verify_block(block, frame).map_err(corrupt)?;
+        format::verify_block(in_file, frame).map_err(corrupt)?;
+        let block = match how.cipher {
+            Some(cipher) if version == format::FORMAT_VERSION_ENCRYPTED => {
+                opened.clear();
+                opened.extend_from_slice(&in_file[..frame.len]);
+                format::open_block(&mut opened, frame, cipher, how.base_seq, at as u64).map_err(corrupt)?;
+                &opened[..]
+            }
+            _ => in_file,
+        };
         let entries = format::decode_block_entries(block, frame, version).map_err(corrupt)?;
         for d in entries {
             let e = d.entry;
             let offset = (at + d.value_at) as u64;
-            if prev_key.is_some_and(|p| p >= e.key) {
+            if count > 0 && prev_key.as_slice() >= e.key {
                 return Err(Error::corruption(
                     path,
                     offset,
                     "snapshot keys are not in ascending order",
                 ));
             }
-            prev_key = Some(e.key);
-            first.get_or_insert((e.key, offset));
+            prev_key.clear();
+            prev_key.extend_from_slice(e.key);
+            if first.is_none() {
+                first = Some((e.key.to_vec(), offset));
+            }
             count += 1;
             let Some(seq) = NonZeroU64::new(e.seq) else {
                 return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
@@ -400,7 +472,7 @@ fn decode_entries<'a, 's>(
     Ok(DecodedHalf {
         filled: out,
         count,
-        last: prev_key,
+        last: (count > 0).then_some(prev_key),
         first,
     })
 }
@@ -448,7 +520,7 @@ mod tests {
 
     fn decode(bytes: Vec<u8>) -> Result<BaseEntries> {
         let slot = Index::default().slot(FileId::Snapshot(BASE));
-        decode_snapshot(Arc::new(FileBytes::Owned(bytes)), Path::new("t.snap"), BASE, slot).map(|(_, e)| e)
+        decode_snapshot(Arc::new(FileBytes::Owned(bytes)), Path::new("t.snap"), BASE, slot, None).map(|(_, e)| e)
     }
 
     #[test]

@@ -367,6 +367,9 @@ impl Engine {
 
     /// Encodes `ops` as a record payload and works out the index changes it makes.
     fn prepare(&self, ops: &[Op<'_>], durability: Durability) -> Prepared {
+        if self.keyring.is_some() {
+            return self.prepare_encrypted(ops, durability);
+        }
         let size = ops
             .iter()
             .fold(format::PAYLOAD_COUNT_SIZE, |n, op| n + format::op_encoded_size(op));
@@ -384,9 +387,34 @@ impl Engine {
         };
         debug_assert_eq!(size, payload.len(), "the payload is as long as its layout says");
         debug_assert!(
-            payload_decodes_to(&payload, ops),
+            payload_decodes_to(&payload, ops, FORMAT_VERSION, format::value_offsets(ops)),
             "the payload decodes to what was asked"
         );
+        Prepared {
+            payload,
+            changes,
+            sync: durability.needs_sync(self.opts.sync_mode),
+        }
+    }
+
+    /// [`Engine::prepare`] in an encrypted store: the payload of format version 3, in clear
+    /// until the log writer seals it where it lands.
+    fn prepare_encrypted(&self, ops: &[Op<'_>], durability: Durability) -> Prepared {
+        let size = ops.iter().fold(format::PAYLOAD_COUNT_SIZE, |n, op| {
+            n + format::op_encoded_size_encrypted(op)
+        });
+        let mut payload = SPARE_PAYLOAD.with(Cell::take);
+        payload.reserve(size);
+        let offsets = format::encode_ops_encrypted(&mut payload, ops);
+        debug_assert_eq!(size, payload.len(), "the payload is as long as its layout says");
+        debug_assert!(
+            payload_decodes_to(&payload, ops, format::FORMAT_VERSION_ENCRYPTED, offsets.iter().copied()),
+            "the payload decodes to what was asked"
+        );
+        let changes = match ops {
+            [op] => Changes::One(Change::of(op, offsets[0])),
+            _ => Changes::Many(ops.iter().zip(offsets).map(|(op, at)| Change::of(op, at)).collect()),
+        };
         Prepared {
             payload,
             changes,
@@ -566,11 +594,15 @@ impl Engine {
 
     /// Writes the group to the log; returns where it went and what an fsync would make durable.
     fn append(&self, group: &mut Group) -> Result<(Placement, SyncTarget)> {
-        seal_value_crcs(group);
+        if self.keyring.is_none() {
+            // (An encrypted store's payloads are sealed by the log writer, which knows where
+            // each record lands.)
+            seal_value_crcs(group);
+        }
         let mut log = self.log.lock();
         let bytes_before = log.bytes_written;
         let placement = log
-            .append(&group.records, &mut group.placed)
+            .append(&mut group.records, &mut group.placed)
             .inspect_err(|e| self.poison(e))?;
         let written = log.bytes_written - bytes_before;
         self.counters
@@ -585,10 +617,13 @@ impl Engine {
         debug_assert_eq!(group.records.len(), group.placed.len());
         let mut index = self.index.write();
         for seg in placement.sealed {
-            index.set_source(sealed_source(&seg));
+            index.set_source(sealed_source(&seg, self.write_version()));
         }
         for seg in placement.activated {
-            index.set_source(Source::file(FileId::Segment(seg.id), FORMAT_VERSION, seg.file.clone()));
+            index.set_source(
+                Source::file(FileId::Segment(seg.id), self.write_version(), seg.file.clone())
+                    .with_cipher(seg.cipher.clone()),
+            );
         }
         let records = group.records.iter().zip(group.placed.iter().copied());
         for ((rec, (segment, offset)), changes) in records.zip(group.changes.drain(..)) {
@@ -676,11 +711,10 @@ impl Engine {
         // the checkpoint succeeds, and if the checkpoint fails it may take appends again
         // (`Engine::unroll`), which a mapped file must never do.
         let sealed = rolled.map(|(sealed, active)| {
-            index.set_source(Source::file(
-                FileId::Segment(active.id),
-                FORMAT_VERSION,
-                active.file.clone(),
-            ));
+            index.set_source(
+                Source::file(FileId::Segment(active.id), self.write_version(), active.file.clone())
+                    .with_cipher(active.cipher.clone()),
+            );
             sealed
         });
         debug_assert_eq!(index.applied_seq, base, "no group is in flight");
@@ -789,21 +823,22 @@ fn seal_value_crcs(group: &mut Group) {
 
 /// Pair the checks (debug builds; the hot path skips it): an encoded payload decodes back to the
 /// operations it was made from, each value where the layout puts it.
-fn payload_decodes_to(payload: &[u8], ops: &[Op<'_>]) -> bool {
-    let Ok(decoded) = format::decode_ops(payload, FORMAT_VERSION, None) else {
+fn payload_decodes_to(
+    payload: &[u8],
+    ops: &[Op<'_>],
+    version: u32,
+    offsets: impl Iterator<Item = Option<usize>>,
+) -> bool {
+    let Ok(decoded) = format::decode_ops(payload, version, None) else {
         return false;
     };
     decoded.len() == ops.len()
-        && decoded
-            .iter()
-            .zip(ops)
-            .zip(format::value_offsets(ops))
-            .all(|((d, o), at)| {
-                let value_ok = match (d, at) {
-                    (Op::Put { value, .. }, Some(at)) => value.as_ptr() as usize - payload.as_ptr() as usize == at,
-                    (Op::Put { .. }, None) => false,
-                    (_, at) => at.is_none(),
-                };
-                value_ok && d == o
-            })
+        && decoded.iter().zip(ops).zip(offsets).all(|((d, o), at)| {
+            let value_ok = match (d, at) {
+                (Op::Put { value, .. }, Some(at)) => value.as_ptr() as usize - payload.as_ptr() as usize == at,
+                (Op::Put { .. }, None) => false,
+                (_, at) => at.is_none(),
+            };
+            value_ok && d == o
+        })
 }

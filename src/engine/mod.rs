@@ -62,6 +62,8 @@ pub(crate) struct Recovered {
     pub snapshots: Vec<(u64, u64)>,
     pub log_bytes_since_checkpoint: u64,
     pub report: RecoveryReport,
+    /// An encrypted store's keyring.
+    pub keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 pub(crate) struct Engine {
@@ -89,6 +91,8 @@ pub(crate) struct Engine {
     /// Every fsync of the log goes through it (the log writer's own seals too); it knows the
     /// highest sequence number known durable.
     pub log_sync: Arc<LogSync>,
+    /// An encrypted store's keyring (docs/design.md, "Encryption at rest").
+    pub keyring: Option<Arc<crate::crypto::Keyring>>,
 }
 
 impl Engine {
@@ -105,6 +109,7 @@ impl Engine {
         );
         Engine {
             log_sync,
+            keyring: r.keyring,
             storage: opts.storage.clone(),
             layout,
             opts,
@@ -143,6 +148,15 @@ impl Engine {
     pub(crate) fn point(&self, point: crate::storage::sim::Point) {
         if let Some(hook) = &self.opts.on_point {
             hook(point);
+        }
+    }
+
+    /// The format version of the files this store writes: 3 if it is encrypted, else 2.
+    pub(crate) fn write_version(&self) -> u32 {
+        if self.keyring.is_some() {
+            crate::format::FORMAT_VERSION_ENCRYPTED
+        } else {
+            FORMAT_VERSION
         }
     }
 
@@ -215,10 +229,11 @@ impl Engine {
 }
 
 /// How values in a segment that no longer changes are read: mapped when the storage can.
-pub(crate) fn sealed_source(seg: &SegmentFile) -> Source {
+pub(crate) fn sealed_source(seg: &SegmentFile, version: u32) -> Source {
     let file = FileId::Segment(seg.id);
-    match seg.file.map() {
-        Ok(Some(map)) => Source::bytes(file, FORMAT_VERSION, Arc::new(crate::storage::FileBytes::Mapped(map))),
-        _ => Source::file(file, FORMAT_VERSION, seg.file.clone()),
-    }
+    let source = match seg.file.map() {
+        Ok(Some(map)) => Source::bytes(file, version, Arc::new(crate::storage::FileBytes::Mapped(map))),
+        _ => Source::file(file, version, seg.file.clone()),
+    };
+    source.with_cipher(seg.cipher.clone())
 }

@@ -128,6 +128,9 @@ impl Engine {
             )
         };
         let value_len = loc.len as usize;
+        if source.version == format::FORMAT_VERSION_ENCRYPTED {
+            return self.read_sealed_value(source, key, entry).map(|v| (v, None));
+        }
         let (back, tail) = match source.file {
             FileId::Snapshot(_) => (format::snapshot_value_back(key.len(), source.version), 0),
             FileId::Segment(_) if source.version == 1 => return self.read_v1_record_value(source, key, entry),
@@ -154,6 +157,47 @@ impl Engine {
                 Ok((cut_to(b, back..back + value_len), crc))
             }
         }
+    }
+
+    /// A value in a file of an encrypted store (format version 3): the sealed put or snapshot
+    /// entry is read (O(key + value) bytes), its framing checked against the index entry, and
+    /// opened with the file's data key, its placement (file, offset, version) as associated
+    /// data: bytes damaged, moved from another place, file or store, or of another version,
+    /// do not authenticate and are `Corruption`, never a value.
+    fn read_sealed_value(&self, source: &Source, key: &[u8], entry: &Entry) -> Result<Vec<u8>> {
+        let loc = entry.loc;
+        let seq = entry.seq.get();
+        let value_len = loc.len as usize;
+        let path = || self.file_path(source.file);
+        let not_its = |at: u64, why: &str| {
+            Error::corruption(
+                path(),
+                at,
+                format!(
+                    "the bytes here are not the value of key {} at version {seq}: {why}",
+                    show_key(key)
+                ),
+            )
+        };
+        let Some(cipher) = &source.cipher else {
+            return Err(not_its(loc.offset, "the file has no data key in the keyring"));
+        };
+        let (back, tail) = match source.file {
+            FileId::Snapshot(_) => (format::ENTRY_HEADER_SIZE_ENCRYPTED + key.len(), 0),
+            FileId::Segment(_) => (format::log_value_back_encrypted(key.len()), crate::crypto::TAG_BYTES),
+        };
+        let Some(start) = loc.offset.checked_sub(back as u64) else {
+            return Err(not_its(loc.offset, "it lies at the start of the file"));
+        };
+        let mut b = self.read_bytes(source, start, back + value_len + tail)?;
+        let opened = match source.file {
+            FileId::Snapshot(base) => {
+                format::check_snapshot_value_encrypted(&mut b, key, value_len, seq, cipher, base, start)
+            }
+            FileId::Segment(id) => format::check_log_value_encrypted(&mut b, key, value_len, seq, cipher, id, start),
+        };
+        opened.map_err(|d| not_its(start + d.offset, &d.reason))?;
+        Ok(cut_to(b, back..back + value_len))
     }
 
     /// A value in a log record of format version 1, which has no value checksum: the whole

@@ -183,6 +183,15 @@ impl SegmentHeader {
             version: FORMAT_VERSION,
         }
     }
+
+    /// A header of format `version` (3 in an encrypted store).
+    pub fn with_version(segment_id: u64, first_seq: u64, version: u32) -> SegmentHeader {
+        SegmentHeader {
+            segment_id,
+            first_seq,
+            version,
+        }
+    }
 }
 
 /// What a segment's first bytes say.

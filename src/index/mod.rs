@@ -321,6 +321,8 @@ pub(crate) struct Source {
     /// For a snapshot: where each of its blocks starts, ascending. A checkpoint verifies the
     /// block around every value it copies from a snapshot.
     pub blocks: Option<Arc<[u64]>>,
+    /// The file's data key (format version 3: an encrypted store).
+    pub cipher: Option<Arc<crate::crypto::FileCipher>>,
 }
 
 /// How a file's values are read.
@@ -339,6 +341,7 @@ impl Source {
             version,
             data: SourceData::Bytes(bytes),
             blocks: None,
+            cipher: None,
         }
     }
 
@@ -348,7 +351,14 @@ impl Source {
             version,
             data: SourceData::Bytes(bytes),
             blocks: Some(blocks),
+            cipher: None,
         }
+    }
+
+    /// The same source with its file's data key (an encrypted store's file).
+    pub(crate) fn with_cipher(mut self, cipher: Option<Arc<crate::crypto::FileCipher>>) -> Source {
+        self.cipher = cipher;
+        self
     }
 
     pub(crate) fn file(file: FileId, version: u32, handle: Arc<dyn StorageFile>) -> Source {
@@ -357,6 +367,7 @@ impl Source {
             version,
             data: SourceData::File(handle),
             blocks: None,
+            cipher: None,
         }
     }
 }

@@ -8,7 +8,6 @@ use super::segments::{is_clean, LogSegments, Seg};
 use super::snapshot::Base;
 use super::Recovery;
 use crate::error::{Error, Result};
-use crate::format::FORMAT_VERSION;
 use crate::index::{FileId, Source};
 use crate::options::Options;
 use crate::wal::writer::{self, LogStart, SegInfo, SegmentFile};
@@ -80,15 +79,14 @@ impl Recovery<'_> {
                 if let Some(f) = info.first_seq {
                     kept.keep(&seg.file, f, info.valid_end);
                 }
-                self.index.set_source(Source::file(
-                    FileId::Segment(seg.file.id),
-                    FORMAT_VERSION,
-                    seg.file.file.clone(),
-                ));
                 // Appends go no further than a segment of these options reaches (or than what is
                 // written, if more): a file longer than that (made under other options, or
                 // extended by something else) is not trusted for its length.
-                let mut file = seg.file;
+                let mut file = self.with_fresh_key(seg.file)?;
+                self.index.set_source(
+                    Source::file(FileId::Segment(file.id), self.write_version(), file.file.clone())
+                        .with_cipher(file.cipher.clone()),
+                );
                 file.capacity = file.capacity.min(self.opts.segment_size.max(info.valid_end));
                 active = Some(Active {
                     id: file.id,
@@ -135,7 +133,12 @@ impl Recovery<'_> {
     /// store written by an older build goes on in a fresh segment, docs/format.md, "Changing the
     /// format").
     fn usable_as_active(&self, file: &SegmentFile, info: &Scanned, last_seq: u64) -> bool {
-        if info.version.is_some_and(|v| v != FORMAT_VERSION) {
+        if info.version.is_some_and(|v| v != self.write_version()) {
+            return false;
+        }
+        // An encrypted segment's data key seals only in the process that activated it (its
+        // nonce counter lives there): the next appends go to a fresh segment with a fresh key.
+        if self.keyring.is_some() && info.first_seq.is_some() {
             return false;
         }
         match info.first_seq {
@@ -147,6 +150,15 @@ impl Recovery<'_> {
             // Never activated (or a torn activation, now zeroed): usable if full size.
             None => file.capacity >= self.opts.segment_size,
         }
+    }
+
+    /// In an encrypted store, `file` with a new data key (durable in the keyring): the segment
+    /// that takes this process's appends.
+    fn with_fresh_key(&self, mut file: SegmentFile) -> Result<SegmentFile> {
+        if let Some(keyring) = &self.keyring {
+            file.cipher = Some(keyring.fresh(FileId::Segment(file.id))?);
+        }
+        Ok(file)
     }
 
     /// A fresh segment `id`, right after the last one kept, reusing a clean spare of that id.
@@ -167,8 +179,10 @@ impl Recovery<'_> {
                 Err(e) => return Err(e),
             },
         };
-        self.index
-            .set_source(Source::file(FileId::Segment(id), FORMAT_VERSION, file.file.clone()));
+        let file = self.with_fresh_key(file)?;
+        self.index.set_source(
+            Source::file(FileId::Segment(id), self.write_version(), file.file.clone()).with_cipher(file.cipher.clone()),
+        );
         Ok(Active {
             file: Some(file),
             id,

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::crypto::Keyring;
 use crate::engine::Recovered;
 use crate::error::{Error, Result};
 use crate::format::{self, Op, RecordRef, RECORD_HEADER_SIZE};
@@ -102,6 +103,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let started = Instant::now();
     let mut r = Recovery::new(layout, opts);
     let listing = r.remove_leftovers()?;
+    r.keyring = open_keyring(layout, opts, &listing)?;
     let segs = r.open_segments(&listing.segments)?;
     let mut base = r.load_snapshot(&listing.snapshots, &segs)?;
     let log = r.choose_segments(segs, base.seq)?;
@@ -112,6 +114,7 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     let chosen = r.choose_active(log, replayed.per_segment, last_seq, base.seq)?;
     r.remove_doomed(&listing.snapshots, &base)?;
     active::sync_log_end(&chosen)?;
+    r.forget_gone_keys(&chosen, &base)?;
     r.report.duration = started.elapsed();
     Ok(r.finish(chosen.start, chosen.log_bytes, &base, spare))
 }
@@ -126,6 +129,8 @@ struct Recovery<'a> {
     report: RecoveryReport,
     /// Files to delete in step 7: covered segments, unusable spares, superseded snapshots.
     doomed: Vec<PathBuf>,
+    /// An encrypted store's keyring.
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl<'a> Recovery<'a> {
@@ -137,7 +142,37 @@ impl<'a> Recovery<'a> {
             index: Index::default(),
             report: RecoveryReport::default(),
             doomed: Vec::new(),
+            keyring: None,
         }
+    }
+
+    /// The data key of file `id`, in an encrypted store.
+    fn cipher(&self, id: FileId) -> Option<Arc<crate::crypto::FileCipher>> {
+        self.keyring.as_ref().and_then(|k| k.cipher(id))
+    }
+
+    /// The format version new records and snapshots get: 3 in an encrypted store, else 2.
+    fn write_version(&self) -> u32 {
+        if self.keyring.is_some() {
+            format::FORMAT_VERSION_ENCRYPTED
+        } else {
+            format::FORMAT_VERSION
+        }
+    }
+
+    /// Drops from the keyring the data keys of files no longer in the store (a crash between a
+    /// checkpoint's deletions and its keyring update leaves some).
+    fn forget_gone_keys(&self, chosen: &active::Chosen, base: &Base) -> Result<()> {
+        let Some(keyring) = &self.keyring else {
+            return Ok(());
+        };
+        let segments = &chosen.start.segments;
+        let active = chosen.start.active.as_ref().map(|a| a.id);
+        let snapshot = base.snapshot.as_ref().map(|s| s.base_seq);
+        keyring.retain(|id| match id {
+            FileId::Segment(n) => segments.contains_key(&n) || Some(n) == active,
+            FileId::Snapshot(n) => Some(n) == snapshot,
+        })
     }
 
     fn salvage(&self) -> bool {
@@ -154,6 +189,7 @@ impl<'a> Recovery<'a> {
             spare.clone(),
             self.opts.preallocate_ahead,
             start,
+            self.keyring.clone(),
         );
         Recovered {
             index: self.index,
@@ -167,6 +203,7 @@ impl<'a> Recovery<'a> {
                 .collect(),
             log_bytes_since_checkpoint: log_bytes,
             report: self.report,
+            keyring: self.keyring,
         }
     }
 }
@@ -185,16 +222,42 @@ fn skip(report: &mut RecoveryReport, e: &Error) {
 /// Applies one replayed record of a segment of format `version` to the index (step 5). A
 /// payload that does not decode, or (version 2) a value whose checksum does not match, is row R9
 /// of the decision table: corruption, or in `Salvage` skipped.
+#[allow(clippy::too_many_arguments)]
 fn apply_record(
     index: &mut Index,
     (segment_id, version): (u64, u32),
+    cipher: Option<&crate::crypto::FileCipher>,
     offset: u64,
     rec: RecordRef<'_>,
     path: &Path,
     opts: &Options,
     report: &mut RecoveryReport,
 ) -> Result<()> {
-    let ops = match format::decode_ops(rec.payload, version, Some(rec.seq)) {
+    // An encrypted store's payload is opened in a copy (same layout, so the same offsets).
+    let mut opened = Vec::new();
+    let payload = if version == format::FORMAT_VERSION_ENCRYPTED {
+        opened.extend_from_slice(rec.payload);
+        let payload_at = offset + RECORD_HEADER_SIZE as u64;
+        let result = match cipher {
+            Some(c) => format::open_ops(&mut opened, c, segment_id, payload_at, rec.seq),
+            None => Err(format::Damage {
+                offset: 0,
+                reason: "the segment is encrypted (format version 3) and the keyring has no data key for it (KEYRING missing or damaged?)".into(),
+            }),
+        };
+        if let Err(d) = result {
+            let e = Error::corruption(path, payload_at + d.offset, d.reason);
+            if opts.recovery_mode == RecoveryMode::Salvage {
+                skip(report, &e);
+                return Ok(());
+            }
+            return Err(e);
+        }
+        &opened[..]
+    } else {
+        rec.payload
+    };
+    let ops = match format::decode_ops(payload, version, Some(rec.seq)) {
         Ok(ops) => ops,
         Err(d) => {
             let at = offset + RECORD_HEADER_SIZE as u64 + d.offset;
@@ -215,7 +278,7 @@ fn apply_record(
     };
     // Each value's offset is where the decoder found it in the payload (debug builds check the
     // layout puts it there too: the commit path takes its offsets from the layout).
-    let payload_at = rec.payload.as_ptr() as usize;
+    let payload_at = payload.as_ptr() as usize;
     let changes = ops.iter().map(|op| {
         let value_at = match op {
             Op::Put { value, .. } => Some(value.as_ptr() as usize - payload_at),
@@ -236,4 +299,32 @@ fn apply_record(
     );
     index.apply_record(&at, changes);
     Ok(())
+}
+
+/// The keyring of the store being opened, if it is encrypted: opened with the options' key
+/// (another key is [`Error::WrongKey`]); created for a new store given a key. A key for a store
+/// that has data but no keyring is [`Error::NotEncrypted`]; no key for a store with a keyring,
+/// [`Error::KeyRequired`]. A keyring left half-written by a crash (`KEYRING.tmp`) is removed.
+fn open_keyring(layout: &Layout, opts: &Options, listing: &listing::Listing) -> Result<Option<Arc<Keyring>>> {
+    let storage = opts.storage.as_ref();
+    let tmp = layout.keyring_tmp();
+    match storage.remove(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &tmp, e)),
+    }
+    let exists = Keyring::exists(storage, layout);
+    let has_data = !listing.segments.is_empty() || !listing.snapshots.is_empty();
+    let dir = layout.dir().to_path_buf();
+    match (&opts.encryption_key, exists) {
+        (Some(key), true) => {
+            Keyring::load(opts.storage.clone(), layout.clone(), key.clone()).map(|k| Some(Arc::new(k)))
+        }
+        (Some(key), false) if !has_data => {
+            Keyring::create(opts.storage.clone(), layout.clone(), key.clone()).map(|k| Some(Arc::new(k)))
+        }
+        (Some(_), false) => Err(Error::NotEncrypted { path: dir }),
+        (None, true) => Err(Error::KeyRequired { path: dir }),
+        (None, false) => Ok(None),
+    }
 }

@@ -66,11 +66,11 @@ impl Recovery<'_> {
                 out.last_seq = Some(out.last_seq.map_or(l, |p: u64| p.max(l)));
             }
             let version = scan.header.map(|h| h.version);
-            self.index.set_source(Source::bytes(
-                FileId::Segment(seg.file.id),
-                version.unwrap_or(FORMAT_VERSION),
-                bytes,
-            ));
+            let cipher = self.cipher(FileId::Segment(seg.file.id));
+            self.index.set_source(
+                Source::bytes(FileId::Segment(seg.file.id), version.unwrap_or(FORMAT_VERSION), bytes)
+                    .with_cipher(cipher),
+            );
             expected = last.map(|l| l + 1).or(expected);
             out.per_segment.push(Scanned {
                 first_seq: scan.header.map(|h| h.first_seq),
@@ -107,13 +107,23 @@ impl Recovery<'_> {
             expected_seq,
             data_end,
         };
+        let cipher = self.cipher(FileId::Segment(seg.file.id));
         let (index, opts, report) = (&mut self.index, self.opts, &mut self.report);
         let mut replayed = 0u64;
         let scan = reader::scan_segment(&input, |offset, rec, version| {
             if rec.seq <= base {
                 return Ok(());
             }
-            apply_record(index, (seg.file.id, version), offset, rec, path, opts, report)?;
+            apply_record(
+                index,
+                (seg.file.id, version),
+                cipher.as_deref(),
+                offset,
+                rec,
+                path,
+                opts,
+                report,
+            )?;
             replayed += 1;
             Ok(())
         })?;

@@ -95,6 +95,7 @@ impl Recovery<'_> {
                     path,
                     file,
                     capacity: len,
+                    cipher: None,
                 },
                 first_seq,
                 zero_header,

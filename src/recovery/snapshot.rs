@@ -48,7 +48,8 @@ impl Recovery<'_> {
         for &seq in snapshots.iter().rev() {
             let path = self.layout.snapshot(seq);
             let slot = self.index.slot(FileId::Snapshot(seq));
-            let loaded = checkpoint::load_snapshot(self.storage, &path, seq, slot);
+            let cipher = self.cipher(FileId::Snapshot(seq));
+            let loaded = checkpoint::load_snapshot(self.storage, &path, seq, slot, cipher);
             if loaded.is_err() {
                 self.index.remove_source(FileId::Snapshot(seq));
             }

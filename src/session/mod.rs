@@ -295,6 +295,12 @@ impl SessionStore {
         Ok(SessionStore::new(Db::open(dir)?))
     }
 
+    /// Opens (creating if needed) a store in `dir` with `options` and sessions over it: an
+    /// encrypted store with [`crate::Options::encryption_key`], say, or other limits.
+    pub fn open_with(dir: impl AsRef<Path>, options: crate::Options) -> Result<SessionStore> {
+        Ok(SessionStore::new(Db::open_with(dir, options)?))
+    }
+
     /// Sessions over an open store (which may hold other data too: session keys start with a
     /// zero byte).
     pub fn new(db: impl Into<Arc<Db>>) -> SessionStore {

@@ -351,7 +351,7 @@ pub(crate) fn restore_in(storage: Arc<dyn Storage>, backup: &Path, dir: &Path) -
 /// Writes the entries as a snapshot with base (and end) sequence number `base` to `tmp`
 /// (docs/format.md, "Snapshots"), fsynced. Returns its size.
 pub(crate) fn write_entries(storage: &dyn Storage, tmp: &Path, base: u64, entries: Entries<'_>) -> Result<u64> {
-    let mut writer = SnapshotWriter::create(storage, tmp, base)?;
+    let mut writer = SnapshotWriter::create(storage, tmp, base, None)?;
     for e in entries {
         let e = e?;
         debug_assert!(e.seq <= base, "an entry is no newer than the state it is part of");

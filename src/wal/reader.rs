@@ -366,7 +366,7 @@ impl<'i, 'a> Scanner<'i, 'a> {
             (Row::R7OtherVersion(found), Last | Older) => Err(Error::UnsupportedFormat {
                 path: self.input.path.to_path_buf(),
                 found,
-                supported: format::FORMAT_VERSION,
+                supported: format::FORMAT_VERSION_NEWEST,
             }),
             (Row::R8WrongSegment(d), Last | Older) => self.corruption(d),
             // Salvage reads on from where the header says the segment starts if that is later
@@ -521,11 +521,11 @@ mod tests {
         assert_eq!(row_id(&header_row(&torn[..200], None)), "R6bNotOurs");
 
         let (mut version, _) = segment(&[0]);
-        version[8] = 3;
+        version[8] = 4;
         assert_eq!(row_id(&header_row(&version, None)), "R7bDamagedVersion");
         let preamble_crc = crc32fast::hash(&version[..12]);
         version[12..16].copy_from_slice(&preamble_crc.to_le_bytes());
-        assert_eq!(header_row(&version, None), "R7OtherVersion(3)");
+        assert_eq!(header_row(&version, None), "R7OtherVersion(4)");
 
         assert_eq!(row_id(&header_row(&good, Some(5))), "R8WrongStart");
         let mut other = encode_segment_header(SegmentHeader::new(ID + 1, 1)).to_vec();

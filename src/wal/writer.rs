@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use crate::sync::{Condvar, Mutex};
 
+use crate::crypto::{FileCipher, Keyring};
 use crate::error::{Error, Result};
 use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::index::FileId;
 use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
 use crate::wal::sync::{LogSync, SyncTarget};
@@ -32,6 +34,9 @@ pub(crate) struct SegmentFile {
     pub path: PathBuf,
     pub file: Arc<dyn StorageFile>,
     pub capacity: u64,
+    /// Its data key, in an encrypted store: made fresh when the segment is taken for appends,
+    /// and used by no other process (docs/design.md, "Encryption at rest").
+    pub cipher: Option<Arc<FileCipher>>,
 }
 
 /// How long the preparer waits before trying again to make a segment it could not make (a full
@@ -72,6 +77,7 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
         path,
         file,
         capacity: size,
+        cipher: None,
     })
 }
 
@@ -275,6 +281,8 @@ pub(crate) struct LogWriter {
     buf: Vec<u8>,
     /// Every fsync of the log goes through it, the seals here and the engine's syncs.
     sync: Arc<LogSync>,
+    /// An encrypted store's keyring: every segment taken for appends gets a fresh data key.
+    keyring: Option<Arc<Keyring>>,
 }
 
 /// The state recovery leaves the log in.
@@ -296,6 +304,7 @@ impl LogWriter {
         spare: Arc<SpareSlot>,
         prepare_ahead: bool,
         start: LogStart,
+        keyring: Option<Arc<Keyring>>,
     ) -> LogWriter {
         debug_assert!(start.activated || start.write_offset == 0);
         debug_assert!(start.active.as_ref().is_none_or(|a| a.id == start.active_id));
@@ -318,6 +327,16 @@ impl LogWriter {
             // Recovery fsynced the log it read before handing it over (docs/design.md,
             // "Recovery", step 8): everything written so far is durable.
             sync: Arc::new(LogSync::new(start.written_seq)),
+            keyring,
+        }
+    }
+
+    /// The format version of the records this writer appends: 3 in an encrypted store, else 2.
+    pub(crate) fn version(&self) -> u32 {
+        if self.keyring.is_some() {
+            format::FORMAT_VERSION_ENCRYPTED
+        } else {
+            format::FORMAT_VERSION
         }
     }
 
@@ -397,14 +416,24 @@ impl LogWriter {
                 return Ok(seg);
             }
         }
-        if let Some(seg) = self.spare.take(id) {
-            return Ok(seg);
+        let seg = match self.spare.take(id) {
+            Some(seg) => seg,
+            None => create_segment(self.storage.as_ref(), &self.layout, id, self.segment_size).inspect_err(|_| {
+                if self.prepare_ahead {
+                    self.spare.give_back(id);
+                }
+            })?,
+        };
+        self.with_fresh_key(seg)
+    }
+
+    /// In an encrypted store, `seg` with a new data key, durable in the keyring before anything
+    /// is sealed with it. A segment is given a key only here, when it is taken for appends.
+    pub(crate) fn with_fresh_key(&self, mut seg: SegmentFile) -> Result<SegmentFile> {
+        if let Some(keyring) = &self.keyring {
+            seg.cipher = Some(keyring.fresh(FileId::Segment(seg.id))?);
         }
-        create_segment(self.storage.as_ref(), &self.layout, id, self.segment_size).inspect_err(|_| {
-            if self.prepare_ahead {
-                self.spare.give_back(id);
-            }
-        })
+        Ok(seg)
     }
 
     /// Bytes used in all segments on disk.
@@ -417,7 +446,7 @@ impl LogWriter {
     /// durable as it is framed. `placed` (empty; the caller reuses it from group to group) gets
     /// `(segment id, file offset)` of each record, in order. Nothing is durable by this alone
     /// but what a seal made so ([`LogWriter::sync_target`] for the rest).
-    pub(crate) fn append(&mut self, records: &[PendingRecord], placed: &mut Vec<(u64, u64)>) -> Result<Placement> {
+    pub(crate) fn append(&mut self, records: &mut [PendingRecord], placed: &mut Vec<(u64, u64)>) -> Result<Placement> {
         debug_assert!(placed.is_empty());
         let mut placement = Placement::default();
         self.buf.clear();
@@ -440,7 +469,8 @@ impl LogWriter {
             }
             if !self.activated {
                 debug_assert_eq!(buf_at + self.buf.len() as u64, 0);
-                let header = format::encode_segment_header(SegmentHeader::new(self.active_id, rec.seq));
+                let header =
+                    format::encode_segment_header(SegmentHeader::with_version(self.active_id, rec.seq, self.version()));
                 self.buf.extend_from_slice(&header);
                 self.activated = true;
                 self.segments.insert(
@@ -452,7 +482,12 @@ impl LogWriter {
                 );
                 placement.activated.extend(self.active.clone());
             }
-            placed.push((self.active_id, buf_at + self.buf.len() as u64));
+            let offset = buf_at + self.buf.len() as u64;
+            placed.push((self.active_id, offset));
+            if let Some(cipher) = self.active.as_ref().and_then(|a| a.cipher.as_ref()) {
+                let payload_at = offset + RECORD_HEADER_SIZE as u64;
+                format::seal_ops(&mut rec.payload, cipher, self.active_id, payload_at, rec.seq);
+            }
             format::encode_record(
                 &mut self.buf,
                 self.active_id,
@@ -528,7 +563,8 @@ impl LogWriter {
             return Ok(None);
         };
         let first_seq = self.written_seq + 1;
-        let header = format::encode_segment_header(SegmentHeader::new(self.active_id, first_seq));
+        let header =
+            format::encode_segment_header(SegmentHeader::with_version(self.active_id, first_seq, self.version()));
         let Some(active) = self.active.clone() else {
             return Ok(None);
         };

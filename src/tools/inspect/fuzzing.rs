@@ -94,7 +94,7 @@ pub struct DecodedSnapshot {
 pub fn decode_snapshot(bytes: &[u8], base_seq: u64) -> Result<DecodedSnapshot> {
     let owned = Arc::new(FileBytes::Owned(bytes.to_vec()));
     let slot = Index::default().slot(FileId::Snapshot(base_seq));
-    let (loaded, entries) = checkpoint::decode_snapshot(owned, Path::new("fuzz.snap"), base_seq, slot)?;
+    let (loaded, entries) = checkpoint::decode_snapshot(owned, Path::new("fuzz.snap"), base_seq, slot, None)?;
     let items = entries
         .into_iter()
         .map(|(key, e)| {

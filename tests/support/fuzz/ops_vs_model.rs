@@ -86,7 +86,7 @@ pub enum Step {
 pub struct OpsSpec {
     pub sync_always: bool,
     pub small_segments: bool,
-    /// Bits pick short writes (1), ENOSPC (2), fsync EIO (4).
+    /// Bits pick short writes (1), ENOSPC (2), fsync EIO (4), and an encrypted store (8).
     pub faults: u8,
     pub seed: u64,
     pub steps: Vec<Step>,
@@ -291,7 +291,7 @@ pub fn run(data: &[u8]) {
     } else {
         SyncMode::Never
     };
-    let opts = small_options()
+    let mut opts = small_options()
         .quiet()
         .sync_mode(mode)
         .segment_size(if spec.small_segments { 64 * 1024 } else { 256 * 1024 })
@@ -299,6 +299,9 @@ pub fn run(data: &[u8]) {
         .batch_size_max(32 * 1024)
         .manual_clock(&clock)
         .sim(&sim);
+    if spec.faults & 8 != 0 {
+        opts = opts.encryption_key(sessiondb::EncryptionKey::from_bytes([0xf2; 32]));
+    }
     let pick = |bit: u8, p: f64| if spec.faults & bit != 0 { p } else { 0.0 };
     let faults = Faults {
         short_write: pick(1, 0.2),
