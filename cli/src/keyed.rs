@@ -1,11 +1,11 @@
 //! The library calls that read or change a store, given its encryption key (or none).
 //!
-//! `Db::open_with` takes the key in its `Options`. The operator tools (`inspect::View::open`,
-//! `inspect::verify`, `backup_dir`, `restore`, `repair`) take no options yet, and
-//! `Db::rotate_key` is on its way (issue 16): with the cargo feature `keyed-tools` this module
-//! calls the variants the library is getting (`..._with(.., Options)` and `Db::rotate_key`);
-//! without it, a key given to one of those is refused with one line naming the missing call.
-//! Without a key, each function here is the plain call.
+//! `Db::open_with` takes the key in its `Options`, and `Db::rotate_key` changes it. The operator
+//! tools (`inspect::View::open`, `inspect::verify`, `backup_dir`, `restore`, `repair`) take no
+//! options yet (issue 16): with the cargo feature `keyed-tools` this module calls the variants
+//! the library is getting (`..._with(.., Options)`); without it, a key given to one of those is
+//! refused with one line naming the missing call. Without a key, each function here is the
+//! plain call.
 
 use std::path::Path;
 
@@ -18,7 +18,7 @@ use sessiondb::{BackupReport, Db, EncryptionKey, Error, RepairReport, RestoreRep
 #[cfg(not(feature = "keyed-tools"))]
 fn missing(what: &str) -> Error {
     Error::InvalidOptions(format!(
-        "this build of sessiondb cannot give an encryption key to {what} yet (it needs the library's `{what}`)"
+        "this subcommand cannot read an encrypted store yet: the library has no `{what}`"
     ))
 }
 
@@ -85,11 +85,5 @@ pub fn repair(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<Repa
 
 /// `rotate-key`: seals the store's keyring under `new` (the library makes the change atomic).
 pub fn rotate_key(db: &Db, new: EncryptionKey) -> sessiondb::Result<()> {
-    #[cfg(feature = "keyed-tools")]
-    return db.rotate_key(new);
-    #[cfg(not(feature = "keyed-tools"))]
-    {
-        let _ = (db, new);
-        Err(missing("Db::rotate_key"))
-    }
+    db.rotate_key(new)
 }

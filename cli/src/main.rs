@@ -321,6 +321,9 @@ fn creatable(dir: &Path) -> sessiondb::Result<()> {
     Ok(())
 }
 
+/// The file only an encrypted store has: its keyring (docs/format.md).
+const ENCRYPTED_MARK: &str = "KEYRING";
+
 /// [`Error::Io`] for the tool's own file operations.
 fn io_error(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Error {
     Error::Io {
@@ -540,6 +543,13 @@ fn problem_json(p: &Problem) -> String {
 }
 
 fn verify(dir: &Path, json: bool, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
+    if key.is_none() && dir.join(ENCRYPTED_MARK).exists() {
+        // Without its key, the library's verify reports the store's refusal to open as damage
+        // (and suggests repair): say what it is instead.
+        return Err(Error::KeyRequired {
+            path: dir.to_path_buf(),
+        });
+    }
     let spin = progress::spinner("verifying");
     let r = keyed::verify(dir, key)?;
     spin.finish_and_clear();

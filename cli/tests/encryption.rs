@@ -130,7 +130,10 @@ fn plain_store(dir: &Path, n: usize, big: bool) -> State {
         "expired entries read as absent"
     );
     assert!(s.len() > n / 2);
-    assert!(marker_files(dir).len() > 1, "the plain store holds the marker in clear");
+    assert!(
+        !marker_files(dir).is_empty(),
+        "the plain store holds the marker in clear"
+    );
     s
 }
 
