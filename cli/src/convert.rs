@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sessiondb::inspect;
-use sessiondb::{limits, Batch, Clock, Db, EncryptionKey, Error, ManualClock, Options, SystemClock};
+use sessiondb::{limits, Batch, Clock, Db, EncryptionKey, Error, ManualClock, Options, SystemClock, Versioned};
 
 use crate::{io_error, out, progress};
 
@@ -468,12 +468,8 @@ fn build(source: &Db, path: &Path, options: Options, t0: u64, census: &Census) -
         }
         Ok(())
     };
-    for entry in source.range::<&[u8], _>(..) {
-        let (k, _) = entry?;
-        // NOTE: the clock is fixed and the store locked: what the scan saw is still there.
-        let Some(v) = source.get_versioned(&k)? else {
-            continue;
-        };
+    for entry in versioned(source) {
+        let (k, v) = entry?;
         // The deadline, exactly: the copy's clock reads t0 too, and a put's deadline is its
         // clock's time plus the time to live.
         let ttl = match v.expires_at_ms {
@@ -521,7 +517,7 @@ fn compare(source: &Db, path: &Path, options: Options) -> sessiondb::Result<()> 
         ),
     };
     let spin = progress::spinner("comparing");
-    let (mut a, mut b) = (source.range::<&[u8], _>(..), copy.range::<&[u8], _>(..));
+    let (mut a, mut b) = (versioned(source), versioned(&copy));
     loop {
         match (a.next().transpose()?, b.next().transpose()?) {
             (None, None) => break,
@@ -531,11 +527,10 @@ fn compare(source: &Db, path: &Path, options: Options) -> sessiondb::Result<()> 
                 if ka != kb {
                     return Err(differs(ka.min(kb).as_slice(), "present in one only"));
                 }
-                if va != vb {
+                if va.value != vb.value {
                     return Err(differs(&ka, "another value"));
                 }
-                let deadline = |db: &Db| db.get_versioned(&ka).map(|v| v.map(|v| v.expires_at_ms));
-                if deadline(source)? != deadline(&copy)? {
+                if va.expires_at_ms != vb.expires_at_ms {
                     return Err(differs(&ka, "another expiry deadline"));
                 }
             }
@@ -544,6 +539,27 @@ fn compare(source: &Db, path: &Path, options: Options) -> sessiondb::Result<()> 
     spin.finish_and_clear();
     drop((a, b));
     copy.close()
+}
+
+type Entries<'a> = Box<dyn Iterator<Item = sessiondb::Result<(Vec<u8>, Versioned)>> + 'a>;
+
+/// Every live entry of `db`, in key order, with its value and expiry deadline.
+#[cfg(feature = "pending-lib")]
+fn versioned(db: &Db) -> Entries<'_> {
+    Box::new(db.range_versioned::<&[u8], _>(..))
+}
+
+/// Every live entry of `db`, in key order, with its value and expiry deadline: a scan, and a
+/// get for each key's deadline (which costs a block check of a snapshot value: most of a
+/// conversion's time, until the library's scan yields deadlines).
+#[cfg(not(feature = "pending-lib"))]
+fn versioned(db: &Db) -> Entries<'_> {
+    Box::new(db.range::<&[u8], _>(..).filter_map(move |entry| {
+        // NOTE: the conversion's clock is fixed and its stores locked: a key the scan saw is
+        // there for the get.
+        let got = entry.and_then(|(k, _)| Ok(db.get_versioned(&k)?.map(|v| (k, v))));
+        got.transpose()
+    }))
 }
 
 /// Gives the tree at `path` the owner of the original store's directory (when the tool runs as

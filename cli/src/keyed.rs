@@ -2,7 +2,7 @@
 //!
 //! `Db::open_with` takes the key in its `Options`, and `Db::rotate_key` changes it. The operator
 //! tools (`inspect::View::open`, `inspect::verify`, `backup_dir`, `restore`, `repair`) take no
-//! options yet (issue 16): with the cargo feature `keyed-tools` this module calls the variants
+//! options yet (issue 16): with the cargo feature `pending-lib` this module calls the variants
 //! the library is getting (`..._with(.., Options)`); without it, a key given to one of those is
 //! refused with one line naming the missing call. Without a key, each function here is the
 //! plain call.
@@ -10,12 +10,12 @@
 use std::path::Path;
 
 use sessiondb::inspect::{self, VerifyReport, View};
-#[cfg(feature = "keyed-tools")]
+#[cfg(feature = "pending-lib")]
 use sessiondb::Options;
 use sessiondb::{BackupReport, Db, EncryptionKey, Error, RepairReport, RestoreReport};
 
 /// Until the library has the call: a key given to `what` is refused.
-#[cfg(not(feature = "keyed-tools"))]
+#[cfg(not(feature = "pending-lib"))]
 fn missing(what: &str) -> Error {
     Error::InvalidOptions(format!(
         "this subcommand cannot read an encrypted store yet: the library has no `{what}`"
@@ -23,7 +23,7 @@ fn missing(what: &str) -> Error {
 }
 
 /// The options a tool's call gets: the key, nothing else (the tools choose the rest).
-#[cfg(feature = "keyed-tools")]
+#[cfg(feature = "pending-lib")]
 fn options(key: &EncryptionKey) -> Options {
     Options::new().encryption_key(key.clone())
 }
@@ -32,9 +32,9 @@ fn options(key: &EncryptionKey) -> Options {
 pub fn view(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<View> {
     match key {
         None => View::open(dir),
-        #[cfg(feature = "keyed-tools")]
+        #[cfg(feature = "pending-lib")]
         Some(key) => View::open_with(dir, options(key)),
-        #[cfg(not(feature = "keyed-tools"))]
+        #[cfg(not(feature = "pending-lib"))]
         Some(_) => Err(missing("inspect::View::open_with")),
     }
 }
@@ -43,9 +43,9 @@ pub fn view(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<View> 
 pub fn verify(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<VerifyReport> {
     match key {
         None => inspect::verify(dir),
-        #[cfg(feature = "keyed-tools")]
+        #[cfg(feature = "pending-lib")]
         Some(key) => inspect::verify_with(dir, options(key)),
-        #[cfg(not(feature = "keyed-tools"))]
+        #[cfg(not(feature = "pending-lib"))]
         Some(_) => Err(missing("inspect::verify_with")),
     }
 }
@@ -54,9 +54,9 @@ pub fn verify(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<Veri
 pub fn backup_dir(dir: &Path, dest: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<BackupReport> {
     match key {
         None => sessiondb::backup_dir(dir, dest),
-        #[cfg(feature = "keyed-tools")]
+        #[cfg(feature = "pending-lib")]
         Some(key) => sessiondb::backup_dir_with(dir, dest, options(key)),
-        #[cfg(not(feature = "keyed-tools"))]
+        #[cfg(not(feature = "pending-lib"))]
         Some(_) => Err(missing("backup_dir_with")),
     }
 }
@@ -65,9 +65,9 @@ pub fn backup_dir(dir: &Path, dest: &Path, key: Option<&EncryptionKey>) -> sessi
 pub fn restore(backup: &Path, dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<RestoreReport> {
     match key {
         None => sessiondb::restore(backup, dir),
-        #[cfg(feature = "keyed-tools")]
+        #[cfg(feature = "pending-lib")]
         Some(key) => sessiondb::restore_with(backup, dir, options(key)),
-        #[cfg(not(feature = "keyed-tools"))]
+        #[cfg(not(feature = "pending-lib"))]
         Some(_) => Err(missing("restore_with")),
     }
 }
@@ -76,9 +76,9 @@ pub fn restore(backup: &Path, dir: &Path, key: Option<&EncryptionKey>) -> sessio
 pub fn repair(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<RepairReport> {
     match key {
         None => sessiondb::repair(dir),
-        #[cfg(feature = "keyed-tools")]
+        #[cfg(feature = "pending-lib")]
         Some(key) => sessiondb::repair_with(dir, options(key)),
-        #[cfg(not(feature = "keyed-tools"))]
+        #[cfg(not(feature = "pending-lib"))]
         Some(_) => Err(missing("repair_with")),
     }
 }
