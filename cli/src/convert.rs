@@ -140,9 +140,10 @@ fn report(dir: &Path, conversion: Conversion, census: &Census, took: Duration) {
         Conversion::Decrypt => "decrypted",
     };
     outln!(
-        "{done} {}: {} keys ({}) copied into a new store, compared with the original, and put in its place; took {}",
+        "{done} {}: {} key{} ({}) copied into a new store, compared with the original, and put in its place; took {}",
         dir.display(),
         census.keys,
+        if census.keys == 1 { "" } else { "s" },
         out::size(census.bytes),
         out::duration(took)
     );

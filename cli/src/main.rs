@@ -39,7 +39,8 @@ use sessiondb::{Db, EncryptionKey, Error, Options, SyncMode};
 ///
 /// Reading subcommands (stats, verify, dump, get, backup) never change a store and work while
 /// another process has it open. Writing subcommands (put, delete, checkpoint, repair,
-/// migrate-sessions) open it and refuse while another process has it open.
+/// migrate-sessions, encrypt, decrypt, rotate-key) open it and refuse while another process has
+/// it open. An encrypted store needs its key: --key-file PATH, or SESSIONDB_KEY_FILE.
 #[derive(Parser)]
 #[command(name = "sessiondb", version, about, long_about)]
 #[command(
