@@ -210,6 +210,17 @@ impl Place {
         };
         let parent_dir = File::open(parent).map_err(|e| io_error(parent, "open", e))?;
         let meta = fs::metadata(&real).map_err(|e| io_error(dir, "stat", e))?;
+        let parent_meta = parent_dir.metadata().map_err(|e| io_error(parent, "stat", e))?;
+        if parent_meta.dev() != meta.dev() {
+            // The copy is built beside the store, and only two directories of one file system
+            // can be exchanged.
+            return Err(Error::InvalidPath {
+                path: dir.to_path_buf(),
+                reason: "is a mount point: the conversion builds its copy beside the store, on the same file \
+                         system; move the store into a directory below the mount point first"
+                    .into(),
+            });
+        }
         Ok(Place {
             dir: dir.to_path_buf(),
             parent: parent.to_path_buf(),
