@@ -199,8 +199,6 @@ pub struct FileCipher {
     key: [u8; KEY_BYTES],
     /// The next log nonce counter value (log segments only).
     next_nonce: AtomicU64,
-    /// Pieces sealed with this key (tests count nonces with it).
-    sealed: AtomicU64,
 }
 
 impl fmt::Debug for FileCipher {
@@ -219,7 +217,6 @@ impl FileCipher {
             #[cfg(feature = "sim")]
             key: *key,
             next_nonce: AtomicU64::new(0),
-            sealed: AtomicU64::new(0),
         }
     }
 
@@ -232,7 +229,6 @@ impl FileCipher {
 
     /// Encrypts `buf` in place; returns the tag.
     pub(crate) fn seal(&self, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_BYTES] {
-        self.sealed.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "sim")]
         audit::sealed(&self.key, nonce);
         seal_with(&self.aead, nonce, aad, buf)
@@ -243,11 +239,6 @@ impl FileCipher {
     #[must_use]
     pub(crate) fn open(&self, nonce: &[u8; NONCE_BYTES], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
         open_with(&self.aead, nonce, aad, buf, tag)
-    }
-
-    /// Pieces sealed with this key since it was loaded or made.
-    pub(crate) fn sealed_count(&self) -> u64 {
-        self.sealed.load(Ordering::Relaxed)
     }
 }
 
@@ -405,11 +396,6 @@ impl Keyring {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// Files with a data key.
-    pub(crate) fn files(&self) -> Vec<FileId> {
-        self.state.lock().keys.keys().copied().collect()
     }
 
     /// Writes the keyring: to `KEYRING.tmp`, fsync, rename over `KEYRING`, fsync the directory;

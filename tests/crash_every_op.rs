@@ -70,7 +70,7 @@ fn run(db: &Db, steps: &[Step]) -> usize {
 
 #[test]
 fn crash_at_every_io_op() {
-    crash_at_every_io_op_of(|sim, mode| options(sim, mode), "crash_at_every_io_op");
+    crash_at_every_io_op_of(options, "crash_at_every_io_op");
 }
 
 /// The same on an encrypted store: its keyring is written at creation, at every segment taken

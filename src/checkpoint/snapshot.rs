@@ -72,11 +72,14 @@ impl SnapshotWriter {
     /// Frames the block being built (sealing its entries first in an encrypted store) into the
     /// output.
     fn close_block(&mut self) {
-        if let Some(cipher) = &self.cipher {
-            let at = self.written + self.out.len() as u64;
-            self.block.seal(cipher, self.base_seq, at);
-        }
-        self.out.extend_from_slice(&self.block.finish());
+        let block = match &self.cipher {
+            Some(cipher) => {
+                let at = self.written + self.out.len() as u64;
+                self.block.finish_sealed(cipher, self.base_seq, at)
+            }
+            None => self.block.finish(),
+        };
+        self.out.extend_from_slice(&block);
     }
 
     /// Adds the next entry (keys ascend).
@@ -408,57 +411,69 @@ fn decode_entries<'s>(
     let mut out = Filling { slots, filled: 0 };
     let mut count = 0u64;
     let mut first: Option<(Vec<u8>, u64)> = None;
-    // The previous key (copied: an encrypted block is opened in a buffer reused by the next).
+    // The previous key (copied: an encrypted block's keys are opened in a buffer reused by the
+    // next block).
     let mut prev_key: Vec<u8> = Vec::new();
-    let mut opened: Vec<u8> = Vec::new();
+    let mut opened = format::OpenedBlock::default();
+    // Each entry, in file order: its key, the offset of its value, seq, deadline, value length.
+    let mut take = |key: &[u8], offset: u64, seq: u64, expires_at_ms: u64, len: usize| -> Result<()> {
+        if count > 0 && prev_key.as_slice() >= key {
+            return Err(Error::corruption(
+                path,
+                offset,
+                "snapshot keys are not in ascending order",
+            ));
+        }
+        prev_key.clear();
+        prev_key.extend_from_slice(key);
+        if first.is_none() {
+            first = Some((key.to_vec(), offset));
+        }
+        count += 1;
+        let Some(seq) = NonZeroU64::new(seq) else {
+            return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
+        };
+        let entry = BaseEntry {
+            seq,
+            expires_at_ms,
+            offset,
+            slot,
+            // NOTE: cannot truncate: the decoders bound value_len by VALUE_SIZE_MAX_LIMIT.
+            len: len as u32,
+        };
+        if !out.push((key.into(), entry)) {
+            return Err(Error::corruption(
+                path,
+                offset,
+                "snapshot block holds more entries than it says",
+            ));
+        }
+        Ok(())
+    };
     for &(at, frame) in frames {
         let in_file = &b[at..end];
         let corrupt = |d: format::Damage| Error::corruption(path, at as u64 + d.offset, d.reason);
         format::verify_block(in_file, frame).map_err(corrupt)?;
-        let block = match how.cipher {
-            Some(cipher) if version == format::FORMAT_VERSION_ENCRYPTED => {
-                opened.clear();
-                opened.extend_from_slice(&in_file[..frame.len]);
-                format::open_block(&mut opened, frame, cipher, how.base_seq, at as u64).map_err(corrupt)?;
-                &opened[..]
+        if version == format::FORMAT_VERSION_ENCRYPTED {
+            // Only the block's directory is opened (the keys, for the index); each value is
+            // opened when it is read.
+            let Some(cipher) = how.cipher else {
+                return Err(Error::corruption(
+                    path,
+                    at as u64,
+                    "the snapshot has no data key in the keyring",
+                ));
+            };
+            format::open_block(in_file, frame, cipher, how.base_seq, at as u64, &mut opened).map_err(corrupt)?;
+            for e in &opened.entries {
+                let offset = (at + e.value_at) as u64;
+                take(opened.key(e), offset, e.seq, e.expires_at_ms, e.value_len)?;
             }
-            _ => in_file,
-        };
-        let entries = format::decode_block_entries(block, frame, version).map_err(corrupt)?;
-        for d in entries {
+            continue;
+        }
+        for d in format::decode_block_entries(in_file, frame, version).map_err(corrupt)? {
             let e = d.entry;
-            let offset = (at + d.value_at) as u64;
-            if count > 0 && prev_key.as_slice() >= e.key {
-                return Err(Error::corruption(
-                    path,
-                    offset,
-                    "snapshot keys are not in ascending order",
-                ));
-            }
-            prev_key.clear();
-            prev_key.extend_from_slice(e.key);
-            if first.is_none() {
-                first = Some((e.key.to_vec(), offset));
-            }
-            count += 1;
-            let Some(seq) = NonZeroU64::new(e.seq) else {
-                return Err(Error::corruption(path, offset, "snapshot entry has sequence number 0"));
-            };
-            let entry = BaseEntry {
-                seq,
-                expires_at_ms: e.expires_at_ms,
-                offset,
-                slot,
-                // NOTE: cannot truncate: decode_block_entries bounds value_len by VALUE_SIZE_MAX_LIMIT.
-                len: e.value.len() as u32,
-            };
-            if !out.push((e.key.into(), entry)) {
-                return Err(Error::corruption(
-                    path,
-                    offset,
-                    "snapshot block holds more entries than it says",
-                ));
-            }
+            take(e.key, (at + d.value_at) as u64, e.seq, e.expires_at_ms, e.value.len())?;
         }
     }
     if !out.is_full() {

@@ -183,7 +183,8 @@ impl Engine {
             return Err(not_its(loc.offset, "the file has no data key in the keyring"));
         };
         let (back, tail) = match source.file {
-            FileId::Snapshot(_) => (format::ENTRY_HEADER_SIZE_ENCRYPTED + key.len(), 0),
+            // A value and its tag: its place came from the block's authenticated directory.
+            FileId::Snapshot(_) => (0, crate::crypto::TAG_BYTES),
             FileId::Segment(_) => (format::log_value_back_encrypted(key.len()), crate::crypto::TAG_BYTES),
         };
         let Some(start) = loc.offset.checked_sub(back as u64) else {
@@ -192,7 +193,7 @@ impl Engine {
         let mut b = self.read_bytes(source, start, back + value_len + tail)?;
         let opened = match source.file {
             FileId::Snapshot(base) => {
-                format::check_snapshot_value_encrypted(&mut b, key, value_len, seq, cipher, base, start)
+                format::check_snapshot_value_encrypted(&mut b, value_len, seq, cipher, base, start)
             }
             FileId::Segment(id) => format::check_log_value_encrypted(&mut b, key, value_len, seq, cipher, id, start),
         };

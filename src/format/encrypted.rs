@@ -289,7 +289,8 @@ pub fn check_log_value_encrypted(
     op_offset: u64,
 ) -> Result<(), Damage> {
     let not_this = || damage(0, "the bytes here are not a put of this key");
-    let expected = put_encoded_size_encrypted(key.len(), value_len);
+    // A length no slice can hold is not this put's (and must not overflow the sum).
+    let expected = (PUT_CLEAR + key.len() + TAG_BYTES).saturating_add(value_len);
     if b.len() != expected || b.len() < PUT_CLEAR {
         return Err(not_this());
     }
@@ -313,73 +314,220 @@ pub fn check_log_value_encrypted(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Snapshot entries, version 3
+// Snapshot blocks, version 3
 
-/// Bytes of a version 3 snapshot entry's header: key length, value length, sequence number,
-/// deadline, tag. The sealed key and value follow.
-pub const ENTRY_HEADER_SIZE_ENCRYPTED: usize = 4 + 4 + 8 + 8 + TAG_BYTES;
-/// The clear-text part of an entry header (all but the tag).
-const ENTRY_CLEAR: usize = ENTRY_HEADER_SIZE_ENCRYPTED - TAG_BYTES;
+/// Bytes of one entry's record in a version 3 block's directory before its key: key length,
+/// value length, sequence number, deadline.
+const DIR_ENTRY_CLEAR: usize = 4 + 4 + 8 + 8;
+/// The least bytes an entry takes in a version 3 block: its directory record (empty key) and its
+/// value's tag (empty value). Bounds a block's entry count before anything is read.
+pub const ENTRY_HEADER_SIZE_ENCRYPTED: usize = DIR_ENTRY_CLEAR + TAG_BYTES;
+/// Bytes before a version 3 block's sealed directory: its length.
+const DIR_LEN_SIZE: usize = 4;
 
-/// Seals the entry at `entry_at` of a block being built (clear key and value in place), the
-/// block starting at `block_offset` in the snapshot with base sequence number `base_seq`.
-pub(crate) fn seal_entry(block: &mut [u8], entry_at: usize, cipher: &FileCipher, base_seq: u64, block_offset: u64) {
-    let key_len = u32_at(block, entry_at) as usize;
-    let value_len = u32_at(block, entry_at + 4) as usize;
-    let seq = u64_at(block, entry_at + 8);
-    let offset = block_offset + entry_at as u64;
-    let (aad, aad_len) = piece_aad(base_seq, offset, seq, &block[entry_at..entry_at + ENTRY_CLEAR]);
-    let (head, sealed) = block[entry_at..].split_at_mut(ENTRY_HEADER_SIZE_ENCRYPTED);
-    let tag = cipher.seal(
-        &nonce(offset, DOMAIN_SNAPSHOT),
-        &aad[..aad_len],
-        &mut sealed[..key_len + value_len],
-    );
-    head[ENTRY_CLEAR..].copy_from_slice(&tag);
+/// A version 3 block under construction: the directory (every entry's lengths, sequence number,
+/// deadline and key, in clear until sealed) and the values (each followed by room for its tag).
+#[derive(Debug, Default)]
+pub(crate) struct SealedBlock {
+    dir: Vec<u8>,
+    vals: Vec<u8>,
+    /// `(offset in vals, length, seq)` of each value.
+    values: Vec<(usize, usize, u64)>,
 }
 
-/// Opens one version 3 entry in place: `e` runs from the entry's start to the end of its value,
-/// found at `offset` in the snapshot with base sequence number `base_seq`. Never panics.
-pub(crate) fn open_entry(e: &mut [u8], cipher: &FileCipher, base_seq: u64, offset: u64) -> Result<(), Damage> {
-    if e.len() < ENTRY_HEADER_SIZE_ENCRYPTED {
-        return Err(damage(0, "snapshot entry is cut short"));
+impl SealedBlock {
+    pub(crate) fn push(&mut self, key: &[u8], value: &[u8], seq: u64, expires_at_ms: u64) {
+        // NOTE: cannot truncate: key_len <= KEY_SIZE_MAX, value_len <= VALUE_SIZE_MAX_LIMIT.
+        self.dir.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.dir.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.dir.extend_from_slice(&seq.to_le_bytes());
+        self.dir.extend_from_slice(&expires_at_ms.to_le_bytes());
+        self.dir.extend_from_slice(key);
+        self.values.push((self.vals.len(), value.len(), seq));
+        self.vals.extend_from_slice(value);
+        self.vals.extend_from_slice(&[0u8; TAG_BYTES]);
     }
-    let seq = u64_at(e, 8);
-    let (head, sealed) = e.split_at_mut(ENTRY_HEADER_SIZE_ENCRYPTED);
-    let (clear, tag) = head.split_at(ENTRY_CLEAR);
-    let (aad, aad_len) = piece_aad(base_seq, offset, seq, clear);
-    if !cipher.open(&nonce(offset, DOMAIN_SNAPSHOT), &aad[..aad_len], sealed, tag) {
+
+    /// Bytes of the body once framed: directory length, directory, its tag, the values.
+    pub(crate) fn body_len(&self) -> usize {
+        DIR_LEN_SIZE + self.dir.len() + TAG_BYTES + self.vals.len()
+    }
+
+    /// Seals the values and the directory for a block whose header will be at `block_offset`
+    /// in the snapshot `base_seq`, and appends the body to `out` (after the block header the
+    /// caller wrote). Empties the block.
+    pub(crate) fn seal_into(&mut self, out: &mut Vec<u8>, cipher: &FileCipher, base_seq: u64, block_offset: u64) {
+        let values_at = block_offset + (super::BLOCK_HEADER_SIZE + DIR_LEN_SIZE + self.dir.len() + TAG_BYTES) as u64;
+        for &(at, len, seq) in &self.values {
+            let offset = values_at + at as u64;
+            let (aad, aad_len) = piece_aad(base_seq, offset, seq, &(len as u32).to_le_bytes());
+            let (value, tag) = self.vals[at..at + len + TAG_BYTES].split_at_mut(len);
+            tag.copy_from_slice(&cipher.seal(&nonce(offset, DOMAIN_SNAPSHOT), &aad[..aad_len], value));
+        }
+        let dir_len = self.dir.len() as u32;
+        let (aad, aad_len) = piece_aad(base_seq, block_offset, 0, &dir_aad_clear(self.values.len(), dir_len));
+        let tag = cipher.seal(
+            &nonce(block_offset, DOMAIN_SNAPSHOT_DIRECTORY),
+            &aad[..aad_len],
+            &mut self.dir,
+        );
+        out.extend_from_slice(&dir_len.to_le_bytes());
+        out.extend_from_slice(&self.dir);
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(&self.vals);
+        self.dir.clear();
+        self.vals.clear();
+        self.values.clear();
+    }
+}
+
+/// The clear fields a directory's seal covers: the block's entry count and the directory's
+/// length.
+fn dir_aad_clear(count: usize, dir_len: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    // NOTE: cannot truncate: a block holds far fewer than 2^32 entries.
+    b[..4].copy_from_slice(&(count as u32).to_le_bytes());
+    b[4..].copy_from_slice(&dir_len.to_le_bytes());
+    b
+}
+
+/// Nonce domain of a snapshot block's directory.
+const DOMAIN_SNAPSHOT_DIRECTORY: u32 = 3;
+
+/// One entry of an opened version 3 block: its key (in the opened directory) and where its
+/// sealed value lies in the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedEntry {
+    /// The key's range in [`OpenedBlock::dir`].
+    pub key: (usize, usize),
+    /// Offset of the sealed value within the block (its tag follows it).
+    pub value_at: usize,
+    /// The value's length.
+    pub value_len: usize,
+    /// Sequence number of the write that set the value.
+    pub seq: u64,
+    /// Deadline, or 0.
+    pub expires_at_ms: u64,
+}
+
+/// A version 3 block whose directory is opened: the keys and the values' places, authenticated;
+/// the values are still sealed (each is opened when it is read).
+#[derive(Debug, Default)]
+pub struct OpenedBlock {
+    /// The opened directory.
+    pub dir: Vec<u8>,
+    /// The entries, in order.
+    pub entries: Vec<OpenedEntry>,
+}
+
+impl OpenedBlock {
+    /// The key of `e`.
+    pub fn key(&self, e: &OpenedEntry) -> &[u8] {
+        &self.dir[e.key.0..e.key.1]
+    }
+}
+
+/// Opens the directory of the framed version 3 block at the start of `b` (found at
+/// `block_offset` in snapshot `base_seq`) into `out` (reused from block to block), and checks
+/// that its entries and their values fill the block exactly. Every length is checked before it
+/// is used; never panics. Offsets in errors are relative to `b`.
+pub fn open_block(
+    b: &[u8],
+    frame: super::BlockFrame,
+    cipher: &FileCipher,
+    base_seq: u64,
+    block_offset: u64,
+    out: &mut OpenedBlock,
+) -> Result<(), Damage> {
+    out.dir.clear();
+    out.entries.clear();
+    let body_at = super::BLOCK_HEADER_SIZE;
+    if frame.len - body_at < DIR_LEN_SIZE + TAG_BYTES {
+        return Err(damage(body_at, "snapshot block directory is cut short"));
+    }
+    let dir_len = u32_at(b, body_at) as usize;
+    let dir_at = body_at + DIR_LEN_SIZE;
+    if dir_len > frame.len - dir_at - TAG_BYTES {
+        return Err(damage(body_at, "snapshot block directory runs past its block"));
+    }
+    let tag_at = dir_at + dir_len;
+    out.dir.extend_from_slice(&b[dir_at..tag_at]);
+    let (aad, aad_len) = piece_aad(base_seq, block_offset, 0, &dir_aad_clear(frame.count, dir_len as u32));
+    let tag = &b[tag_at..tag_at + TAG_BYTES];
+    if !cipher.open(
+        &nonce(block_offset, DOMAIN_SNAPSHOT_DIRECTORY),
+        &aad[..aad_len],
+        &mut out.dir,
+        tag,
+    ) {
         return Err(damage(
-            0,
-            "snapshot entry does not authenticate (damaged, moved, or another key's)",
+            body_at,
+            "snapshot block directory does not authenticate (damaged, moved, or another key's)",
+        ));
+    }
+    // The directory authenticated: its fields are the writer's. Still checked, so a bug never
+    // reads out of bounds.
+    let mut at = 0;
+    let mut value_at = tag_at + TAG_BYTES;
+    for _ in 0..frame.count {
+        if out.dir.len() - at < DIR_ENTRY_CLEAR {
+            return Err(damage(
+                dir_at + at,
+                "snapshot block directory holds fewer entries than the block says",
+            ));
+        }
+        let key_len = u32_at(&out.dir, at) as usize;
+        let value_len = u32_at(&out.dir, at + 4) as usize;
+        let key_at = at + DIR_ENTRY_CLEAR;
+        if key_len > limits::KEY_SIZE_MAX
+            || value_len > limits::VALUE_SIZE_MAX_LIMIT
+            || out.dir.len() - key_at < key_len
+            || frame.len - value_at < value_len + TAG_BYTES
+        {
+            return Err(damage(dir_at + at, "snapshot entry runs past its block"));
+        }
+        out.entries.push(OpenedEntry {
+            key: (key_at, key_at + key_len),
+            value_at,
+            value_len,
+            seq: u64_at(&out.dir, at + 8),
+            expires_at_ms: u64_at(&out.dir, at + 16),
+        });
+        at = key_at + key_len;
+        value_at += value_len + TAG_BYTES;
+    }
+    if at != out.dir.len() || value_at != frame.len {
+        return Err(damage(
+            value_at.min(frame.len),
+            "snapshot block has bytes after its last entry",
         ));
     }
     Ok(())
 }
 
-/// Checks and opens one version 3 snapshot entry read from its start to the end of its value
-/// (`b`, found at `offset` in snapshot `base_seq`) as the value of `key` written at `seq`. On
-/// success the value lies in clear at [`ENTRY_HEADER_SIZE_ENCRYPTED`] + key length in `b`.
+/// Checks and opens one sealed snapshot value read with its tag (`b`: `value_len` + 16 bytes,
+/// found at `offset` in snapshot `base_seq`) as the value written at `seq`. Its place came from
+/// a directory that authenticated; the value's seal binds it to that place, version and length.
+/// On success the value lies in clear at the start of `b`. Never panics.
 pub fn check_snapshot_value_encrypted(
     b: &mut [u8],
-    key: &[u8],
     value_len: usize,
     seq: u64,
     cipher: &FileCipher,
     base_seq: u64,
     offset: u64,
 ) -> Result<(), Damage> {
-    let not_this = || damage(0, "the bytes here are not a snapshot entry of this key");
-    if b.len() != ENTRY_HEADER_SIZE_ENCRYPTED + key.len() + value_len
-        || u32_at(b, 0) as usize != key.len()
-        || u32_at(b, 4) as usize != value_len
-        || u64_at(b, 8) != seq
-    {
-        return Err(not_this());
+    if b.len() != value_len.saturating_add(TAG_BYTES) {
+        return Err(damage(0, "the bytes here are not a snapshot value of this length"));
     }
-    open_entry(b, cipher, base_seq, offset)?;
-    if &b[ENTRY_HEADER_SIZE_ENCRYPTED..ENTRY_HEADER_SIZE_ENCRYPTED + key.len()] != key {
-        return Err(not_this());
+    let len = u32::try_from(value_len).map_err(|_| damage(0, "snapshot value length is impossible"))?;
+    let (aad, aad_len) = piece_aad(base_seq, offset, seq, &len.to_le_bytes());
+    let (value, tag) = b.split_at_mut(value_len);
+    if !cipher.open(&nonce(offset, DOMAIN_SNAPSHOT), &aad[..aad_len], value, tag) {
+        return Err(damage(
+            0,
+            "snapshot value does not authenticate (damaged, moved, or of another version)",
+        ));
     }
     Ok(())
 }
@@ -544,35 +692,13 @@ pub fn decode_keyring(b: &[u8]) -> Result<SealedKeyring<'_>, Damage> {
     })
 }
 
-/// Opens every entry of a framed version 3 block in place (`b` starts at the block's header,
-/// found at `block_offset` in snapshot `base_seq`); afterwards [`super::decode_block_entries`]
-/// reads it. Checks every length before using it; never panics. Offsets in errors are relative
-/// to `b`.
-pub(crate) fn open_block(
-    b: &mut [u8],
-    frame: super::BlockFrame,
+/// Seals and frames a version 3 block for tests and golden files (feature `sim`).
+#[cfg(any(test, feature = "sim"))]
+pub fn seal_block_for_tests(
+    b: &mut super::BlockBuilder,
     cipher: &FileCipher,
     base_seq: u64,
     block_offset: u64,
-) -> Result<(), Damage> {
-    let mut at = super::BLOCK_HEADER_SIZE;
-    for _ in 0..frame.count {
-        if frame.len - at < ENTRY_HEADER_SIZE_ENCRYPTED {
-            return Err(damage(at, "snapshot entry header runs past its block"));
-        }
-        let key_len = u32_at(b, at) as usize;
-        let value_len = u32_at(b, at + 4) as usize;
-        let sealed_at = at + ENTRY_HEADER_SIZE_ENCRYPTED;
-        if key_len > limits::KEY_SIZE_MAX
-            || value_len > limits::VALUE_SIZE_MAX_LIMIT
-            || frame.len - sealed_at < key_len + value_len
-        {
-            return Err(damage(at, "snapshot entry runs past its block"));
-        }
-        let end = sealed_at + key_len + value_len;
-        open_entry(&mut b[at..end], cipher, base_seq, block_offset + at as u64)
-            .map_err(|d| damage(at + d.offset as usize, d.reason))?;
-        at = end;
-    }
-    Ok(())
+) -> Vec<u8> {
+    b.finish_sealed(cipher, base_seq, block_offset)
 }

@@ -175,7 +175,9 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    /// The header this build writes: format [`FORMAT_VERSION`].
+    /// The header of an unencrypted store's segment: format [`FORMAT_VERSION`] (tests and
+    /// fixtures; the writer says which version).
+    #[cfg(any(test, feature = "sim"))]
     pub fn new(segment_id: u64, first_seq: u64) -> SegmentHeader {
         SegmentHeader {
             segment_id,
@@ -792,6 +794,7 @@ pub const SNAPSHOT_FOOTER_SIZE: usize = FOOT_PAD_AT + 4;
 
 /// Encodes a snapshot header of this build's format. `base_seq`: every write with a sequence
 /// number at or below it is reflected in the snapshot.
+#[cfg(any(test, feature = "sim"))]
 pub fn encode_snapshot_header(base_seq: u64) -> [u8; SNAPSHOT_HEADER_SIZE] {
     encode_snapshot_header_version(base_seq, FORMAT_VERSION)
 }
@@ -908,6 +911,8 @@ pub struct BlockBuilder {
     buf: Vec<u8>,
     count: u32,
     version: u32,
+    /// A version 3 block's directory and values ([`SealedBlock`]).
+    sealed: SealedBlock,
 }
 
 impl Default for BlockBuilder {
@@ -923,11 +928,12 @@ impl BlockBuilder {
             buf: vec![0u8; BLOCK_HEADER_SIZE],
             count: 0,
             version: FORMAT_VERSION,
+            sealed: SealedBlock::default(),
         }
     }
 
-    /// An empty block of format `version`: 2, or [`FORMAT_VERSION_ENCRYPTED`] (its entries
-    /// are sealed by [`BlockBuilder::seal`] before it is finished); 1 in tests and fixtures.
+    /// An empty block of format `version`: 2, or [`FORMAT_VERSION_ENCRYPTED`] (finished with
+    /// [`BlockBuilder::finish_sealed`]); 1 in tests and fixtures.
     pub fn with_version(version: u32) -> BlockBuilder {
         assert!(reads_version(version));
         BlockBuilder {
@@ -944,6 +950,9 @@ impl BlockBuilder {
 
     /// Bytes so far, header included.
     pub fn len(&self) -> usize {
+        if self.version == FORMAT_VERSION_ENCRYPTED {
+            return BLOCK_HEADER_SIZE + self.sealed.body_len();
+        }
         self.buf.len()
     }
 
@@ -952,17 +961,20 @@ impl BlockBuilder {
         self.count == 0
     }
 
-    /// Appends an entry; returns the offset of its value within the block.
+    /// Appends an entry; returns the offset of its value within the block (versions 1 and 2;
+    /// in version 3 values follow the directory, whose length is known only at the end: 0).
     pub fn push(&mut self, e: SnapshotEntry<'_>) -> usize {
+        if self.version == FORMAT_VERSION_ENCRYPTED {
+            self.sealed.push(e.key, e.value, e.seq, e.expires_at_ms);
+            self.count += 1;
+            return 0;
+        }
         // NOTE: cannot truncate: key_len <= KEY_SIZE_MAX, value_len <= VALUE_SIZE_MAX_LIMIT.
         self.buf.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&e.seq.to_le_bytes());
         self.buf.extend_from_slice(&e.expires_at_ms.to_le_bytes());
-        if self.version == FORMAT_VERSION_ENCRYPTED {
-            // The tag, once the entry is sealed.
-            self.buf.extend_from_slice(&[0u8; crate::crypto::TAG_BYTES]);
-        } else if self.version != 1 {
+        if self.version != 1 {
             let crc = e.value_crc.unwrap_or_else(|| value_crc(e.key, e.value, e.seq));
             debug_assert_eq!(crc, value_crc(e.key, e.value, e.seq), "a checksum given is the value's");
             self.buf.extend_from_slice(&crc.to_le_bytes());
@@ -974,23 +986,31 @@ impl BlockBuilder {
         value_at
     }
 
-    /// Seals every entry of a version 3 block whose header will be at `block_offset` in the
-    /// snapshot with base sequence number `base_seq` (before [`BlockBuilder::finish`]).
-    pub(crate) fn seal(&mut self, cipher: &crate::crypto::FileCipher, base_seq: u64, block_offset: u64) {
+    /// Seals and frames a version 3 block whose header will be at `block_offset` in the
+    /// snapshot with base sequence number `base_seq`, and returns its bytes; the builder is
+    /// empty again afterwards.
+    pub(crate) fn finish_sealed(
+        &mut self,
+        cipher: &crate::crypto::FileCipher,
+        base_seq: u64,
+        block_offset: u64,
+    ) -> Vec<u8> {
         debug_assert_eq!(self.version, FORMAT_VERSION_ENCRYPTED);
-        let mut at = BLOCK_HEADER_SIZE;
-        while at < self.buf.len() {
-            let len = ENTRY_HEADER_SIZE_ENCRYPTED
-                + u32_at(&self.buf, at + ENTRY_KEY_LEN_AT) as usize
-                + u32_at(&self.buf, at + ENTRY_VALUE_LEN_AT) as usize;
-            seal_entry(&mut self.buf, at, cipher, base_seq, block_offset);
-            at += len;
-        }
+        debug_assert!(self.count > 0, "empty blocks are never written");
+        debug_assert_eq!(self.buf.len(), BLOCK_HEADER_SIZE);
+        self.sealed.seal_into(&mut self.buf, cipher, base_seq, block_offset);
+        self.frame()
     }
 
     /// Frames the block and returns its bytes; the builder is empty again afterwards.
     pub fn finish(&mut self) -> Vec<u8> {
         debug_assert!(self.count > 0, "empty blocks are never written");
+        debug_assert_ne!(self.version, FORMAT_VERSION_ENCRYPTED, "sealed blocks finish sealed");
+        self.frame()
+    }
+
+    /// Writes the header of the block in `buf` and hands the bytes over.
+    fn frame(&mut self) -> Vec<u8> {
         let body_len = (self.buf.len() - BLOCK_HEADER_SIZE) as u32;
         self.buf[BLOCK_LEN_AT..BLOCK_COUNT_AT].copy_from_slice(&body_len.to_le_bytes());
         self.buf[BLOCK_COUNT_AT..BLOCK_CRC_AT].copy_from_slice(&self.count.to_le_bytes());

@@ -340,6 +340,20 @@ fn probe_value_readers(data: &[u8]) {
             assert_eq!(&data[12..12 + k], key);
             assert_eq!(stored, format::value_crc(key, &data[back..back + len], seq));
         }
+        // Format version 3 (an encrypted store's): hostile bytes as a payload to open and
+        // decode, and as a sealed put to check, never panic; nothing opens under another key.
+        let cipher = sessiondb::internals::crypto::FileCipher::new(&[0x3e; 32]);
+        let mut copy = data.to_vec();
+        assert!(
+            format::open_ops(&mut copy, &cipher, 3, 65, seq).is_err()
+                || format::decode_ops(&copy, 3, Some(seq)).is_ok(),
+            "an opened payload decodes"
+        );
+        let _ = format::decode_ops(data, 3, Some(seq));
+        let mut copy = data.to_vec();
+        let _ = format::check_log_value_encrypted(&mut copy, key, len, seq, &cipher, 3, 65);
+        let mut copy = data.to_vec();
+        let _ = format::check_snapshot_value_encrypted(&mut copy, len, seq, &cipher, 1002, 44);
         for version in [1, 2] {
             let _ = format::decode_ops(data, version, Some(seq));
             if let Ok(crc) = format::check_snapshot_value(data, key, len, seq, version) {

@@ -51,6 +51,7 @@ pub fn run(data: &[u8]) {
     let Some((bytes, base, pristine)) = decode_input(data) else {
         return;
     };
+    open_as_version_3(&bytes, base);
     let loaded = fuzzing::decode_snapshot(&bytes, base);
     let problems = fuzzing::snapshot_problems(&bytes, base);
     let bad_value_crcs = check_entries(&bytes);
@@ -177,4 +178,26 @@ fn check_entries(bytes: &[u8]) -> usize {
 /// Whether `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The bytes' blocks read as format version 3 (an encrypted store's) and opened under a key
+/// that did not seal them: never a panic, never an entry that opens.
+fn open_as_version_3(bytes: &[u8], base: u64) {
+    let cipher = sessiondb::internals::crypto::FileCipher::new(&[0x3e; 32]);
+    let mut at = sessiondb::internals::format::SNAPSHOT_HEADER_SIZE;
+    let end = bytes
+        .len()
+        .saturating_sub(sessiondb::internals::format::SNAPSHOT_FOOTER_SIZE);
+    while at < end {
+        let Ok(frame) = sessiondb::internals::format::block_frame(&bytes[at..end], 3) else {
+            return;
+        };
+        let mut opened = sessiondb::internals::format::OpenedBlock::default();
+        assert!(
+            sessiondb::internals::format::open_block(&bytes[at..end], frame, &cipher, base, at as u64, &mut opened)
+                .is_err(),
+            "a block sealed under no key opened"
+        );
+        at += frame.len;
+    }
 }
