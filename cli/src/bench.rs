@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sessiondb::{Db, Options, SyncMode};
+use sessiondb::{Db, EncryptionKey, Options, SyncMode};
 
 use crate::out;
 use crate::progress;
@@ -18,6 +18,8 @@ pub struct Bench {
     pub value_size: usize,
     pub sync: SyncMode,
     pub seconds: f64,
+    /// The store's key (a new store is encrypted with it).
+    pub key: Option<EncryptionKey>,
 }
 
 /// One row of the table.
@@ -44,8 +46,8 @@ fn mix(mut x: u64) -> u64 {
 
 /// Automatic checkpoints off: the recovery workload then replays the whole log the write
 /// workload left (closing would otherwise checkpoint it away), then loads a snapshot of it.
-fn options(sync: SyncMode) -> Options {
-    Options::new().sync_mode(sync).auto_checkpoint(false)
+fn options(b: &Bench) -> Options {
+    crate::keys::with_key(Options::new().sync_mode(b.sync).auto_checkpoint(false), b.key.as_ref())
 }
 
 /// Runs `op(thread, i)` on `threads` threads for `secs` seconds; returns the operations done per
@@ -124,7 +126,7 @@ pub fn run(b: &Bench) -> sessiondb::Result<()> {
 
 fn workloads(dir: &Path, b: &Bench) -> sessiondb::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let db = Db::open_with(dir, options(b.sync))?;
+    let db = Db::open_with(dir, options(b))?;
     let value = vec![b'v'; b.value_size];
     let before = db.stats();
     let (written, lat, secs) = timed("write", b.threads, b.seconds, |t, i| db.put(key(t, i), &value))?;
@@ -169,11 +171,11 @@ fn workloads(dir: &Path, b: &Bench) -> sessiondb::Result<Vec<Row>> {
     db.close()?;
 
     // Recovery, twice: replaying the log the write workload left, then loading a snapshot.
-    rows.push(reopen("recovery (log replay)", dir, options(b.sync), log_bytes)?);
-    let db = Db::open_with(dir, options(b.sync))?;
+    rows.push(reopen("recovery (log replay)", dir, options(b), log_bytes)?);
+    let db = Db::open_with(dir, options(b))?;
     db.checkpoint()?;
     db.close()?;
-    rows.push(reopen("recovery (snapshot)", dir, options(b.sync), 0)?);
+    rows.push(reopen("recovery (snapshot)", dir, options(b), 0)?);
     Ok(rows)
 }
 

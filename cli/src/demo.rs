@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessiondb::{Db, Options};
+use sessiondb::{Db, EncryptionKey, Options};
 
+use crate::keys::with_key;
 use crate::out;
 use crate::progress;
 
@@ -32,7 +33,13 @@ fn session_value(n: u64, size: usize) -> Vec<u8> {
     v
 }
 
-pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sessiondb::Result<()> {
+pub fn run(
+    dir: &Path,
+    threads: usize,
+    sessions: u64,
+    value_size: usize,
+    key: Option<&EncryptionKey>,
+) -> sessiondb::Result<()> {
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -41,7 +48,7 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
         dir.display()
     );
     let open_started = Instant::now();
-    let db = Arc::new(Db::open_with(dir, Options::new())?);
+    let db = Arc::new(Db::open_with(dir, with_key(Options::new(), key))?);
     outln!("opened in {:.1} ms", open_started.elapsed().as_secs_f64() * 1e3);
 
     let done = Arc::new(AtomicU64::new(0));
@@ -101,7 +108,7 @@ pub fn run(dir: &Path, threads: usize, sessions: u64, value_size: usize) -> sess
     outln!("closed in {:.1} ms", close_started.elapsed().as_secs_f64() * 1e3);
 
     let reopen_started = Instant::now();
-    let db = Db::open(dir)?;
+    let db = Db::open_with(dir, with_key(Options::new(), key))?;
     let reopen = reopen_started.elapsed();
     let r = &db.stats().recovery;
     outln!(

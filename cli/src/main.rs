@@ -1,6 +1,7 @@
 //! The `sessiondb` command-line tool: look inside a store, check it, copy it while it runs, and
 //! repair it, without writing Rust. It holds no storage logic: every subcommand calls the
-//! library (`sessiondb::inspect`, `Db`, `backup_dir`, `restore`, `repair`).
+//! library (`sessiondb::inspect`, `Db`, `backup_dir`, `restore`, `repair`). An encrypted store's
+//! key comes from `--key-file` (keys.rs) and goes to every call that opens a store (keyed.rs).
 
 /// `println!` to standard output, except that a reader gone away (`sessiondb dump DIR | head`)
 /// ends the program quietly, with status 0, as other command-line tools do, instead of a panic.
@@ -15,7 +16,10 @@ macro_rules! outln {
 }
 
 mod bench;
+mod convert;
 mod demo;
+mod keyed;
+mod keys;
 mod migrate;
 mod out;
 mod progress;
@@ -28,21 +32,27 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sessiondb::inspect::{self, Problem, SegmentState, View};
-use sessiondb::{Db, Error, Options, SyncMode};
+use sessiondb::inspect::{self, Problem, SegmentState};
+use sessiondb::{Db, EncryptionKey, Error, Options, SyncMode};
 
 /// sessiondb: an embedded, crash-safe key-value store for session state.
 ///
 /// Reading subcommands (stats, verify, dump, get, backup) never change a store and work while
 /// another process has it open. Writing subcommands (put, delete, checkpoint, repair,
-/// migrate-sessions) open it and refuse while another process has it open.
+/// migrate-sessions, encrypt, decrypt, rotate-key) open it and refuse while another process has
+/// it open. An encrypted store needs its key: --key-file PATH, or SESSIONDB_KEY_FILE.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(name = "sessiondb", version, about, long_about)]
 #[command(
     after_help = "Exit status: 0 success; 1 failure (verify: problems found; get: no such key); \
                         2 usage error (bad arguments, or DIR is not a store)."
 )]
 struct Cli {
+    /// The store's encryption key: a file holding 32 raw bytes or 64 hex characters
+    /// (`sessiondb keygen PATH` writes one). Every subcommand that reads or writes an encrypted
+    /// store needs it; `put`, `demo` and `bench` create a new store encrypted with it.
+    #[arg(long, global = true, value_name = "PATH", env = keys::KEY_FILE_VAR)]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -217,6 +227,46 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         step_timeout: u64,
     },
+    /// Encrypt a closed store in place with the key in --key-file.
+    ///
+    /// Copies every live entry (value and expiry deadline) into a new encrypted store next to
+    /// DIR, compares the copy with the original, then exchanges the two directories in one step
+    /// and deletes the original: after a crash at any moment DIR is the whole original or the
+    /// whole encrypted store (the next encrypt deletes what the crash left beside it). Every
+    /// key gets a new version. The unencrypted bytes may remain in the file system's free
+    /// blocks. Refuses while the store is open elsewhere.
+    Encrypt {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// Decrypt a closed store in place; --key-file is its key. As encrypt, the other way.
+    Decrypt {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// Write a new random encryption key to PATH: 64 hex characters and a newline, mode 0600.
+    ///
+    /// Never overwrites a file (a key overwritten is a store lost). The key is printed only
+    /// with --stdout. Use the file with --key-file.
+    Keygen {
+        /// Where to write the key (must not exist).
+        path: Option<PathBuf>,
+        /// Print the key on standard output instead of writing a file.
+        #[arg(long, conflicts_with = "path")]
+        stdout: bool,
+    },
+    /// Change an encrypted store's key: --key-file is its key now, --new-key-file the new one.
+    ///
+    /// Only the keyring is sealed anew (every file keeps its own data key), atomically: after a
+    /// crash the store opens with one of the two keys. Refuses while the store is open elsewhere.
+    #[command(name = "rotate-key")]
+    RotateKey {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The file holding the new key.
+        #[arg(long, value_name = "PATH")]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -234,17 +284,28 @@ enum DumpFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, cli.key_file.as_deref()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sessiondb: {e}");
+            match &e {
+                Error::KeyRequired { path } => eprintln!(
+                    "sessiondb: {}: the store is encrypted; give its key with --key-file PATH (or {})",
+                    path.display(),
+                    keys::KEY_FILE_VAR
+                ),
+                Error::WrongKey { .. } => match &cli.key_file {
+                    Some(k) => eprintln!("sessiondb: {e} (the key in {} does not open this store)", k.display()),
+                    None => eprintln!("sessiondb: {e}"),
+                },
+                _ => eprintln!("sessiondb: {e}"),
+            }
             if let Error::Locked { .. } = e {
                 eprintln!(
                     "sessiondb: another process has the store open; stats, verify, dump, get and backup work while it runs"
                 );
             }
             match e {
-                Error::InvalidPath { .. } => ExitCode::from(2),
+                Error::InvalidPath { .. } | Error::InvalidKey(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -261,7 +322,47 @@ fn creatable(dir: &Path) -> sessiondb::Result<()> {
     Ok(())
 }
 
-fn run(command: Command) -> sessiondb::Result<ExitCode> {
+/// The file only an encrypted store has: its keyring (docs/format.md).
+const ENCRYPTED_MARK: &str = "KEYRING";
+
+/// [`Error::Io`] for the tool's own file operations.
+fn io_error(path: impl AsRef<Path>, op: &'static str, source: io::Error) -> Error {
+    Error::Io {
+        path: path.as_ref().to_path_buf(),
+        op,
+        offset: None,
+        source,
+    }
+}
+
+/// A missing argument, reported as clap reports one (with the usage line; exit 2).
+fn missing_argument(message: String) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
+/// The key a subcommand cannot do without; a usage error if --key-file is missing.
+fn required_key<'k>(key: Option<&'k EncryptionKey>, subcommand: &str, what: &str) -> &'k EncryptionKey {
+    key.unwrap_or_else(|| {
+        missing_argument(format!(
+            "`{subcommand}` needs --key-file PATH ({what}; `sessiondb keygen PATH` writes a new key)"
+        ))
+    })
+}
+
+fn run(command: Command, key_file: Option<&Path>) -> sessiondb::Result<ExitCode> {
+    if let Command::Keygen { path, stdout } = &command {
+        return match (path, stdout) {
+            (None, false) => {
+                missing_argument("`keygen` needs a PATH to write the key to (or --stdout to print it)".into())
+            }
+            (path, _) => keys::keygen(path.as_deref()),
+        };
+    }
+    let key = key_file.map(keys::read_key_file).transpose()?;
+    let key = key.as_ref();
     if let Command::Demo { dir, .. } | Command::Bench { dir: Some(dir), .. } | Command::Put { dir, .. } = &command {
         creatable(dir)?;
     }
@@ -271,7 +372,7 @@ fn run(command: Command) -> sessiondb::Result<ExitCode> {
             threads,
             sessions,
             value_size,
-        } => demo::run(&dir, threads.max(1), sessions, value_size).map(|()| ExitCode::SUCCESS),
+        } => demo::run(&dir, threads.max(1), sessions, value_size, key).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             dir,
             threads,
@@ -290,25 +391,47 @@ fn run(command: Command) -> sessiondb::Result<ExitCode> {
                 value_size,
                 sync,
                 seconds: if seconds.is_finite() { seconds.max(0.0) } else { 3.0 },
+                key: key.cloned(),
             };
             bench::run(&b).map(|()| ExitCode::SUCCESS)
         }
-        Command::Stats { dir, json } => stats(&dir, json),
-        Command::Verify { dir, json } => verify(&dir, json),
-        Command::Dump { dir, format, prefix } => dump(&dir, format, prefix.as_ref().map(|p| p.as_bytes())),
-        Command::Get { dir, key } => get(&dir, key.as_bytes()),
-        Command::Put { dir, key, value, ttl } => put(&dir, key.as_bytes(), &value, ttl),
-        Command::Delete { dir, key } => write_existing(&dir, |db| db.delete(key.as_bytes())),
-        Command::Checkpoint { dir } => checkpoint(&dir),
-        Command::Backup { dir, dest } => backup(&dir, &dest),
-        Command::Restore { backup, dir } => restore(&backup, &dir),
-        Command::Repair { dir } => repair(&dir),
+        Command::Stats { dir, json } => stats(&dir, json, key),
+        Command::Verify { dir, json } => verify(&dir, json, key),
+        Command::Dump { dir, format, prefix } => dump(&dir, format, prefix.as_ref().map(|p| p.as_bytes()), key),
+        Command::Get { dir, key: k } => get(&dir, k.as_bytes(), key),
+        Command::Put {
+            dir,
+            key: k,
+            value,
+            ttl,
+        } => put(&dir, k.as_bytes(), &value, ttl, key),
+        Command::Delete { dir, key: k } => write_existing(&dir, key, |db| db.delete(k.as_bytes())),
+        Command::Checkpoint { dir } => checkpoint(&dir, key),
+        Command::Backup { dir, dest } => backup(&dir, &dest, key),
+        Command::Restore { backup, dir } => restore(&backup, &dir, key),
+        Command::Repair { dir } => repair(&dir, key),
         Command::MigrateSessions {
             dir,
             to,
             steps,
             step_timeout,
-        } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout)),
+        } => migrate::run(&dir, to, &steps, Duration::from_secs(step_timeout), key),
+        Command::Encrypt { dir } => convert::run(
+            &dir,
+            convert::Conversion::Encrypt,
+            required_key(key, "encrypt", "the key to encrypt with"),
+        ),
+        Command::Decrypt { dir } => convert::run(
+            &dir,
+            convert::Conversion::Decrypt,
+            required_key(key, "decrypt", "the store's key"),
+        ),
+        Command::RotateKey { dir, new_key_file } => rotate_key(
+            &dir,
+            required_key(key, "rotate-key", "the store's key now"),
+            &new_key_file,
+        ),
+        Command::Keygen { .. } => unreachable!("handled above: it reads no key"),
     }
 }
 
@@ -318,9 +441,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn stats(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
+fn stats(dir: &Path, json: bool, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("reading the store");
-    let view = View::open(dir)?;
+    let view = keyed::view(dir, key)?;
     spin.finish_and_clear();
     let s = &view.stats();
     let f = view.files();
@@ -420,9 +543,16 @@ fn problem_json(p: &Problem) -> String {
         .finish()
 }
 
-fn verify(dir: &Path, json: bool) -> sessiondb::Result<ExitCode> {
+fn verify(dir: &Path, json: bool, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
+    if key.is_none() && dir.join(ENCRYPTED_MARK).exists() {
+        // Without its key, the library's verify reports the store's refusal to open as damage
+        // (and suggests repair): say what it is instead.
+        return Err(Error::KeyRequired {
+            path: dir.to_path_buf(),
+        });
+    }
     let spin = progress::spinner("verifying");
-    let r = inspect::verify(dir)?;
+    let r = keyed::verify(dir, key)?;
     spin.finish_and_clear();
     let code = if r.is_intact() {
         ExitCode::SUCCESS
@@ -541,8 +671,13 @@ fn output(f: impl FnOnce(&mut dyn Write) -> sessiondb::Result<io::Result<()>>) -
     }
 }
 
-fn dump(dir: &Path, format: DumpFormat, prefix: Option<&[u8]>) -> sessiondb::Result<ExitCode> {
-    let view = View::open(dir)?;
+fn dump(
+    dir: &Path,
+    format: DumpFormat,
+    prefix: Option<&[u8]>,
+    key: Option<&EncryptionKey>,
+) -> sessiondb::Result<ExitCode> {
+    let view = keyed::view(dir, key)?;
     let now = now_ms();
     output(|w| {
         for e in view.entries(prefix.unwrap_or(b"")) {
@@ -570,18 +705,24 @@ fn dump(dir: &Path, format: DumpFormat, prefix: Option<&[u8]>) -> sessiondb::Res
     })
 }
 
-fn get(dir: &Path, key: &[u8]) -> sessiondb::Result<ExitCode> {
-    let view = View::open(dir)?;
-    match view.get(key)? {
+fn get(dir: &Path, k: &[u8], key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
+    let view = keyed::view(dir, key)?;
+    match view.get(k)? {
         Some(v) => output(|w| Ok(w.write_all(&v).and_then(|()| w.write_all(b"\n")))),
         None => {
-            eprintln!("sessiondb: no such key: {}", out::escaped(key));
+            eprintln!("sessiondb: no such key: {}", out::escaped(k));
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn put(dir: &Path, key: &[u8], value: &OsString, ttl: Option<Duration>) -> sessiondb::Result<ExitCode> {
+fn put(
+    dir: &Path,
+    k: &[u8],
+    value: &OsString,
+    ttl: Option<Duration>,
+    key: Option<&EncryptionKey>,
+) -> sessiondb::Result<ExitCode> {
     let value = if value == "-" {
         let mut v = Vec::new();
         io::stdin().read_to_end(&mut v).map_err(|e| Error::Io {
@@ -594,29 +735,33 @@ fn put(dir: &Path, key: &[u8], value: &OsString, ttl: Option<Duration>) -> sessi
     } else {
         value.as_bytes().to_vec()
     };
-    let db = Db::open_with(dir, Options::new())?;
+    let db = Db::open_with(dir, keys::with_key(Options::new(), key))?;
     match ttl {
-        Some(ttl) => db.put_with_ttl(key, &value, ttl)?,
-        None => db.put(key, &value)?,
+        Some(ttl) => db.put_with_ttl(k, &value, ttl)?,
+        None => db.put(k, &value)?,
     }
     db.close()?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Opens an existing store (never creating one), runs `f`, closes it.
-fn write_existing(dir: &Path, f: impl FnOnce(&Db) -> sessiondb::Result<()>) -> sessiondb::Result<ExitCode> {
+fn write_existing(
+    dir: &Path,
+    key: Option<&EncryptionKey>,
+    f: impl FnOnce(&Db) -> sessiondb::Result<()>,
+) -> sessiondb::Result<ExitCode> {
     inspect::inventory(dir)?;
-    let db = Db::open_with(dir, Options::new())?;
+    let db = Db::open_with(dir, keys::with_key(Options::new(), key))?;
     f(&db)?;
     db.close()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn checkpoint(dir: &Path) -> sessiondb::Result<ExitCode> {
+fn checkpoint(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let started = Instant::now();
     let mut stats = None;
     let spin = progress::spinner("checkpointing");
-    write_existing(dir, |db| {
+    write_existing(dir, key, |db| {
         db.checkpoint()?;
         stats = Some(db.stats());
         Ok(())
@@ -643,9 +788,29 @@ fn checkpoint(dir: &Path) -> sessiondb::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup(dir: &Path, dest: &Path) -> sessiondb::Result<ExitCode> {
+fn rotate_key(dir: &Path, old: &EncryptionKey, new_key_file: &Path) -> sessiondb::Result<ExitCode> {
+    let new = keys::read_key_file(new_key_file)?;
+    if new.as_bytes() == old.as_bytes() {
+        return Err(Error::InvalidPath {
+            path: new_key_file.to_path_buf(),
+            reason: "holds the same key as --key-file: nothing to rotate".into(),
+        });
+    }
+    inspect::inventory(dir)?;
+    let db = Db::open_with(dir, keys::with_key(Options::new(), Some(old)))?;
+    keyed::rotate_key(&db, new)?;
+    db.close()?;
+    outln!(
+        "rotated the key of {}: it opens with the key in {} now, no longer with the old one",
+        dir.display(),
+        new_key_file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup(dir: &Path, dest: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("backing up");
-    let r = sessiondb::backup_dir(dir, dest)?;
+    let r = keyed::backup_dir(dir, dest, key)?;
     spin.finish_and_clear();
     outln!(
         "backup of {} written to {}: state after sequence number {}, {} keys, {} snapshot, took {}",
@@ -659,9 +824,9 @@ fn backup(dir: &Path, dest: &Path) -> sessiondb::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(backup: &Path, dir: &Path) -> sessiondb::Result<ExitCode> {
+fn restore(backup: &Path, dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("restoring");
-    let r = sessiondb::restore(backup, dir)?;
+    let r = keyed::restore(backup, dir, key)?;
     spin.finish_and_clear();
     outln!(
         "restored {} to {}: {} keys, last sequence number {}, {} copied",
@@ -674,9 +839,9 @@ fn restore(backup: &Path, dir: &Path) -> sessiondb::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn repair(dir: &Path) -> sessiondb::Result<ExitCode> {
+fn repair(dir: &Path, key: Option<&EncryptionKey>) -> sessiondb::Result<ExitCode> {
     let spin = progress::spinner("repairing");
-    let r = match sessiondb::repair(dir) {
+    let r = match keyed::repair(dir, key) {
         Ok(r) => r,
         Err(e @ Error::Locked { .. }) => {
             spin.finish_and_clear();

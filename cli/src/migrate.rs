@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use sessiondb::inspect;
 use sessiondb::session::{data_from_json, data_to_json, JsonForm, Migrations, SessionId, SessionStore};
-use sessiondb::{Db, Error, Options, SyncMode};
+use sessiondb::{Db, EncryptionKey, Error, Options, SyncMode};
 
 /// Sessions read from the store at a time.
 const PAGE: usize = 256;
@@ -53,11 +53,15 @@ pub fn run(
     to: Option<u32>,
     steps: &[(u32, String)],
     step_timeout: Duration,
+    key: Option<&EncryptionKey>,
 ) -> sessiondb::Result<ExitCode> {
     inspect::inventory(dir)?;
     // The tool holds the store's lock throughout: no application writes meanwhile. Writes are
     // synced once, at close.
-    let db = Db::open_with(dir, Options::new().sync_mode(SyncMode::Never))?;
+    let db = Db::open_with(
+        dir,
+        crate::keys::with_key(Options::new().sync_mode(SyncMode::Never), key),
+    )?;
     let store = SessionStore::new(db);
     let found = census(&store)?;
     for (version, n) in &found {

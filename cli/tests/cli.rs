@@ -141,6 +141,10 @@ fn help_documents_every_subcommand() {
         "restore",
         "repair",
         "migrate-sessions",
+        "encrypt",
+        "decrypt",
+        "rotate-key",
+        "keygen",
     ];
     for sub in subcommands {
         assert!(help.contains(sub), "--help does not list {sub}:\n{help}");
