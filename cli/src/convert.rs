@@ -555,16 +555,8 @@ fn compare(source: &Db, path: &Path, options: Options) -> sessiondb::Result<()> 
 
 type Entries<'a> = Box<dyn Iterator<Item = sessiondb::Result<(Vec<u8>, Versioned)>> + 'a>;
 
-/// Every live entry of `db`, in key order, with its value and expiry deadline.
-#[cfg(feature = "pending-lib")]
-fn versioned(db: &Db) -> Entries<'_> {
-    Box::new(db.range_versioned::<&[u8], _>(..))
-}
-
 /// Every live entry of `db`, in key order, with its value and expiry deadline: a scan, and a
-/// get for each key's deadline (which costs a block check of a snapshot value: most of a
-/// conversion's time, until the library's scan yields deadlines).
-#[cfg(not(feature = "pending-lib"))]
+/// get for each key's deadline (the library's scan does not yield deadlines).
 fn versioned(db: &Db) -> Entries<'_> {
     Box::new(db.range::<&[u8], _>(..).filter_map(move |entry| {
         // NOTE: the conversion's clock is fixed and its stores locked: a key the scan saw is
