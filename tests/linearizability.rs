@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use sessiondb::internals::sim::SimStorage;
 use sessiondb::storage::{FsStorage, Storage};
-use sessiondb::{Batch, Db, ManualClock, Options, SyncMode};
+use sessiondb::{Batch, Db, EncryptionKey, ManualClock, Options, SyncMode};
 use support::history::{check, final_reads, state_after, Env, Key, KeyState, Mix, Recorder, Worker};
 use support::{seed, small_options, OptionsExt, Rng};
 
@@ -54,6 +54,8 @@ const T0: u64 = 1_700_000_000_000;
 #[derive(Debug, Default)]
 struct Figures {
     rounds: u64,
+    /// The campaign's store was encrypted.
+    encrypted: bool,
     calls: u64,
     key_histories: u64,
     states: u64,
@@ -69,30 +71,51 @@ fn budget() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// Options for one open, drawn from `rng`.
-fn options(rng: &mut Rng, storage: &Arc<dyn Storage>, clock: &ManualClock) -> Options {
+/// Options for one open, drawn from `rng` (the store's encryption key, if it has one, is the
+/// campaign's: a store is encrypted or not for its life).
+fn options(rng: &mut Rng, storage: &Arc<dyn Storage>, clock: &ManualClock, key: Option<&EncryptionKey>) -> Options {
     let sync_mode = match rng.below(3) {
         0 => SyncMode::Always,
         1 => SyncMode::Never,
         _ => SyncMode::Interval(Duration::from_millis(1 + rng.below(10))),
     };
-    small_options()
+    let mut opts = small_options()
         .storage(storage.clone())
         .manual_clock(clock)
         .sync_mode(sync_mode)
         .segment_size([64 << 10, 128 << 10, 256 << 10][rng.below(3) as usize])
         .checkpoint_log_bytes([32 << 10, 96 << 10, 256 << 10][rng.below(3) as usize])
         .preallocate_ahead(rng.chance(70))
-        .sweep_interval(Some(Duration::from_millis(1 + rng.below(5))))
+        .sweep_interval(Some(Duration::from_millis(1 + rng.below(5))));
+    if let Some(key) = key {
+        opts = opts.encryption_key(key.clone());
+    }
+    // Retention checkpoints on the store's clock, which the campaign moves: one more background
+    // thread checkpointing under the calls.
+    if rng.chance(30) {
+        opts = opts.max_retention(Duration::from_secs(1 + rng.below(3)));
+    }
+    opts
 }
 
 /// One storage's campaign for `budget`.
 fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: Duration) -> Figures {
     let mut rng = Rng::new(seed);
+    // Half the campaigns run on an encrypted store (a draw of its own).
+    let key = Rng::new(seed ^ 0x00e4_c2ce_7e11)
+        .chance(50)
+        .then(|| EncryptionKey::from_bytes([0x1e; 32]));
+    let env = Env {
+        key: key.clone(),
+        ..env
+    };
     let clock = ManualClock::new(T0);
     let recorder = Arc::new(Recorder::new(clock.clone()));
-    let mut figures = Figures::default();
-    let mut db = Arc::new(Db::open_with(dir, options(&mut rng, &storage, &clock)).unwrap());
+    let mut figures = Figures {
+        encrypted: key.is_some(),
+        ..Figures::default()
+    };
+    let mut db = Arc::new(Db::open_with(dir, options(&mut rng, &storage, &clock, key.as_ref())).unwrap());
     let mut init: BTreeMap<Key, KeyState> = support::history::empty_states(KEYS);
     let mut versions_max = BTreeMap::new();
     let mix = Mix {
@@ -180,7 +203,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
             let closing = Arc::into_inner(db).expect("no other handle");
             figures.checkpoints += closing.stats().checkpoints;
             closing.close().unwrap_or_else(|e| fail(format!("close: {e}")));
-            let reopened = Db::open_with(dir, options(&mut rng, &storage, &clock));
+            let reopened = Db::open_with(dir, options(&mut rng, &storage, &clock, key.as_ref()));
             db = Arc::new(reopened.unwrap_or_else(|e| fail(format!("reopen: {e}"))));
             final_reads(&recorder, &db, KEYS, &env);
             figures.reopens += 1;
@@ -195,14 +218,15 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
 fn report(name: &str, seed: u64, f: &Figures, took: Duration) {
     eprintln!(
         "{name}: SESSIONDB_SEED={seed}: {} rounds, {} calls, {} key histories, {} search states, {} checkpoints, \
-         {} reopens, in {:.1} s: linearizable",
+         {} reopens, in {:.1} s{}: linearizable",
         f.rounds,
         f.calls,
         f.key_histories,
         f.states,
         f.checkpoints,
         f.reopens,
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        if f.encrypted { ", encrypted" } else { "" }
     );
 }
 
@@ -215,6 +239,7 @@ fn concurrent_histories_on_real_files_are_linearizable() {
         storage: storage.clone(),
         backups: tmp.path().to_path_buf(),
         real_files: true,
+        key: None,
     };
     let started = Instant::now();
     let f = campaign(seed, storage, &tmp.path().join("store"), env, budget());
@@ -229,6 +254,7 @@ fn concurrent_histories_on_the_sim_are_linearizable() {
         storage: sim.clone(),
         backups: PathBuf::from("/backups"),
         real_files: false,
+        key: None,
     };
     sim.create_dir_all(&env.backups).unwrap();
     let started = Instant::now();

@@ -78,6 +78,7 @@ impl Store {
             storage,
             backups: PathBuf::from("/backups"),
             real_files: false,
+            key: None,
         };
         env.storage.create_dir_all(&env.backups).unwrap();
         let clock = ManualClock::new(T0);

@@ -210,6 +210,8 @@ pub struct Env {
     pub backups: std::path::PathBuf,
     /// Whether `storage` is the real file system (backups' directories are then removed too).
     pub real_files: bool,
+    /// The store's encryption key, if it is encrypted (its backups are too).
+    pub key: Option<sessiondb::EncryptionKey>,
 }
 
 /// Records calls from many threads.
@@ -409,11 +411,11 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
             }
             // Read back with the clock as it was when the backup returned.
             let at = ManualClock::new(clock.now_ms_for_test());
-            let read = sessiondb::Db::open_with(
-                &dest,
-                small_options().quiet().storage(env.storage.clone()).manual_clock(&at),
-            )
-            .map_or_else(failed, |copy| {
+            let mut opts = small_options().quiet().storage(env.storage.clone()).manual_clock(&at);
+            if let Some(key) = &env.key {
+                opts = opts.encryption_key(key.clone());
+            }
+            let read = sessiondb::Db::open_with(&dest, opts).map_or_else(failed, |copy| {
                 let out = entries(copy.scan_prefix(b"k"));
                 copy.close().map_or_else(failed, |()| out)
             });
