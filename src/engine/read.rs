@@ -116,17 +116,7 @@ impl Engine {
     pub(crate) fn read_checked(&self, source: &Source, key: &[u8], entry: &Entry) -> Result<(Vec<u8>, Option<u32>)> {
         let loc = entry.loc;
         let seq = entry.seq.get();
-        let path = || self.file_path(source.file);
-        let not_its = |at: u64, why: &str| {
-            Error::corruption(
-                path(),
-                at,
-                format!(
-                    "the bytes here are not the value of key {} at version {seq}: {why}",
-                    show_key(key)
-                ),
-            )
-        };
+        let not_its = |at: u64, why: &str| self.not_the_value(source, key, seq, at, why);
         let value_len = loc.len as usize;
         if source.version == format::FORMAT_VERSION_ENCRYPTED {
             return self.read_sealed_value(source, key, entry).map(|v| (v, None));
@@ -159,6 +149,18 @@ impl Engine {
         }
     }
 
+    /// The error for bytes at `at` of `source` that are not `key`'s value at version `seq`.
+    fn not_the_value(&self, source: &Source, key: &[u8], seq: u64, at: u64, why: &str) -> Error {
+        Error::corruption(
+            self.file_path(source.file),
+            at,
+            format!(
+                "the bytes here are not the value of key {} at version {seq}: {why}",
+                show_key(key)
+            ),
+        )
+    }
+
     /// A value in a file of an encrypted store (format version 3): the sealed put or snapshot
     /// entry is read (O(key + value) bytes), its framing checked against the index entry, and
     /// opened with the file's data key, its placement (file, offset, version) as associated
@@ -168,17 +170,7 @@ impl Engine {
         let loc = entry.loc;
         let seq = entry.seq.get();
         let value_len = loc.len as usize;
-        let path = || self.file_path(source.file);
-        let not_its = |at: u64, why: &str| {
-            Error::corruption(
-                path(),
-                at,
-                format!(
-                    "the bytes here are not the value of key {} at version {seq}: {why}",
-                    show_key(key)
-                ),
-            )
-        };
+        let not_its = |at: u64, why: &str| self.not_the_value(source, key, seq, at, why);
         let Some(cipher) = &source.cipher else {
             return Err(not_its(loc.offset, "the file has no data key in the keyring"));
         };
