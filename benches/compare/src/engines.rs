@@ -125,6 +125,13 @@ impl SessionDb {
             sessiondb::SyncMode::Always
         };
         let mut opts = sessiondb::Options::new().sync_mode(mode);
+        // Experiments only (issue 17's 4 KiB tail): another segment size.
+        if let Some(bytes) = std::env::var("SESSIONDB_BENCH_SEGMENT_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            opts = opts.segment_size(bytes);
+        }
         if encrypted {
             opts = opts.encryption_key(sessiondb::EncryptionKey::from_bytes(BENCH_KEY));
         }

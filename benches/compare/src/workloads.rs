@@ -12,6 +12,17 @@ use crate::Args;
 
 pub const KEY_BYTES: usize = 16;
 pub const VALUE_BYTES: usize = 256;
+
+/// W2's value size: `VALUE_BYTES`, or `SESSIONDB_W2_VALUE_BYTES` (issue 17 measures 4 KiB).
+fn w2_value_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("SESSIONDB_W2_VALUE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(VALUE_BYTES)
+    })
+}
 const SESSION_BYTES: usize = 1024;
 
 #[derive(Debug, Clone)]
@@ -338,7 +349,7 @@ fn durable_writers(
                             Some(n) => key(key_space, rng.below(n)),
                             None => key(key_space, i),
                         };
-                        let v = values.get(&mut rng, VALUE_BYTES);
+                        let v = values.get(&mut rng, w2_value_bytes());
                         let t0 = Instant::now();
                         w.put(&k, v, true);
                         lat.push(t0);
