@@ -395,6 +395,7 @@ impl Keyring {
             st.master = old;
             return Err(e);
         }
+        tracing::info!(target: "sessiondb", generation = st.generation, "master key rotated");
         Ok(())
     }
 
@@ -408,6 +409,14 @@ impl Keyring {
     /// the rename, and fsyncs it, so the old sealed keys do not linger in free blocks of a file
     /// system that overwrites in place (docs/design.md says where they still may).
     fn persist(&self, st: &mut KeyringState) -> Result<()> {
+        let written = self.write_keyring(st);
+        if let Err(e) = &written {
+            tracing::error!(target: "sessiondb", error = %e, "keyring rewrite failed");
+        }
+        written
+    }
+
+    fn write_keyring(&self, st: &mut KeyringState) -> Result<()> {
         st.generation += 1;
         let entries: Vec<KeyringEntry> = st
             .keys

@@ -488,6 +488,9 @@ fn retention_loop(engine: &Engine, bound: Duration) {
             drop(st);
             let before = engine.counters.checkpoints.load(Ordering::Relaxed);
             let ran = retention_checkpoint(engine);
+            if let Err(e) = &ran {
+                tracing::warn!(target: "sessiondb", error = %e, "retention checkpoint failed; retrying later");
+            }
             // NOTE: a failed checkpoint leaves the old snapshot and the whole log (and gives
             // back what it took from retention); it is retried after a pause.
             if ran.is_ok() && engine.counters.checkpoints.load(Ordering::Relaxed) > before {
@@ -607,6 +610,9 @@ fn checkpoint_loop(engine: &Engine) {
             // the next trigger tries again. Log failures poison the store through sync.
             let before = engine.counters.checkpoints.load(Ordering::Relaxed);
             let ran = checkpoint::run(engine);
+            if let Err(e) = &ran {
+                tracing::warn!(target: "sessiondb", error = %e, "background checkpoint failed");
+            }
             let wrote = engine.counters.checkpoints.load(Ordering::Relaxed) > before;
             st = bg.state.lock();
             // A request made while this one ran found it wanted already and was dropped: if

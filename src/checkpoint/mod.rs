@@ -34,7 +34,29 @@ pub(crate) use snapshot::{decode_snapshot, load_snapshot, LoadedSnapshot, Snapsh
 const COPY_CHUNK: usize = 1024;
 
 /// Runs one checkpoint. Returns when the snapshot is durable and the files it covers are gone.
+/// In span `sessiondb.checkpoint` (its `base_seq` recorded once known); an INFO event when a
+/// snapshot was written, WARN (full disk) or ERROR when the checkpoint failed.
 pub(crate) fn run(engine: &Engine) -> Result<()> {
+    let span = tracing::info_span!(target: "sessiondb", "sessiondb.checkpoint", base_seq = tracing::field::Empty);
+    let _in_span = span.enter();
+    let started = std::time::Instant::now();
+    let before = engine.counters.checkpoints.load(Ordering::Relaxed);
+    let ran = run_checkpoint(engine);
+    match &ran {
+        Ok(()) if engine.counters.checkpoints.load(Ordering::Relaxed) > before => {
+            let bytes = engine.snapshots.lock().last().map_or(0, |s| s.1);
+            tracing::info!(target: "sessiondb", bytes, duration_ms = started.elapsed().as_millis() as u64, "checkpoint written");
+        }
+        Ok(()) => {}
+        Err(e) if e.is_storage_full() => {
+            tracing::warn!(target: "sessiondb", error = %e, "checkpoint failed: storage full")
+        }
+        Err(e) => tracing::error!(target: "sessiondb", error = %e, "checkpoint failed"),
+    }
+    ran
+}
+
+fn run_checkpoint(engine: &Engine) -> Result<()> {
     let _one_at_a_time = engine.checkpoint_lock.lock();
     let started = std::time::Instant::now();
     engine.check_poison()?;
@@ -47,6 +69,7 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     let roll = engine.roll_for_checkpoint()?;
     point!(engine, CheckpointFrozen);
     let base_seq = roll.base;
+    tracing::Span::current().record("base_seq", base_seq);
     // The index is frozen at the base until the snapshot replaces its lower layers.
     let (snapshot_bytes, deadline) = match write_and_rebase(engine, &roll) {
         Ok(written) => written,

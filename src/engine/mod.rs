@@ -189,6 +189,7 @@ impl Engine {
         let mut cause = self.poison_cause.lock();
         if cause.is_none() {
             *cause = Some(err.to_string());
+            tracing::error!(target: "sessiondb", cause = %err, "store poisoned: writes refused until reopened");
         }
         self.poisoned.store(true, Ordering::Release);
     }

@@ -101,9 +101,12 @@ fn create_store_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// needs to start.
 pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -> Result<Recovered> {
     let started = Instant::now();
+    let span = tracing::info_span!(target: "sessiondb", "sessiondb.open", dir = %layout.dir().display());
+    let _in_span = span.enter();
     let mut r = Recovery::new(layout, opts);
     let listing = r.remove_leftovers()?;
     r.keyring = open_keyring(layout, opts, &listing)?;
+    tracing::debug!(target: "sessiondb", encrypted = r.keyring.is_some(), "store encryption");
     let segs = r.open_segments(&listing.segments)?;
     let mut base = r.load_snapshot(&listing.snapshots, &segs)?;
     let log = r.choose_segments(segs, base.seq)?;
@@ -116,6 +119,22 @@ pub(crate) fn recover(layout: &Layout, opts: &Options, spare: &Arc<SpareSlot>) -
     active::sync_log_end(&chosen)?;
     r.forget_gone_keys(&chosen, &base)?;
     r.report.duration = started.elapsed();
+    let rep = &r.report;
+    tracing::debug!(target: "sessiondb", snapshot_seq = rep.snapshot_seq, entries = rep.snapshot_entries, "snapshot loaded");
+    tracing::debug!(target: "sessiondb", records = rep.records_replayed, "log replayed");
+    if rep.files_removed > 0 {
+        tracing::info!(target: "sessiondb", files = rep.files_removed, "files removed");
+    }
+    tracing::info!(
+        target: "sessiondb",
+        encrypted = r.keyring.is_some(),
+        snapshot_seq = rep.snapshot_seq,
+        records_replayed = rep.records_replayed,
+        torn_tail_bytes = rep.torn_tail_bytes,
+        skipped = rep.skipped.len() as u64,
+        duration_ms = rep.duration.as_millis() as u64,
+        "store opened"
+    );
     Ok(r.finish(chosen.start, chosen.log_bytes, &base, spare))
 }
 
@@ -211,6 +230,7 @@ impl<'a> Recovery<'a> {
 /// Records damage that `Salvage` skipped.
 fn skip(report: &mut RecoveryReport, e: &Error) {
     if let Error::Corruption { path, offset, reason } = e {
+        tracing::warn!(target: "sessiondb", file = %path.display(), offset, reason = %reason, "salvage skipped damage");
         report.skipped.push(Skipped {
             path: path.clone(),
             offset: *offset,

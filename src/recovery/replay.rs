@@ -166,6 +166,7 @@ impl Recovery<'_> {
         write_all_at(seg.file.file.as_ref(), &vec![0u8; len], torn.start).map_err(|e| Error::io("write", path, e))?;
         seg.file.file.sync_data().map_err(|e| Error::io("fdatasync", path, e))?;
         self.report.torn_tail_bytes = len as u64;
+        tracing::warn!(target: "sessiondb", file = %path.display(), offset = torn.start, bytes = len as u64, "torn tail cut");
         Ok(())
     }
 

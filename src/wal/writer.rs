@@ -208,7 +208,8 @@ impl SpareSlot {
                     // zero segment below the active one must not stay on disk.
                     let _ = storage.remove(&seg.path);
                 }
-                Err(_) => {
+                Err(e) => {
+                    tracing::warn!(target: "sessiondb", segment = id, error = %e, retry_ms = retry.as_millis() as u64, "spare segment preparation failed; retrying");
                     // The writer creates the segment itself if it needs it first (and reports
                     // the error if it fails too); meanwhile this tries again, less and less
                     // often, until the disk has room (issue 15).
@@ -268,6 +269,9 @@ pub(crate) struct LogWriter {
     /// Segments made ready for the next group by [`LogWriter::reserve`], in id order after the
     /// active one.
     reserved: VecDeque<SegmentFile>,
+    /// A full disk was logged (WARN) and no reservation has succeeded since: one event per
+    /// transition to full, not one per refused write.
+    full_logged: bool,
     /// Next byte to write in the active segment.
     write_offset: u64,
     /// Whether the active segment's header is written.
@@ -318,6 +322,7 @@ impl LogWriter {
             active: start.active,
             active_id: start.active_id,
             reserved: VecDeque::new(),
+            full_logged: false,
             write_offset: start.write_offset,
             activated: start.activated,
             written_seq: start.written_seq,
@@ -380,9 +385,19 @@ impl LogWriter {
             if self.reserved.iter().any(|s| s.id == id) {
                 continue;
             }
-            let seg = self.make(id)?;
+            let seg = match self.make(id) {
+                Ok(seg) => seg,
+                Err(e) => {
+                    if e.is_storage_full() && !self.full_logged {
+                        self.full_logged = true;
+                        tracing::warn!(target: "sessiondb", error = %e, "storage full: writes refused until there is room");
+                    }
+                    return Err(e);
+                }
+            };
             self.reserved.push_back(seg);
         }
+        self.full_logged = false;
         Ok(())
     }
 
