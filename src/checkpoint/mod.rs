@@ -41,7 +41,7 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     let _in_span = span.enter();
     let started = std::time::Instant::now();
     let before = engine.counters.checkpoints.load(Ordering::Relaxed);
-    let ran = run_checkpoint(engine);
+    let ran = run_checkpoint(engine, &span);
     match &ran {
         Ok(()) if engine.counters.checkpoints.load(Ordering::Relaxed) > before => {
             let bytes = engine.snapshots.lock().last().map_or(0, |s| s.1);
@@ -56,7 +56,7 @@ pub(crate) fn run(engine: &Engine) -> Result<()> {
     ran
 }
 
-fn run_checkpoint(engine: &Engine) -> Result<()> {
+fn run_checkpoint(engine: &Engine, span: &tracing::Span) -> Result<()> {
     let _one_at_a_time = engine.checkpoint_lock.lock();
     let started = std::time::Instant::now();
     engine.check_poison()?;
@@ -69,7 +69,7 @@ fn run_checkpoint(engine: &Engine) -> Result<()> {
     let roll = engine.roll_for_checkpoint()?;
     point!(engine, CheckpointFrozen);
     let base_seq = roll.base;
-    tracing::Span::current().record("base_seq", base_seq);
+    span.record("base_seq", base_seq);
     // The index is frozen at the base until the snapshot replaces its lower layers.
     let (snapshot_bytes, deadline) = match write_and_rebase(engine, &roll) {
         Ok(written) => written,
