@@ -13,6 +13,10 @@
 //! systemd credential would provide it. Make one with `sessiondb keygen key.hex` (or
 //! `head -c 32 /dev/urandom > key.bin`), keep it outside the store's directory, and never lose
 //! it: without it the sessions cannot be read.
+//!
+//! The library's log (docs/design.md, "Logging (tracing)": open and recovery, checkpoints,
+//! failures in the background, a full disk, a poisoned store) goes to stderr; `RUST_LOG`
+//! filters it (default `sessiondb=info`; e.g. `RUST_LOG=sessiondb=debug`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +57,14 @@ fn usage() -> ! {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // sessiondb's events to stderr (stdout carries the "listening on" line).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("sessiondb=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let mut addr: SocketAddr = "127.0.0.1:3000".parse()?;
     let mut dir = PathBuf::from("sessiondb-axum-example");
     let mut args = std::env::args().skip(1);
