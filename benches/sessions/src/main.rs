@@ -17,6 +17,9 @@ use serde_json::json;
 
 const BLOB: usize = 900;
 
+/// Failed actix requests (loads or updates), reported per point on stderr.
+static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn env_or(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
 }
@@ -181,18 +184,17 @@ mod actix {
                         let id = &ids[(rng(&mut seed) % ids.len() as u64) as usize];
                         let t0 = Instant::now();
                         let key = SessionKey::try_from(id.clone()).unwrap();
-                        let mut st = s
-                            .load(&key)
-                            .await
-                            .map_err(|e| e.to_string())
-                            .expect("load")
-                            .expect("missing");
+                        let Ok(Some(mut st)) = s.load(&key).await else {
+                            ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            continue;
+                        };
                         let c: u64 = st.get("counter").and_then(|v| v.parse().ok()).unwrap_or(0);
                         st.insert("counter".into(), (c + 1).to_string());
-                        s.update(key, st, &ttl)
-                            .await
-                            .map_err(|e| e.to_string())
-                            .expect("update");
+                        if s.update(key, st, &ttl).await.is_err() {
+                            // Counted and reported, not fatal: one failed request must not end the run.
+                            ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            continue;
+                        }
                         lat.push(t0.elapsed().as_nanos() as u64);
                     }
                     lat
@@ -403,6 +405,10 @@ fn main() {
                 let (name, rp, Store::T15(f)) = &stores[(j + run + conc) % k];
                 let mut p = measure(f.as_ref(), conc, secs, *rp);
                 p.lat_ns.sort_unstable();
+                let errs = ERRORS.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if errs > 0 {
+                    eprintln!("{name} at {conc}: {errs} failed requests (not counted)");
+                }
                 let r = p.reqs.max(1) as f64;
                 println!(
                     "{},{},{},{},{:.0},{:.1},{:.1},{:.1},{:.1}",
