@@ -7,7 +7,8 @@
 //! Invariants: no panic, no allocation from a length field; the loader returns the entries or
 //! an error naming corruption or an unsupported format; loaded keys ascend strictly, sequence
 //! numbers are not 0, the count is the footer's; the loader and `verify` agree on whether the
-//! file is intact; a rebuilt (salvaged) snapshot always loads, holding only entries of the
+//! file is intact (except a sealed, format version 3 file, which the loader refuses without its
+//! data key and `verify` without the key checks for framing and checksums only); a rebuilt (salvaged) snapshot always loads, holding only entries of the
 //! original, all of them when it was intact; a pristine spec loads exactly as written. Every
 //! block between a readable header and footer is also decoded entry by entry in both versions'
 //! layouts (no panic), and in its own version each entry goes through `check_snapshot_value`,
@@ -55,6 +56,10 @@ pub fn run(data: &[u8]) {
     let loaded = fuzzing::decode_snapshot(&bytes, base);
     let problems = fuzzing::snapshot_problems(&bytes, base);
     let bad_value_crcs = check_entries(&bytes);
+    // A sealed snapshot (format version 3, an encrypted store's) is salvaged only with its data
+    // key (repair_with_key); without it salvage gives up, and loading it is refused, while
+    // `verify` without the key checks its framing and checksums only and may find them intact.
+    let sealed = sessiondb::internals::format::decode_preamble_version(&bytes) == Some(3);
     match &loaded {
         Ok(s) => {
             check_loaded(&bytes, base, s);
@@ -70,7 +75,7 @@ pub fn run(data: &[u8]) {
         }
         Err(Error::Corruption { .. } | Error::UnsupportedFormat { .. }) => {
             assert!(
-                !problems.is_empty(),
+                !problems.is_empty() || sealed,
                 "verify finds nothing wrong where the loader refuses: {loaded:?}"
             );
         }
@@ -88,9 +93,6 @@ pub fn run(data: &[u8]) {
         assert_eq!(got, entries, "a pristine snapshot loads other entries");
     }
     let unsupported = matches!(loaded, Err(Error::UnsupportedFormat { .. }));
-    // A sealed snapshot (format version 3, an encrypted store's) is salvaged only with its data
-    // key (repair_with_key); without it salvage gives up, and loading it is damage.
-    let sealed = sessiondb::internals::format::decode_preamble_version(&bytes) == Some(3);
     if sealed {
         assert!(loaded.is_err(), "a sealed snapshot loaded without its data key");
     }
