@@ -23,8 +23,9 @@ use crate::options::RecoveryMode;
 use crate::stats::Skipped;
 
 /// Bytes at the end of a file that must be zero for a damaged header to count as a torn
-/// activation of one of our preallocated segments.
-const ZERO_TAIL_MIN: usize = 4096;
+/// activation of one of our preallocated segments. The log writer keeps it so: it never writes
+/// into a segment's last `ZERO_TAIL_MIN` bytes before the segment's header is durable.
+pub(crate) const ZERO_TAIL_MIN: usize = 4096;
 
 /// Where the segment header's `preamble_crc` field starts (docs/format.md, "Segment header"):
 /// the decoder places damage here when the preamble checksum does not match (row R7b).

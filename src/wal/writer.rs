@@ -19,6 +19,7 @@ use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_H
 use crate::index::FileId;
 use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
+use crate::wal::reader::ZERO_TAIL_MIN;
 use crate::wal::sync::{LogSync, SyncTarget};
 
 /// Zeros are written in chunks of this size when a segment is preallocated. Measured: with 1 MiB
@@ -276,6 +277,9 @@ pub(crate) struct LogWriter {
     write_offset: u64,
     /// Whether the active segment's header is written.
     activated: bool,
+    /// Whether the active segment's header was made durable on its own (see
+    /// [`LogWriter::header_durable`]).
+    header_synced: bool,
     /// Last sequence number handed to the OS.
     pub written_seq: u64,
     /// Bytes written since open (framing and headers included).
@@ -325,6 +329,8 @@ impl LogWriter {
             full_logged: false,
             write_offset: start.write_offset,
             activated: start.activated,
+            // Recovery made the active segment durable (its step 8).
+            header_synced: start.activated,
             written_seq: start.written_seq,
             bytes_written: 0,
             segments: start.segments,
@@ -488,6 +494,7 @@ impl LogWriter {
                     format::encode_segment_header(SegmentHeader::with_version(self.active_id, rec.seq, self.version()));
                 self.buf.extend_from_slice(&header);
                 self.activated = true;
+                self.header_synced = false;
                 self.segments.insert(
                     self.active_id,
                     SegInfo {
@@ -496,6 +503,17 @@ impl LogWriter {
                     },
                 );
                 placement.activated.extend(self.active.clone());
+            }
+            let end = buf_at + (self.buf.len() + RECORD_HEADER_SIZE + rec.payload.len()) as u64;
+            if end + ZERO_TAIL_MIN as u64 > self.capacity() && !self.header_durable() {
+                // Recovery tells a torn activation (header and records lost or torn together,
+                // nothing synced) from damage by the segment's last 4 KiB being zero: so they
+                // are not written until the header is durable (docs/design.md, row R6).
+                self.flush(buf_at)?;
+                buf_at = self.write_offset;
+                self.sync()?;
+                self.header_synced = true;
+                durable_seq = self.sync.durable_seq();
             }
             let offset = buf_at + self.buf.len() as u64;
             placed.push((self.active_id, offset));
@@ -592,6 +610,7 @@ impl LogWriter {
         self.write_offset = SEGMENT_HEADER_SIZE as u64;
         self.bytes_written += SEGMENT_HEADER_SIZE as u64;
         self.activated = true;
+        self.header_synced = true;
         self.segments.insert(
             self.active_id,
             SegInfo {
@@ -642,6 +661,16 @@ impl LogWriter {
                 .segments
                 .get(&self.active_id)
                 .is_some_and(|s| s.first_seq == self.written_seq + 1)
+    }
+
+    /// Whether the active segment's header is known durable: synced on its own (a checkpoint's
+    /// roll, or before the segment's last bytes), or a record of the segment is.
+    fn header_durable(&self) -> bool {
+        self.header_synced
+            || self
+                .segments
+                .get(&self.active_id)
+                .is_some_and(|s| self.sync.durable_seq() >= s.first_seq)
     }
 
     /// `fdatasync` of the active segment: every record written so far becomes durable.

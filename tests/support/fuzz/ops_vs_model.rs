@@ -284,6 +284,9 @@ pub fn run(data: &[u8]) {
     let Ok(spec) = OpsSpec::arbitrary(&mut Unstructured::new(data)) else {
         return;
     };
+    if std::env::var_os("SESSIONDB_FUZZ_PRINT").is_some() {
+        eprintln!("{spec:#?}");
+    }
     let sim = SimStorage::new(spec.seed);
     let clock = ManualClock::new(1_700_000_000_000);
     let mode = if spec.sync_always {
