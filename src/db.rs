@@ -38,6 +38,8 @@ pub struct Versioned {
 pub struct Db {
     engine: Arc<Engine>,
     threads: Vec<JoinHandle<()>>,
+    /// The commit thread, started by the first async write ([`Db::write_if_async`]).
+    commit_thread: crate::sync::Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
 }
 
@@ -72,7 +74,12 @@ impl Db {
             checkpoint::run(&engine)?;
         }
         let threads = start_background(&engine)?;
-        Ok(Db { engine, threads, path })
+        Ok(Db {
+            engine,
+            threads,
+            commit_thread: crate::sync::Mutex::new(None),
+            path,
+        })
     }
 
     /// The store's directory.
@@ -338,6 +345,96 @@ impl Db {
         self.engine.keyring.is_some()
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Async writes (docs/design.md, "Async writes")
+
+    /// [`Db::put`] for async code. The future completes when the write is durable per the
+    /// [`SyncMode`] and visible, as the blocking call returns; meanwhile no thread waits for it
+    /// (the commit-group leader, or the store's commit thread, wakes the task). The write is
+    /// ordered when the future is first polled; dropping it after that does not cancel the
+    /// write.
+    pub async fn put_async(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let op = Op::Put {
+            key,
+            value,
+            expires_at_ms: 0,
+        };
+        self.start_commit_thread()?;
+        self.engine.write_ops_async(&[op], Durability::Default)?.await?;
+        Ok(())
+    }
+
+    /// [`Db::delete`] for async code (see [`Db::put_async`]).
+    pub async fn delete_async(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let key = key.as_ref();
+        self.check_key(key)?;
+        self.start_commit_thread()?;
+        self.engine
+            .write_ops_async(&[Op::Delete { key }], Durability::Default)?
+            .await?;
+        Ok(())
+    }
+
+    /// [`Db::touch_with`] for async code (see [`Db::put_async`]).
+    pub async fn touch_with_async(&self, key: impl AsRef<[u8]>, ttl: Duration, durability: Durability) -> Result<bool> {
+        let mut batch = Batch::new();
+        batch.touch(key, ttl).durability(durability);
+        let ops = self.batch_ops(&batch)?;
+        self.start_commit_thread()?;
+        let checked = self.engine.write_checked_async(&ops, &[], durability).await?;
+        Ok(checked.is_ok_and(|c| c.touched == 1))
+    }
+
+    /// [`Db::write`] for async code (see [`Db::put_async`]).
+    pub async fn write_async(&self, batch: Batch) -> Result<()> {
+        match self.write_if_async(batch).await? {
+            Ok(_) => Ok(()),
+            Err(conflict) => Err(Error::Conflict(conflict)),
+        }
+    }
+
+    /// [`Db::write_if`] for async code (see [`Db::put_async`]): the preconditions are checked
+    /// and the batch ordered in one step, as there; a decision that rests on writes not yet
+    /// applied waits for them as a task, not as a thread.
+    pub async fn write_if_async(&self, batch: Batch) -> Result<Result<u64, Conflict>> {
+        if batch.is_empty() && batch.expect.is_empty() {
+            return Ok(Ok(self.engine.index.read().applied_seq));
+        }
+        let ops = self.batch_ops(&batch)?;
+        let plain = batch.expect.is_empty() && !ops.iter().any(|op| matches!(op, Op::Touch { .. }));
+        self.start_commit_thread()?;
+        if plain && !ops.is_empty() {
+            return Ok(Ok(self.engine.write_ops_async(&ops, batch.durability)?.await?));
+        }
+        for (key, _) in &batch.expect {
+            self.check_key(key)?;
+        }
+        let r = self
+            .engine
+            .write_checked_async(&ops, &batch.expect, batch.durability)
+            .await?;
+        Ok(r.map(|c| c.seq))
+    }
+
+    /// Starts the commit thread if it is not running: it leads the commit groups that async
+    /// writers open, so that no executor thread waits for the disk.
+    fn start_commit_thread(&self) -> Result<()> {
+        let mut slot = self.commit_thread.lock();
+        if slot.is_none() {
+            let engine = self.engine.clone();
+            let name = "sessiondb-commit";
+            let spawned = thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || engine.run_commit_thread())
+                .map_err(|e| Error::io("spawn thread", name, e))?;
+            *slot = Some(spawned);
+        }
+        Ok(())
+    }
+
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
         self.engine.stats()
@@ -361,7 +458,9 @@ impl Db {
             self.engine.background.cv.notify_all();
         }
         self.engine.spare.shutdown();
-        for t in self.threads.drain(..) {
+        self.engine.stop_commit_thread();
+        let commit_thread = self.commit_thread.lock().take();
+        for t in self.threads.drain(..).chain(commit_thread) {
             // NOTE: a panicked background thread has already reported through the panic hook.
             let _ = t.join();
         }

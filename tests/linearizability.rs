@@ -2,7 +2,8 @@
 //!
 //! Scenario: four threads (`SESSIONDB_CHECKER_THREADS`) issue every kind of call (`put`, `put_with_ttl`, `delete`, `write`
 //! with and without preconditions, `put_if_version`, `delete_if_version`, `touch` and
-//! `touch_with` in each durability, `get`, `get_with_version`, `get_versioned`, `scan_prefix`,
+//! `touch_with` in each durability (odd threads' writes through the async API: `put_async`,
+//! `delete_async`, `write_async`, `write_if_async`, `touch_with_async`), `get`, `get_with_version`, `get_versioned`, `scan_prefix`,
 //! `range`, `backup`) on six keys, so they collide on every key, while checkpoints (automatic,
 //! after 32 to 256 KiB of log, and a thread calling `checkpoint` and `sync`), the expiry
 //! sweeper (every few ms) and `purge_expired` run, batches of filler keys outside the checked
@@ -168,6 +169,9 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
                 let (db, recorder, env, clock) = (db.clone(), recorder.clone(), env.clone(), clock.clone());
                 let mut worker = Worker::new(t, round, rng.next_u64(), mix);
                 std::thread::spawn(move || {
+                    // Odd threads write through the async API: its groups, led by the commit
+                    // thread, interleave with the blocking writers' (issue 17).
+                    support::history::use_async_writes(t % 2 == 1);
                     for _ in 0..ops_per_worker {
                         worker.maybe_move_clock(&clock);
                         let op = worker.next_op();

@@ -9,8 +9,11 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::{Conflict, Error, Result};
 use crate::format::{self, Op, FORMAT_VERSION, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
@@ -147,13 +150,20 @@ pub(crate) struct RollPoint {
 /// Each waiting writer parks its own thread and the leader unparks them one by one, so the
 /// woken writers run at once. (With a mutex and a condition variable they were handed the mutex
 /// one after another, each woken only when the previous one let go: on two CPUs the last writer
-/// of a group of 16 came back to write its next record long after the first.)
+/// of a group of 16 came back to write its next record long after the first.) An async writer
+/// ([`GroupFuture`]) leaves its task's waker instead: no thread waits for it.
 #[derive(Default)]
 struct GroupWait {
     /// Set once, by the leader.
     outcome: OnceLock<Result<()>>,
-    /// The threads waiting for the outcome.
-    waiters: Mutex<Vec<Thread>>,
+    /// The threads and tasks waiting for the outcome.
+    waiters: Mutex<Vec<Waiter>>,
+}
+
+/// A writer waiting for its group.
+enum Waiter {
+    Thread(Thread),
+    Task(Waker),
 }
 
 impl GroupWait {
@@ -166,20 +176,70 @@ impl GroupWait {
         // outcome when it looks (its lock of `waiters` follows this one's).
         let first = self.outcome.set(copy).is_ok();
         debug_assert!(first, "a group completes once");
-        for waiter in self.waiters.lock().drain(..) {
-            waiter.unpark();
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        for waiter in waiters {
+            match waiter {
+                Waiter::Thread(t) => t.unpark(),
+                Waiter::Task(w) => w.wake(),
+            }
         }
     }
 
+    fn outcome(&self) -> Option<Result<()>> {
+        self.outcome
+            .get()
+            .map(|r| r.as_ref().map(|_| ()).map_err(Error::duplicate))
+    }
+
     fn wait(&self) -> Result<()> {
-        self.waiters.lock().push(thread::current());
+        self.waiters.lock().push(Waiter::Thread(thread::current()));
         loop {
-            match self.outcome.get() {
-                Some(Ok(())) => return Ok(()),
-                Some(Err(e)) => return Err(e.duplicate()),
+            match self.outcome() {
+                Some(r) => return r,
                 // Parks until unparked by `complete` (or spuriously: the loop looks again).
                 None => thread::park(),
             }
+        }
+    }
+
+    /// The outcome if the group is done; else `waker` is woken when it is.
+    fn poll(&self, waker: &Waker) -> Poll<Result<()>> {
+        if let Some(r) = self.outcome() {
+            return Poll::Ready(r);
+        }
+        let mut waiters = self.waiters.lock();
+        // Looked at again under the lock: `complete` sets the outcome before it takes the list.
+        if let Some(r) = self.outcome() {
+            return Poll::Ready(r);
+        }
+        let known = waiters.iter_mut().find_map(|w| match w {
+            Waiter::Task(w) if w.will_wake(waker) => Some(w),
+            _ => None,
+        });
+        if known.is_none() {
+            waiters.push(Waiter::Task(waker.clone()));
+        }
+        Poll::Pending
+    }
+}
+
+/// A write ordered in a commit group, completed when the group is durable (as its durability
+/// asks) and applied: its sequence number. The write happens whether or not this is polled
+/// again: dropping it does not cancel the write, only the wait.
+#[must_use = "the write is ordered; await this to know it is durable and applied"]
+pub(crate) struct GroupFuture {
+    wait: Option<Arc<GroupWait>>,
+    seq: u64,
+}
+
+impl Future for GroupFuture {
+    type Output = Result<u64>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<u64>> {
+        let seq = self.seq;
+        match &self.wait {
+            None => Poll::Ready(Ok(seq)),
+            Some(wait) => wait.poll(cx.waker()).map(|r| r.map(|()| seq)),
         }
     }
 }
@@ -210,6 +270,13 @@ pub(crate) struct CommitState {
     /// Writes ordered but not yet applied, in sequence order: the forming group and the one in
     /// flight. Version checks read it before the index; the leader drains it after applying.
     pending: VecDeque<Pending>,
+    /// The forming group was opened by an async writer: the commit thread leads it.
+    async_lead: bool,
+    /// The commit thread is to stop (the store is closing).
+    commit_thread_stop: bool,
+    /// Tasks waiting, as threads wait on `leader_cv`, for leadership to change hands (async
+    /// checked writes whose keys have writes pending).
+    leader_wakers: Vec<Waker>,
 }
 
 impl CommitState {
@@ -269,8 +336,9 @@ impl Drop for Leadership<'_> {
                 cause: "a thread holding commit leadership panicked".into(),
             });
         }
-        self.0.commit.lock().leader_active = false;
-        self.0.leader_cv.notify_all();
+        let mut st = self.0.commit.lock();
+        st.leader_active = false;
+        self.0.leadership_changed(st);
     }
 }
 
@@ -332,8 +400,7 @@ impl Engine {
             // find nothing where a read still finds the value. So it is returned only once no
             // write to its keys is pending, and decided again after each wait (the writes
             // applied meanwhile may change it): linearizable.
-            let involved = |k: &[u8]| expect.iter().any(|(e, _)| e == k) || ops.iter().any(|op| op.key() == k);
-            if !st.pending.iter().any(|p| involved(p.key.as_bytes())) {
+            if !involves_pending(&st, ops, expect) {
                 return Ok(outcome);
             }
             self.leader_cv.wait(&mut st);
@@ -453,23 +520,140 @@ impl Engine {
             return self.waiting(|| group.wait()).map(|()| seq);
         }
         let (wait, group) = self.take_leadership(st);
-        let group = match group {
-            Ok(group) => group,
-            Err(e) => {
-                if let Some(wait) = wait {
-                    wait.complete(&Err(e.duplicate()));
-                }
-                return Err(e);
-            }
-        };
-        let (result, panicked) = self.lead_caught(group);
-        if let Some(wait) = wait {
-            wait.complete(&result);
-        }
+        let (result, panicked) = self.lead_group(wait, group);
         if let Some(panic) = panicked {
             std::panic::resume_unwind(panic);
         }
         result.map(|()| seq)
+    }
+
+    /// Leads a group taken with [`Engine::take_group`] (or the error that failed it) and tells
+    /// its writers. Returns the outcome and the leader's panic, if it panicked.
+    fn lead_group(&self, wait: Option<Arc<GroupWait>>, group: Result<Group>) -> (Result<()>, Option<Panic>) {
+        let (result, panicked) = match group {
+            Ok(group) => self.lead_caught(group),
+            Err(e) => (Err(e), None),
+        };
+        if let Some(wait) = wait {
+            wait.complete(&result);
+        }
+        (result, panicked)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Async writes (docs/design.md, "Async writes")
+
+    /// Orders `ops` as one record now and returns the future of its commit group. No thread
+    /// waits for it: it joins the forming group, or opens one for the commit thread
+    /// ([`Engine::run_commit_thread`]) to lead; threads that write meanwhile join that group as
+    /// they would any other. Limits are checked by the caller; touches go through
+    /// [`Engine::write_checked_async`].
+    pub(crate) fn write_ops_async(&self, ops: &[Op<'_>], durability: Durability) -> Result<GroupFuture> {
+        debug_assert!(!ops.iter().any(|op| matches!(op, Op::Touch { .. })));
+        let prepared = self.prepare(ops, durability);
+        let mut st = self.commit.lock();
+        self.check_poison()?;
+        let seq = Self::order(&mut st, prepared)?;
+        Ok(self.attach(st, seq))
+    }
+
+    /// [`Engine::write_checked`] for async callers: decided and ordered under the commit lock
+    /// as it is; a decision that must wait for pending writes to its keys waits as a task
+    /// (woken when leadership changes hands), not as a thread.
+    pub(crate) async fn write_checked_async(
+        &self,
+        ops: &[Op<'_>],
+        expect: &[(Vec<u8>, Option<u64>)],
+        durability: Durability,
+    ) -> Result<Result<Checked, Conflict>> {
+        let step = std::future::poll_fn(|cx| self.poll_checked(cx.waker(), ops, expect, durability)).await?;
+        match step {
+            CheckedStep::Decided(outcome) => Ok(outcome),
+            CheckedStep::Ordered(group, touched) => Ok(Ok(Checked {
+                seq: group.await?,
+                touched,
+            })),
+        }
+    }
+
+    /// One attempt of [`Engine::write_checked_async`]'s decision.
+    fn poll_checked(
+        &self,
+        waker: &Waker,
+        ops: &[Op<'_>],
+        expect: &[(Vec<u8>, Option<u64>)],
+        durability: Durability,
+    ) -> Poll<Result<CheckedStep>> {
+        let mut st = self.commit.lock();
+        if let Err(e) = self.check_poison() {
+            return Poll::Ready(Err(e));
+        }
+        let seq = st.next_seq;
+        let outcome = match self.decide(&st, ops, expect) {
+            Decision::Write { resolved, touched } if !resolved.is_empty() => {
+                let prepared = self.prepare(&resolved, durability);
+                let ordered = Self::order(&mut st, prepared);
+                return Poll::Ready(ordered.map(|seq| CheckedStep::Ordered(self.attach(st, seq), touched)));
+            }
+            Decision::Write { touched, .. } => Ok(Checked { seq: seq - 1, touched }),
+            Decision::Conflict(c) => Err(c),
+        };
+        // As in `write_checked`: a decision without a write is returned once no write to its
+        // keys is pending, and taken again after leadership changes hands.
+        if !involves_pending(&st, ops, expect) {
+            return Poll::Ready(Ok(CheckedStep::Decided(outcome)));
+        }
+        st.leader_wakers.push(waker.clone());
+        Poll::Pending
+    }
+
+    /// The future of the write just ordered as `seq` (under `st`): its group's.
+    fn attach(&self, mut st: MutexGuard<'_, CommitState>, seq: u64) -> GroupFuture {
+        let wait = match &st.group {
+            Some(wait) => wait.clone(),
+            None => {
+                let wait = Arc::new(GroupWait::default());
+                st.group = Some(wait.clone());
+                st.async_lead = true;
+                drop(st);
+                self.commit_cv.notify_one();
+                wait
+            }
+        };
+        GroupFuture { wait: Some(wait), seq }
+    }
+
+    /// The commit thread (`sessiondb-commit`, started by the first async write): leads each
+    /// group an async writer opened, once the leader before it is done, so that no executor
+    /// thread ever waits for the disk. Returns once told to stop with no such group left.
+    pub(crate) fn run_commit_thread(&self) {
+        let mut st = self.commit.lock();
+        loop {
+            if st.async_lead {
+                while st.leader_active {
+                    self.leader_cv.wait(&mut st);
+                }
+                st.async_lead = false;
+                let wait = st.group.take();
+                debug_assert!(wait.is_some(), "an async writer opened the forming group");
+                let (wait, group) = self.take_group(st, wait);
+                // NOTE: a panic while leading poisoned the store and its writers got the error;
+                // the panic hook reported it. The thread goes on, to fail later groups too.
+                drop(self.lead_group(wait, group));
+                st = self.commit.lock();
+                continue;
+            }
+            if st.commit_thread_stop {
+                return;
+            }
+            self.commit_cv.wait(&mut st);
+        }
+    }
+
+    /// Tells the commit thread to stop once no group needs it.
+    pub(crate) fn stop_commit_thread(&self) {
+        self.commit.lock().commit_thread_stop = true;
+        self.commit_cv.notify_all();
     }
 
     /// Gives `prepared` the next sequence number and puts it in the forming group, its changes
@@ -529,6 +713,16 @@ impl Engine {
             debug_assert_eq!(st.forming.records.len(), 1);
             None
         };
+        self.take_group(st, wait)
+    }
+
+    /// Takes leadership (free, under `st`) and the forming group, with room for it in the log.
+    fn take_group(
+        &self,
+        mut st: MutexGuard<'_, CommitState>,
+        wait: Option<Arc<GroupWait>>,
+    ) -> (Option<Arc<GroupWait>>, Result<Group>) {
+        debug_assert!(!st.leader_active);
         st.leader_active = true;
         let spare = std::mem::take(&mut st.spare);
         let mut group = std::mem::replace(&mut st.forming, spare);
@@ -536,8 +730,7 @@ impl Engine {
             Self::unorder(&mut st, &mut group);
             st.spare = group;
             st.leader_active = false;
-            drop(st);
-            self.leader_cv.notify_all();
+            self.leadership_changed(st);
             return (wait, Err(e));
         }
         (wait, Ok(group))
@@ -579,7 +772,7 @@ impl Engine {
     /// panics) must not leave leadership taken and the group waiting forever: the store is
     /// poisoned, leadership handed back, and the panic returned, for the caller to tell the group
     /// and then go on with it.
-    fn lead_caught(&self, mut group: Group) -> (Result<()>, Option<Box<dyn std::any::Any + Send>>) {
+    fn lead_caught(&self, mut group: Group) -> (Result<()>, Option<Panic>) {
         let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.lead(&mut group)));
         let (result, panicked) = match led {
             Ok(result) => (result, None),
@@ -689,18 +882,27 @@ impl Engine {
         group.changes.clear();
         group.placed.clear();
         group.sync = false;
-        {
-            let mut st = self.commit.lock();
-            st.leader_active = false;
-            st.spare = group;
-            if applied {
-                // Applied: the index now answers for these writes.
-                while st.pending.front().is_some_and(|p| p.seq <= last_seq) {
-                    st.pending.pop_front();
-                }
+        let mut st = self.commit.lock();
+        st.leader_active = false;
+        st.spare = group;
+        if applied {
+            // Applied: the index now answers for these writes.
+            while st.pending.front().is_some_and(|p| p.seq <= last_seq) {
+                st.pending.pop_front();
             }
         }
+        self.leadership_changed(st);
+    }
+
+    /// After leadership was handed back or writes applied (under `st`, released here): wakes
+    /// the threads and tasks waiting for that.
+    fn leadership_changed(&self, mut st: MutexGuard<'_, CommitState>) {
+        let wakers = std::mem::take(&mut st.leader_wakers);
+        drop(st);
         self.leader_cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// Takes commit leadership, so no commit group is in flight until the returned guard is
@@ -835,6 +1037,23 @@ impl Engine {
         }
         self.log_sync.sync(target).inspect_err(|e| self.poison(e))
     }
+}
+
+/// A leader's panic, caught to be resumed once its group is told.
+type Panic = Box<dyn std::any::Any + Send>;
+
+/// Where [`Engine::write_checked_async`]'s decision left it.
+enum CheckedStep {
+    /// Decided without a write.
+    Decided(std::result::Result<Checked, Conflict>),
+    /// Ordered: its group's future, and how many touches it kept.
+    Ordered(GroupFuture, usize),
+}
+
+/// Whether a write to a key of `ops` or `expect` is ordered but not yet applied.
+fn involves_pending(st: &CommitState, ops: &[Op<'_>], expect: &[(Vec<u8>, Option<u64>)]) -> bool {
+    let involved = |k: &[u8]| expect.iter().any(|(e, _)| e == k) || ops.iter().any(|op| op.key() == k);
+    st.pending.iter().any(|p| involved(p.key.as_bytes()))
 }
 
 /// Completes the value checksum of every put of the group's records with its record's sequence

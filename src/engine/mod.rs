@@ -76,6 +76,8 @@ pub(crate) struct Engine {
     pub log: Mutex<LogWriter>,
     commit: Mutex<CommitState>,
     leader_cv: Condvar,
+    /// Wakes the commit thread (`CommitState::async_lead`, `commit_thread_stop`).
+    commit_cv: Condvar,
     poisoned: sync::AtomicBool,
     poison_cause: Mutex<Option<String>>,
     pub spare: Arc<SpareSlot>,
@@ -130,6 +132,7 @@ impl Engine {
             log: Mutex::new(r.log),
             commit: Mutex::new(CommitState::new(r.next_seq)),
             leader_cv: Condvar::new(),
+            commit_cv: Condvar::new(),
             poisoned: sync::AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             spare,

@@ -318,6 +318,28 @@ fn checked(r: sessiondb::Result<Result<u64, sessiondb::Conflict>>) -> Outcome {
 
 static BACKUPS: AtomicU64 = AtomicU64::new(0);
 
+std::thread_local! {
+    /// This thread's writes go through the async API (`Db::write_if_async` and the others),
+    /// run to completion with `support::wait::block_on`.
+    static ASYNC_WRITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes this thread's calls of [`execute`] write through the async API (`on`) or the blocking
+/// one: histories mixing both are checked as one.
+pub fn use_async_writes(on: bool) {
+    ASYNC_WRITES.with(|a| a.set(on));
+}
+
+/// Whether this thread writes through the async API.
+fn async_writes() -> bool {
+    ASYNC_WRITES.with(std::cell::Cell::get)
+}
+
+/// `fut`, run to completion on this thread.
+fn done<T>(fut: impl std::future::Future<Output = T>) -> T {
+    super::wait::block_on("an async write", fut)
+}
+
 /// Removes the files of a store that was read back (a backup), through its storage.
 fn remove_store(env: &Env, dir: &std::path::Path) {
     for d in [dir.join("wal"), dir.to_path_buf()] {
@@ -338,10 +360,14 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
     match op {
         Op::Put { key, val, ttl_ms } => {
             let r = match ttl_ms {
+                None if async_writes() => done(db.put_async(key_name(*key), value_bytes(*val))),
                 None => db.put(key_name(*key), value_bytes(*val)),
                 Some(t) => db.put_with_ttl(key_name(*key), value_bytes(*val), ms(*t)),
             };
             r.map_or_else(failed, |()| Outcome::Done)
+        }
+        Op::Delete { key } if async_writes() => {
+            done(db.delete_async(key_name(*key))).map_or_else(failed, |()| Outcome::Done)
         }
         Op::Delete { key } => db.delete(key_name(*key)).map_or_else(failed, |()| Outcome::Done),
         Op::Write {
@@ -364,10 +390,11 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
                 b.expect_version(key_name(*key), *v);
             }
             b.durability(*durability);
-            if Op::is_plain_write(ops, expect) {
-                db.write(b).map_or_else(failed, |()| Outcome::Done)
-            } else {
-                checked(db.write_if(b))
+            match (Op::is_plain_write(ops, expect), async_writes()) {
+                (true, false) => db.write(b).map_or_else(failed, |()| Outcome::Done),
+                (true, true) => done(db.write_async(b)).map_or_else(failed, |()| Outcome::Done),
+                (false, false) => checked(db.write_if(b)),
+                (false, true) => checked(done(db.write_if_async(b))),
             }
         }
         Op::PutIfVersion {
@@ -384,6 +411,7 @@ pub fn execute(db: &Db, op: &Op, env: &Env, clock: &ManualClock) -> Outcome {
         } => {
             let r = match durability {
                 None => db.touch(key_name(*key), ms(*ttl_ms)),
+                Some(d) if async_writes() => done(db.touch_with_async(key_name(*key), ms(*ttl_ms), *d)),
                 Some(d) => db.touch_with(key_name(*key), ms(*ttl_ms), *d),
             };
             r.map_or_else(failed, Outcome::Touched)

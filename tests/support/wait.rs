@@ -37,3 +37,27 @@ pub fn race<T: Send + 'static>(threads: usize, f: impl Fn(usize) -> T + Send + S
         .collect();
     handles.into_iter().map(|h| joined("a racing thread", h)).collect()
 }
+
+/// Runs `fut` to completion on this thread: polls it, parks until its waker is woken, polls
+/// again. Fails the test naming `what` if it is not done within [`WAIT_DEADLINE`] (an async
+/// write whose waker is never woken fails, never hangs).
+pub fn block_on<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let started = std::time::Instant::now();
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        let left = WAIT_DEADLINE.checked_sub(started.elapsed());
+        let left = left.unwrap_or_else(|| panic!("waited {WAIT_DEADLINE:?} for {what}"));
+        std::thread::park_timeout(left);
+    }
+}
