@@ -52,6 +52,10 @@ pub struct Stats {
     pub checkpoint_bytes_total: u64,
     /// Expired entries the sweeper (or [`crate::Db::purge_expired`]) dropped since open.
     pub expired_swept: u64,
+    /// Lazy writes (`Durability::Lazy`, or any write in `SyncMode::Never`/`Interval` while a
+    /// durable write's fsync is running) written and applied beside a commit group that was
+    /// waiting for its fsync, instead of waiting for it (docs/design.md, "Write path").
+    pub writes_beside: u64,
     /// With [`crate::Options::max_retention`]: the store's time (ms since the Unix epoch) from
     /// which the store's files hold a dead value (overwritten, deleted, or expired: an expiry
     /// deadline may still be ahead), the earliest the engine knows of; it errs early, never

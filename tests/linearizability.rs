@@ -55,6 +55,8 @@ const T0: u64 = 1_700_000_000_000;
 #[derive(Debug, Default)]
 struct Figures {
     rounds: u64,
+    /// Lazy writes that went beside a syncing group (`Stats::writes_beside`).
+    beside: u64,
     /// The campaign's store was encrypted.
     encrypted: bool,
     calls: u64,
@@ -206,6 +208,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
             // key, which must find what this one left.
             let closing = Arc::into_inner(db).expect("no other handle");
             figures.checkpoints += closing.stats().checkpoints;
+            figures.beside += closing.stats().writes_beside;
             closing.close().unwrap_or_else(|e| fail(format!("close: {e}")));
             let reopened = Db::open_with(dir, options(&mut rng, &storage, &clock, key.as_ref()));
             db = Arc::new(reopened.unwrap_or_else(|e| fail(format!("reopen: {e}"))));
@@ -215,6 +218,7 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
     }
     let last = Arc::into_inner(db).expect("no other handle");
     figures.checkpoints += last.stats().checkpoints;
+    figures.beside += last.stats().writes_beside;
     last.close().unwrap();
     figures
 }
@@ -222,13 +226,14 @@ fn campaign(seed: u64, storage: Arc<dyn Storage>, dir: &Path, env: Env, budget: 
 fn report(name: &str, seed: u64, f: &Figures, took: Duration) {
     eprintln!(
         "{name}: SESSIONDB_SEED={seed}: {} rounds, {} calls, {} key histories, {} search states, {} checkpoints, \
-         {} reopens, in {:.1} s{}: linearizable",
+         {} reopens, {} lazy writes beside a syncing group, in {:.1} s{}: linearizable",
         f.rounds,
         f.calls,
         f.key_histories,
         f.states,
         f.checkpoints,
         f.reopens,
+        f.beside,
         took.as_secs_f64(),
         if f.encrypted { ", encrypted" } else { "" }
     );

@@ -95,3 +95,68 @@ fn always_loses_nothing_acknowledged_and_shows_nothing_unsynced() {
     }
     assert_eq!(db.get("pending").unwrap().as_deref(), Some(&b"x"[..]));
 }
+
+/// Issue 17: a `Durability::Lazy` write to other keys does not wait for an fsync in flight. It
+/// goes beside the syncing group (`Stats::writes_beside`), is visible when it returns, and a
+/// power loss after that group's fsync keeps both in log order. A lazy write to a key the
+/// syncing group writes does wait (it must be applied after it).
+#[test]
+fn a_lazy_write_does_not_wait_for_an_fsync_in_flight() {
+    use sessiondb::Durability;
+    let sim = SimStorage::new(17);
+    let db = Arc::new(Db::open_with("/db", options(&sim, SyncMode::Always)).unwrap());
+    db.put("a", "1").unwrap();
+    db.put("b", "1").unwrap();
+    sim.hold_syncs(true);
+    let durable = {
+        let db = db.clone();
+        std::thread::spawn(move || db.put("a", "2"))
+    };
+    wait_until("the durable put's fsync", || sim.syncs_waiting() == 1);
+    // A watchdog releases the gate after the deadline: a lazy write that waited for the fsync
+    // then returns, late, and the assertions below fail instead of the test hanging.
+    let (returned, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let sim = sim.clone();
+        std::thread::spawn(move || {
+            if watch.recv_timeout(support::wait::WAIT_DEADLINE).is_err() {
+                sim.hold_syncs(false);
+            }
+        })
+    };
+    assert!(db.touch_with("b", Duration::from_secs(600), Durability::Lazy).unwrap());
+    let mut batch = sessiondb::Batch::new();
+    batch.put("c", "1").durability(Durability::Lazy);
+    db.write(batch).unwrap();
+    returned.send(()).unwrap();
+    joined("the watchdog", watchdog);
+    assert_eq!(sim.syncs_waiting(), 1, "the lazy writes waited for the fsync in flight");
+    assert_eq!(db.stats().writes_beside, 2);
+    assert!(db.get_versioned("b").unwrap().unwrap().expires_at_ms.is_some());
+    assert_eq!(db.get("c").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        db.get("a").unwrap().as_deref(),
+        Some(&b"1"[..]),
+        "visible before its fsync"
+    );
+    // A lazy write to "a", which the syncing group writes, waits for it.
+    let after = {
+        let db = db.clone();
+        std::thread::spawn(move || db.touch_with("a", Duration::from_secs(600), Durability::Lazy))
+    };
+    assert_eq!(db.stats().writers_waiting, 0);
+    wait_until("the lazy touch of a pending key to wait", || {
+        db.stats().writers_waiting == 1
+    });
+    assert_eq!(db.stats().writes_beside, 2, "a write to a pending key went beside");
+    sim.hold_syncs(false);
+    joined("the durable put", durable).unwrap();
+    assert!(joined("the lazy touch", after).unwrap());
+    db.sync().unwrap();
+    let db = Arc::into_inner(db).unwrap();
+    let db = reopen_after_power_loss(&sim, db, "/db", SyncMode::Always);
+    assert_eq!(db.get("a").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(db.get("c").unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(db.get_versioned("a").unwrap().unwrap().expires_at_ms.is_some());
+    assert!(db.get_versioned("b").unwrap().unwrap().expires_at_ms.is_some());
+}

@@ -277,6 +277,12 @@ pub(crate) struct CommitState {
     /// Tasks waiting, as threads wait on `leader_cv`, for leadership to change hands (async
     /// checked writes whose keys have writes pending).
     leader_wakers: Vec<Waker>,
+    /// The group in flight is written and only waits for its fsync (then its apply): a lazy
+    /// write to other keys may go beside it ([`Engine::beside`]).
+    syncing: bool,
+    /// A lazy write is being written and applied beside the syncing group: the next leader and
+    /// the next such write wait for it.
+    beside_active: bool,
 }
 
 impl CommitState {
@@ -312,6 +318,27 @@ impl CommitState {
         let seq = e.seq.get();
         let expires = touch.filter(|t| t.0 == seq).map_or(e.expires_at_ms, |t| t.1);
         live(seq, expires)
+    }
+
+    /// Whether a leader, or a lazy write beside it, is at work: the next leader waits.
+    fn busy(&self) -> bool {
+        self.leader_active || self.beside_active
+    }
+
+    /// Whether `prepared` may go beside the group in flight: it needs no fsync, that group
+    /// only waits for its fsync, nothing is ordered after that group (so appending it now keeps
+    /// the log in sequence order), and no write to its keys is pending (so applying it before
+    /// that group changes nothing that group's apply would, and no read can tell the order).
+    fn may_go_beside(&self, prepared: &Prepared) -> bool {
+        !prepared.sync
+            && self.syncing
+            && !self.beside_active
+            && self.forming.records.is_empty()
+            && !prepared
+                .changes
+                .as_slice()
+                .iter()
+                .any(|c| self.is_pending(c.key().as_bytes()))
     }
 
     pub(super) fn is_pending(&self, key: &[u8]) -> bool {
@@ -513,6 +540,9 @@ impl Engine {
     /// Orders `prepared` in the forming commit group and waits for it: as a member, until its
     /// leader is done; as the group's first writer, by leading it once the previous group is.
     fn join(&self, mut st: MutexGuard<'_, CommitState>, prepared: Prepared) -> Result<u64> {
+        if st.may_go_beside(&prepared) {
+            return self.beside(st, prepared);
+        }
         let seq = Self::order(&mut st, prepared)?;
         if let Some(group) = &st.group {
             let group = group.clone();
@@ -522,6 +552,48 @@ impl Engine {
         let (wait, group) = self.take_leadership(st);
         let (result, panicked) = self.lead_group(wait, group);
         if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        result.map(|()| seq)
+    }
+
+    /// Writes and applies a lazy record beside the group in flight while that group waits for
+    /// its fsync ([`CommitState::may_go_beside`]), so a sliding-expiry touch does not wait for
+    /// an fsync it does not need (issue 17). It takes the next sequence number and appends
+    /// after that group, as the next group would; it is applied before that group, which is
+    /// sound because no write to its keys is pending: every key ends as in sequence order, a
+    /// read sees the lazy write (acknowledged) and not yet the syncing group's (not
+    /// acknowledged), and recovery replays both in log order. Checkpoints and the next leader
+    /// wait for it (`CommitState::busy`).
+    fn beside(&self, mut st: MutexGuard<'_, CommitState>, prepared: Prepared) -> Result<u64> {
+        let seq = Self::order(&mut st, prepared)?;
+        let mut group = std::mem::take(&mut st.forming);
+        if let Err(e) = self.reserve(&group) {
+            Self::unorder(&mut st, &mut group);
+            return Err(e);
+        }
+        st.beside_active = true;
+        drop(st);
+        self.counters.writes_beside.fetch_add(1, Ordering::Relaxed);
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.lead(&mut group)));
+        let result = match &led {
+            Ok(r) => r.as_ref().map(|_| ()).map_err(Error::duplicate),
+            Err(_) => {
+                let e = Error::Poisoned {
+                    cause: "a lazy write beside a commit group panicked".into(),
+                };
+                self.poison(&e);
+                Err(e)
+            }
+        };
+        let mut st = self.commit.lock();
+        st.beside_active = false;
+        if result.is_ok() {
+            // Applied: the index answers for it. (Out of sequence order: not at the front.)
+            st.pending.retain(|p| p.seq != seq);
+        }
+        self.leadership_changed(st);
+        if let Err(panic) = led {
             std::panic::resume_unwind(panic);
         }
         result.map(|()| seq)
@@ -630,7 +702,7 @@ impl Engine {
         let mut st = self.commit.lock();
         loop {
             if st.async_lead {
-                while st.leader_active {
+                while st.busy() {
                     self.leader_cv.wait(&mut st);
                 }
                 st.async_lead = false;
@@ -694,13 +766,13 @@ impl Engine {
     /// the group's other writers wait on (`None`: nobody can have joined), and the group, or the
     /// error that failed it before any of it was written.
     fn take_leadership(&self, mut st: MutexGuard<'_, CommitState>) -> (Option<Arc<GroupWait>>, Result<Group>) {
-        let wait = if st.leader_active {
+        let wait = if st.busy() {
             // A group is in flight: this writer opens the next one and leads it when the
             // previous leader is done; meanwhile others join it.
             let wait = Arc::new(GroupWait::default());
             st.group = Some(wait.clone());
             self.waiting(|| {
-                while st.leader_active {
+                while st.busy() {
                     self.leader_cv.wait(&mut st);
                 }
             });
@@ -722,7 +794,7 @@ impl Engine {
         mut st: MutexGuard<'_, CommitState>,
         wait: Option<Arc<GroupWait>>,
     ) -> (Option<Arc<GroupWait>>, Result<Group>) {
-        debug_assert!(!st.leader_active);
+        debug_assert!(!st.busy());
         st.leader_active = true;
         let spare = std::mem::take(&mut st.spare);
         let mut group = std::mem::replace(&mut st.forming, spare);
@@ -799,6 +871,10 @@ impl Engine {
         // slow disk; leadership alone keeps groups in order, and a segment is only ever sealed
         // by the leader.
         if group.sync {
+            if self.log_sync.durable_seq() < target.through {
+                // Written: a lazy write to other keys may now go beside this group.
+                self.commit.lock().syncing = true;
+            }
             self.make_durable(&target)?;
         }
         self.apply(group, placement);
@@ -884,6 +960,7 @@ impl Engine {
         group.sync = false;
         let mut st = self.commit.lock();
         st.leader_active = false;
+        st.syncing = false;
         st.spare = group;
         if applied {
             // Applied: the index now answers for these writes.
@@ -912,7 +989,7 @@ impl Engine {
     /// the lock is released before this returns, and writers queue behind the leadership.
     pub(crate) fn lead_alone<T>(&self, read: impl FnOnce(&CommitState) -> T) -> (Leadership<'_>, T) {
         let mut st = self.commit.lock();
-        while st.leader_active {
+        while st.busy() {
             self.leader_cv.wait(&mut st);
         }
         st.leader_active = true;

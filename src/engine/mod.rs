@@ -37,6 +37,8 @@ pub(crate) struct Counters {
     pub log_bytes_since_checkpoint: AtomicU64,
     pub writers_waiting: AtomicU64,
     pub expired_swept: AtomicU64,
+    /// Lazy writes that went beside a syncing commit group (`Engine::beside`).
+    pub writes_beside: AtomicU64,
     /// Checkpoint durations and bytes (the log counts and times its own fsyncs).
     pub telemetry: Telemetry,
 }
@@ -237,6 +239,7 @@ impl Engine {
             commit_group_sizes: sizes,
             checkpoints: load(&c.checkpoints),
             expired_swept: load(&c.expired_swept),
+            writes_beside: load(&c.writes_beside),
             dead_since_ms: self.retention.dead_since(),
             retention_checkpoints: load(&self.retention.checkpoints),
             retention_checked_ms: load(&self.retention.checked_ms),

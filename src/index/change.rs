@@ -94,9 +94,10 @@ impl RecordAt {
 }
 
 impl Index {
-    /// Applies the record at `record`, whose operations make `changes`, in sequence order.
+    /// Applies the record at `record`, whose operations make `changes`: in sequence order for
+    /// every key (a lazy write beside a syncing group, to other keys, may be applied before
+    /// that group: `Engine::beside`). `applied_seq` is the highest applied.
     pub(crate) fn apply_record(&mut self, record: &RecordAt, changes: impl IntoIterator<Item = Change>) {
-        debug_assert!(record.seq > self.applied_seq, "records are applied in sequence order");
         for change in changes {
             match change {
                 Change::Put {
@@ -120,6 +121,6 @@ impl Index {
                 } => self.touch(&key, version, expires_at_ms),
             }
         }
-        self.applied_seq = record.seq;
+        self.applied_seq = self.applied_seq.max(record.seq);
     }
 }
