@@ -132,6 +132,11 @@ impl SessionDb {
         {
             opts = opts.segment_size(bytes);
         }
+        // Experiments only: no spare segment zero-filled ahead (the next one is made by the
+        // group that rolls into it).
+        if std::env::var_os("SESSIONDB_BENCH_NO_PREALLOC").is_some() {
+            opts = opts.preallocate_ahead(false);
+        }
         if encrypted {
             opts = opts.encryption_key(sessiondb::EncryptionKey::from_bytes(BENCH_KEY));
         }
