@@ -6,7 +6,7 @@
 //! overwrites a live session, drawing another id; nothing expired is loaded; a record saved
 //! already expired removes the session; `update_ttl` slides the deadline; an `update` of a
 //! session that is gone creates a new one under a fresh key; malformed keys load as nothing;
-//! no engine call runs on the async executor's thread.
+//! no adapter call waits for an fsync on the async executor's thread.
 
 mod support;
 
@@ -223,50 +223,83 @@ async fn actix_middleware_keeps_a_counter_in_the_store() {
     assert_eq!(sessions.count().unwrap(), 1, "one visitor, one session in the store");
 }
 
-/// A clock that notes which threads read it: every engine call reads the clock (expiry), so
-/// this tells where the adapters ran the engine.
-#[derive(Debug, Default)]
-struct ThreadClock(std::sync::Mutex<Vec<std::thread::ThreadId>>);
-
-impl sessiondb::Clock for ThreadClock {
-    fn now_ms(&self) -> u64 {
-        self.0.lock().unwrap().push(std::thread::current().id());
-        T0
-    }
+/// Polls `f` once (with this task's waker): whether it is still pending.
+async fn polled_once<F: std::future::Future>(mut f: std::pin::Pin<&mut F>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx).is_pending())).await
 }
 
-/// On a current-thread runtime the executor is this thread: the engine (and so every fsync)
-/// must run on another, the blocking pool's.
+/// On a current-thread runtime the executor is this thread: with every fsync held at the
+/// simulated storage's gate, each adapter's save, update, create and delete is polled once and
+/// must return at once (`Pending`: its write waits as a task, led by the store's commit thread),
+/// and a load must answer there and then. A watchdog releases the gate after the deadline, so a
+/// call that waited for the fsync on this thread fails the test instead of hanging it.
 #[tokio::test(flavor = "current_thread")]
-async fn adapters_run_the_engine_off_the_executor_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = std::sync::Arc::new(ThreadClock::default());
-    let opts = support::small_options().quiet().clock(clock.clone());
-    let sessions = SessionStore::new(sessiondb::Db::open_with(dir.path(), opts).unwrap());
-    clock.0.lock().unwrap().clear(); // the open ran here, as it should
-
+async fn adapters_never_wait_for_an_fsync_on_the_executor_thread() {
+    let sim = sessiondb::internals::sim::SimStorage::new(9);
+    let opts = support::small_options()
+        .quiet()
+        .sim(&sim)
+        .sync_mode(sessiondb::SyncMode::Always);
+    let sessions = SessionStore::new(sessiondb::Db::open_with("/sessions", opts).unwrap());
     let tower = TowerStore::new(sessions.clone());
-    let mut rec = record(Id::default(), 1, T0 + HOUR_MS);
-    tower.create(&mut rec).await.unwrap();
-    tower.save(&rec).await.unwrap();
-    assert!(tower.load(&rec.id).await.unwrap().is_some());
-    tower.delete(&rec.id).await.unwrap();
-
-    let actix = ActixStore::new(sessions);
+    let actix = ActixStore::new(sessions.clone());
     let minute = time::Duration::minutes(1);
+    let now = sessions.db().now_ms();
+    let mut rec = record(Id::default(), 1, now + HOUR_MS);
+    tower.create(&mut rec).await.unwrap();
     let key = actix.save(state(&[("a", "1")]), &minute).await.unwrap();
-    let key = actix.update(key, state(&[("a", "2")]), &minute).await.unwrap();
-    actix.update_ttl(&key, &minute).await.unwrap();
-    assert!(actix.load(&key).await.unwrap().is_some());
-    actix.delete(&key).await.unwrap();
 
-    let readers = clock.0.lock().unwrap().clone();
-    assert!(!readers.is_empty(), "the engine read the clock");
-    let here = std::thread::current().id();
+    sim.hold_syncs(true);
+    let (polled, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let sim = sim.clone();
+        std::thread::spawn(move || {
+            if watch.recv_timeout(support::wait::WAIT_DEADLINE).is_err() {
+                sim.hold_syncs(false);
+            }
+        })
+    };
+    let rec2 = record(rec.id, 2, now + HOUR_MS);
+    let mut save = std::pin::pin!(async { tower.save(&rec2).await.unwrap() });
     assert!(
-        readers.iter().all(|t| *t != here),
-        "{} of {} engine clock reads ran on the executor thread",
-        readers.iter().filter(|t| **t == here).count(),
-        readers.len()
+        polled_once(save.as_mut()).await,
+        "tower save waited for its fsync on the executor"
     );
+    let mut update = std::pin::pin!(async {
+        let same = SessionKey::try_from(key.as_ref().to_string()).unwrap();
+        actix.update(same, state(&[("a", "2")]), &minute).await.unwrap();
+    });
+    assert!(
+        polled_once(update.as_mut()).await,
+        "actix update waited for its fsync on the executor"
+    );
+    let mut fresh = record(Id::default(), 3, now + HOUR_MS);
+    let mut create = std::pin::pin!(async { tower.create(&mut fresh).await.unwrap() });
+    assert!(
+        polled_once(create.as_mut()).await,
+        "tower create waited for its fsync on the executor"
+    );
+    // A load answers at once, with what was durable before the held fsync.
+    let loaded = tower.load(&rec.id).await.unwrap().unwrap();
+    assert_eq!(loaded.data["n"], serde_json::json!(1));
+    polled.send(()).unwrap();
+    support::wait::joined("the watchdog", watchdog);
+    assert!(sim.syncs_waiting() >= 1, "no fsync was held");
+    assert_eq!(
+        sessions.db().stats().writers_waiting,
+        0,
+        "a thread waits for an adapter's write"
+    );
+    sim.hold_syncs(false);
+    save.await;
+    update.await;
+    create.await;
+    assert_eq!(
+        tower.load(&rec.id).await.unwrap().unwrap().data["n"],
+        serde_json::json!(2)
+    );
+    assert_eq!(actix.load(&key).await.unwrap().unwrap()["a"], "2");
+    actix.delete(&key).await.unwrap();
+    tower.delete(&rec.id).await.unwrap();
+    assert!(tower.load(&rec.id).await.unwrap().is_none());
 }

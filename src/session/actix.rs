@@ -8,7 +8,9 @@
 //! - `update` replaces the state whatever its version (actix-session's interface carries
 //!   none); like actix-session's Redis store, when the session is gone it creates a new one
 //!   under a fresh key; `update_ttl` is a [`SessionStore::touch`];
-//! - every engine call runs on tokio's blocking pool, so an fsync never stalls a worker.
+//! - writes go through the engine's async path (docs/design.md, "Async writes"): a worker
+//!   never waits for an fsync and no blocking thread is parked per pending save; loads run on
+//!   the worker (they never wait for the disk's writes).
 //!
 //! [actix-session]: https://docs.rs/actix-session/0.11
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use actix_session::storage::{LoadError, SaveError, SessionKey, UpdateError};
 
-use super::{off_executor, SessionId, SessionStore};
+use super::{SessionId, SessionStore};
 
 /// actix-session's `SessionStore` over a [`SessionStore`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -55,9 +57,8 @@ fn key_of(id: SessionId) -> Result<SessionKey, anyhow::Error> {
 impl actix_session::storage::SessionStore for ActixStore {
     async fn load(&self, key: &SessionKey) -> Result<Option<State>, LoadError> {
         let Some(id) = parse(key) else { return Ok(None) };
-        let session = off_executor(&self.sessions, move |s| s.load(&id))
-            .await
-            .map_err(|e| LoadError::Other(e.into()))?;
+        // On the worker: a load never waits for the disk's writes (docs/design.md, "Async writes").
+        let session = self.sessions.load(&id).map_err(|e| LoadError::Other(e.into()))?;
         match session {
             None => Ok(None),
             Some(session) => serde_json::from_slice(&session.data)
@@ -69,7 +70,9 @@ impl actix_session::storage::SessionStore for ActixStore {
     async fn save(&self, state: State, ttl: &time::Duration) -> Result<SessionKey, SaveError> {
         let data = serde_json::to_vec(&state).map_err(|e| SaveError::Serialization(e.into()))?;
         let ttl = std_ttl(ttl);
-        let id = off_executor(&self.sessions, move |s| s.create(&data, ttl))
+        let id = self
+            .sessions
+            .create_async(&data, ttl)
             .await
             .map_err(|e| SaveError::Other(e.into()))?;
         key_of(id).map_err(SaveError::Other)
@@ -78,33 +81,32 @@ impl actix_session::storage::SessionStore for ActixStore {
     async fn update(&self, key: SessionKey, state: State, ttl: &time::Duration) -> Result<SessionKey, UpdateError> {
         let data = serde_json::to_vec(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let ttl = std_ttl(ttl);
-        let old = parse(&key);
-        let id = off_executor(&self.sessions, move |s| {
-            if let Some(id) = old {
-                if s.replace(&id, &data, ttl)?.is_some() {
-                    return Ok(None);
-                }
+        let other = |e: crate::Error| UpdateError::Other(e.into());
+        if let Some(id) = parse(&key) {
+            if self
+                .sessions
+                .replace_async(&id, &data, ttl, false)
+                .await
+                .map_err(other)?
+                .is_some()
+            {
+                return Ok(key);
             }
-            s.create(&data, ttl).map(Some)
-        })
-        .await
-        .map_err(|e| UpdateError::Other(e.into()))?;
-        match id {
-            None => Ok(key),
-            Some(fresh) => key_of(fresh).map_err(UpdateError::Other),
         }
+        let fresh = self.sessions.create_async(&data, ttl).await.map_err(other)?;
+        key_of(fresh).map_err(UpdateError::Other)
     }
 
     async fn update_ttl(&self, key: &SessionKey, ttl: &time::Duration) -> Result<(), anyhow::Error> {
         let Some(id) = parse(key) else { return Ok(()) };
         let ttl = std_ttl(ttl);
-        off_executor(&self.sessions, move |s| s.touch(&id, ttl)).await?;
+        self.sessions.touch_async(&id, ttl).await?;
         Ok(())
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), anyhow::Error> {
         let Some(id) = parse(key) else { return Ok(()) };
-        off_executor(&self.sessions, move |s| s.destroy(&id)).await?;
+        self.sessions.destroy_async(&id).await?;
         Ok(())
     }
 }

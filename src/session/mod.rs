@@ -227,6 +227,10 @@ pub struct SessionStore {
     /// Retrying operations on one session queue here (by the id's first bytes), shared by
     /// clones.
     stripes: Arc<[Mutex<()>]>,
+    /// The same for the adapters' async operations (`async_ops.rs`): tasks take turns without
+    /// blocking a thread.
+    #[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+    async_stripes: Arc<[tokio::sync::Mutex<()>]>,
     /// The application's payload version and its migrations (`with_migrations`).
     migrations: Arc<Migrations>,
 }
@@ -243,6 +247,11 @@ impl fmt::Debug for SessionStore {
 
 /// Stripes of [`SessionStore::stripes`]; ids are random, so their first bytes spread them.
 const STRIPES: usize = 1024;
+
+/// The stripe of session `id`.
+fn stripe_of(id: &SessionId) -> usize {
+    usize::from(u16::from_le_bytes([id.0[0], id.0[1]])) % STRIPES
+}
 
 /// The attempts of one operation on one session: at most `retries_max`, all holding the
 /// session's stripe lock.
@@ -282,6 +291,16 @@ fn user_prefix(user: &[u8]) -> Result<Vec<u8>> {
     })
 }
 
+/// The batch that writes a new session: it fails if `id` is taken.
+fn insert_batch(user: Option<&[u8]>, id: &SessionId, record: &[u8], ttl: Duration) -> Result<Batch> {
+    let mut batch = Batch::new();
+    batch.put_with_ttl(id.key(), record, ttl).expect_version(id.key(), None);
+    if let Some(user) = user {
+        batch.put_with_ttl(user_key(user, id)?, [], ttl);
+    }
+    Ok(batch)
+}
+
 /// The key of `user`'s index entry for session `id`.
 fn user_key(user: &[u8], id: &SessionId) -> Result<Vec<u8>> {
     let mut key = user_prefix(user)?;
@@ -308,6 +327,8 @@ impl SessionStore {
             db: db.into(),
             opts: SessionOptions::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            #[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+            async_stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             migrations: Arc::new(Migrations::new()),
         }
     }
@@ -326,7 +347,7 @@ impl SessionStore {
 
     fn retry(&self, id: &SessionId) -> Retry<'_> {
         Retry {
-            lock: &self.stripes[usize::from(u16::from_le_bytes([id.0[0], id.0[1]])) % STRIPES],
+            lock: &self.stripes[stripe_of(id)],
             guard: None,
             left: self.opts.retries_max,
         }
@@ -391,11 +412,16 @@ impl SessionStore {
                 return Ok(id);
             }
         }
-        Err(Error::Conflict(Conflict {
+        Err(self.no_free_id())
+    }
+
+    /// Every fresh id drawn was taken (astronomically unlikely).
+    fn no_free_id(&self) -> Error {
+        Error::Conflict(Conflict {
             key: format::SESSION_KEY_PREFIX.to_vec(),
             expected: None,
             actual: None,
-        }))
+        })
     }
 
     /// Creates session `id` (an id the caller chose, as a web framework's store must) holding
@@ -409,12 +435,7 @@ impl SessionStore {
 
     /// Writes a new session in one atomic batch that fails if `id` is taken.
     fn insert(&self, user: Option<&[u8]>, id: &SessionId, record: &[u8], ttl: Duration) -> Result<bool> {
-        let mut batch = Batch::new();
-        batch.put_with_ttl(id.key(), record, ttl).expect_version(id.key(), None);
-        if let Some(user) = user {
-            batch.put_with_ttl(user_key(user, id)?, [], ttl);
-        }
-        Ok(self.write(batch)?.is_ok())
+        Ok(self.write(insert_batch(user, id, record, ttl)?)?.is_ok())
     }
 
     /// Writes `data` to session `id` whatever its version (the last writer wins), creating the
@@ -440,26 +461,42 @@ impl SessionStore {
         let mut retry = self.retry(id);
         while retry.next() {
             let stored = self.get(id)?;
-            let (user, expected) = match &stored {
-                Some(s) => (self.decode_writable(s)?.user, Some(s.version)),
-                None if create => (None, None),
-                None => return Ok(None),
+            let Some(batch) = self.replace_batch(id, stored.as_ref(), data, ttl, create)? else {
+                return Ok(None);
             };
-            let record = self.encode(user, data);
-            let mut batch = Batch::new();
-            // The version check makes the session and its index entry one unit against a
-            // concurrent regenerate or destroy; losing it to another write means reading again.
-            batch
-                .put_with_ttl(id.key(), record, ttl)
-                .expect_version(id.key(), expected);
-            if let Some(user) = user {
-                batch.put_with_ttl(user_key(user, id)?, [], ttl);
-            }
             if let Ok(version) = self.write(batch)? {
                 return Ok(Some(version));
             }
         }
         Err(self.gave_up(id))
+    }
+
+    /// The batch that replaces session `id`'s data, as `stored` (`None`: absent) holds it, or
+    /// `None` if it is absent and not to be created.
+    fn replace_batch(
+        &self,
+        id: &SessionId,
+        stored: Option<&Stored>,
+        data: &[u8],
+        ttl: Duration,
+        create: bool,
+    ) -> Result<Option<Batch>> {
+        let (user, expected) = match stored {
+            Some(s) => (self.decode_writable(s)?.user, Some(s.version)),
+            None if create => (None, None),
+            None => return Ok(None),
+        };
+        let record = self.encode(user, data);
+        let mut batch = Batch::new();
+        // The version check makes the session and its index entry one unit against a
+        // concurrent regenerate or destroy; losing it to another write means reading again.
+        batch
+            .put_with_ttl(id.key(), record, ttl)
+            .expect_version(id.key(), expected);
+        if let Some(user) = user {
+            batch.put_with_ttl(user_key(user, id)?, [], ttl);
+        }
+        Ok(Some(batch))
     }
 
     /// The session `id`, or `None` if it does not exist or has expired. Data saved at an
@@ -559,22 +596,27 @@ impl SessionStore {
         let mut retry = self.retry(id);
         while retry.next() {
             let Some(stored) = self.get(id)? else { return Ok(false) };
-            let user = stored.decode(self.db.path())?.user.map(<[u8]>::to_vec);
-            let mut batch = Batch::new();
-            batch.touch(id.key(), ttl);
-            if let Some(user) = &user {
-                batch.touch(user_key(user, id)?, ttl);
-            }
-            // The session must still be the one read, so its index entry is touched with it (a
-            // regenerate in between moves both); a save in between only means reading again.
-            batch
-                .expect_version(id.key(), Some(stored.version))
-                .durability(self.opts.touch_durability);
-            if self.db.write_if(batch)?.is_ok() {
+            if self.db.write_if(self.touch_batch(id, &stored, ttl)?)?.is_ok() {
                 return Ok(true);
             }
         }
         Err(self.gave_up(id))
+    }
+
+    /// The batch that touches session `id` as `stored` holds it.
+    fn touch_batch(&self, id: &SessionId, stored: &Stored, ttl: Duration) -> Result<Batch> {
+        let user = stored.decode(self.db.path())?.user;
+        let mut batch = Batch::new();
+        batch.touch(id.key(), ttl);
+        if let Some(user) = user {
+            batch.touch(user_key(user, id)?, ttl);
+        }
+        // The session must still be the one read, so its index entry is touched with it (a
+        // regenerate in between moves both); a save in between only means reading again.
+        batch
+            .expect_version(id.key(), Some(stored.version))
+            .durability(self.opts.touch_durability);
+        Ok(batch)
     }
 
     /// Removes session `id` (and its index entry). Returns false if it did not exist.
@@ -582,17 +624,22 @@ impl SessionStore {
         let mut retry = self.retry(id);
         while retry.next() {
             let Some(stored) = self.get(id)? else { return Ok(false) };
-            let user = stored.decode(self.db.path())?.user.map(<[u8]>::to_vec);
-            let mut batch = Batch::new();
-            batch.delete(id.key()).expect_version(id.key(), Some(stored.version));
-            if let Some(user) = &user {
-                batch.delete(user_key(user, id)?);
-            }
-            if self.write(batch)?.is_ok() {
+            if self.write(self.destroy_batch(id, &stored)?)?.is_ok() {
                 return Ok(true);
             }
         }
         Err(self.gave_up(id))
+    }
+
+    /// The batch that removes session `id` (and its index entry) as `stored` holds it.
+    fn destroy_batch(&self, id: &SessionId, stored: &Stored) -> Result<Batch> {
+        let user = stored.decode(self.db.path())?.user;
+        let mut batch = Batch::new();
+        batch.delete(id.key()).expect_version(id.key(), Some(stored.version));
+        if let Some(user) = user {
+            batch.delete(user_key(user, id)?);
+        }
+        Ok(batch)
     }
 
     /// Moves session `id` to a fresh id in one atomic write (data, deadline and user kept; the
@@ -906,12 +953,14 @@ impl MapSession {
 
 #[cfg(feature = "actix-session")]
 pub mod actix;
+#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+mod async_ops;
 #[cfg(feature = "tower-sessions")]
 pub mod tower;
 
-/// Runs blocking engine work (a write may wait for an fsync) on the async runtime's blocking
-/// pool, so no executor worker thread stalls on the disk.
-#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+/// Runs long engine work (`delete_expired`'s sweep of the whole index) on the async runtime's
+/// blocking pool, so no executor worker thread stalls on it.
+#[cfg(feature = "tower-sessions")]
 async fn off_executor<T: Send + 'static>(
     sessions: &SessionStore,
     f: impl FnOnce(&SessionStore) -> Result<T> + Send + 'static,

@@ -9,8 +9,10 @@
 //!   the engine's sweeper and checkpoints drop them;
 //! - `save` is the framework's "last writer wins" ([`SessionStore::set`]), since its records
 //!   carry no versions; a record saved already expired deletes the session;
-//! - every engine call runs on tokio's blocking pool (`spawn_blocking`), so an fsync never
-//!   stalls an executor thread.
+//! - writes go through the engine's async path (docs/design.md, "Async writes"): no executor
+//!   thread waits for an fsync and no blocking thread is parked per pending save; loads run on
+//!   the executor (they never wait for the disk's writes); `delete_expired`, a sweep of the
+//!   whole index, runs on tokio's blocking pool.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -64,6 +66,33 @@ fn backend(e: AdapterError) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
 
+fn engine(e: crate::Error) -> session_store::Error {
+    backend(AdapterError::Engine(e))
+}
+
+impl TowerStore {
+    /// Creates the session under `first`, or under a fresh id if `first` is a live session's.
+    /// A record already expired is written expired (never loaded, swept later); its id still
+    /// must not be a live session's.
+    async fn create_with_first(
+        &self,
+        first: SessionId,
+        data: &[u8],
+        expiry: OffsetDateTime,
+    ) -> crate::Result<Option<SessionId>> {
+        let s = &self.sessions;
+        let ttl = ttl_until(s, expiry).unwrap_or(Duration::ZERO);
+        let mut id = first;
+        for _ in 0..s.opts.retries_max {
+            if s.create_with_id_async(&id, data, ttl).await? {
+                return Ok(Some(id));
+            }
+            id = SessionId::generate()?;
+        }
+        Ok(None)
+    }
+}
+
 /// The time-to-live left until `expiry` by the store's clock, or `None` if it has passed.
 fn ttl_until(sessions: &SessionStore, expiry: OffsetDateTime) -> Option<Duration> {
     let deadline_ms = expiry.unix_timestamp_nanos() / 1_000_000;
@@ -87,21 +116,7 @@ impl tower_sessions_core::SessionStore for TowerStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
         let data = encode(record)?;
         let (expiry, first) = (record.expiry_date, to_id(&record.id));
-        let id = off_executor(&self.sessions, move |s| {
-            // A record already expired is written expired (never loaded, swept later); its id
-            // still must not be a live session's.
-            let ttl = ttl_until(s, expiry).unwrap_or(Duration::ZERO);
-            let mut id = first;
-            for _ in 0..s.opts.retries_max {
-                if s.create_with_id(&id, &data, ttl)? {
-                    return Ok(Some(id));
-                }
-                id = SessionId::generate()?;
-            }
-            Ok(None)
-        })
-        .await
-        .map_err(backend)?;
+        let id = self.create_with_first(first, &data, expiry).await.map_err(engine)?;
         match id {
             Some(id) => {
                 record.id = from_id(&id);
@@ -116,20 +131,18 @@ impl tower_sessions_core::SessionStore for TowerStore {
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let data = encode(record)?;
         let (id, expiry) = (to_id(&record.id), record.expiry_date);
-        off_executor(&self.sessions, move |s| match ttl_until(s, expiry) {
-            Some(ttl) => s.set(&id, &data, ttl).map(drop),
-            None => s.destroy(&id).map(drop),
-        })
-        .await
-        .map_err(backend)
+        let s = &self.sessions;
+        let saved = match ttl_until(s, expiry) {
+            Some(ttl) => s.set_async(&id, &data, ttl).await.map(drop),
+            None => s.destroy_async(&id).await.map(drop),
+        };
+        saved.map_err(engine)
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let sid = to_id(id);
-        let Some(session) = off_executor(&self.sessions, move |s| s.load(&sid))
-            .await
-            .map_err(backend)?
-        else {
+        // On the executor: a load never waits for the disk's writes (docs/design.md, "Async
+        // writes").
+        let Some(session) = self.sessions.load(&to_id(id)).map_err(engine)? else {
             return Ok(None);
         };
         let data = serde_json::from_slice(&session.data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
@@ -146,10 +159,7 @@ impl tower_sessions_core::SessionStore for TowerStore {
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        let sid = to_id(id);
-        off_executor(&self.sessions, move |s| s.destroy(&sid).map(drop))
-            .await
-            .map_err(backend)
+        self.sessions.destroy_async(&to_id(id)).await.map(drop).map_err(engine)
     }
 }
 
