@@ -688,7 +688,7 @@ impl Engine {
                 st.group = Some(wait.clone());
                 st.async_lead = true;
                 drop(st);
-                self.commit_cv.notify_one();
+                self.commit_cv.notify_all();
                 wait
             }
         };
