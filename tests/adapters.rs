@@ -186,9 +186,9 @@ async fn actix_save_update_ttl_and_delete() {
     assert_eq!(store.load(&bogus).await.unwrap(), None);
     store.update_ttl(&bogus, &minute).await.unwrap();
     store.delete(&bogus).await.unwrap();
-    // A negative time-to-live stores an already expired session.
-    let gone = store.save(state(&[]), &time::Duration::seconds(-5)).await.unwrap();
-    assert_eq!(store.load(&gone).await.unwrap(), None);
+    // A negative time-to-live is refused (it once stored a session that never loads):
+    // `actix_refuses_a_ttl_that_is_not_positive`.
+    assert!(store.save(state(&[]), &time::Duration::seconds(-5)).await.is_err());
 }
 
 async fn count_visits(session: actix_session::Session) -> actix_web::Result<String> {
@@ -302,4 +302,90 @@ async fn adapters_never_wait_for_an_fsync_on_the_executor_thread() {
     actix.delete(&key).await.unwrap();
     tower.delete(&rec.id).await.unwrap();
     assert!(tower.load(&rec.id).await.unwrap().is_none());
+}
+
+/// Issue 17, point 4: `load` returns `expiry_date` exactly as saved, to the nanosecond, as
+/// upstream stores do (tower-sessions' `always_save` tests compare expiries of two saves in one
+/// millisecond); the engine's deadline is it rounded down, so a session is never loaded after
+/// it. The reserved field never shows in the data; a session stored as plain JSON (as before)
+/// loads with its deadline, and a deadline moved by the engine's own `touch` is what loads.
+#[tokio::test(flavor = "current_thread")]
+async fn tower_returns_expiry_date_exactly_as_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = TowerStore::new(open(dir.path(), &clock));
+    let exact = |ms: u64, ns: i128| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000 + ns).unwrap();
+    let mut rec = record(Id::default(), 1, T0);
+    rec.expiry_date = exact(T0 + HOUR_MS, 123_456);
+    store.create(&mut rec).await.unwrap();
+    let loaded = store.load(&rec.id).await.unwrap().unwrap();
+    assert_eq!(loaded.expiry_date, rec.expiry_date, "expiry truncated");
+    assert!(!loaded.data.contains_key(sessiondb::session::tower::EXACT_EXPIRY_FIELD));
+    assert_eq!(loaded, rec);
+    // Two saves within one millisecond: each loads its own expiry.
+    for ns in [200_001, 999_999] {
+        let mut again = rec.clone();
+        again.expiry_date = exact(T0 + HOUR_MS, ns);
+        store.save(&again).await.unwrap();
+        assert_eq!(
+            store.load(&rec.id).await.unwrap().unwrap().expiry_date,
+            again.expiry_date
+        );
+    }
+    // The deadline is rounded down: at the exact expiry's millisecond it no longer loads.
+    let sid: SessionId = rec.id.to_string().parse().unwrap();
+    assert_eq!(
+        store.sessions().load(&sid).unwrap().unwrap().expires_at_ms,
+        Some(T0 + HOUR_MS)
+    );
+    // Moved by the engine's touch: the stored exact expiry is stale, the deadline loads.
+    assert!(store.sessions().touch(&sid, Duration::from_secs(60)).unwrap());
+    let touched = store.load(&rec.id).await.unwrap().unwrap();
+    assert_eq!(touched.expiry_date, at(T0 + 60_000));
+    assert!(!touched.data.contains_key(sessiondb::session::tower::EXACT_EXPIRY_FIELD));
+    // A session stored as plain JSON (the adapter's earlier layout) loads with its deadline.
+    let plain = SessionId::generate().unwrap();
+    let json = serde_json::to_vec(&serde_json::json!({"n": 7})).unwrap();
+    assert!(store
+        .sessions()
+        .create_with_id(&plain, &json, Duration::from_secs(60))
+        .unwrap());
+    let old = store.load(&tower_id(&plain)).await.unwrap().unwrap();
+    assert_eq!(
+        (old.data["n"].clone(), old.expiry_date),
+        (serde_json::json!(7), at(T0 + 60_000))
+    );
+    clock.advance(Duration::from_millis(HOUR_MS));
+    assert!(store.load(&rec.id).await.unwrap().is_none(), "loaded at its expiry");
+}
+
+/// Issue 17, point 4: actix `save`, `update` and `update_ttl` with a zero or negative
+/// time-to-live are refused (Redis: "invalid expire time"), and nothing is written.
+#[tokio::test(flavor = "current_thread")]
+async fn actix_refuses_a_ttl_that_is_not_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let sessions = open(dir.path(), &clock);
+    let store = ActixStore::new(sessions.clone());
+    let minute = time::Duration::minutes(1);
+    let key = store.save(state(&[("a", "1")]), &minute).await.unwrap();
+    for bad in [time::Duration::ZERO, time::Duration::seconds(-5)] {
+        let saved = store.save(state(&[("b", "2")]), &bad).await;
+        assert!(saved.is_err_and(|e| format!("{e:?}").contains("invalid expire time")));
+        let same = SessionKey::try_from(key.as_ref().to_string()).unwrap();
+        assert!(store.update(same, state(&[("a", "2")]), &bad).await.is_err());
+        assert!(store.update_ttl(&key, &bad).await.is_err());
+    }
+    assert_eq!(sessions.count().unwrap(), 1, "a refused call wrote a session");
+    assert_eq!(
+        store.load(&key).await.unwrap().unwrap()["a"],
+        "1",
+        "a refused update wrote"
+    );
+    let deadline = sessions
+        .load(&key.as_ref().parse().unwrap())
+        .unwrap()
+        .unwrap()
+        .expires_at_ms;
+    assert_eq!(deadline, Some(T0 + 60_000), "a refused update_ttl moved the deadline");
 }

@@ -4,7 +4,8 @@
 //! - session keys are [`SessionId`] strings (22 URL-safe characters, 128 random bits); a key
 //!   that does not parse loads as no session;
 //! - the state (`HashMap<String, String>`) is kept as a JSON object; the time-to-live as the
-//!   entry's deadline, so `load` never returns an expired session;
+//!   entry's deadline, so `load` never returns an expired session; a zero or negative
+//!   time-to-live is refused (as Redis refuses it), never written;
 //! - `update` replaces the state whatever its version (actix-session's interface carries
 //!   none); like actix-session's Redis store, when the session is gone it creates a new one
 //!   under a fresh key; `update_ttl` is a [`SessionStore::touch`];
@@ -41,9 +42,15 @@ impl ActixStore {
 
 type State = HashMap<String, String>;
 
-/// A negative time-to-live means "already expired".
-fn std_ttl(ttl: &time::Duration) -> Duration {
-    Duration::try_from(*ttl).unwrap_or(Duration::ZERO)
+/// The time-to-live as a positive `Duration`: a zero or negative one is refused, as Redis
+/// refuses it ("invalid expire time"), rather than writing a session that never loads.
+fn std_ttl(ttl: &time::Duration) -> Result<Duration, anyhow::Error> {
+    match Duration::try_from(*ttl) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(anyhow::anyhow!(
+            "invalid expire time: the session time-to-live must be positive, got {ttl}"
+        )),
+    }
 }
 
 fn parse(key: &SessionKey) -> Option<SessionId> {
@@ -68,8 +75,8 @@ impl actix_session::storage::SessionStore for ActixStore {
     }
 
     async fn save(&self, state: State, ttl: &time::Duration) -> Result<SessionKey, SaveError> {
+        let ttl = std_ttl(ttl).map_err(SaveError::Other)?;
         let data = serde_json::to_vec(&state).map_err(|e| SaveError::Serialization(e.into()))?;
-        let ttl = std_ttl(ttl);
         let id = self
             .sessions
             .create_async(&data, ttl)
@@ -79,8 +86,8 @@ impl actix_session::storage::SessionStore for ActixStore {
     }
 
     async fn update(&self, key: SessionKey, state: State, ttl: &time::Duration) -> Result<SessionKey, UpdateError> {
+        let ttl = std_ttl(ttl).map_err(UpdateError::Other)?;
         let data = serde_json::to_vec(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
-        let ttl = std_ttl(ttl);
         let other = |e: crate::Error| UpdateError::Other(e.into());
         if let Some(id) = parse(&key) {
             if self
@@ -98,8 +105,8 @@ impl actix_session::storage::SessionStore for ActixStore {
     }
 
     async fn update_ttl(&self, key: &SessionKey, ttl: &time::Duration) -> Result<(), anyhow::Error> {
+        let ttl = std_ttl(ttl)?;
         let Some(id) = parse(key) else { return Ok(()) };
-        let ttl = std_ttl(ttl);
         self.sessions.touch_async(&id, ttl).await?;
         Ok(())
     }

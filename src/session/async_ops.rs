@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::batch::Batch;
 use crate::error::{Conflict, Result};
 
-use super::{insert_batch, stripe_of, SessionId, SessionStore};
+use super::{insert_batch, stripe_of, SessionId, SessionStore, Until};
 
 impl SessionStore {
     /// A write of the session layer's, with its durability, through the async path.
@@ -25,9 +25,14 @@ impl SessionStore {
 
     /// [`SessionStore::create_with_id`], async.
     pub async fn create_with_id_async(&self, id: &SessionId, data: &[u8], ttl: Duration) -> Result<bool> {
+        self.create_with_id_until_async(id, data, Until::Ttl(ttl)).await
+    }
+
+    /// [`SessionStore::create_with_id_async`] expiring as `until` says.
+    pub(crate) async fn create_with_id_until_async(&self, id: &SessionId, data: &[u8], until: Until) -> Result<bool> {
         self.check_size(data)?;
         let record = self.encode(None, data);
-        let batch = insert_batch(None, id, &record, ttl)?;
+        let batch = insert_batch(None, id, &record, until)?;
         Ok(self.write_async(batch).await?.is_ok())
     }
 
@@ -37,7 +42,11 @@ impl SessionStore {
         let record = self.encode(None, data);
         for _ in 0..self.opts.retries_max {
             let id = SessionId::generate()?;
-            if self.write_async(insert_batch(None, &id, &record, ttl)?).await?.is_ok() {
+            if self
+                .write_async(insert_batch(None, &id, &record, Until::Ttl(ttl))?)
+                .await?
+                .is_ok()
+            {
                 return Ok(id);
             }
         }
@@ -46,7 +55,12 @@ impl SessionStore {
 
     /// [`SessionStore::set`], async.
     pub async fn set_async(&self, id: &SessionId, data: &[u8], ttl: Duration) -> Result<u64> {
-        match self.replace_async(id, data, ttl, true).await? {
+        self.set_until_async(id, data, Until::Ttl(ttl)).await
+    }
+
+    /// [`SessionStore::set_async`] expiring as `until` says.
+    pub(crate) async fn set_until_async(&self, id: &SessionId, data: &[u8], until: Until) -> Result<u64> {
+        match self.replace_until_async(id, data, until, true).await? {
             Some(version) => Ok(version),
             None => Err(self.gave_up(id)),
         }
@@ -54,11 +68,22 @@ impl SessionStore {
 
     /// [`SessionStore::replace`] (`create`: [`SessionStore::set`]), async.
     pub async fn replace_async(&self, id: &SessionId, data: &[u8], ttl: Duration, create: bool) -> Result<Option<u64>> {
+        self.replace_until_async(id, data, Until::Ttl(ttl), create).await
+    }
+
+    /// [`SessionStore::replace_async`] expiring as `until` says.
+    async fn replace_until_async(
+        &self,
+        id: &SessionId,
+        data: &[u8],
+        until: Until,
+        create: bool,
+    ) -> Result<Option<u64>> {
         self.check_size(data)?;
         let _turn = self.async_stripes[stripe_of(id)].lock().await;
         for _ in 0..self.opts.retries_max {
             let stored = self.get(id)?;
-            let Some(batch) = self.replace_batch(id, stored.as_ref(), data, ttl, create)? else {
+            let Some(batch) = self.replace_batch(id, stored.as_ref(), data, until, create)? else {
                 return Ok(None);
             };
             if let Ok(version) = self.write_async(batch).await? {

@@ -292,13 +292,31 @@ fn user_prefix(user: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// The batch that writes a new session: it fails if `id` is taken.
-fn insert_batch(user: Option<&[u8]>, id: &SessionId, record: &[u8], ttl: Duration) -> Result<Batch> {
+fn insert_batch(user: Option<&[u8]>, id: &SessionId, record: &[u8], until: Until) -> Result<Batch> {
     let mut batch = Batch::new();
-    batch.put_with_ttl(id.key(), record, ttl).expect_version(id.key(), None);
+    until.put(&mut batch, &id.key(), record).expect_version(id.key(), None);
     if let Some(user) = user {
-        batch.put_with_ttl(user_key(user, id)?, [], ttl);
+        until.put(&mut batch, &user_key(user, id)?, &[]);
     }
     Ok(batch)
+}
+
+/// When a session written now expires: a time-to-live from the store's clock when the write is
+/// ordered, or a deadline (ms since the Unix epoch on the store's clock).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Until {
+    Ttl(Duration),
+    #[cfg_attr(not(feature = "tower-sessions"), allow(dead_code))]
+    At(u64),
+}
+
+impl Until {
+    fn put<'b>(self, batch: &'b mut Batch, key: &[u8], value: &[u8]) -> &'b mut Batch {
+        match self {
+            Until::Ttl(ttl) => batch.put_with_ttl(key, value, ttl),
+            Until::At(ms) => batch.put_expiring_at(key, value.to_vec(), ms),
+        }
+    }
 }
 
 /// The key of `user`'s index entry for session `id`.
@@ -435,7 +453,7 @@ impl SessionStore {
 
     /// Writes a new session in one atomic batch that fails if `id` is taken.
     fn insert(&self, user: Option<&[u8]>, id: &SessionId, record: &[u8], ttl: Duration) -> Result<bool> {
-        Ok(self.write(insert_batch(user, id, record, ttl)?)?.is_ok())
+        Ok(self.write(insert_batch(user, id, record, Until::Ttl(ttl))?)?.is_ok())
     }
 
     /// Writes `data` to session `id` whatever its version (the last writer wins), creating the
@@ -461,7 +479,7 @@ impl SessionStore {
         let mut retry = self.retry(id);
         while retry.next() {
             let stored = self.get(id)?;
-            let Some(batch) = self.replace_batch(id, stored.as_ref(), data, ttl, create)? else {
+            let Some(batch) = self.replace_batch(id, stored.as_ref(), data, Until::Ttl(ttl), create)? else {
                 return Ok(None);
             };
             if let Ok(version) = self.write(batch)? {
@@ -478,7 +496,7 @@ impl SessionStore {
         id: &SessionId,
         stored: Option<&Stored>,
         data: &[u8],
-        ttl: Duration,
+        until: Until,
         create: bool,
     ) -> Result<Option<Batch>> {
         let (user, expected) = match stored {
@@ -490,11 +508,11 @@ impl SessionStore {
         let mut batch = Batch::new();
         // The version check makes the session and its index entry one unit against a
         // concurrent regenerate or destroy; losing it to another write means reading again.
-        batch
-            .put_with_ttl(id.key(), record, ttl)
+        until
+            .put(&mut batch, &id.key(), &record)
             .expect_version(id.key(), expected);
         if let Some(user) = user {
-            batch.put_with_ttl(user_key(user, id)?, [], ttl);
+            until.put(&mut batch, &user_key(user, id)?, &[]);
         }
         Ok(Some(batch))
     }

@@ -4,8 +4,10 @@
 //! [`TowerStore`] implements `tower_sessions_core::SessionStore` and `ExpiredDeletion`:
 //! - ids are the framework's 128-bit ids, kept as [`SessionId`]s (same bytes, same string
 //!   form); `create` draws a fresh id when the framework's one is taken, never overwriting;
-//! - the record's data is kept as JSON (bincode cannot encode `serde_json::Value`), its
-//!   `expiry_date` as the entry's deadline, so `load` never returns an expired session and
+//! - the record's data is kept as a JSON object (bincode cannot encode `serde_json::Value`),
+//!   with the exact `expiry_date` under the reserved name [`EXACT_EXPIRY_FIELD`] (returned as
+//!   saved, to the nanosecond, as upstream stores do), and the `expiry_date` rounded down to the
+//!   millisecond as the entry's deadline, so `load` never returns an expired session and
 //!   the engine's sweeper and checkpoints drop them;
 //! - `save` is the framework's "last writer wins" ([`SessionStore::set`]), since its records
 //!   carry no versions; a record saved already expired deletes the session;
@@ -34,7 +36,7 @@ use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, ExpiredDeletion};
 
-use super::{off_executor, AdapterError, SessionId, SessionStore};
+use super::{off_executor, AdapterError, SessionId, SessionStore, Until};
 
 /// tower-sessions' `SessionStore` over a [`SessionStore`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -81,10 +83,10 @@ impl TowerStore {
         expiry: OffsetDateTime,
     ) -> crate::Result<Option<SessionId>> {
         let s = &self.sessions;
-        let ttl = ttl_until(s, expiry).unwrap_or(Duration::ZERO);
+        let until = deadline_of(s, expiry).map_or(Until::Ttl(Duration::ZERO), Until::At);
         let mut id = first;
         for _ in 0..s.opts.retries_max {
-            if s.create_with_id_async(&id, data, ttl).await? {
+            if s.create_with_id_until_async(&id, data, until).await? {
                 return Ok(Some(id));
             }
             id = SessionId::generate()?;
@@ -93,11 +95,12 @@ impl TowerStore {
     }
 }
 
-/// The time-to-live left until `expiry` by the store's clock, or `None` if it has passed.
-fn ttl_until(sessions: &SessionStore, expiry: OffsetDateTime) -> Option<Duration> {
-    let deadline_ms = expiry.unix_timestamp_nanos() / 1_000_000;
-    let left = deadline_ms - i128::from(sessions.db().now_ms());
-    (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX)))
+/// The engine deadline of `expiry`: rounded down to the millisecond, so a session is never
+/// loaded after its exact expiry; `None` if that has passed by the store's clock.
+fn deadline_of(sessions: &SessionStore, expiry: OffsetDateTime) -> Option<u64> {
+    let deadline_ms = expiry.unix_timestamp_nanos().div_euclid(1_000_000);
+    let deadline_ms = u64::try_from(deadline_ms).ok()?;
+    (deadline_ms > sessions.db().now_ms()).then_some(deadline_ms)
 }
 
 /// The latest instant `time` can show without its `large-dates` feature, for a session that has
@@ -107,8 +110,42 @@ fn far_future() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(253_402_300_799).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// The name under which the stored JSON object keeps the record's exact `expiry_date` (Unix
+/// nanoseconds, as a string): the engine's deadline has whole milliseconds, and upstream stores
+/// return the expiry exactly as saved. Reserved: the adapter removes it from what it loads.
+pub const EXACT_EXPIRY_FIELD: &str = "__sessiondb_expiry_ns";
+
+/// The record's data with its exact expiry, as stored.
+#[derive(serde::Serialize)]
+struct StoredData<'a> {
+    #[serde(flatten)]
+    data: &'a std::collections::HashMap<String, serde_json::Value>,
+    #[serde(rename = "__sessiondb_expiry_ns")]
+    expiry_ns: String,
+}
+
 fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
-    serde_json::to_vec(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))
+    let stored = StoredData {
+        data: &record.data,
+        expiry_ns: record.expiry_date.unix_timestamp_nanos().to_string(),
+    };
+    serde_json::to_vec(&stored).map_err(|e| session_store::Error::Encode(e.to_string()))
+}
+
+/// The expiry to return for a session whose engine deadline is `deadline_ms`: the exact one
+/// saved, if `exact` (the stored field) is that deadline's (a touch through another API moves
+/// the deadline and leaves the field behind); else the deadline itself.
+fn expiry_of(deadline_ms: u64, exact: Option<serde_json::Value>) -> session_store::Result<OffsetDateTime> {
+    let decode = |e: time::error::ComponentRange| session_store::Error::Decode(e.to_string());
+    let exact = exact
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| s.parse::<i128>().ok())
+        .filter(|ns| ns.div_euclid(1_000_000) == i128::from(deadline_ms));
+    match exact {
+        Some(ns) => OffsetDateTime::from_unix_timestamp_nanos(ns).map_err(decode),
+        None => OffsetDateTime::from_unix_timestamp_nanos(i128::from(deadline_ms) * 1_000_000).map_err(decode),
+    }
 }
 
 #[async_trait]
@@ -132,8 +169,8 @@ impl tower_sessions_core::SessionStore for TowerStore {
         let data = encode(record)?;
         let (id, expiry) = (to_id(&record.id), record.expiry_date);
         let s = &self.sessions;
-        let saved = match ttl_until(s, expiry) {
-            Some(ttl) => s.set_async(&id, &data, ttl).await.map(drop),
+        let saved = match deadline_of(s, expiry) {
+            Some(ms) => s.set_until_async(&id, &data, Until::At(ms)).await.map(drop),
             None => s.destroy_async(&id).await.map(drop),
         };
         saved.map_err(engine)
@@ -145,10 +182,11 @@ impl tower_sessions_core::SessionStore for TowerStore {
         let Some(session) = self.sessions.load(&to_id(id)).map_err(engine)? else {
             return Ok(None);
         };
-        let data = serde_json::from_slice(&session.data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        let mut data: std::collections::HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&session.data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        let exact = data.remove(EXACT_EXPIRY_FIELD);
         let expiry_date = match session.expires_at_ms {
-            Some(ms) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                .map_err(|e| session_store::Error::Decode(e.to_string()))?,
+            Some(ms) => expiry_of(ms, exact)?,
             None => far_future(),
         };
         Ok(Some(Record {
