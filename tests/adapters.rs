@@ -250,15 +250,7 @@ async fn adapters_never_wait_for_an_fsync_on_the_executor_thread() {
     let key = actix.save(state(&[("a", "1")]), &minute).await.unwrap();
 
     sim.hold_syncs(true);
-    let (polled, watch) = std::sync::mpsc::channel::<()>();
-    let watchdog = {
-        let sim = sim.clone();
-        std::thread::spawn(move || {
-            if watch.recv_timeout(support::wait::WAIT_DEADLINE).is_err() {
-                sim.hold_syncs(false);
-            }
-        })
-    };
+    let watchdog = support::wait::GateWatchdog::start(&sim);
     let rec2 = record(rec.id, 2, now + HOUR_MS);
     let mut save = std::pin::pin!(async { tower.save(&rec2).await.unwrap() });
     assert!(
@@ -282,8 +274,7 @@ async fn adapters_never_wait_for_an_fsync_on_the_executor_thread() {
     // A load answers at once, with what was durable before the held fsync.
     let loaded = tower.load(&rec.id).await.unwrap().unwrap();
     assert_eq!(loaded.data["n"], serde_json::json!(1));
-    polled.send(()).unwrap();
-    support::wait::joined("the watchdog", watchdog);
+    watchdog.done();
     assert!(sim.syncs_waiting() >= 1, "no fsync was held");
     assert_eq!(
         sessions.db().stats().writers_waiting,

@@ -54,23 +54,14 @@ fn async_writes_wait_as_tasks_not_threads() {
         .collect();
     // A poll that blocked on the held fsync would hang: a watchdog releases the gate after the
     // deadline, and the poll then fails the assertion below.
-    let (polled, watch) = std::sync::mpsc::channel::<()>();
-    let watchdog = {
-        let sim = sim.clone();
-        std::thread::spawn(move || {
-            if watch.recv_timeout(support::wait::WAIT_DEADLINE).is_err() {
-                sim.hold_syncs(false);
-            }
-        })
-    };
+    let watchdog = support::wait::GateWatchdog::start(&sim);
     for (w, woken) in &mut writes {
         // Each poll orders its write and returns: none waits for the held fsync.
         let waker = Waker::from(woken.clone());
         let pending = w.as_mut().poll(&mut Context::from_waker(&waker)).is_pending();
         assert!(pending, "an async write finished with its fsync held");
     }
-    polled.send(()).unwrap();
-    support::wait::joined("the watchdog", watchdog);
+    watchdog.done();
     wait_until("the commit thread to reach the held fsync", || sim.syncs_waiting() == 1);
     assert_eq!(db.stats().writers_waiting, 0, "a thread waits for an async write");
     for k in &keys {

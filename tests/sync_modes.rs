@@ -115,21 +115,12 @@ fn a_lazy_write_does_not_wait_for_an_fsync_in_flight() {
     wait_until("the durable put's fsync", || sim.syncs_waiting() == 1);
     // A watchdog releases the gate after the deadline: a lazy write that waited for the fsync
     // then returns, late, and the assertions below fail instead of the test hanging.
-    let (returned, watch) = std::sync::mpsc::channel::<()>();
-    let watchdog = {
-        let sim = sim.clone();
-        std::thread::spawn(move || {
-            if watch.recv_timeout(support::wait::WAIT_DEADLINE).is_err() {
-                sim.hold_syncs(false);
-            }
-        })
-    };
+    let watchdog = support::wait::GateWatchdog::start(&sim);
     assert!(db.touch_with("b", Duration::from_secs(600), Durability::Lazy).unwrap());
     let mut batch = sessiondb::Batch::new();
     batch.put("c", "1").durability(Durability::Lazy);
     db.write(batch).unwrap();
-    returned.send(()).unwrap();
-    joined("the watchdog", watchdog);
+    watchdog.done();
     assert_eq!(sim.syncs_waiting(), 1, "the lazy writes waited for the fsync in flight");
     assert_eq!(db.stats().writes_beside, 2);
     assert!(db.get_versioned("b").unwrap().unwrap().expires_at_ms.is_some());

@@ -61,3 +61,31 @@ pub fn block_on<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         std::thread::park_timeout(left);
     }
 }
+
+/// Opens the simulated storage's held fsync gate if [`GateWatchdog::done`] is not called
+/// within [`WAIT_DEADLINE`]: a call that waited for the held fsync then returns, late, and the
+/// test's assertions fail instead of the test hanging.
+pub struct GateWatchdog {
+    done: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl GateWatchdog {
+    /// Starts watching `sim`'s gate.
+    pub fn start(sim: &sessiondb::internals::sim::SimStorage) -> GateWatchdog {
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        let sim = sim.clone();
+        let thread = std::thread::spawn(move || {
+            if watch.recv_timeout(WAIT_DEADLINE).is_err() {
+                sim.hold_syncs(false);
+            }
+        });
+        GateWatchdog { done, thread }
+    }
+
+    /// What it watched for returned in time (or late: the caller's assertions tell).
+    pub fn done(self) {
+        let _ = self.done.send(());
+        joined("the watchdog", self.thread);
+    }
+}
