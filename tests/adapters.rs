@@ -380,3 +380,190 @@ async fn actix_refuses_a_ttl_that_is_not_positive() {
         .expires_at_ms;
     assert_eq!(deadline, Some(T0 + 60_000), "a refused update_ttl moved the deadline");
 }
+
+/// How many requests run at once on one session in the merge tests.
+const SAME_SESSION_REQUESTS: usize = 16;
+
+/// Serves `store` through tower-sessions' middleware on localhost: `/init` starts a session,
+/// `/add/{i}` loads it, waits until every one of [`SAME_SESSION_REQUESTS`] requests has loaded
+/// it too (a barrier, with a deadline), then sets entry `k{i}`; `/count` answers how many `k`
+/// entries the session holds. Returns the base URL.
+async fn serve_same_session(store: TowerStore) -> String {
+    use axum::extract::Path as UrlPath;
+    use axum::routing::get;
+    use tower_sessions::{Session, SessionManagerLayer};
+
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(SAME_SESSION_REQUESTS));
+    let add = move |session: Session, UrlPath(i): UrlPath<usize>| {
+        let barrier = barrier.clone();
+        async move {
+            assert_eq!(session.get::<bool>("init").await.unwrap(), Some(true));
+            tokio::time::timeout(Duration::from_secs(60), barrier.wait())
+                .await
+                .expect("every request loaded the session within the deadline");
+            session.insert(&format!("k{i}"), i).await.unwrap();
+            "ok"
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/init",
+            get(|session: tower_sessions::Session| async move {
+                session.insert("init", true).await.unwrap();
+                "ok"
+            }),
+        )
+        .route("/add/{i}", get(add))
+        .route(
+            "/count",
+            get(|session: tower_sessions::Session| async move {
+                let mut n = 0;
+                for i in 0..SAME_SESSION_REQUESTS {
+                    n += usize::from(session.get::<usize>(&format!("k{i}")).await.unwrap() == Some(i));
+                }
+                n.to_string()
+            }),
+        )
+        .layer(SessionManagerLayer::new(store).with_secure(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Starts one session, sends [`SAME_SESSION_REQUESTS`] requests with its cookie at once, each
+/// setting its own entry after all have loaded it; returns how many entries the session keeps.
+async fn entries_kept_by_concurrent_requests(store: TowerStore) -> usize {
+    let url = serve_same_session(store).await;
+    let client = reqwest::Client::new();
+    let init = client.get(format!("{url}/init")).send().await.unwrap();
+    let cookie = init.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let requests = (0..SAME_SESSION_REQUESTS).map(|i| {
+        let (client, url, cookie) = (client.clone(), url.clone(), cookie.clone());
+        tokio::spawn(async move {
+            let r = client
+                .get(format!("{url}/add/{i}"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "request {i}: {}", r.status());
+        })
+    });
+    for r in requests.collect::<Vec<_>>() {
+        r.await.unwrap();
+    }
+    let count = client
+        .get(format!("{url}/count"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    count.text().await.unwrap().parse().unwrap()
+}
+
+/// Issue 17, point 4: concurrent requests on one session, each loading it and then setting an
+/// entry of its own. With `with_merge_on_save` every request's entry stays; without it, the
+/// framework's last writer wins and exactly one does (every request loaded before any saved).
+/// With the merge left out of `save` the first assertion fails with 1 (checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_merge_on_save_keeps_every_concurrent_requests_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TowerStore::new(SessionStore::open(dir.path()).unwrap());
+    assert_eq!(
+        entries_kept_by_concurrent_requests(store.clone().with_merge_on_save()).await,
+        SAME_SESSION_REQUESTS,
+        "with merge on save, a concurrent request's entry was lost"
+    );
+    assert_eq!(
+        entries_kept_by_concurrent_requests(store).await,
+        1,
+        "without merge on save, the last save replaces the whole session"
+    );
+}
+
+/// The merge, entry by entry, through the trait as tower-sessions calls it (a load and a save
+/// per request, each request its own task): entries removed or changed by a request are
+/// removed or changed; entries another request set meanwhile stay; the same entry changed by
+/// two requests keeps the later save's value; a save whose load is not remembered (outside a
+/// task) replaces the whole session; a session deleted meanwhile is written again by a save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_merge_on_save_applies_only_what_a_request_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = TowerStore::new(open(dir.path(), &clock)).with_merge_on_save();
+    let mut rec = record(Id::default(), 1, T0 + HOUR_MS);
+    rec.data.insert("gone".into(), serde_json::json!("x"));
+    store.create(&mut rec).await.unwrap();
+    let id = rec.id;
+
+    // Two requests, each a task that loads and later saves: both load before either saves,
+    // and the second saves first.
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let s1 = store.clone();
+    let first = tokio::spawn(async move {
+        let mut r = s1.load(&id).await.unwrap().unwrap();
+        loaded_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), go_rx)
+            .await
+            .expect("the second request saved within the deadline")
+            .unwrap();
+        r.data.insert("n".into(), serde_json::json!(10));
+        r.data.remove("gone");
+        r.data.insert("a".into(), serde_json::json!("from a"));
+        s1.save(&r).await.unwrap();
+    });
+    let s2 = store.clone();
+    let second = tokio::spawn(async move {
+        let mut r = s2.load(&id).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), loaded_rx)
+            .await
+            .expect("the first request loaded within the deadline")
+            .unwrap();
+        r.data.insert("n".into(), serde_json::json!(20));
+        r.data.insert("b".into(), serde_json::json!("from b"));
+        s2.save(&r).await.unwrap();
+        go_tx.send(()).unwrap();
+    });
+    second.await.unwrap();
+    first.await.unwrap();
+    let now = store.load(&id).await.unwrap().unwrap().data;
+    assert_eq!(now["a"], serde_json::json!("from a"));
+    assert_eq!(
+        now["b"],
+        serde_json::json!("from b"),
+        "the other request's entry was lost"
+    );
+    assert_eq!(
+        now["n"],
+        serde_json::json!(10),
+        "the later save's value of an entry both changed"
+    );
+    assert!(!now.contains_key("gone"), "an entry the request removed came back");
+    assert_eq!(now["name"], rec.data["name"], "an entry nobody changed");
+
+    // Outside a task (the test's own future) nothing is remembered: the save replaces the
+    // whole session.
+    let mut whole = store.load(&id).await.unwrap().unwrap();
+    whole.data.clear();
+    whole.data.insert("only".into(), serde_json::json!(1));
+    store.save(&whole).await.unwrap();
+    let now = store.load(&id).await.unwrap().unwrap().data;
+    assert_eq!(now.keys().collect::<Vec<_>>(), vec!["only"]);
+
+    // A session deleted between a request's load and its save is written again by the save,
+    // as without merging (tower-sessions' save creates).
+    let s3 = store.clone();
+    tokio::spawn(async move {
+        let mut r = s3.load(&id).await.unwrap().unwrap();
+        s3.delete(&id).await.unwrap();
+        r.data.insert("again".into(), serde_json::json!(true));
+        s3.save(&r).await.unwrap();
+    })
+    .await
+    .unwrap();
+    let now = store.load(&id).await.unwrap().unwrap().data;
+    assert_eq!(now["again"], serde_json::json!(true));
+}

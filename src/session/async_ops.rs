@@ -93,6 +93,40 @@ impl SessionStore {
         Err(self.gave_up(id))
     }
 
+    /// Writes what `make` makes of session `id`'s current data (its data migrated as a load
+    /// migrates it, or `None` if there is no live session), creating the session if there is
+    /// none, expiring as `until` says: a read-modify-write that another save cannot slip into
+    /// (a version check; `make` is called again, on what is there then, after a conflict).
+    /// Returns the new version. The tower adapter's merge on save.
+    #[cfg(feature = "tower-sessions")]
+    pub(crate) async fn update_until_async(
+        &self,
+        id: &SessionId,
+        until: Until,
+        mut make: impl FnMut(Option<&[u8]>) -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        let _turn = self.async_stripes[stripe_of(id)].lock().await;
+        for _ in 0..self.opts.retries_max {
+            let stored = self.get(id)?;
+            let current = match &stored {
+                Some(s) => {
+                    let r = s.decode(self.db.path())?;
+                    Some(self.migrations.apply(r.payload_version, r.data.to_vec())?)
+                }
+                None => None,
+            };
+            let data = make(current.as_deref())?;
+            self.check_size(&data)?;
+            let Some(batch) = self.replace_batch(id, stored.as_ref(), &data, until, true)? else {
+                break;
+            };
+            if let Ok(version) = self.write_async(batch).await? {
+                return Ok(version);
+            }
+        }
+        Err(self.gave_up(id))
+    }
+
     /// [`SessionStore::touch`], async.
     pub async fn touch_async(&self, id: &SessionId, ttl: Duration) -> Result<bool> {
         let _turn = self.async_stripes[stripe_of(id)].lock().await;

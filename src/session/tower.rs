@@ -10,7 +10,10 @@
 //!   millisecond as the entry's deadline, so `load` never returns an expired session and
 //!   the engine's sweeper and checkpoints drop them;
 //! - `save` is the framework's "last writer wins" ([`SessionStore::set`]), since its records
-//!   carry no versions; a record saved already expired deletes the session;
+//!   carry no versions; a record saved already expired deletes the session. Opt in to
+//!   [`TowerStore::with_merge_on_save`] and a save writes only the entries its request changed,
+//!   over what concurrent requests on the same session saved meanwhile (docs/sessions.md,
+//!   "Concurrent requests on one session");
 //! - writes go through the engine's async path (docs/design.md, "Async writes"): no executor
 //!   thread waits for an fsync and no blocking thread is parked per pending save; loads run on
 //!   the executor (they never wait for the disk's writes); `delete_expired`, a sweep of the
@@ -29,6 +32,8 @@
 //!
 //! [tower-sessions]: https://docs.rs/tower-sessions/0.15
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,17 +47,79 @@ use super::{off_executor, AdapterError, SessionId, SessionStore, Until};
 #[derive(Debug, Clone)]
 pub struct TowerStore {
     sessions: SessionStore,
+    /// What each request loaded, when saves merge ([`TowerStore::with_merge_on_save`]).
+    bases: Option<Arc<Bases>>,
 }
 
 impl TowerStore {
-    /// The adapter over `sessions`.
+    /// The adapter over `sessions`; a save replaces the whole session (the framework's "last
+    /// writer wins").
     pub fn new(sessions: SessionStore) -> TowerStore {
-        TowerStore { sessions }
+        TowerStore { sessions, bases: None }
+    }
+
+    /// Saves merge instead: a save writes the entries its request changed (set, changed or
+    /// removed since its load) over the session as it is then, so concurrent requests on one
+    /// session that change different entries all keep their changes. Two requests changing
+    /// the same entry: the later save's value stays (last writer wins, per entry).
+    ///
+    /// The adapter remembers what each request loaded by the tokio task that loaded it (a
+    /// request's load and save run in its connection's task, as axum and hyper serve them),
+    /// up to [`MERGE_BASES_MAX`] loads at a time; a save with no load remembered (made outside
+    /// a task, from another task than its load, or after the oldest half of the loads was
+    /// forgotten) replaces the whole session, as without this option. Costs a copy of the data
+    /// at each load and a decode of the stored data at each save.
+    pub fn with_merge_on_save(mut self) -> TowerStore {
+        self.bases = Some(Arc::default());
+        self
     }
 
     /// The session store underneath.
     pub fn sessions(&self) -> &SessionStore {
         &self.sessions
+    }
+}
+
+/// The most loads [`TowerStore::with_merge_on_save`] remembers at once; when full, it forgets
+/// the oldest half (a load that is never saved, a read-only request's, is forgotten this way).
+pub const MERGE_BASES_MAX: usize = 16_384;
+
+/// A record's data, as tower-sessions holds it.
+type Data = HashMap<String, serde_json::Value>;
+
+/// The data each request loaded, by (tokio task, session): what a merging save compares its
+/// record with to find what its request changed.
+#[derive(Debug, Default)]
+struct Bases {
+    inner: parking_lot::Mutex<BasesInner>,
+}
+
+#[derive(Debug, Default)]
+struct BasesInner {
+    /// Each load's data, with the load's number (its age).
+    loaded: HashMap<(tokio::task::Id, SessionId), (u64, Arc<Data>)>,
+    /// The next load's number.
+    next: u64,
+}
+
+impl Bases {
+    fn remember(&self, id: SessionId, data: &Data) {
+        let Some(task) = tokio::task::try_id() else { return };
+        let data = Arc::new(data.clone());
+        let mut inner = self.inner.lock();
+        if inner.loaded.len() >= MERGE_BASES_MAX {
+            // Numbers are distinct and below `next`: at least half of the entries go.
+            let keep_from = inner.next.saturating_sub((MERGE_BASES_MAX / 2) as u64);
+            inner.loaded.retain(|_, (n, _)| *n >= keep_from);
+        }
+        let n = inner.next;
+        inner.next += 1;
+        inner.loaded.insert((task, id), (n, data));
+    }
+
+    fn take(&self, id: SessionId) -> Option<Arc<Data>> {
+        let task = tokio::task::try_id()?;
+        self.inner.lock().loaded.remove(&(task, id)).map(|(_, d)| d)
     }
 }
 
@@ -125,11 +192,47 @@ struct StoredData<'a> {
 }
 
 fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+    encode_data(&record.data, record.expiry_date).map_err(|e| session_store::Error::Encode(e.to_string()))
+}
+
+fn encode_data(data: &Data, expiry: OffsetDateTime) -> serde_json::Result<Vec<u8>> {
     let stored = StoredData {
-        data: &record.data,
-        expiry_ns: record.expiry_date.unix_timestamp_nanos().to_string(),
+        data,
+        expiry_ns: expiry.unix_timestamp_nanos().to_string(),
     };
-    serde_json::to_vec(&stored).map_err(|e| session_store::Error::Encode(e.to_string()))
+    serde_json::to_vec(&stored)
+}
+
+/// The entries `record` changed since `base` was loaded: each with its new value, or `None`
+/// where it was removed.
+fn changes<'a>(base: &Data, record: &'a Data) -> Vec<(String, Option<&'a serde_json::Value>)> {
+    let removed = base.keys().filter(|k| !record.contains_key(*k));
+    let set = record.iter().filter(|(k, v)| base.get(*k) != Some(*v)).map(|(k, _)| k);
+    removed.chain(set).map(|k| (k.clone(), record.get(k))).collect()
+}
+
+/// What a merging save writes: `changes` applied to the stored data `current` (the session as it
+/// is now; without it, or if it is not a JSON object, the record's data alone).
+fn merged(
+    current: Option<&[u8]>,
+    changes: &[(String, Option<&serde_json::Value>)],
+    record: &Record,
+) -> crate::Result<Vec<u8>> {
+    let now = current.and_then(|c| serde_json::from_slice::<Data>(c).ok());
+    let bytes = match now {
+        Some(mut now) => {
+            now.remove(EXACT_EXPIRY_FIELD);
+            for (k, v) in changes {
+                match v {
+                    Some(v) => now.insert(k.clone(), (*v).clone()),
+                    None => now.remove(k),
+                };
+            }
+            encode_data(&now, record.expiry_date)
+        }
+        None => encode_data(&record.data, record.expiry_date),
+    };
+    bytes.map_err(|e| crate::Error::SessionData(e.to_string()))
 }
 
 /// The expiry to return for a session whose engine deadline is `deadline_ms`: the exact one
@@ -166,12 +269,18 @@ impl tower_sessions_core::SessionStore for TowerStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let data = encode(record)?;
         let (id, expiry) = (to_id(&record.id), record.expiry_date);
         let s = &self.sessions;
-        let saved = match deadline_of(s, expiry) {
-            Some(ms) => s.set_until_async(&id, &data, Until::At(ms)).await.map(drop),
-            None => s.destroy_async(&id).await.map(drop),
+        let base = self.bases.as_ref().and_then(|b| b.take(id));
+        let saved = match (deadline_of(s, expiry), base) {
+            (None, _) => s.destroy_async(&id).await.map(drop),
+            (Some(ms), None) => s.set_until_async(&id, &encode(record)?, Until::At(ms)).await.map(drop),
+            (Some(ms), Some(base)) => {
+                let changes = changes(&base, &record.data);
+                s.update_until_async(&id, Until::At(ms), |current| merged(current, &changes, record))
+                    .await
+                    .map(drop)
+            }
         };
         saved.map_err(engine)
     }
@@ -185,6 +294,9 @@ impl tower_sessions_core::SessionStore for TowerStore {
         let mut data: std::collections::HashMap<String, serde_json::Value> =
             serde_json::from_slice(&session.data).map_err(|e| session_store::Error::Decode(e.to_string()))?;
         let exact = data.remove(EXACT_EXPIRY_FIELD);
+        if let Some(bases) = &self.bases {
+            bases.remember(to_id(id), &data);
+        }
         let expiry_date = match session.expires_at_ms {
             Some(ms) => expiry_of(ms, exact)?,
             None => far_future(),
@@ -197,6 +309,9 @@ impl tower_sessions_core::SessionStore for TowerStore {
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        if let Some(bases) = &self.bases {
+            bases.take(to_id(id));
+        }
         self.sessions.destroy_async(&to_id(id)).await.map(drop).map_err(engine)
     }
 }
@@ -211,5 +326,43 @@ impl ExpiredDeletion for TowerStore {
             .await
             .map(drop)
             .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loads remembered for merging stay bounded: past [`MERGE_BASES_MAX`] the oldest half
+    /// goes, and the newest load is always kept.
+    #[test]
+    fn remembered_loads_are_bounded() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            tokio::spawn(async {
+                let bases = Bases::default();
+                let data = Data::new();
+                let ids: Vec<SessionId> = (0..=MERGE_BASES_MAX as u64)
+                    .map(|n| SessionId::from_bytes(u128::from(n).to_le_bytes()))
+                    .collect();
+                for id in &ids {
+                    bases.remember(*id, &data);
+                    assert!(bases.inner.lock().loaded.len() <= MERGE_BASES_MAX);
+                }
+                assert!(bases.inner.lock().loaded.len() > MERGE_BASES_MAX / 2);
+                assert!(
+                    bases.take(ids[MERGE_BASES_MAX]).is_some(),
+                    "the newest load was forgotten"
+                );
+                assert!(bases.take(ids[0]).is_none(), "the oldest load was kept");
+                assert!(bases.take(ids[MERGE_BASES_MAX]).is_none(), "a load was taken twice");
+            })
+            .await
+            .unwrap();
+        });
+        // Outside a task nothing is remembered.
+        let bases = Bases::default();
+        bases.remember(SessionId::from_bytes([1; 16]), &Data::new());
+        assert!(bases.inner.lock().loaded.is_empty());
     }
 }
