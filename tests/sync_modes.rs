@@ -96,6 +96,54 @@ fn always_loses_nothing_acknowledged_and_shows_nothing_unsynced() {
     assert_eq!(db.get("pending").unwrap().as_deref(), Some(&b"x"[..]));
 }
 
+/// Found by the linearizability checker: a lazy batch whose touch of a key was dropped because a
+/// pending (syncing) delete had removed the key wrote only its other keys, went beside the
+/// syncing group, and returned "not touched" while every read still found the key. A checked
+/// write decided on a pending write must not go beside it: it waits, and once it returns the
+/// key reads as gone. With `decided_on_pending` ignored the assertion on `writes_beside` (and
+/// the read) fails (checked).
+#[test]
+fn a_lazy_write_decided_on_a_pending_write_does_not_go_beside_it() {
+    use sessiondb::Durability;
+    let sim = SimStorage::new(18);
+    let db = Arc::new(Db::open_with("/db", options(&sim, SyncMode::Always)).unwrap());
+    db.put("k", "1").unwrap();
+    sim.hold_syncs(true);
+    let durable = {
+        let db = db.clone();
+        std::thread::spawn(move || db.delete("k"))
+    };
+    wait_until("the durable delete's fsync", || sim.syncs_waiting() == 1);
+    let lazy = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut batch = sessiondb::Batch::new();
+            batch
+                .put("other", "1")
+                .touch("k", Duration::from_secs(600))
+                .durability(Durability::Lazy);
+            let written = db.write_if(batch).unwrap().unwrap();
+            // Whatever the touch found must be what a read finds now.
+            (written, db.get("k").unwrap())
+        })
+    };
+    // A watchdog releases the gate after the deadline, so a wrong wait fails, never hangs.
+    let watchdog = support::wait::GateWatchdog::start(&sim);
+    wait_until("the lazy batch to finish or wait", || {
+        lazy.is_finished() || db.stats().writers_waiting == 1
+    });
+    watchdog.done();
+    assert_eq!(
+        db.stats().writes_beside,
+        0,
+        "a write decided on a pending delete went beside it"
+    );
+    sim.hold_syncs(false);
+    joined("the durable delete", durable).unwrap();
+    let (_, k) = joined("the lazy batch", lazy);
+    assert_eq!(k, None, "the touch found the key gone but a read still finds it");
+}
+
 /// Issue 17: a `Durability::Lazy` write to other keys does not wait for an fsync in flight. It
 /// goes beside the syncing group (`Stats::writes_beside`), is visible when it returns, and a
 /// power loss after that group's fsync keeps both in log order. A lazy write to a key the

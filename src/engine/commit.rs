@@ -69,6 +69,10 @@ struct Prepared {
     changes: Changes,
     /// Its commit group must be synced before it returns (its [`Durability`] under the mode).
     sync: bool,
+    /// It was decided on writes still pending: a checked write whose precondition or touch read
+    /// a key with a write ordered but not applied (a touch of it may even have been dropped, its
+    /// key then missing from `changes`). It must not go beside that write's group.
+    decided_on_pending: bool,
 }
 
 /// A write ordered (given a sequence number) but not yet applied to the index: what version
@@ -328,9 +332,13 @@ impl CommitState {
     /// Whether `prepared` may go beside the group in flight: it needs no fsync, that group
     /// only waits for its fsync, nothing is ordered after that group (so appending it now keeps
     /// the log in sequence order), and no write to its keys is pending (so applying it before
-    /// that group changes nothing that group's apply would, and no read can tell the order).
+    /// that group changes nothing that group's apply would, and no read can tell the order),
+    /// nor to the keys its decision read (a checked write's preconditions and touches, a
+    /// dropped touch's key included: returned before that group is applied, its outcome would
+    /// rest on a write no read can see yet).
     fn may_go_beside(&self, prepared: &Prepared) -> bool {
         !prepared.sync
+            && !prepared.decided_on_pending
             && self.syncing
             && !self.beside_active
             && self.forming.records.is_empty()
@@ -414,7 +422,8 @@ impl Engine {
             let seq = st.next_seq;
             let outcome = match self.decide(&st, ops, expect) {
                 Decision::Write { resolved, touched } if !resolved.is_empty() => {
-                    let prepared = self.prepare(&resolved, durability);
+                    let mut prepared = self.prepare(&resolved, durability);
+                    prepared.decided_on_pending = involves_pending(&st, ops, expect);
                     // Returns once its group is applied, and so every write ordered before it.
                     return self.join(st, prepared).map(|seq| Ok(Checked { seq, touched }));
                 }
@@ -509,6 +518,7 @@ impl Engine {
             payload,
             changes,
             sync: durability.needs_sync(self.opts.sync_mode),
+            decided_on_pending: false,
         }
     }
 
@@ -534,6 +544,7 @@ impl Engine {
             payload,
             changes,
             sync: durability.needs_sync(self.opts.sync_mode),
+            decided_on_pending: false,
         }
     }
 
