@@ -199,3 +199,97 @@ fn a_lazy_write_does_not_wait_for_an_fsync_in_flight() {
     assert!(db.get_versioned("a").unwrap().unwrap().expires_at_ms.is_some());
     assert!(db.get_versioned("b").unwrap().unwrap().expires_at_ms.is_some());
 }
+
+/// Issue 17: in `SyncMode::Always`, a write that does not fit in the rest of the active segment
+/// goes whole into the next one, whose roll needs no fsync (everything before it is durable):
+/// one fsync per put, rolls included, where a seal used to add one per roll. Each segment's
+/// zero rest is no damage: after a power loss every acknowledged put is there. Fails with the
+/// whole-group roll left out (fsyncs = puts + rolls, checked).
+#[test]
+fn always_a_roll_adds_no_fsync() {
+    let sim = SimStorage::new(19);
+    let opts = || {
+        small_options()
+            .quiet()
+            .segment_size(64 * 1024)
+            .sim(&sim)
+            .sync_mode(SyncMode::Always)
+    };
+    let db = Db::open_with("/rolls", opts()).unwrap();
+    let value = vec![7u8; 3000];
+    let (fsyncs, segments) = (db.stats().fsyncs, db.stats().segments);
+    let puts = 100;
+    for i in 0..puts {
+        db.put(format!("k{i:03}"), &value).unwrap();
+    }
+    let rolled = db.stats().segments - segments;
+    assert!(rolled >= 3, "the puts rolled {rolled} times");
+    assert_eq!(db.stats().fsyncs - fsyncs, puts, "a roll added an fsync");
+    sim.crash(CrashMode::DropUnsynced);
+    drop(db);
+    let db = Db::open_with("/rolls", opts()).unwrap();
+    for i in 0..puts {
+        assert_eq!(
+            db.get(format!("k{i:03}")).unwrap().as_deref(),
+            Some(&value[..]),
+            "k{i:03}"
+        );
+    }
+}
+
+/// Issue 17: a commit group of several records that does not fit in the rest of the active
+/// segment goes whole into the next one (everything before it being durable), so it waits for
+/// its own fsync alone instead of a seal's and its own. Each round holds one put at the fsync
+/// gate while four more form the next group; every group then costs one fsync, rolls included,
+/// and after a power loss every put is there. Fails with the whole-group roll left out (a
+/// group split across two segments seals the first with an fsync of its own: checked).
+#[test]
+fn always_a_group_that_does_not_fit_rolls_whole_with_one_fsync() {
+    let sim = SimStorage::new(20);
+    let opts = || {
+        small_options()
+            .quiet()
+            .segment_size(64 * 1024)
+            .sim(&sim)
+            .sync_mode(SyncMode::Always)
+    };
+    let db = Arc::new(Db::open_with("/groups", opts()).unwrap());
+    let value = Arc::new(vec![7u8; 3000]);
+    let (fsyncs, segments) = (db.stats().fsyncs, db.stats().segments);
+    let put = |key: String| {
+        let (db, value) = (db.clone(), value.clone());
+        std::thread::spawn(move || db.put(key, &*value))
+    };
+    let rounds = 20;
+    let mut keys = Vec::new();
+    for round in 0..rounds {
+        sim.hold_syncs(true);
+        keys.push(format!("a{round:02}"));
+        let first = put(keys[keys.len() - 1].clone());
+        wait_until("the first put's fsync", || sim.syncs_waiting() == 1);
+        let group: Vec<_> = (0..4)
+            .map(|i| {
+                keys.push(format!("b{round:02}-{i}"));
+                put(keys[keys.len() - 1].clone())
+            })
+            .collect();
+        wait_until("the next group to form", || db.stats().writers_waiting == 4);
+        sim.hold_syncs(false);
+        joined("the first put", first).unwrap();
+        for member in group {
+            joined("a group member", member).unwrap();
+        }
+    }
+    assert!(db.stats().segments - segments >= 4, "too few rolls to tell");
+    assert_eq!(
+        db.stats().fsyncs - fsyncs,
+        2 * rounds,
+        "a group waited for more than its own fsync"
+    );
+    sim.crash(CrashMode::DropUnsynced);
+    drop(Arc::into_inner(db).unwrap());
+    let db = Db::open_with("/groups", opts()).unwrap();
+    for key in &keys {
+        assert_eq!(db.get(key).unwrap().as_deref(), Some(&value[..]), "{key}");
+    }
+}
