@@ -137,6 +137,11 @@ impl SessionDb {
         if std::env::var_os("SESSIONDB_BENCH_NO_PREALLOC").is_some() {
             opts = opts.preallocate_ahead(false);
         }
+        // Experiments only: no checkpoint started by the log's size (W2 at 64 writers of 4 KiB
+        // writes 256 MiB of log, the default trigger, in about four seconds).
+        if std::env::var_os("SESSIONDB_BENCH_NO_AUTO_CHECKPOINT").is_some() {
+            opts = opts.auto_checkpoint(false);
+        }
         if encrypted {
             opts = opts.encryption_key(sessiondb::EncryptionKey::from_bytes(BENCH_KEY));
         }
