@@ -5,8 +5,10 @@
 //! thread (no background threads run: `quiet()` options).
 //! Invariant: opening a store with a torn tail emits the WARN "torn tail cut" naming the segment
 //! and the offset; a checkpoint runs in span `sessiondb.checkpoint` and emits its INFO; a
-//! poisoned store emits one ERROR with the cause; no span or event field holds key or value
-//! bytes.
+//! poisoned store emits one ERROR with the cause; a full disk one WARN per transition to full,
+//! and a checkpoint it fails its own WARN; `Salvage` a WARN per skipped region with file and
+//! offset; a key rotation an INFO; no span or event field holds key or value bytes, nor key
+//! material.
 
 mod support;
 
@@ -218,4 +220,115 @@ fn poisoned_store_emits_one_error_with_the_cause() {
         assert!(!poisoned[0].fields["cause"].is_empty());
         capture.assert_no_key_or_value();
     });
+}
+
+/// Puts until one fails; returns how many succeeded and the error.
+fn fill_until_full(db: &Db, from: usize) -> (usize, sessiondb::Error) {
+    for i in from..from + 100_000 {
+        if let Err(e) = db.put(format!("{KEY_MARKER}{i}"), [b'v'; 900]) {
+            return (i, e);
+        }
+    }
+    panic!("the disk never filled");
+}
+
+/// A full disk: one WARN per transition to full (not one per refused write), naming the
+/// segment that could not be made; again after a write succeeded and the disk filled again;
+/// a checkpoint that finds no room emits its own WARN.
+#[test]
+fn a_full_disk_warns_once_per_transition_and_a_checkpoint_says_why_it_failed() {
+    let capture = Capture::default();
+    tracing::subscriber::with_default(capture.clone(), || {
+        let sim = SimStorage::new(4);
+        let db = Db::open_with(DIR, options(&sim, SyncMode::Always)).unwrap();
+        sim.set_capacity(Some(sim.used_bytes() + support::SEGMENT_SIZE_SMALL / 2));
+        let (n, e) = fill_until_full(&db, 0);
+        assert!(e.is_storage_full(), "{e}");
+        for i in 0..5 {
+            assert!(db.put(format!("{KEY_MARKER}again{i}"), [b'v'; 900]).is_err());
+        }
+        let full = capture.find("storage full");
+        assert_eq!(full.len(), 1, "one WARN for six refused writes: {:?}", capture.events());
+        assert_eq!(full[0].level, Level::WARN);
+        assert!(full[0].fields["error"].contains(".wal"), "{:?}", full[0]);
+
+        let failed = db.checkpoint().unwrap_err();
+        assert!(failed.is_storage_full(), "{failed}");
+        let warned = capture.find("checkpoint failed: storage full");
+        assert_eq!(warned.len(), 1, "{:?}", capture.events());
+        assert_eq!(warned[0].level, Level::WARN);
+        assert!(capture.find("checkpoint failed").iter().all(|e| e.level == Level::WARN));
+
+        sim.set_capacity(None);
+        db.put(format!("{KEY_MARKER}room"), VALUE_MARKER).unwrap();
+        sim.set_capacity(Some(sim.used_bytes() + support::SEGMENT_SIZE_SMALL / 2));
+        fill_until_full(&db, n + 10);
+        assert_eq!(
+            capture.find("storage full").len(),
+            2,
+            "full again after a write: a second WARN"
+        );
+        capture.assert_no_key_or_value();
+    });
+}
+
+/// Salvage names each damaged region it skipped, by file and offset.
+#[test]
+fn salvage_warns_of_each_skipped_region_with_file_and_offset() {
+    let capture = Capture::default();
+    tracing::subscriber::with_default(capture.clone(), || {
+        let sim = SimStorage::new(5);
+        let opts = options(&sim, SyncMode::Always);
+        let db = Db::open_with(DIR, opts.clone()).unwrap();
+        put_markers(&db, 40);
+        drop(db);
+        let (seg, recs) = segments_with_records(&sim).pop().unwrap();
+        let damaged = &recs[recs.len() / 2];
+        sim.flip_bit(&seg, damaged.start + 20, 3).unwrap();
+        let strict = Db::open_with(DIR, opts.clone());
+        assert!(strict.is_err(), "vouched damage refuses a normal open");
+        let db = Db::open_with(DIR, opts.recovery_mode(sessiondb::RecoveryMode::Salvage)).unwrap();
+        let skipped = capture.find("salvage skipped damage");
+        assert!(!skipped.is_empty(), "{:?}", capture.events());
+        let e = &skipped[0];
+        assert_eq!(e.level, Level::WARN);
+        assert_eq!(e.fields["file"], seg.display().to_string());
+        assert_eq!(e.fields["offset"], damaged.start.to_string());
+        assert!(!e.fields["reason"].is_empty());
+        drop(db);
+        capture.assert_no_key_or_value();
+    });
+}
+
+/// An encrypted store: the open says it is encrypted and a rotation is an INFO with the
+/// keyring's generation; no field holds key material.
+#[test]
+fn key_rotation_is_an_info_without_key_material() {
+    let capture = Capture::default();
+    let (old, new) = ([0x5a; 32], [0xc3; 32]);
+    tracing::subscriber::with_default(capture.clone(), || {
+        let sim = SimStorage::new(6);
+        let opts = options(&sim, SyncMode::Always).encryption_key(sessiondb::EncryptionKey::from_bytes(old));
+        let db = Db::open_with(DIR, opts).unwrap();
+        put_markers(&db, 5);
+        db.rotate_key(sessiondb::EncryptionKey::from_bytes(new)).unwrap();
+        let enc = capture.find("store encryption");
+        assert!(
+            enc.iter().any(|e| e.fields["encrypted"] == "true"),
+            "{:?}",
+            capture.events()
+        );
+        let rotated = capture.find("master key rotated");
+        assert_eq!(rotated.len(), 1, "{:?}", capture.events());
+        assert_eq!(rotated[0].level, Level::INFO);
+        assert!(rotated[0].fields["generation"].parse::<u64>().is_ok());
+        capture.assert_no_key_or_value();
+    });
+    let log = capture.log.lock().unwrap();
+    let hex = |k: [u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for text in log.events.iter().flat_map(|e| e.fields.values()) {
+        for key in [old, new] {
+            assert!(!text.contains(&hex(key)[..16]), "a field holds key bytes: {text}");
+        }
+    }
 }

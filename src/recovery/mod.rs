@@ -230,13 +230,21 @@ impl<'a> Recovery<'a> {
 /// Records damage that `Salvage` skipped.
 fn skip(report: &mut RecoveryReport, e: &Error) {
     if let Error::Corruption { path, offset, reason } = e {
-        tracing::warn!(target: "sessiondb", file = %path.display(), offset, reason = %reason, "salvage skipped damage");
-        report.skipped.push(Skipped {
-            path: path.clone(),
-            offset: *offset,
-            reason: reason.clone(),
-        });
+        skipped(
+            report,
+            Skipped {
+                path: path.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+        );
     }
+}
+
+/// Reports a region `Salvage` skipped: in the recovery report and as a WARN event.
+fn skipped(report: &mut RecoveryReport, s: Skipped) {
+    tracing::warn!(target: "sessiondb", file = %s.path.display(), offset = s.offset, reason = %s.reason, "salvage skipped damage");
+    report.skipped.push(s);
 }
 
 /// Applies one replayed record of a segment of format `version` to the index (step 5). A

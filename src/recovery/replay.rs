@@ -128,7 +128,9 @@ impl Recovery<'_> {
             Ok(())
         })?;
         self.report.records_replayed += replayed;
-        self.report.skipped.extend(scan.skipped.iter().cloned());
+        for s in &scan.skipped {
+            super::skipped(&mut self.report, s.clone());
+        }
         Ok((scan, bytes))
     }
 
