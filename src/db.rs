@@ -63,6 +63,7 @@ impl Db {
         let layout = Layout::new(&path);
         let guard = recovery::lock(options.storage.as_ref(), &layout)?;
         let spare = Arc::new(SpareSlot::default());
+        spare.set_pool_max(options.recycle_pool_max());
         let recovered = recovery::recover(&layout, &options, &spare)?;
         crate::telemetry::recovered(recovered.report.duration);
         let engine = Arc::new(Engine::new(layout, options, spare, guard, recovered));
@@ -492,6 +493,11 @@ impl Db {
         } else {
             result = engine.check_poison();
         }
+        // Segments kept to be recycled go: a closed store holds only its log and snapshots.
+        // (Left behind, recovery deletes them at the next open.)
+        engine
+            .spare
+            .remove_pool(engine.storage.as_ref(), engine.layout.wal_dir());
         // Release the lock last: nothing of ours touches the files after this.
         engine.lock_guard.lock().take();
         result

@@ -95,3 +95,6 @@ const _: () = assert!((VALUE_SIZE_MAX_LIMIT as u64) < SEGMENT_SIZE_MAX);
 const _: () = assert!(KEY_SIZE_MAX <= u16::MAX as usize);
 const _: () = assert!(RECORD_PAYLOAD_MAX < (1 << 30), "below the payload decoder's limit");
 const _: () = assert!(BATCH_SIZE_MAX_DEFAULT <= BATCH_SIZE_MAX_LIMIT);
+
+/// At most this many covered segments are kept to be recycled ([`crate::Options::recycle_segments`]).
+pub const RECYCLE_POOL_MAX: u64 = 64;

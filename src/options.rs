@@ -84,6 +84,7 @@ pub struct Options {
     pub(crate) value_size_max: usize,
     pub(crate) batch_size_max: usize,
     pub(crate) preallocate_ahead: bool,
+    pub(crate) recycle_segments: bool,
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) max_retention: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -105,6 +106,7 @@ impl Default for Options {
             value_size_max: limits::VALUE_SIZE_MAX_DEFAULT,
             batch_size_max: limits::BATCH_SIZE_MAX_DEFAULT,
             preallocate_ahead: true,
+            recycle_segments: true,
             sweep_interval: Some(limits::SWEEP_INTERVAL_DEFAULT),
             max_retention: None,
             clock: Arc::new(SystemClock),
@@ -127,6 +129,7 @@ impl fmt::Debug for Options {
             .field("value_size_max", &self.value_size_max)
             .field("batch_size_max", &self.batch_size_max)
             .field("preallocate_ahead", &self.preallocate_ahead)
+            .field("recycle_segments", &self.recycle_segments)
             .field("sweep_interval", &self.sweep_interval)
             .field("max_retention", &self.max_retention)
             .field("clock", &self.clock)
@@ -212,6 +215,28 @@ impl Options {
     pub fn preallocate_ahead(mut self, on: bool) -> Options {
         self.preallocate_ahead = on;
         self
+    }
+
+    /// Whether segments a checkpoint covered are kept (as many as hold `checkpoint_log_bytes`,
+    /// at most 64) and reused as new segments instead of zero-filling new files: appends then
+    /// never wait behind a segment's zeros going to disk (docs/design.md, "Recycled segments").
+    /// The store's files hold up to that much more disk while it is open. Default: true. In a
+    /// store that is not encrypted and has [`Options::max_retention`] set, segments are never
+    /// recycled: their old bytes would keep dead values in the store's files.
+    #[must_use]
+    pub fn recycle_segments(mut self, on: bool) -> Options {
+        self.recycle_segments = on;
+        self
+    }
+
+    /// How many covered segments are kept to be recycled under these options.
+    pub(crate) fn recycle_pool_max(&self) -> usize {
+        let keeps_dead_values = self.max_retention.is_some() && self.encryption_key.is_none();
+        if !self.recycle_segments || keeps_dead_values {
+            return 0;
+        }
+        let per_checkpoint = self.checkpoint_log_bytes / self.segment_size.max(1) + 1;
+        per_checkpoint.min(limits::RECYCLE_POOL_MAX) as usize
     }
 
     /// How often a background thread drops expired entries from memory, a bounded amount of

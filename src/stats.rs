@@ -56,6 +56,9 @@ pub struct Stats {
     /// durable write's fsync is running) written and applied beside a commit group that was
     /// waiting for its fsync, instead of waiting for it (docs/design.md, "Write path").
     pub writes_beside: u64,
+    /// Segments made by recycling one a checkpoint covered instead of zero-filling a new file
+    /// ([`crate::Options::recycle_segments`]), since open.
+    pub segments_recycled: u64,
     /// With [`crate::Options::max_retention`]: the store's time (ms since the Unix epoch) from
     /// which the store's files hold a dead value (overwritten, deleted, or expired: an expiry
     /// deadline may still be ahead), the earliest the engine knows of; it errs early, never

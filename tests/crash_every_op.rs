@@ -102,6 +102,10 @@ fn crash_at_every_io_op_of(options: impl Fn(&SimStorage, SyncMode) -> Options, t
         total - opened
     );
     assert!(stats.checkpoints == 2, "two checkpoints");
+    assert!(
+        stats.segments_recycled > 0,
+        "the log recycles segments the first checkpoint covered"
+    );
 
     let modes = [
         CrashMode::DropUnsynced,

@@ -14,21 +14,30 @@ fn opts(k: u8) -> Options {
     Options::new().encryption_key(key(k))
 }
 
-/// Every byte of every file under `dir`.
+/// Every byte of every file under `dir`. The store may be open: its preparer may rename a file
+/// between the listing and the read (a `.tmp` becoming a segment), so a walk that finds a file
+/// gone starts again (a bounded number of times), and every file is read under some name.
 fn all_bytes(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
+    'walk: for _ in 0..1000 {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                match std::fs::read(&p) {
+                    Ok(bytes) => out.push((p.clone(), bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'walk,
+                    Err(e) => panic!("{}: {e}", p.display()),
+                }
             }
         }
+        return out;
     }
-    out
+    panic!("{}: files kept vanishing while read", dir.display());
 }
 
 fn assert_nowhere(dir: &Path, needles: &[&[u8]], when: &str) {

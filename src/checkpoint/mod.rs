@@ -296,7 +296,8 @@ fn verify_block_around(engine: &Engine, source: &Source, loc: Loc, verified: &mu
 fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Result<bool> {
     let (segments, snapshots, all) = forget_covered(engine, base_seq, old_snapshots);
     let layout = &engine.layout;
-    remove_files(engine, segments.iter().map(|&id| layout.segment(id)), layout.wal_dir())?;
+    let doomed = pool_for_recycling(engine, &segments);
+    remove_files(engine, doomed, layout.wal_dir())?;
     remove_files(engine, snapshots.iter().map(|&seq| layout.snapshot(seq)), layout.dir())?;
     // The deleted files' data keys go too (after the files: a crash between leaves keys of
     // files that are gone, which the next open drops; never a file without its key).
@@ -309,6 +310,27 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
         keyring.forget(&gone)?;
     }
     Ok(all)
+}
+
+/// Keeps the highest-numbered of the covered `segments` for the log to recycle, renamed to
+/// their temporary names (which recovery deletes, so a crash leaves nothing of them to read);
+/// returns the paths to delete: the rest, and the pool's oldest files beyond its size. With
+/// recycling off the pool's size is 0 and every covered segment goes.
+fn pool_for_recycling(engine: &Engine, segments: &[u64]) -> Vec<PathBuf> {
+    let layout = &engine.layout;
+    let keep = segments.len().min(engine.spare.pool_max());
+    let (gone, kept) = segments.split_at(segments.len() - keep);
+    let mut doomed: Vec<PathBuf> = gone.iter().map(|&id| layout.segment(id)).collect();
+    let mut pooled = Vec::with_capacity(kept.len());
+    for &id in kept {
+        let (from, to) = (layout.segment(id), layout.segment_tmp(id));
+        match engine.storage.rename(&from, &to) {
+            Ok(()) => pooled.push((id, to)),
+            Err(_) => doomed.push(from),
+        }
+    }
+    doomed.extend(engine.spare.offer(pooled));
+    doomed
 }
 
 /// Takes the files [`remove_covered`] deletes out of the log and the index, under their locks;

@@ -240,6 +240,7 @@ impl Engine {
             checkpoints: load(&c.checkpoints),
             expired_swept: load(&c.expired_swept),
             writes_beside: load(&c.writes_beside),
+            segments_recycled: self.spare.recycled(),
             dead_since_ms: self.retention.dead_since(),
             retention_checkpoints: load(&self.retention.checkpoints),
             retention_checked_ms: load(&self.retention.checked_ms),

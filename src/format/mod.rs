@@ -253,6 +253,11 @@ const REC_DURABLE_AT: usize = REC_SEQ_AT + 8;
 const REC_KIND_AT: usize = REC_DURABLE_AT + 8;
 /// Bytes in a record header; the payload follows.
 pub const RECORD_HEADER_SIZE: usize = REC_KIND_AT + 1;
+/// The end-of-log marker: a zero length field. The log writer writes it after every write of
+/// records (fewer bytes if the segment ends sooner), so the written log ends at a marker even
+/// in a recycled segment, whose old bytes follow it (docs/format.md, "The end of the written
+/// log").
+pub const END_MARKER_SIZE: usize = REC_CRC_AT - REC_LEN_AT;
 
 /// Record kind: a batch of puts and deletes, applied atomically.
 pub const KIND_OPS: u8 = 1;
@@ -316,7 +321,9 @@ pub enum RecordState<'a> {
 /// checked against it and against the bytes left before anything is read through it.
 pub fn decode_record(b: &[u8], segment_id: u64, payload_max: usize) -> RecordState<'_> {
     if b.len() < RECORD_HEADER_SIZE {
-        if b.iter().all(|&x| x == 0) {
+        // The end marker is the length field's 4 zero bytes, or as many as there is room for
+        // (docs/format.md, "The end of the written log"); what follows it is not read.
+        if b[..b.len().min(END_MARKER_SIZE)].iter().all(|&x| x == 0) {
             return RecordState::End;
         }
         return RecordState::Damaged(damage(0, "record header is cut short"));

@@ -8,8 +8,8 @@ use crate::format::{self, SEGMENT_HEADER_SIZE};
 use crate::limits;
 use crate::options::Options;
 use crate::storage::layout;
-use crate::storage::{read_exact_at, OpenMode};
-use crate::wal::reader;
+use crate::storage::{read_exact_at, FileBytes, OpenMode};
+use crate::wal::reader::{self, ScanInput};
 use crate::wal::writer::SegmentFile;
 
 /// A segment file opened for recovery.
@@ -18,7 +18,8 @@ pub(super) struct Seg {
     /// `Some(first_seq)` if the header verifies; `None` if zero or damaged.
     pub first_seq: Option<u64>,
     pub zero_header: bool,
-    /// Read and found zero from start to end (so it need not be read again).
+    /// Read and found to hold nothing of the log: zero from start to end, or a recycled spare
+    /// ([`is_unused`]); it need not be read again.
     pub known_clean: bool,
 }
 
@@ -51,6 +52,30 @@ pub(super) fn is_clean(seg: &Seg, opts: &Options) -> Result<bool> {
         at += n as u64;
     }
     Ok(true)
+}
+
+/// Whether a spare holds nothing of the log: all zero ([`is_clean`]), or a recycled spare never
+/// activated (the reader's row R5; docs/format.md, "Recycled segments"), whatever segment size
+/// it was made under (an operator may have changed it since: only a spare of this open's size
+/// is reused, the others are deleted).
+pub(super) fn is_unused(seg: &Seg, opts: &Options) -> Result<bool> {
+    if is_clean(seg, opts)? {
+        return Ok(true);
+    }
+    let path = &seg.file.path;
+    let file = seg.file.file.as_ref();
+    let bytes = FileBytes::load(file).map_err(|e| Error::read(path, e))?;
+    let data_end = bytes.data_end(file).map_err(|e| Error::read(path, e))?;
+    Ok(reader::is_unused_spare(&ScanInput {
+        bytes: bytes.bytes(),
+        segment_id: seg.file.id,
+        path,
+        payload_max: limits::RECORD_PAYLOAD_MAX,
+        is_last: true,
+        mode: opts.recovery_mode,
+        expected_seq: None,
+        data_end,
+    }))
 }
 
 impl Recovery<'_> {
@@ -144,7 +169,9 @@ impl Recovery<'_> {
 
 /// The spare right after the log may hold a torn activation whose header stayed zero (or
 /// durable records whose header was zeroed): only reading it tells. Then it ends the log and the
-/// reader judges it (row R5b), instead of it being deleted as a spare.
+/// reader judges it (row R5b), instead of it being deleted as a spare. A recycled spare is a
+/// spare (it must not end the log: the segment before it would be judged as an older one, and
+/// its torn tail as corruption, found by `syscall_crash.rs`).
 fn adopt_spare_after_log(live: &mut Vec<Seg>, spares: &mut Vec<Seg>, opts: &Options) -> Result<()> {
     let (Some(last), Some(spare)) = (live.last(), spares.first()) else {
         return Ok(());
@@ -152,7 +179,7 @@ fn adopt_spare_after_log(live: &mut Vec<Seg>, spares: &mut Vec<Seg>, opts: &Opti
     if spare.file.id != last.file.id + 1 {
         return Ok(());
     }
-    if is_clean(spare, opts)? {
+    if is_unused(spare, opts)? {
         spares[0].known_clean = true;
     } else {
         live.push(spares.remove(0));

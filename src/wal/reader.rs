@@ -80,14 +80,16 @@ pub(crate) struct SegmentScan {
 enum Row<'a> {
     /// A valid record: checksum, length within limits and file, expected sequence, known kind.
     R1Record(RecordRef<'a>),
-    /// A zero length field, and only zeros after it.
+    /// The end marker (a zero length field), and no record of this segment after it: only zeros,
+    /// or a recycled segment's old bytes.
     R2CleanEnd,
     /// Damage that no later record vouches for.
     R3Unvouched(Damage),
     /// Damage that a later valid record vouches for: in a record, or in the segment header of
     /// one of our preallocated segments.
     R4Vouched(Damage),
-    /// An all-zero segment header, and only zeros after it.
+    /// An all-zero segment header, and only zeros after it, or a recycled spare's old bytes
+    /// ([`recycled_spare`]).
     R5UnusedSpare,
     /// An all-zero segment header with data after it, on one of our preallocated segments,
     /// nothing vouching: judged as R6.
@@ -210,13 +212,18 @@ pub(crate) fn scan_segment(
     Ok(scanner.scan)
 }
 
+/// Whether the file is a spare never activated, all zero or recycled (row R5).
+pub(crate) fn is_unused_spare(input: &ScanInput<'_>) -> bool {
+    matches!(judge_header(input), Header::Row(Row::R5UnusedSpare))
+}
+
 /// Judges the segment header: the row it falls under (R4 to R8), or `Intact`.
 fn judge_header<'a>(input: &ScanInput<'a>) -> Header<'a> {
     let b = input.bytes;
     let (row, damage): (fn(Damage) -> Row<'a>, Damage) = match format::decode_segment_header(b) {
         HeaderState::Valid(h) => return judge_header_place(input, h),
         HeaderState::UnsupportedVersion(found) => return Header::Row(Row::R7OtherVersion(found)),
-        HeaderState::Zero if input.data_end == 0 => return Header::Row(Row::R5UnusedSpare),
+        HeaderState::Zero if input.data_end == 0 || recycled_spare(input) => return Header::Row(Row::R5UnusedSpare),
         // A zero header with data after it is no unused spare: the header's sectors of a torn
         // activation stayed zero (or durable bytes were zeroed). Judged as a damaged header:
         // erased only as an unvouched torn activation, never in `Strict`.
@@ -237,6 +244,25 @@ fn judge_header<'a>(input: &ScanInput<'a>) -> Header<'a> {
     } else {
         row(damage)
     })
+}
+
+/// Whether a file with a zero header is a recycled spare (docs/format.md, "Recycled
+/// segments"): an end marker right after the header, its last `ZERO_TAIL_MIN` bytes zero, and no
+/// record of this segment in it (the old bytes between are records of other segments, whose
+/// checksums are seeded with their ids).
+fn recycled_spare(input: &ScanInput<'_>) -> bool {
+    let b = input.bytes;
+    let marker_at = SEGMENT_HEADER_SIZE..SEGMENT_HEADER_SIZE + format::END_MARKER_SIZE;
+    b.len() as u64 >= limits::SEGMENT_SIZE_MIN
+        && b.get(marker_at).is_some_and(|m| m.iter().all(|&x| x == 0))
+        && input.data_end + ZERO_TAIL_MIN <= b.len()
+        && find_record(
+            input,
+            SEGMENT_HEADER_SIZE,
+            input.expected_seq.map_or(0, |e| e.saturating_sub(1)),
+            None,
+        )
+        .is_none()
 }
 
 /// Judges where a header that verifies puts the segment: R8, or `Intact`.
@@ -324,8 +350,12 @@ impl<'i, 'a> Scanner<'i, 'a> {
             RecordState::Valid(r) if r.seq == expect && r.kind == KIND_OPS => return Row::R1Record(r),
             RecordState::Valid(r) if r.kind != KIND_OPS => format!("unknown record kind {}", r.kind),
             RecordState::Valid(r) => format!("sequence number {} where {expect} was expected", r.seq),
-            RecordState::End if self.input.data_end <= pos => return Row::R2CleanEnd,
-            RecordState::End => "end-of-log marker followed by data".to_string(),
+            // Bytes after the end marker are a recycled segment's old life (docs/format.md, "The
+            // end of the written log") unless a record of this segment is among them: its
+            // checksum is seeded with this segment's id, and its sequence number is one this
+            // segment could hold next.
+            RecordState::End if self.input.data_end <= pos || !self.record_follows(pos) => return Row::R2CleanEnd,
+            RecordState::End => "end-of-log marker followed by a record of this segment".to_string(),
             RecordState::Damaged(d) => d.reason,
         };
         let damage = Damage {
@@ -337,6 +367,12 @@ impl<'i, 'a> Scanner<'i, 'a> {
         } else {
             Row::R3Unvouched(damage)
         }
+    }
+
+    /// Whether a record of this segment, with the sequence number expected at `pos` or a later
+    /// one, lies after `pos`.
+    fn record_follows(&self, pos: usize) -> bool {
+        find_record(self.input, pos + 1, self.expect - 1, None).is_some()
     }
 
     /// Does what the row's cell in this segment's column says (docs/design.md, "The decision
@@ -565,6 +601,77 @@ mod tests {
         let (mut vouched, at) = segment(&[0, 1, 2]);
         vouched[at[1] + RECORD_HEADER_SIZE] ^= 1;
         assert_eq!(record_rows(&vouched), ["R1Record", "R4Vouched"]);
+    }
+
+    /// A recycled segment `ID`: the old life of the file (segment `ID - 2`, records from 1 on,
+    /// filling it), then this life's header (first sequence `first`, unless `None`: a recycled
+    /// spare, header zero) and records, each write followed by its end marker, the last 4 KiB zero.
+    fn recycled(first: Option<u64>, durable: &[u64]) -> (Vec<u8>, Vec<usize>) {
+        let mut b = encode_segment_header(SegmentHeader::new(ID - 2, 1)).to_vec();
+        let size = limits::SEGMENT_SIZE_MIN as usize;
+        for seq in 1.. {
+            let mut rec = Vec::new();
+            encode_record(&mut rec, ID - 2, seq, seq - 1, KIND_OPS, b"an old life's payload");
+            if b.len() + rec.len() > size {
+                break;
+            }
+            b.extend_from_slice(&rec);
+        }
+        b.resize(size, 0);
+        b[..SEGMENT_HEADER_SIZE + format::END_MARKER_SIZE].fill(0);
+        b[size - ZERO_TAIL_MIN..].fill(0);
+        let mut at = Vec::new();
+        if let Some(first) = first {
+            let mut new = encode_segment_header(SegmentHeader::new(ID, first)).to_vec();
+            for (seq, &d) in (first..).zip(durable) {
+                at.push(new.len());
+                encode_record(&mut new, ID, seq, d, KIND_OPS, b"payload");
+            }
+            new.extend_from_slice(&[0; format::END_MARKER_SIZE]);
+            b[..new.len()].copy_from_slice(&new);
+        }
+        (b, at)
+    }
+
+    /// A recycled segment: the old life's records after the end marker are not read (R2), and
+    /// a recycled spare never activated is an unused spare (R5), in `Strict` too; a record of
+    /// this segment after the marker is damage as before.
+    #[test]
+    fn recycled_segments() {
+        use RecoveryMode::{Strict, TolerateTornTail as Tolerate};
+        let (active, _) = recycled(Some(100), &[99, 100, 101]);
+        assert_eq!(record_rows(&active), ["R1Record", "R1Record", "R1Record", "R2CleanEnd"]);
+        assert_eq!(outcome(&active, true, Strict), "clean");
+        assert_eq!(outcome(&active, false, Strict), "clean");
+
+        let (spare, _) = recycled(None, &[]);
+        assert_eq!(header_row(&spare, Some(100)), "R5UnusedSpare");
+        assert_eq!(header_row(&spare, None), "R5UnusedSpare");
+        assert_eq!(outcome(&spare, true, Strict), "clean");
+        assert_eq!(outcome(&spare, false, Tolerate), "corruption");
+
+        // Without its zero tail the file is not known for a recycled spare.
+        let mut tailless = spare.clone();
+        let last = tailless.len() - 1;
+        tailless[last] = 1;
+        assert_eq!(row_id(&header_row(&tailless, None)), "R6bNotOurs");
+
+        // A marker zeroed over record 101: record 102 follows it (vouching for it, or not).
+        let (mut vouched, at) = recycled(Some(100), &[99, 100, 101]);
+        vouched[at[1]..at[1] + format::END_MARKER_SIZE].fill(0);
+        assert_eq!(record_rows(&vouched), ["R1Record", "R4Vouched"]);
+        let (mut unvouched, at) = recycled(Some(100), &[99, 100, 100]);
+        unvouched[at[1]..at[1] + format::END_MARKER_SIZE].fill(0);
+        assert_eq!(record_rows(&unvouched), ["R1Record", "R3Unvouched"]);
+        assert_eq!(outcome(&unvouched, true, Strict), "corruption");
+
+        // A torn write of this life (its first bytes landed, not the rest, nor a marker): a torn
+        // tail, the old bytes after it zeroed with it.
+        let (mut torn, at) = recycled(Some(100), &[99, 100, 101]);
+        torn[at[2] + RECORD_HEADER_SIZE] ^= 1;
+        assert_eq!(record_rows(&torn), ["R1Record", "R1Record", "R3Unvouched"]);
+        assert!(outcome(&torn, true, Tolerate).starts_with("cut "));
+        assert_eq!(outcome(&torn, true, Strict), "corruption");
     }
 
     /// What a scan ends in: `cut N` (bytes to zero after the valid ones), `clean`, `skipped N`

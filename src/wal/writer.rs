@@ -15,7 +15,7 @@ use crate::sync::{Condvar, Mutex};
 
 use crate::crypto::{FileCipher, Keyring};
 use crate::error::{Error, Result};
-use crate::format::{self, SegmentHeader, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
+use crate::format::{self, SegmentHeader, END_MARKER_SIZE, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
 use crate::index::FileId;
 use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
@@ -82,6 +82,51 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
     })
 }
 
+/// Makes segment `id` out of `old`, a segment file a checkpoint covered, instead of writing
+/// `size` zeros: its blocks are allocated and written already, so appends into it cost the same
+/// `fdatasync` as into a zero-filled one, with no zeros to write first (issue 17: zero-filling
+/// each new segment while writers run owned the 99th percentile of 4 KiB writes).
+///
+/// `old` (a covered segment under its temporary name) is renamed to `id`'s temporary name, its header and the end marker after it are zeroed,
+/// and so is its last `ZERO_TAIL_MIN` (the rule a torn activation is known by, docs/design.md,
+/// row R6); durable, then renamed into place with a directory fsync. Its old bytes stay between:
+/// records of another segment, whose checksums never verify in this one, behind an end marker
+/// (docs/format.md, "Recycled segments"). A crash part-way leaves a `.tmp` file (which recovery
+/// deletes) or the recycled spare. `None` (nothing
+/// changed, or the file removed) if `old` is not exactly `size` bytes or cannot be used.
+fn recycle_segment(storage: &dyn Storage, layout: &Layout, old: &Path, id: u64, size: u64) -> Option<SegmentFile> {
+    let tmp = layout.segment_tmp(id);
+    let path = layout.segment(id);
+    let _ = storage.remove(&tmp);
+    storage.rename(old, &tmp).ok()?;
+    let made = (|| -> io::Result<SegmentFile> {
+        let file = storage.open(&tmp, OpenMode::ReadWrite)?;
+        if file.len()? != size || size < (SEGMENT_HEADER_SIZE + END_MARKER_SIZE + ZERO_TAIL_MIN) as u64 {
+            return Err(io::Error::other("not a segment of this size"));
+        }
+        write_all_at(file.as_ref(), &[0; SEGMENT_HEADER_SIZE + END_MARKER_SIZE], 0)?;
+        write_all_at(file.as_ref(), &[0; ZERO_TAIL_MIN], size - ZERO_TAIL_MIN as u64)?;
+        file.sync_data()?;
+        storage.rename(&tmp, &path)?;
+        storage.sync_dir(layout.wal_dir())?;
+        Ok(SegmentFile {
+            id,
+            path: path.clone(),
+            file,
+            capacity: size,
+            cipher: None,
+        })
+    })();
+    match made {
+        Ok(seg) => Some(seg),
+        Err(e) => {
+            tracing::debug!(target: "sessiondb", segment = id, error = %e, "segment not recycled; making a new one");
+            let _ = storage.remove(&tmp);
+            None
+        }
+    }
+}
+
 /// Writes `size` zeros to `file` (at `path`) and makes them durable with the file's size.
 fn fill_with_zeros(file: &dyn StorageFile, path: &Path, size: u64) -> Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
@@ -118,6 +163,13 @@ struct Spare {
     /// The highest id the writer has taken or created itself.
     taken: u64,
     shutdown: bool,
+    /// Segment files a checkpoint covered, kept to be recycled ([`recycle_segment`]), by id;
+    /// at most `pool_max`. They wait under their temporary names (`<id>.wal.tmp`): a crash
+    /// leaves them to recovery, which deletes them.
+    pool: VecDeque<(u64, PathBuf)>,
+    pool_max: usize,
+    /// Segments recycled since open.
+    recycled: u64,
 }
 
 impl SpareSlot {
@@ -163,6 +215,67 @@ impl SpareSlot {
         }
     }
 
+    /// Sets how many covered segments are kept to be recycled (0: none).
+    pub(crate) fn set_pool_max(&self, max: usize) {
+        self.state.lock().pool_max = max;
+    }
+
+    /// How many covered segments are kept to be recycled.
+    pub(crate) fn pool_max(&self) -> usize {
+        self.state.lock().pool_max
+    }
+
+    /// Offers segment files a checkpoint covered (`(id, path)`: no longer part of the log, under
+    /// their temporary names) to be recycled; returns the paths to delete: those beyond the
+    /// pool's size, the oldest ids first.
+    pub(crate) fn offer(&self, covered: impl IntoIterator<Item = (u64, PathBuf)>) -> Vec<PathBuf> {
+        let mut s = self.state.lock();
+        s.pool.extend(covered);
+        s.pool.make_contiguous().sort_unstable_by_key(|(id, _)| *id);
+        let excess = s.pool.len().saturating_sub(s.pool_max);
+        s.pool.drain(..excess).map(|(_, p)| p).collect()
+    }
+
+    /// Deletes the files kept to be recycled (at close), then fsyncs `wal_dir`; best effort:
+    /// recovery deletes what is left.
+    pub(crate) fn remove_pool(&self, storage: &dyn Storage, wal_dir: &Path) {
+        let pool = std::mem::take(&mut self.state.lock().pool);
+        for (_, path) in &pool {
+            let _ = storage.remove(path);
+        }
+        if !pool.is_empty() {
+            let _ = storage.sync_dir(wal_dir);
+        }
+    }
+
+    /// Segments recycled since open.
+    pub(crate) fn recycled(&self) -> u64 {
+        self.state.lock().recycled
+    }
+
+    /// Makes segment `id` of `size` bytes: a recycled one from the pool if it has one of that
+    /// size, else a new zero-filled one ([`create_segment`]).
+    pub(crate) fn make_segment(
+        &self,
+        storage: &dyn Storage,
+        layout: &Layout,
+        id: u64,
+        size: u64,
+    ) -> Result<SegmentFile> {
+        loop {
+            let Some((_, old)) = self.state.lock().pool.pop_front() else {
+                break;
+            };
+            if let Some(seg) = recycle_segment(storage, layout, &old, id, size) {
+                self.state.lock().recycled += 1;
+                return Ok(seg);
+            }
+            // Not usable (another size, made under other options): it goes.
+            let _ = storage.remove(&old);
+        }
+        create_segment(storage, layout, id, size)
+    }
+
     /// Stops the preparer.
     pub(crate) fn shutdown(&self) {
         self.state.lock().shutdown = true;
@@ -195,7 +308,7 @@ impl SpareSlot {
                 }
             }
             let unmark = Unmark(self);
-            let made = create_segment(storage, layout, id, size);
+            let made = self.make_segment(storage, layout, id, size);
             drop(unmark);
             s = self.state.lock();
             s.preparing = None;
@@ -439,11 +552,14 @@ impl LogWriter {
         }
         let seg = match self.spare.take(id) {
             Some(seg) => seg,
-            None => create_segment(self.storage.as_ref(), &self.layout, id, self.segment_size).inspect_err(|_| {
-                if self.prepare_ahead {
-                    self.spare.give_back(id);
-                }
-            })?,
+            None => self
+                .spare
+                .make_segment(self.storage.as_ref(), &self.layout, id, self.segment_size)
+                .inspect_err(|_| {
+                    if self.prepare_ahead {
+                        self.spare.give_back(id);
+                    }
+                })?,
         };
         self.with_fresh_key(seg)
     }
@@ -575,9 +691,15 @@ impl LogWriter {
                 cause: "records framed with no segment to write them to".into(),
             });
         };
+        // The end marker goes in the same write, after the records: the next write overwrites
+        // it. In a recycled segment the old bytes after it are not read (docs/format.md, "The
+        // end of the written log"); in a zero-filled one it was zero already.
+        let len = self.buf.len();
+        let marker = (active.capacity - (at + len as u64)).min(END_MARKER_SIZE as u64) as usize;
+        self.buf.resize(len + marker, 0);
         write_all_at(active.file.as_ref(), &self.buf, at).map_err(|e| Error::io("write", &active.path, e))?;
-        self.write_offset += self.buf.len() as u64;
-        self.bytes_written += self.buf.len() as u64;
+        self.write_offset += len as u64;
+        self.bytes_written += len as u64;
         if let Some(info) = self.segments.get_mut(&self.active_id) {
             info.bytes = self.write_offset;
         }
@@ -621,8 +743,10 @@ impl LogWriter {
             return Ok(None);
         };
         let first_seq = self.written_seq + 1;
-        let header =
-            format::encode_segment_header(SegmentHeader::with_version(self.active_id, first_seq, self.version()));
+        let mut header =
+            format::encode_segment_header(SegmentHeader::with_version(self.active_id, first_seq, self.version()))
+                .to_vec();
+        header.extend_from_slice(&[0; END_MARKER_SIZE]);
         let Some(active) = self.active.clone() else {
             return Ok(None);
         };
