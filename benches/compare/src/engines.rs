@@ -142,6 +142,13 @@ impl SessionDb {
         if std::env::var_os("SESSIONDB_BENCH_NO_AUTO_CHECKPOINT").is_some() {
             opts = opts.auto_checkpoint(false);
         }
+        // Experiments only: the log bytes that start a checkpoint, in MiB.
+        if let Some(mb) = std::env::var("SESSIONDB_BENCH_CHECKPOINT_LOG_MB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            opts = opts.checkpoint_log_bytes(mb << 20);
+        }
         if encrypted {
             opts = opts.encryption_key(sessiondb::EncryptionKey::from_bytes(BENCH_KEY));
         }
@@ -216,6 +223,14 @@ impl Engine for SessionDb {
     }
     fn close(mut self: Box<Self>) {
         if let Some(db) = self.db.take() {
+            // Experiments only: what the store did (checkpoints, segments recycled, fsyncs).
+            if std::env::var_os("SESSIONDB_BENCH_STATS").is_some() {
+                let s = db.stats();
+                eprintln!(
+                    "sessiondb stats: checkpoints {}, segments recycled {}, fsyncs {}, commit groups {}, checkpoint bytes {}",
+                    s.checkpoints, s.segments_recycled, s.fsyncs, s.commit_groups, s.checkpoint_bytes_total
+                );
+            }
             db.close().expect("sessiondb close");
         }
     }
@@ -256,6 +271,16 @@ const RAW_HEADER: u64 = 6;
 /// W7 can write more, and the file then grows).
 const RAW_FILE_BYTES: u64 = 512 << 20;
 
+/// The preallocated part of a durable workload's raw log: [`RAW_FILE_BYTES`], or
+/// `SESSIONDB_BENCH_RAW_FILE_MB` MiB (a W2 with a warm-up writes past 512 MiB, and the floor
+/// must not grow its file while timed, or it is no floor).
+fn raw_file_bytes() -> u64 {
+    std::env::var("SESSIONDB_BENCH_RAW_FILE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(RAW_FILE_BYTES, |mb| mb << 20)
+}
+
 impl Raw {
     fn open(dir: &Path, bulk: Option<u64>) -> Raw {
         let path = dir.join("raw.log");
@@ -271,7 +296,7 @@ impl Raw {
             file.metadata().expect("raw log metadata").len()
         } else {
             // Bulk: room for the load and one overwrite of every key (W6), 16 B keys, 256 B values.
-            let cap = bulk.map_or(RAW_FILE_BYTES, |n| n * 2 * (RAW_HEADER + 16 + 256) + (1 << 20));
+            let cap = bulk.map_or_else(raw_file_bytes, |n| n * 2 * (RAW_HEADER + 16 + 256) + (1 << 20));
             zero_fill(&file, cap);
             sync_dir(dir);
             cap

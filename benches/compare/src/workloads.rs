@@ -25,6 +25,18 @@ fn w2_value_bytes() -> usize {
 }
 const SESSION_BYTES: usize = 1024;
 
+/// W2's untimed warm-up per writer count: `SESSIONDB_BENCH_W2_WARMUP_MS` of the same writes
+/// before the timed rounds (default none). Issue 17 measures a log in its steady state with it:
+/// sessiondb's recycled segments exist only after its first checkpoint, as the raw floor's
+/// zero-filled file exists before its timing.
+fn w2_warmup() -> Duration {
+    let ms = std::env::var("SESSIONDB_BENCH_W2_WARMUP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub w1: Duration,
@@ -377,6 +389,13 @@ fn w2(ctx: &mut Ctx, engines: &[String]) {
         let mut busy = vec![Duration::ZERO; n];
         let mut slice_no = 0u64;
         let values = &ctx.values;
+        if !w2_warmup().is_zero() {
+            side.rounds(rounds_for(w2_warmup()), |_, eng| {
+                slice_no += 1;
+                let base = ((writers as u64) << 56) + (slice_no << 44);
+                durable_writers(eng, values, writers, SLICE, 21, base, None);
+            });
+        }
         side.rounds(rounds_for(ctx.cfg.w2), |k, eng| {
             slice_no += 1;
             let base = ((writers as u64) << 56) + (slice_no << 44);
