@@ -178,8 +178,12 @@ fn find_record<'a>(
             && peek.durable_seq < peek.seq
             && durable_at_least.is_none_or(|d| peek.durable_seq >= d);
         if plausible {
-            if let RecordState::Valid(r) = format::decode_record(&b[p..], input.segment_id, input.payload_max) {
-                return Some((p, r));
+            // Only a record of the kind the writer writes is one: another kind is damage, never
+            // a witness (found by the `record_decode` target: a valid record of a reserved kind
+            // taken for the segment's first made the header's damage look unvouched).
+            match format::decode_record(&b[p..], input.segment_id, input.payload_max) {
+                RecordState::Valid(r) if r.kind == KIND_OPS => return Some((p, r)),
+                _ => {}
             }
         }
         p += 1;
