@@ -249,6 +249,8 @@ pub fn decode_segment_header(b: &[u8]) -> HeaderState<SegmentHeader> {
 const REC_LEN_AT: usize = 0;
 const REC_CRC_AT: usize = REC_LEN_AT + 4;
 const REC_SEQ_AT: usize = REC_CRC_AT + 4;
+/// Where a record's sequence number lies in its header (for the reader's search).
+pub(crate) const RECORD_SEQ_AT: usize = REC_SEQ_AT;
 const REC_DURABLE_AT: usize = REC_SEQ_AT + 8;
 const REC_KIND_AT: usize = REC_DURABLE_AT + 8;
 /// Bytes in a record header; the payload follows.

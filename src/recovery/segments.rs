@@ -57,8 +57,10 @@ pub(super) fn is_clean(seg: &Seg, opts: &Options) -> Result<bool> {
 /// Whether a spare holds nothing of the log: all zero ([`is_clean`]), or a recycled spare never
 /// activated (the reader's row R5; docs/format.md, "Recycled segments"), whatever segment size
 /// it was made under (an operator may have changed it since: only a spare of this open's size
-/// is reused, the others are deleted).
-pub(super) fn is_unused(seg: &Seg, opts: &Options) -> Result<bool> {
+/// is reused, the others are deleted). `base` is the snapshot's: a record of this segment would
+/// come after it, while a recycled file's old records were covered by a checkpoint, so they lie
+/// at or below it and the search for one of ours passes over them without a checksum.
+pub(super) fn is_unused(seg: &Seg, opts: &Options, base: u64) -> Result<bool> {
     if is_clean(seg, opts)? {
         return Ok(true);
     }
@@ -73,7 +75,9 @@ pub(super) fn is_unused(seg: &Seg, opts: &Options) -> Result<bool> {
         payload_max: limits::RECORD_PAYLOAD_MAX,
         is_last: true,
         mode: opts.recovery_mode,
-        expected_seq: None,
+        // NOTE: a lower bound, not the exact start: only the search for a record of this
+        // segment reads it when the header is zero.
+        expected_seq: Some(base + 1),
         data_end,
     }))
 }
@@ -161,7 +165,7 @@ impl Recovery<'_> {
         let keep = last_used.map_or(live.len().min(1), |l| l + 1 - covered);
         let mut spares = live.split_off(keep);
         if last_used.is_some() {
-            adopt_spare_after_log(&mut live, &mut spares, self.opts)?;
+            adopt_spare_after_log(&mut live, &mut spares, self.opts, base)?;
         }
         Ok(LogSegments { live, spares })
     }
@@ -172,14 +176,14 @@ impl Recovery<'_> {
 /// reader judges it (row R5b), instead of it being deleted as a spare. A recycled spare is a
 /// spare (it must not end the log: the segment before it would be judged as an older one, and
 /// its torn tail as corruption, found by `syscall_crash.rs`).
-fn adopt_spare_after_log(live: &mut Vec<Seg>, spares: &mut Vec<Seg>, opts: &Options) -> Result<()> {
+fn adopt_spare_after_log(live: &mut Vec<Seg>, spares: &mut Vec<Seg>, opts: &Options, base: u64) -> Result<()> {
     let (Some(last), Some(spare)) = (live.last(), spares.first()) else {
         return Ok(());
     };
     if spare.file.id != last.file.id + 1 {
         return Ok(());
     }
-    if is_unused(spare, opts)? {
+    if is_unused(spare, opts, base)? {
         spares[0].known_clean = true;
     } else {
         live.push(spares.remove(0));
