@@ -78,8 +78,10 @@ impl Batch {
         self
     }
 
-    /// Sets `key` to `value`, expiring at `deadline_ms` (ms since the Unix epoch; 0: never).
-    pub(crate) fn put_expiring_at(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: u64) -> &mut Batch {
+    /// Sets `key` to `value`, expiring at `deadline_ms` (ms since the Unix epoch on the store's
+    /// clock; 0: never). For a deadline chosen elsewhere, the same on every machine that applies
+    /// it (the replicated store, `cluster/`).
+    pub fn put_expiring_at(&mut self, key: &[u8], value: Vec<u8>, deadline_ms: u64) -> &mut Batch {
         self.ops.push(BatchOp::Put {
             key: key.to_vec(),
             value,

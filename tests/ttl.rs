@@ -138,6 +138,28 @@ fn deadlines_survive_checkpoint_and_reopen() {
     assert_eq!(db.get(b"a").unwrap(), None);
 }
 
+/// `Batch::put_expiring_at`: a deadline chosen elsewhere (the replicated store's leader), on
+/// this store's clock; 0 never expires, a past one reads as absent at once.
+#[test]
+fn batch_put_expiring_at_an_absolute_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    let mut batch = Batch::new();
+    batch
+        .put_expiring_at(b"a:later", b"x".to_vec(), T0 + 100)
+        .put_expiring_at(b"a:never", b"y".to_vec(), 0)
+        .put_expiring_at(b"a:past", b"z".to_vec(), T0 - 1);
+    db.write(batch).unwrap();
+    assert_eq!(keys_of(&db, b"a:"), ["a:later", "a:never"]);
+    assert_eq!(
+        db.get_versioned(b"a:later").unwrap().map(|v| v.expires_at_ms),
+        Some(Some(T0 + 100))
+    );
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(keys_of(&db, b"a:"), ["a:never"]);
+}
+
 #[test]
 fn batch_put_with_ttl_expires() {
     let dir = tempfile::tempdir().unwrap();
