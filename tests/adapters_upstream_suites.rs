@@ -1310,6 +1310,23 @@ mod actix_middleware {
         };
     }
 
+    /// The middleware with the default lifecycle and the cookie content `policy`, over `f`'s store.
+    macro_rules! policy_app {
+        ($f:expr, $key:expr, $policy:expr) => {
+            test::init_service(
+                App::new()
+                    .wrap(
+                        SessionMiddleware::builder($f.actix(), $key.clone())
+                            .cookie_content_security($policy)
+                            .build(),
+                    )
+                    .route("/", get().to(index))
+                    .route("/do_something", post().to(do_something)),
+            )
+            .await
+        };
+    }
+
     #[actix_web::test]
     async fn on_every_request_an_unchanged_session_gets_its_ttl_extended_in_the_store() {
         let f = Fixture::at(T0);
@@ -1369,17 +1386,7 @@ mod actix_middleware {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), key.clone())
-                            .cookie_content_security(policy)
-                            .build(),
-                    )
-                    .route("/", get().to(index))
-                    .route("/do_something", post().to(do_something)),
-            )
-            .await;
+            let app = policy_app!(f, key, policy);
             // A real session's key, but unsigned / unencrypted: it must not be accepted.
             let req = test::TestRequest::post().uri("/do_something").to_request();
             let real = cookie_named(&test::call_service(&app, req).await, "id").expect("a cookie");
@@ -1407,17 +1414,7 @@ mod actix_middleware {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), key.clone())
-                            .cookie_content_security(policy)
-                            .build(),
-                    )
-                    .route("/", get().to(index))
-                    .route("/do_something", post().to(do_something)),
-            )
-            .await;
+            let app = policy_app!(f, key, policy);
             let unknown = SessionId::generate().expect("an id").to_string();
             let cookie = sealed("id", &unknown, &key, policy);
             let res = test::call_service(&app, test::TestRequest::get().cookie(cookie.clone()).to_request()).await;

@@ -256,20 +256,18 @@ fn apply_request(
             version: Some(index),
         })
     };
+    // A value this entry writes: its version is the entry's index.
+    let written = |value: &[u8], expires_at_ms: u64| Stored {
+        version: index,
+        expires_at_ms,
+        value: value.to_vec(),
+    };
     match req {
         Request::Put {
             key,
             value,
             expires_at_ms,
-        } => put(
-            pending,
-            key,
-            Stored {
-                version: index,
-                expires_at_ms: *expires_at_ms,
-                value: value.clone(),
-            },
-        ),
+        } => put(pending, key, written(value, *expires_at_ms)),
         Request::Delete { key } => {
             batch.delete(data_key(key));
             pending.insert(key.clone(), None);
@@ -316,15 +314,7 @@ fn apply_request(
                     version,
                 });
             }
-            put(
-                pending,
-                key,
-                Stored {
-                    version: index,
-                    expires_at_ms: *expires_at_ms,
-                    value: value.clone(),
-                },
-            )
+            put(pending, key, written(value, *expires_at_ms))
         }
     }
 }
