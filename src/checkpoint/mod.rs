@@ -27,6 +27,7 @@ use crate::format::{self, SnapshotEntry};
 use crate::index::{Entry, FileId, Key, Loc, Slot, Source, SourceData};
 use crate::limits;
 use crate::storage::{FileBytes, OpenMode};
+use crate::wal::writer::Pooled;
 
 pub(crate) use snapshot::{decode_snapshot, load_snapshot, LoadedSnapshot, SnapshotWriter};
 
@@ -294,9 +295,9 @@ fn verify_block_around(engine: &Engine, source: &Source, loc: Loc, verified: &mu
 /// checkpoint to copy (debug builds stop there instead). Returns whether every file it covers
 /// went.
 fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Result<bool> {
-    let (segments, snapshots, all) = forget_covered(engine, base_seq, old_snapshots);
+    let (segments, readers, snapshots, all) = forget_covered(engine, base_seq, old_snapshots);
     let layout = &engine.layout;
-    let doomed = pool_for_recycling(engine, &segments);
+    let doomed = pool_for_recycling(engine, &segments, readers);
     remove_files(engine, doomed, layout.wal_dir())?;
     remove_files(engine, snapshots.iter().map(|&seq| layout.snapshot(seq)), layout.dir())?;
     // The deleted files' data keys go too (after the files: a crash between leaves keys of
@@ -316,16 +317,18 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
 /// their temporary names (which recovery deletes, so a crash leaves nothing of them to read);
 /// returns the paths to delete: the rest, and the pool's oldest files beyond its size. With
 /// recycling off the pool's size is 0 and every covered segment goes.
-fn pool_for_recycling(engine: &Engine, segments: &[u64]) -> Vec<PathBuf> {
+/// Each segment goes with how the index read it (`readers`, in the same order): a reader that
+/// took it before the checkpoint may still hold it, and the pool recycles no file while one does.
+fn pool_for_recycling(engine: &Engine, segments: &[u64], readers: Vec<Option<SourceData>>) -> Vec<PathBuf> {
     let layout = &engine.layout;
     let keep = segments.len().min(engine.spare.pool_max());
-    let (gone, kept) = segments.split_at(segments.len() - keep);
-    let mut doomed: Vec<PathBuf> = gone.iter().map(|&id| layout.segment(id)).collect();
-    let mut pooled = Vec::with_capacity(kept.len());
-    for &id in kept {
+    let skip = segments.len() - keep;
+    let mut doomed: Vec<PathBuf> = segments[..skip].iter().map(|&id| layout.segment(id)).collect();
+    let mut pooled = Vec::with_capacity(keep);
+    for (&id, reader) in segments[skip..].iter().zip(readers.into_iter().skip(skip)) {
         let (from, to) = (layout.segment(id), layout.segment_tmp(id));
         match engine.storage.rename(&from, &to) {
-            Ok(()) => pooled.push((id, to)),
+            Ok(()) => pooled.push(Pooled { id, path: to, reader }),
             Err(_) => doomed.push(from),
         }
     }
@@ -334,9 +337,15 @@ fn pool_for_recycling(engine: &Engine, segments: &[u64]) -> Vec<PathBuf> {
 }
 
 /// Takes the files [`remove_covered`] deletes out of the log and the index, under their locks;
-/// returns their segment ids and snapshot base sequence numbers, and whether that is every file
-/// covered. An old snapshot still in use goes back into the store's list of snapshots.
-fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec<u64>, Vec<u64>, bool) {
+/// returns their segment ids with how the index read each, their snapshot base sequence
+/// numbers, and whether that is every file covered. An old snapshot still in use goes back
+/// into the store's list of snapshots.
+#[allow(clippy::type_complexity)]
+fn forget_covered(
+    engine: &Engine,
+    base_seq: u64,
+    old_snapshots: &[u64],
+) -> (Vec<u64>, Vec<Option<SourceData>>, Vec<u64>, bool) {
     let storage = engine.storage.as_ref();
     let mut log = engine.log.lock();
     let mut index = engine.index.write();
@@ -372,9 +381,10 @@ fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec
         .collect();
     let (old, kept): (Vec<u64>, Vec<u64>) = old_snapshots.iter().partition(|&&seq| unused(FileId::Snapshot(seq)));
     let all = doomed.len() == covered.len() && kept.is_empty();
+    let mut readers = Vec::with_capacity(doomed.len());
     for id in &doomed {
         log.segments.remove(id);
-        index.remove_source(FileId::Segment(*id));
+        readers.push(index.remove_source(FileId::Segment(*id)).map(|s| s.data));
     }
     for seq in &old {
         index.remove_source(FileId::Snapshot(*seq));
@@ -389,7 +399,7 @@ fn forget_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> (Vec
             snapshots.insert(0, (seq, size));
         }
     }
-    (doomed, old, all)
+    (doomed, readers, old, all)
 }
 
 /// Removes `paths`, files in `dir`, then fsyncs `dir` if there were any.

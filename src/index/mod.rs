@@ -487,19 +487,20 @@ impl Index {
         s
     }
 
-    /// Forgets `file`. Its number is never given to another file.
-    pub(crate) fn remove_source(&mut self, file: FileId) {
+    /// Forgets `file`, returning how it was read (the caller may need to know when the last
+    /// reader lets go of it). Its number is never given to another file.
+    pub(crate) fn remove_source(&mut self, file: FileId) -> Option<Source> {
         if self.last_slot.is_some_and(|(f, _)| f == file) {
             self.last_slot = None;
         }
-        if let Some(s) = self.slots.remove(&file) {
-            let at = s.0.wrapping_sub(self.first_slot) as usize;
-            self.files[at] = None;
-            while self.files.front().is_some_and(Option::is_none) {
-                self.files.pop_front();
-                self.first_slot = self.first_slot.wrapping_add(1);
-            }
+        let s = self.slots.remove(&file)?;
+        let at = s.0.wrapping_sub(self.first_slot) as usize;
+        let source = self.files[at].take().and_then(|(_, source)| source);
+        while self.files.front().is_some_and(Option::is_none) {
+            self.files.pop_front();
+            self.first_slot = self.first_slot.wrapping_add(1);
         }
+        source
     }
 
     /// The slot of `file`, if it is in the table.

@@ -16,7 +16,7 @@ use crate::sync::{Condvar, Mutex};
 use crate::crypto::{FileCipher, Keyring};
 use crate::error::{Error, Result};
 use crate::format::{self, SegmentHeader, END_MARKER_SIZE, KIND_OPS, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE};
-use crate::index::FileId;
+use crate::index::{FileId, SourceData};
 use crate::storage::layout::Layout;
 use crate::storage::{write_all_at, OpenMode, Storage, StorageFile};
 use crate::wal::reader::ZERO_TAIL_MIN;
@@ -87,13 +87,14 @@ pub(crate) fn create_segment(storage: &dyn Storage, layout: &Layout, id: u64, si
 /// `fdatasync` as into a zero-filled one, with no zeros to write first (issue 17: zero-filling
 /// each new segment while writers run owned the 99th percentile of 4 KiB writes).
 ///
-/// `old` (a covered segment under its temporary name) is renamed to `id`'s temporary name, its header and the end marker after it are zeroed,
-/// and so is its last `ZERO_TAIL_MIN` (the rule a torn activation is known by, docs/design.md,
-/// row R6); durable, then renamed into place with a directory fsync. Its old bytes stay between:
-/// records of another segment, whose checksums never verify in this one, behind an end marker
-/// (docs/format.md, "Recycled segments"). A crash part-way leaves a `.tmp` file (which recovery
-/// deletes) or the recycled spare. `None` (nothing
-/// changed, or the file removed) if `old` is not exactly `size` bytes or cannot be used.
+/// `old` (a covered segment under its temporary name) is renamed to `id`'s temporary name; its
+/// header and the end marker after it are zeroed, and so is its last `ZERO_TAIL_MIN` (the rule a
+/// torn activation is known by, docs/design.md, row R6); durable, then renamed into place with a
+/// directory fsync. Its old bytes stay between: records of other segments, whose checksums never
+/// verify in this one, behind an end marker (docs/format.md, "Recycled segments"). A crash
+/// part-way leaves a `.tmp` file (which recovery deletes) or the recycled spare. `None` (and
+/// the file removed) if `old` is not exactly `size` bytes or cannot be used. The caller makes
+/// sure nobody reads `old` any more ([`Pooled`]).
 fn recycle_segment(storage: &dyn Storage, layout: &Layout, old: &Path, id: u64, size: u64) -> Option<SegmentFile> {
     let tmp = layout.segment_tmp(id);
     let path = layout.segment(id);
@@ -141,6 +142,29 @@ fn fill_with_zeros(file: &dyn StorageFile, path: &Path, size: u64) -> Result<()>
     file.sync_all().map_err(|e| Error::io("fsync", path, e))
 }
 
+/// A segment file a checkpoint covered, waiting to be recycled.
+pub(crate) struct Pooled {
+    pub id: u64,
+    /// Its temporary name.
+    pub path: PathBuf,
+    /// How the index read it, when it was forgotten. A reader that took it before (a scan's
+    /// chunk, a get in flight) holds a clone: the file is not recycled, so not overwritten,
+    /// until this is the last one (issue 17: a scan read another segment's bytes where its
+    /// values had been, `tests/recycle.rs`).
+    pub reader: Option<SourceData>,
+}
+
+impl Pooled {
+    /// Whether someone besides the pool may still read the file.
+    fn still_read(&self) -> bool {
+        match &self.reader {
+            Some(SourceData::Bytes(b)) => Arc::strong_count(b) > 1,
+            Some(SourceData::File(f)) => Arc::strong_count(f) > 1,
+            None => false,
+        }
+    }
+}
+
 /// The hand-off between the writer and the background preparer of the next segment.
 ///
 /// Invariant: once the writer has taken segment `n` (prepared, or to create itself), nobody
@@ -166,7 +190,7 @@ struct Spare {
     /// Segment files a checkpoint covered, kept to be recycled ([`recycle_segment`]), by id;
     /// at most `pool_max`. They wait under their temporary names (`<id>.wal.tmp`): a crash
     /// leaves them to recovery, which deletes them.
-    pool: VecDeque<(u64, PathBuf)>,
+    pool: VecDeque<Pooled>,
     pool_max: usize,
     /// Segments recycled since open.
     recycled: u64,
@@ -228,20 +252,20 @@ impl SpareSlot {
     /// Offers segment files a checkpoint covered (`(id, path)`: no longer part of the log, under
     /// their temporary names) to be recycled; returns the paths to delete: those beyond the
     /// pool's size, the oldest ids first.
-    pub(crate) fn offer(&self, covered: impl IntoIterator<Item = (u64, PathBuf)>) -> Vec<PathBuf> {
+    pub(crate) fn offer(&self, covered: impl IntoIterator<Item = Pooled>) -> Vec<PathBuf> {
         let mut s = self.state.lock();
         s.pool.extend(covered);
-        s.pool.make_contiguous().sort_unstable_by_key(|(id, _)| *id);
+        s.pool.make_contiguous().sort_unstable_by_key(|p| p.id);
         let excess = s.pool.len().saturating_sub(s.pool_max);
-        s.pool.drain(..excess).map(|(_, p)| p).collect()
+        s.pool.drain(..excess).map(|p| p.path).collect()
     }
 
     /// Deletes the files kept to be recycled (at close), then fsyncs `wal_dir`; best effort:
     /// recovery deletes what is left.
     pub(crate) fn remove_pool(&self, storage: &dyn Storage, wal_dir: &Path) {
         let pool = std::mem::take(&mut self.state.lock().pool);
-        for (_, path) in &pool {
-            let _ = storage.remove(path);
+        for p in &pool {
+            let _ = storage.remove(&p.path);
         }
         if !pool.is_empty() {
             let _ = storage.sync_dir(wal_dir);
@@ -254,7 +278,7 @@ impl SpareSlot {
     }
 
     /// Makes segment `id` of `size` bytes: a recycled one from the pool if it has one of that
-    /// size, else a new zero-filled one ([`create_segment`]).
+    /// size that nobody reads any more, else a new zero-filled one ([`create_segment`]).
     pub(crate) fn make_segment(
         &self,
         storage: &dyn Storage,
@@ -263,9 +287,17 @@ impl SpareSlot {
         size: u64,
     ) -> Result<SegmentFile> {
         loop {
-            let Some((_, old)) = self.state.lock().pool.pop_front() else {
+            let free = {
+                let mut s = self.state.lock();
+                let at = s.pool.iter().position(|p| !p.still_read());
+                at.and_then(|at| s.pool.remove(at))
+            };
+            let Some(free) = free else {
                 break;
             };
+            // The last handle on the old file's bytes goes before they are overwritten.
+            let Pooled { path: old, reader, .. } = free;
+            drop(reader);
             if let Some(seg) = recycle_segment(storage, layout, &old, id, size) {
                 self.state.lock().recycled += 1;
                 return Ok(seg);
