@@ -757,14 +757,73 @@ mod tower_caching_store {
 
 /// actix-session: handlers shaped like those of its acceptance suite, and cookie helpers.
 mod actix_http {
-    use actix_session::config::CookieContentSecurity;
-    use actix_session::Session;
+    use actix_session::config::{CookieContentSecurity, PersistentSession};
+    use actix_session::{Session, SessionMiddleware};
+    use actix_web::body::MessageBody;
     use actix_web::cookie::{Cookie, CookieJar, Key};
-    use actix_web::dev::ServiceResponse;
-    use actix_web::{web, HttpResponse};
+    use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+    use actix_web::web::ServiceConfig;
+    use actix_web::{web, App, HttpResponse};
     use serde::{Deserialize, Serialize};
+    use sessiondb::session::actix::ActixStore;
 
     pub const POLICIES: [CookieContentSecurity; 2] = [CookieContentSecurity::Signed, CookieContentSecurity::Private];
+
+    /// The `SessionMiddleware` settings the tests vary; each one left `None` is not set, so the
+    /// builder's default stands (private cookies named `id` on `/`, no domain, a browser session).
+    #[derive(Default)]
+    pub struct Settings {
+        pub security: Option<CookieContentSecurity>,
+        pub lifecycle: Option<PersistentSession>,
+        pub name: Option<&'static str>,
+        pub path: Option<&'static str>,
+        pub domain: Option<&'static str>,
+    }
+
+    impl Settings {
+        /// Cookies sealed with `policy`, everything else the builder's default.
+        pub fn sealed_with(policy: CookieContentSecurity) -> Settings {
+            Settings {
+                security: Some(policy),
+                ..Settings::default()
+            }
+        }
+
+        /// The app the tests serve (`test::init_service`): `routes` behind a `SessionMiddleware`
+        /// over `store` with cookies signed or encrypted with `key` and these settings.
+        pub fn app(
+            self,
+            store: ActixStore,
+            key: Key,
+            routes: fn(&mut ServiceConfig),
+        ) -> App<
+            impl ServiceFactory<
+                ServiceRequest,
+                Config = (),
+                Response = ServiceResponse<impl MessageBody>,
+                Error = actix_web::Error,
+                InitError = (),
+            >,
+        > {
+            let mut builder = SessionMiddleware::builder(store, key);
+            if let Some(path) = self.path {
+                builder = builder.cookie_path(path.to_string());
+            }
+            if let Some(name) = self.name {
+                builder = builder.cookie_name(name.to_string());
+            }
+            if let Some(domain) = self.domain {
+                builder = builder.cookie_domain(Some(domain.to_string()));
+            }
+            if let Some(policy) = self.security {
+                builder = builder.cookie_content_security(policy);
+            }
+            if let Some(lifecycle) = self.lifecycle {
+                builder = builder.session_lifecycle(lifecycle);
+            }
+            App::new().wrap(builder.build()).configure(routes)
+        }
+    }
 
     /// What the state handlers answer.
     #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -885,13 +944,13 @@ mod actix_http {
 mod actix_acceptance {
     use actix_session::config::{PersistentSession, TtlExtensionPolicy};
     use actix_session::storage::{SessionKey, SessionStore as _};
-    use actix_session::{Session, SessionExt, SessionMiddleware};
+    use actix_session::{Session, SessionExt};
     use actix_web::cookie::{time, Key};
-    use actix_web::web::{self, get, post, resource, Bytes};
-    use actix_web::{guard, test, App};
+    use actix_web::web::{self, get, post, resource, Bytes, ServiceConfig};
+    use actix_web::{guard, test};
 
     use super::actix_http::{
-        cookie_named, count, do_something, index, key_in, login, logout, no_cookies, Visit, POLICIES,
+        cookie_named, count, do_something, index, key_in, login, logout, no_cookies, Settings, Visit, POLICIES,
     };
     use super::*;
 
@@ -911,25 +970,28 @@ mod actix_acceptance {
         format!("counter: {counter}")
     }
 
+    /// `/` sets the counter, `/test/` leaves the session alone.
+    fn counter_and_no_changes(cfg: &mut ServiceConfig) {
+        cfg.service(resource("/").to(set_counter))
+            .service(resource("/test/").to(|| async { "no-changes-in-session" }));
+    }
+
     #[actix_web::test]
     async fn basic_workflow_state_round_trips_under_the_configured_cookie() {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), key.clone())
-                            .cookie_path("/test/".into())
-                            .cookie_name("actix-test".into())
-                            .cookie_domain(Some("localhost".into()))
-                            .cookie_content_security(policy)
-                            .session_lifecycle(PersistentSession::default().session_ttl(time::Duration::seconds(100)))
-                            .build(),
-                    )
-                    .service(resource("/").to(set_counter))
-                    .service(resource("/test/").to(show_counter)),
-            )
+            let settings = Settings {
+                path: Some("/test/"),
+                name: Some("actix-test"),
+                domain: Some("localhost"),
+                lifecycle: Some(PersistentSession::default().session_ttl(time::Duration::seconds(100))),
+                ..Settings::sealed_with(policy)
+            };
+            let app = test::init_service(settings.app(f.actix(), key.clone(), |cfg| {
+                cfg.service(resource("/").to(set_counter))
+                    .service(resource("/test/").to(show_counter));
+            }))
             .await;
 
             let res = test::call_service(&app, test::TestRequest::get().to_request()).await;
@@ -949,18 +1011,11 @@ mod actix_acceptance {
         let ttl = time::Duration::seconds(60);
         for policy in POLICIES {
             let f = Fixture::at(T0);
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), Key::generate())
-                            .cookie_content_security(policy)
-                            .session_lifecycle(PersistentSession::default().session_ttl(ttl))
-                            .build(),
-                    )
-                    .service(resource("/").to(set_counter))
-                    .service(resource("/test/").to(|| async { "no-changes-in-session" })),
-            )
-            .await;
+            let settings = Settings {
+                lifecycle: Some(PersistentSession::default().session_ttl(ttl)),
+                ..Settings::sealed_with(policy)
+            };
+            let app = test::init_service(settings.app(f.actix(), Key::generate(), counter_and_no_changes)).await;
 
             let res = test::call_service(&app, test::TestRequest::get().to_request()).await;
             let first = cookie_named(&res, "id").expect("a session cookie");
@@ -982,22 +1037,15 @@ mod actix_acceptance {
         let ttl = time::Duration::seconds(60);
         for policy in POLICIES {
             let f = Fixture::at(T0);
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), Key::generate())
-                            .cookie_content_security(policy)
-                            .session_lifecycle(
-                                PersistentSession::default()
-                                    .session_ttl(ttl)
-                                    .session_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest),
-                            )
-                            .build(),
-                    )
-                    .service(resource("/").to(set_counter))
-                    .service(resource("/test/").to(|| async { "no-changes-in-session" })),
-            )
-            .await;
+            let settings = Settings {
+                lifecycle: Some(
+                    PersistentSession::default()
+                        .session_ttl(ttl)
+                        .session_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest),
+                ),
+                ..Settings::sealed_with(policy)
+            };
+            let app = test::init_service(settings.app(f.actix(), Key::generate(), counter_and_no_changes)).await;
 
             let res = test::call_service(&app, test::TestRequest::get().to_request()).await;
             let first = cookie_named(&res, "id").expect("a session cookie");
@@ -1016,20 +1064,17 @@ mod actix_acceptance {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), key.clone())
-                            .cookie_name("test-session".into())
-                            .cookie_content_security(policy)
-                            .session_lifecycle(PersistentSession::default().session_ttl(ttl))
-                            .build(),
-                    )
-                    .service(resource("/").route(get().to(index)))
+            let settings = Settings {
+                name: Some("test-session"),
+                lifecycle: Some(PersistentSession::default().session_ttl(ttl)),
+                ..Settings::sealed_with(policy)
+            };
+            let app = test::init_service(settings.app(f.actix(), key.clone(), |cfg| {
+                cfg.service(resource("/").route(get().to(index)))
                     .service(resource("/do_something").route(post().to(do_something)))
                     .service(resource("/login").route(post().to(login)))
-                    .service(resource("/logout").route(post().to(logout))),
-            )
+                    .service(resource("/logout").route(post().to(logout)));
+            }))
             .await;
             let name = "test-session";
 
@@ -1126,16 +1171,13 @@ mod actix_acceptance {
     async fn guard_reads_the_session_state() {
         for policy in POLICIES {
             let f = Fixture::at(T0);
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), Key::generate())
-                            .cookie_name("test-session".into())
-                            .cookie_content_security(policy)
-                            .session_lifecycle(PersistentSession::default().session_ttl(time::Duration::days(7)))
-                            .build(),
-                    )
-                    .service(resource("/do_something").route(post().to(do_something)))
+            let settings = Settings {
+                name: Some("test-session"),
+                lifecycle: Some(PersistentSession::default().session_ttl(time::Duration::days(7))),
+                ..Settings::sealed_with(policy)
+            };
+            let app = test::init_service(settings.app(f.actix(), Key::generate(), |cfg| {
+                cfg.service(resource("/do_something").route(post().to(do_something)))
                     .service(resource("/login").route(post().to(login)))
                     .service(
                         web::scope("/protected")
@@ -1143,8 +1185,8 @@ mod actix_acceptance {
                                 g.get_session().get::<String>("user_id").ok().flatten().is_some()
                             }))
                             .service(resource("/count").route(get().to(count))),
-                    ),
-            )
+                    );
+            }))
             .await;
             let name = "test-session";
 
@@ -1189,12 +1231,14 @@ mod actix_acceptance {
 mod actix_middleware {
     use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
     use actix_session::storage::{SessionKey, SessionStore as _};
-    use actix_session::{Session, SessionMiddleware};
+    use actix_session::Session;
     use actix_web::cookie::{time, Cookie, Key};
-    use actix_web::web::{get, post};
-    use actix_web::{test, App};
+    use actix_web::test;
+    use actix_web::web::{get, post, ServiceConfig};
 
-    use super::actix_http::{cookie_named, do_something, index, key_in, login, no_cookies, sealed, Visit, POLICIES};
+    use super::actix_http::{
+        cookie_named, do_something, index, key_in, login, no_cookies, sealed, Settings, Visit, POLICIES,
+    };
     use super::*;
 
     const T0: u64 = 1_700_000_000_000;
@@ -1217,17 +1261,15 @@ mod actix_middleware {
     async fn purge_deletes_the_session_and_sends_a_matching_removal_cookie() {
         let f = Fixture::at(T0);
         let key = Key::generate();
-        let app = test::init_service(
-            App::new()
-                .wrap(
-                    SessionMiddleware::builder(f.actix(), key.clone())
-                        .cookie_path("/test".to_string())
-                        .cookie_domain(Some("localhost".to_string()))
-                        .build(),
-                )
-                .route("/login", post().to(sign_in))
-                .route("/logout", post().to(sign_out)),
-        )
+        let settings = Settings {
+            path: Some("/test"),
+            domain: Some("localhost"),
+            ..Settings::default()
+        };
+        let app = test::init_service(settings.app(f.actix(), key.clone(), |cfg| {
+            cfg.route("/login", post().to(sign_in))
+                .route("/logout", post().to(sign_out));
+        }))
         .await;
 
         let res = test::call_service(&app, test::TestRequest::post().uri("/login").to_request()).await;
@@ -1260,16 +1302,10 @@ mod actix_middleware {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder(f.actix(), key.clone())
-                            .cookie_content_security(policy)
-                            .build(),
-                    )
-                    .route("/do_something", post().to(do_something))
-                    .route("/login", post().to(login)),
-            )
+            let app = test::init_service(Settings::sealed_with(policy).app(f.actix(), key.clone(), |cfg| {
+                cfg.route("/do_something", post().to(do_something))
+                    .route("/login", post().to(login));
+            }))
             .await;
             let req = test::TestRequest::post().uri("/do_something").to_request();
             let before = cookie_named(&test::call_service(&app, req).await, "id").expect("a cookie");
@@ -1289,49 +1325,30 @@ mod actix_middleware {
         }
     }
 
-    /// The middleware with a sixty-second time-to-live and `policy`, over `f`'s store.
-    macro_rules! ttl_app {
-        ($f:expr, $key:expr, $policy:expr) => {
-            test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder($f.actix(), $key.clone())
-                            .session_lifecycle(
-                                PersistentSession::default()
-                                    .session_ttl(time::Duration::seconds(60))
-                                    .session_ttl_extension_policy($policy),
-                            )
-                            .build(),
-                    )
-                    .route("/", get().to(index))
-                    .route("/do_something", post().to(do_something)),
-            )
-            .await
-        };
+    /// The state routes: `GET /` reads, `POST /do_something` changes.
+    fn read_and_change(cfg: &mut ServiceConfig) {
+        cfg.route("/", get().to(index))
+            .route("/do_something", post().to(do_something));
     }
 
-    /// The middleware with the default lifecycle and the cookie content `policy`, over `f`'s store.
-    macro_rules! policy_app {
-        ($f:expr, $key:expr, $policy:expr) => {
-            test::init_service(
-                App::new()
-                    .wrap(
-                        SessionMiddleware::builder($f.actix(), $key.clone())
-                            .cookie_content_security($policy)
-                            .build(),
-                    )
-                    .route("/", get().to(index))
-                    .route("/do_something", post().to(do_something)),
-            )
-            .await
-        };
+    /// A sixty-second time-to-live extended by `policy`, the rest the builder's default.
+    fn ttl_of_a_minute(policy: TtlExtensionPolicy) -> Settings {
+        Settings {
+            lifecycle: Some(
+                PersistentSession::default()
+                    .session_ttl(time::Duration::seconds(60))
+                    .session_ttl_extension_policy(policy),
+            ),
+            ..Settings::default()
+        }
     }
 
     #[actix_web::test]
     async fn on_every_request_an_unchanged_session_gets_its_ttl_extended_in_the_store() {
         let f = Fixture::at(T0);
         let key = Key::generate();
-        let app = ttl_app!(f, key, TtlExtensionPolicy::OnEveryRequest);
+        let settings = ttl_of_a_minute(TtlExtensionPolicy::OnEveryRequest);
+        let app = test::init_service(settings.app(f.actix(), key.clone(), read_and_change)).await;
         let req = test::TestRequest::post().uri("/do_something").to_request();
         let cookie = cookie_named(&test::call_service(&app, req).await, "id").expect("a cookie");
 
@@ -1352,7 +1369,8 @@ mod actix_middleware {
     async fn on_state_changes_an_unchanged_session_expires_a_ttl_after_its_last_change() {
         let f = Fixture::at(T0);
         let key = Key::generate();
-        let app = ttl_app!(f, key, TtlExtensionPolicy::OnStateChanges);
+        let settings = ttl_of_a_minute(TtlExtensionPolicy::OnStateChanges);
+        let app = test::init_service(settings.app(f.actix(), key.clone(), read_and_change)).await;
         let req = test::TestRequest::post().uri("/do_something").to_request();
         let cookie = cookie_named(&test::call_service(&app, req).await, "id").expect("a cookie");
         let stored = stored_key(&key_in(&cookie, &key, CookieContentSecurity::Private));
@@ -1386,7 +1404,8 @@ mod actix_middleware {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = policy_app!(f, key, policy);
+            let app =
+                test::init_service(Settings::sealed_with(policy).app(f.actix(), key.clone(), read_and_change)).await;
             // A real session's key, but unsigned / unencrypted: it must not be accepted.
             let req = test::TestRequest::post().uri("/do_something").to_request();
             let real = cookie_named(&test::call_service(&app, req).await, "id").expect("a cookie");
@@ -1414,7 +1433,8 @@ mod actix_middleware {
         for policy in POLICIES {
             let f = Fixture::at(T0);
             let key = Key::generate();
-            let app = policy_app!(f, key, policy);
+            let app =
+                test::init_service(Settings::sealed_with(policy).app(f.actix(), key.clone(), read_and_change)).await;
             let unknown = SessionId::generate().expect("an id").to_string();
             let cookie = sealed("id", &unknown, &key, policy);
             let res = test::call_service(&app, test::TestRequest::get().cookie(cookie.clone()).to_request()).await;
@@ -1440,7 +1460,8 @@ mod actix_middleware {
     async fn state_that_does_not_deserialize_reads_as_an_empty_session() {
         let f = Fixture::at(T0);
         let key = Key::generate();
-        let app = ttl_app!(f, key, TtlExtensionPolicy::OnStateChanges);
+        let settings = ttl_of_a_minute(TtlExtensionPolicy::OnStateChanges);
+        let app = test::init_service(settings.app(f.actix(), key.clone(), read_and_change)).await;
         let id = SessionId::generate().expect("an id");
         let created = f
             .sessions
