@@ -27,6 +27,30 @@ use sessiondb::{Db, Error, Options, RecoveryMode};
 mod support;
 use support::child::spawn_test;
 
+/// Starting a process and opening a store take turns. A child process holds a copy of every
+/// descriptor of this one from its fork until its exec. Among them is the LOCK file of a store
+/// another test has open, and the lock (flock) stays held through that copy. So a test that
+/// closes its store and opens it again while another test starts `mount` can be refused as
+/// `Locked`. That happened once in CI under load. Starting a process returns only after the
+/// child's exec, which closes the copies, so an open that waits its turn never meets one.
+static SPAWN_OR_OPEN: Mutex<()> = Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    SPAWN_OR_OPEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `Db::open_with`, in its turn ([`SPAWN_OR_OPEN`]).
+fn open(dir: &Path, opts: Options) -> sessiondb::Result<Db> {
+    let _turn = turn();
+    Db::open_with(dir, opts)
+}
+
+/// Runs `cmd` to its end, in its turn ([`SPAWN_OR_OPEN`]).
+fn output(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    let _turn = turn();
+    cmd.output()
+}
+
 /// A small file system mounted on a fresh directory, unmounted when dropped: a tmpfs, or an
 /// ext4 image on a loop device.
 struct Mount {
@@ -76,10 +100,7 @@ impl Mount {
 
     /// Unmounts (flushing everything to the image) and returns the ext4 image's raw bytes.
     fn unmount_and_read_image(self) -> Vec<u8> {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = output(Command::new("umount").arg(self.dir.path())).is_ok_and(|o| o.status.success());
         assert!(ok, "umount {}", self.dir.path().display());
         let image = self._image.as_ref().expect("an ext4 mount").path().join("fs.img");
         fs::read(image).expect("the image")
@@ -87,11 +108,7 @@ impl Mount {
 
     /// Free bytes, as `df` reports them to root.
     fn free(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(self.path())
-            .output()
-            .unwrap();
+        let out = output(Command::new("df").args(["-B1", "--output=avail"]).arg(self.path())).unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .nth(1)
@@ -104,7 +121,7 @@ impl Mount {
 
 /// Runs `cmd`; `None`, printing why the test is skipped, if it cannot run or fails.
 fn run(what: &str, cmd: &mut Command) -> Option<()> {
-    match cmd.output() {
+    match output(cmd) {
         Ok(o) if o.status.success() => Some(()),
         Ok(o) => {
             println!(
@@ -122,7 +139,7 @@ fn run(what: &str, cmd: &mut Command) -> Option<()> {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = output(Command::new("umount").arg("-l").arg(self.dir.path()));
     }
 }
 
@@ -208,7 +225,7 @@ fn fill(db: &Db, writers: std::ops::Range<usize>) -> Acked {
 /// removed, writes, a checkpoint and a last open.
 fn fill_and_recover(m: &Mount, filler: &Path, writers: std::ops::Range<usize>, opts: impl Fn() -> Options) {
     let dir = m.path().join("store");
-    let db = Db::open_with(&dir, opts()).unwrap();
+    let db = open(&dir, opts()).unwrap();
     let first = writers.start;
     let mut acked = fill(&db, writers);
     assert!(acked.done.len() > 100, "some writes fit: {}", acked.done.len());
@@ -236,14 +253,14 @@ fn fill_and_recover(m: &Mount, filler: &Path, writers: std::ops::Range<usize>, o
         ("256 KiB segments", small()),
         ("default options", Options::new()),
     ] {
-        let db = Db::open_with(&dir, o).unwrap_or_else(|e| panic!("open on the full disk with {what}: {e}"));
+        let db = open(&dir, o).unwrap_or_else(|e| panic!("open on the full disk with {what}: {e}"));
         check(&db, &acked, what);
         db.close().unwrap();
     }
 
     // Room again: writes and a checkpoint succeed.
     fs::remove_file(filler).unwrap();
-    let db = Db::open_with(&dir, opts()).unwrap();
+    let db = open(&dir, opts()).unwrap();
     for i in 0..200 {
         let at = 1_000_000 + i;
         db.put(key(first, at), value(first, at)).unwrap();
@@ -251,7 +268,7 @@ fn fill_and_recover(m: &Mount, filler: &Path, writers: std::ops::Range<usize>, o
     }
     db.checkpoint().expect("a checkpoint with room");
     db.close().unwrap();
-    let db = Db::open_with(&dir, opts()).unwrap();
+    let db = open(&dir, opts()).unwrap();
     check(&db, &acked, "after freeing space");
 }
 
@@ -301,14 +318,14 @@ fn peak_rss_kib() -> u64 {
 /// The child: opens the store with the sparse file, reads, writes, reports its peak memory.
 fn sparse_child(dir: &Path) {
     let opts = Options::new();
-    let db = match Db::open_with(dir, opts.clone()) {
+    let db = match open(dir, opts.clone()) {
         Ok(db) => {
             println!("OPENED");
             db
         }
         Err(e) => {
             println!("REFUSED {e}");
-            let db = Db::open_with(dir, opts.recovery_mode(RecoveryMode::Salvage)).expect("salvage open");
+            let db = open(dir, opts.recovery_mode(RecoveryMode::Salvage)).expect("salvage open");
             let skipped = db.stats().recovery.skipped;
             println!("SALVAGED {}", skipped.len());
             db
@@ -377,11 +394,14 @@ fn a_huge_sparse_file_in_place_of_a_segment_is_not_read() {
     ] {
         let (dir, spare) = huge_segment(size, live);
         let env = [(SPARSE_CHILD, std::ffi::OsStr::new(&dir))];
-        let (mut child, mut out) = spawn_test(
-            "a_huge_sparse_file_in_place_of_a_segment_is_not_read",
-            &env,
-            Stdio::null(),
-        );
+        let (mut child, mut out) = {
+            let _turn = turn();
+            spawn_test(
+                "a_huge_sparse_file_in_place_of_a_segment_is_not_read",
+                &env,
+                Stdio::null(),
+            )
+        };
         let rest = out.rest();
         assert!(child.wait().unwrap().success(), "the child failed:\n{rest}");
         if damage {
