@@ -317,6 +317,7 @@ fn remove_covered(engine: &Engine, base_seq: u64, old_snapshots: &[u64]) -> Resu
 /// their temporary names (which recovery deletes, so a crash leaves nothing of them to read);
 /// returns the paths to delete: the rest, and the pool's oldest files beyond its size. With
 /// recycling off the pool's size is 0 and every covered segment goes.
+///
 /// Each segment goes with how the index read it (`readers`, in the same order): a reader that
 /// took it before the checkpoint may still hold it, and the pool recycles no file while one does.
 fn pool_for_recycling(engine: &Engine, segments: &[u64], readers: Vec<Option<SourceData>>) -> Vec<PathBuf> {
