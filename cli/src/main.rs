@@ -16,6 +16,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod cluster;
 mod convert;
 mod demo;
 mod keyed;
@@ -267,6 +268,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         new_key_file: PathBuf,
     },
+    /// Run a node of a replicated store (docs/cluster.md): its raft log and state in DIR, its
+    /// HTTP API (raft between nodes, clients' reads and writes, operators' endpoints) on ADDR.
+    ///
+    /// A new node waits to be made a cluster's first member (`sessiondb cluster init`) or to be
+    /// added to one (`sessiondb cluster add-learner`). Stops on SIGINT or SIGTERM.
+    Serve(cluster::Serve),
+    /// Operate a replicated store: status, init, add-learner, change-membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -284,7 +294,13 @@ enum DumpFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command, cli.key_file.as_deref()) {
+    // The replicated store's commands talk to nodes over HTTP; they open no local store.
+    let command = match cli.command {
+        Command::Serve(args) => return cluster::serve(args),
+        Command::Cluster(command) => return cluster::cluster(command),
+        command => command,
+    };
+    match run(command, cli.key_file.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             match &e {
@@ -429,6 +445,7 @@ fn run(command: Command, key_file: Option<&Path>) -> sessiondb::Result<ExitCode>
             &new_key_file,
         ),
         Command::Keygen { .. } => unreachable!("handled above: it reads no key"),
+        Command::Serve(_) | Command::Cluster(_) => unreachable!("handled in main: they open no local store"),
     }
 }
 

@@ -21,13 +21,19 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod client;
 mod error;
+pub mod http;
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod snapshot_file;
 pub mod state_machine;
 
+pub use client::ClusterClient;
 pub use log_store::LogStore;
-pub use state_machine::StateMachine;
+pub use node::{ClusterError, Consistency, Expiry, Node, NodeConfig, Status, Write};
+pub use state_machine::{StateMachine, Stored};
 
 /// A node's id.
 pub type NodeId = u64;

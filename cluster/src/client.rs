@@ -1,0 +1,320 @@
+//! A client of the cluster's HTTP API that talks to any node and follows the leader.
+//!
+//! A request goes to the leader the client last heard of (at first, the first address). A
+//! node that is not the leader answers 421 with the leader's address, and the client goes
+//! there. A node that does not answer, or has no leader yet, is left for the next address, after
+//! a short pause once every node was tried. This goes on until the client's deadline
+//! ([`ClusterClient::with_deadline`], 10 s by default).
+//!
+//! Retries and what they mean: a request that never reached a node (connection refused) or that
+//! a node refused as not the leader did not take effect, and is sent again. A put, a delete and a
+//! touch are sent again after any failure too: doing one twice leaves what doing it once does
+//! (a put's version is then the later write's). A compare-and-swap is not: if its reply is lost
+//! it may have taken effect, and the client says so ([`ClusterError::Unavailable`]) rather than
+//! send it again and report its own write as a conflict.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::http::{EXPIRES_HEADER, LEADER_HEADER, VERSION_HEADER};
+use crate::node::{ClusterError, Consistency, Expiry};
+use crate::state_machine::Stored;
+use crate::Response;
+
+/// A client of a cluster. Clones share the connections and the leader it knows.
+#[derive(Clone)]
+pub struct ClusterClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    nodes: Vec<String>,
+    /// The leader's address, when learnt from a 421 or a success (index in `nodes`, or a new
+    /// address pushed to `extra`).
+    leader: parking_lot::Mutex<Option<String>>,
+    next: AtomicUsize,
+    deadline: Duration,
+}
+
+/// Path segments of a key: percent-encoded, `/` kept as it is.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn expiry_query(e: Expiry) -> String {
+    match e {
+        Expiry::Never => String::new(),
+        Expiry::TtlMs(t) => format!("ttl_ms={t}"),
+        Expiry::AtMs(at) => format!("expires_at_ms={at}"),
+    }
+}
+
+/// Whether a request may be sent again after a failure whose effect is unknown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Doing it twice is doing it once (a read, a put, a delete, a touch).
+    Always,
+    /// Only when it surely did not take effect (a compare-and-swap).
+    OnlyIfNotSent,
+}
+
+enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl ClusterClient {
+    /// A client of the nodes at `nodes` (`host:port` each).
+    pub fn new<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Result<ClusterClient, ClusterError> {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        if nodes.is_empty() {
+            return Err(ClusterError::BadRequest(
+                "a cluster client needs one node address or more".to_string(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClusterError::Protocol(e.to_string()))?;
+        Ok(ClusterClient {
+            inner: Arc::new(Inner {
+                http,
+                nodes,
+                leader: parking_lot::Mutex::new(None),
+                next: AtomicUsize::new(0),
+                deadline: Duration::from_secs(10),
+            }),
+        })
+    }
+
+    /// How long a call keeps trying before it gives up (10 s by default).
+    pub fn with_deadline(self, deadline: Duration) -> ClusterClient {
+        let inner = &self.inner;
+        ClusterClient {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                nodes: inner.nodes.clone(),
+                leader: parking_lot::Mutex::new(inner.leader.lock().clone()),
+                next: AtomicUsize::new(0),
+                deadline,
+            }),
+        }
+    }
+
+    /// The addresses this client was given.
+    pub fn nodes(&self) -> &[String] {
+        &self.inner.nodes
+    }
+
+    /// The leader this client last heard of.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.inner.leader.lock().clone()
+    }
+
+    fn target(&self) -> String {
+        if let Some(l) = self.inner.leader.lock().clone() {
+            return l;
+        }
+        let i = self.inner.next.load(Ordering::Relaxed) % self.inner.nodes.len();
+        self.inner.nodes[i].clone()
+    }
+
+    /// The target did not serve the request: try another node next.
+    fn move_on(&self, from: &str) {
+        let mut leader = self.inner.leader.lock();
+        if leader.as_deref() == Some(from) {
+            *leader = None;
+        }
+        self.inner.next.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends a request to the leader until it is served, the deadline passes, or (for `retry:
+    /// OnlyIfNotSent`) a failure leaves its effect unknown. Returns the reply's status, headers
+    /// and body (2xx or 404).
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        retry: Retry,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClusterError> {
+        let start = Instant::now();
+        let mut tries = 0usize;
+        let mut last = ClusterError::Unavailable("no node tried".to_string());
+        while start.elapsed() < self.inner.deadline {
+            // After every node was tried once without success, pause a little: an election
+            // takes a few hundred ms.
+            if tries > 0 && tries.is_multiple_of(self.inner.nodes.len().max(2)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tries += 1;
+            let addr = self.target();
+            let url = format!("http://{addr}{path_and_query}");
+            let req = match method {
+                Method::Get => self.inner.http.get(&url),
+                Method::Put => self.inner.http.put(&url),
+                Method::Post => self.inner.http.post(&url),
+                Method::Delete => self.inner.http.delete(&url),
+            };
+            let req = match &body {
+                Some(b) => req.body(b.clone()),
+                None => req,
+            };
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = ClusterError::Unavailable(format!("{addr}: {e}"));
+                    self.move_on(&addr);
+                    if e.is_connect() || retry == Retry::Always {
+                        continue;
+                    }
+                    return Err(ClusterError::Unavailable(format!(
+                        "{addr}: {e}; the request may or may not have taken effect"
+                    )));
+                }
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = match resp.bytes().await {
+                Ok(b) => b.to_vec(),
+                Err(e) => {
+                    last = ClusterError::Unavailable(format!("{addr}: {e}"));
+                    self.move_on(&addr);
+                    if retry == Retry::Always {
+                        continue;
+                    }
+                    return Err(ClusterError::Unavailable(format!(
+                        "{addr}: {e}; the request may or may not have taken effect"
+                    )));
+                }
+            };
+            if status.is_success() || status == StatusCode::NOT_FOUND {
+                *self.inner.leader.lock() = Some(addr);
+                return Ok((status, headers, bytes));
+            }
+            let err: ClusterError = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                ClusterError::Protocol(format!("{addr}: HTTP {status}: {}", String::from_utf8_lossy(&bytes)))
+            });
+            match &err {
+                ClusterError::NotLeader { leader, .. } => {
+                    let hint = headers
+                        .get(LEADER_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .or_else(|| leader.as_ref().map(|(_, a)| a.clone()));
+                    match hint {
+                        Some(l) if l != addr => *self.inner.leader.lock() = Some(l),
+                        _ => self.move_on(&addr),
+                    }
+                    last = err;
+                }
+                ClusterError::NoQuorum(_) | ClusterError::Unavailable(_) => {
+                    self.move_on(&addr);
+                    last = err;
+                }
+                // A node that stopped (shutting down, a storage error) may have taken a write.
+                ClusterError::Stopped(_) if retry == Retry::Always => {
+                    self.move_on(&addr);
+                    last = err;
+                }
+                _ => return Err(err),
+            }
+        }
+        Err(match last {
+            ClusterError::NotLeader { .. } | ClusterError::NoQuorum(_) => ClusterError::Unavailable(format!(
+                "no leader served the request in {:?}: {last}",
+                self.inner.deadline
+            )),
+            e => e,
+        })
+    }
+
+    fn response(bytes: &[u8]) -> Result<Response, ClusterError> {
+        serde_json::from_slice(bytes).map_err(|e| ClusterError::Protocol(format!("a write's reply: {e}")))
+    }
+
+    /// The value of `key` with its version and deadline; linearizable unless `consistency` says stale.
+    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<Stored>, ClusterError> {
+        let q = match consistency {
+            Consistency::Linearizable => "",
+            Consistency::Stale => "?consistency=stale",
+        };
+        let (status, headers, body) = self
+            .send(Method::Get, &format!("/kv/{}{q}", encode_key(key)), None, Retry::Always)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let num = |h: &str| -> Result<u64, ClusterError> {
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| ClusterError::Protocol(format!("a read's reply has no {h}")))
+        };
+        Ok(Some(Stored {
+            version: num(VERSION_HEADER)?,
+            expires_at_ms: num(EXPIRES_HEADER)?,
+            value: body,
+        }))
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &str, value: Vec<u8>, expiry: Expiry) -> Result<Response, ClusterError> {
+        let path = format!("/kv/{}?{}", encode_key(key), expiry_query(expiry));
+        let (_, _, body) = self.send(Method::Put, &path, Some(value), Retry::Always).await?;
+        Self::response(&body)
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &str) -> Result<Response, ClusterError> {
+        let (_, _, body) = self
+            .send(Method::Delete, &format!("/kv/{}", encode_key(key)), None, Retry::Always)
+            .await?;
+        Self::response(&body)
+    }
+
+    /// Moves the deadline of `key` if it is live; `applied` says whether it was.
+    pub async fn touch(&self, key: &str, expiry: Expiry) -> Result<Response, ClusterError> {
+        let path = format!("/touch/{}?{}", encode_key(key), expiry_query(expiry));
+        let (_, _, body) = self.send(Method::Post, &path, None, Retry::Always).await?;
+        Self::response(&body)
+    }
+
+    /// Writes `value` if the version of `key` is `expected` (`None`: absent or expired).
+    /// `applied` says whether it did; `version` is the key's version after the call.
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        expiry: Expiry,
+    ) -> Result<Response, ClusterError> {
+        let expected = expected.map_or("none".to_string(), |v| v.to_string());
+        let mut path = format!("/cas/{}?expected={expected}", encode_key(key));
+        let e = expiry_query(expiry);
+        if !e.is_empty() {
+            path.push('&');
+            path.push_str(&e);
+        }
+        let (_, _, body) = self
+            .send(Method::Post, &path, Some(value), Retry::OnlyIfNotSent)
+            .await?;
+        Self::response(&body)
+    }
+}

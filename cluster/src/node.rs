@@ -1,0 +1,465 @@
+//! A node of the replicated store: openraft's `Raft` over the log store and the state machine in
+//! one directory, and what clients and operators ask of it. The transport between nodes is a
+//! parameter ([`openraft::RaftNetworkFactory`]): HTTP in `sessiondb serve`
+//! ([`crate::network::HttpNetwork`]), an in-memory one with faults in the tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::{BasicNode, Config, Raft, RaftNetworkFactory, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::state_machine::{Stored, VALUE_BYTES_MAX};
+use crate::{LogStore, NodeId, Request, Response, StateMachine, TypeConfig};
+
+/// The times of a node's raft: how often a leader sends heartbeats and how long a follower
+/// waits for one before it calls an election, and when a snapshot is taken.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Ms between a leader's heartbeats.
+    pub heartbeat_ms: u64,
+    /// A follower calls an election after a random time in `[election_min_ms, election_max_ms)`
+    /// without hearing from a leader.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// A snapshot is built after this many entries were applied since the last one, and the log
+    /// before it is purged, keeping [`NodeConfig::keep_logs`] entries.
+    pub snapshot_every: u64,
+    pub keep_logs: u64,
+}
+
+impl Default for NodeConfig {
+    /// Loopback and LAN times: heartbeats every 50 ms, elections after 300-600 ms of silence;
+    /// a snapshot every 20,000 entries, keeping 1,000 for followers that are a little behind.
+    fn default() -> NodeConfig {
+        NodeConfig {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 20_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    fn raft_config(&self) -> Result<Config, ClusterError> {
+        let config = Config {
+            cluster_name: "sessiondb".to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            // A snapshot goes in chunks of 1 MiB.
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 2_000,
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ClusterError::BadRequest(format!("raft configuration: {e}")))
+    }
+}
+
+/// What went wrong with a request to a node. Each says whether the request may have taken effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// This node is not the leader; `leader` is the one it knows of (id and address), if any.
+    /// The request did not take effect.
+    #[error("node {node} is not the leader (leader: {})", leader_text(.leader))]
+    NotLeader {
+        node: NodeId,
+        leader: Option<(NodeId, String)>,
+    },
+    /// The leader could not reach a quorum to confirm it still leads; a read was not served.
+    #[error("no quorum confirmed the leader: {0}")]
+    NoQuorum(String),
+    /// The request is malformed or too large; it did not take effect.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A membership change was refused (another in progress, an unknown learner, ...).
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// The node stopped (storage error, shut down). A write may or may not have taken effect.
+    #[error("node stopped: {0}")]
+    Stopped(String),
+    /// No node answered in time. A write may or may not have taken effect.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A node's reply could not be understood.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+fn leader_text(leader: &Option<(NodeId, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("{id} at {addr}"),
+        None => "unknown".to_string(),
+    }
+}
+
+impl ClusterError {
+    /// Whether a write that failed with this error certainly did not take effect.
+    pub fn certainly_not_applied(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::NotLeader { .. } | ClusterError::BadRequest(_) | ClusterError::Membership(_)
+        )
+    }
+}
+
+/// When a written value expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    Never,
+    /// This many ms after the leader takes the request.
+    TtlMs(u64),
+    /// At this time (ms since the Unix epoch).
+    AtMs(u64),
+}
+
+/// A client's write, before the leader stamps its times on it ([`Request`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expiry: Expiry,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Moves the deadline of a live key.
+    Touch {
+        key: Vec<u8>,
+        expiry: Expiry,
+    },
+    /// Writes if the key's version is `expected` (`None`: absent or expired).
+    CompareAndSwap {
+        key: Vec<u8>,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        expiry: Expiry,
+    },
+}
+
+impl Write {
+    fn key(&self) -> &[u8] {
+        match self {
+            Write::Put { key, .. }
+            | Write::Delete { key }
+            | Write::Touch { key, .. }
+            | Write::CompareAndSwap { key, .. } => key,
+        }
+    }
+
+    /// The request the log holds, with times taken from `now_ms` (the leader's clock).
+    fn stamp(self, now_ms: u64) -> Request {
+        let at = |e: Expiry| match e {
+            Expiry::Never => 0,
+            Expiry::TtlMs(ttl) => now_ms.saturating_add(ttl.max(1)),
+            Expiry::AtMs(at) => at,
+        };
+        match self {
+            Write::Put { key, value, expiry } => Request::Put {
+                key,
+                value,
+                expires_at_ms: at(expiry),
+            },
+            Write::Delete { key } => Request::Delete { key },
+            Write::Touch { key, expiry } => Request::Touch {
+                key,
+                now_ms,
+                expires_at_ms: at(expiry),
+            },
+            Write::CompareAndSwap {
+                key,
+                expected,
+                value,
+                expiry,
+            } => Request::CompareAndSwap {
+                key,
+                now_ms,
+                expected,
+                value,
+                expires_at_ms: at(expiry),
+            },
+        }
+    }
+}
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Consistency {
+    /// By the leader, after a quorum confirmed it still leads and its state machine applied
+    /// everything committed when the read came (openraft's `ensure_linearizable`).
+    #[default]
+    Linearizable,
+    /// From this node's state machine as it is: may miss recent writes (a follower's lag, or a
+    /// deposed leader's). Opt-in.
+    Stale,
+}
+
+/// A node's view of the cluster, as `GET /cluster/metrics` and `sessiondb cluster status` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: NodeId,
+    /// "Leader", "Follower", "Candidate", "Learner" or "Shutdown".
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// The voters, and every node (voters and learners) with its address.
+    pub voters: Vec<NodeId>,
+    pub nodes: BTreeMap<NodeId, String>,
+    /// On the leader: how many entries each follower is behind the leader's last log index.
+    pub replication_lag: BTreeMap<NodeId, u64>,
+    /// Ms since a quorum last acknowledged the leader (the leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
+/// A running node.
+#[derive(Clone)]
+pub struct Node {
+    id: NodeId,
+    dir: PathBuf,
+    raft: Raft<TypeConfig>,
+    state: StateMachine,
+}
+
+/// Ms since the Unix epoch on this machine's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Opens the node's stores in `dir` (`log/`, `STATE`, `state-<n>/`, `snapshots/`) and starts
+    /// its raft. A node that was never part of a cluster waits to be initialised or added.
+    pub async fn start<N>(
+        id: NodeId,
+        dir: impl AsRef<Path>,
+        config: &NodeConfig,
+        network: N,
+    ) -> Result<Node, ClusterError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let dir = dir.as_ref().to_path_buf();
+        let log = LogStore::open(dir.join("log")).map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        let state = StateMachine::open(&dir).map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, state.clone())
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        Ok(Node { id, dir, raft, state })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// openraft's handle, for the raft RPCs a transport delivers.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    fn not_leader(&self, f: ForwardToLeader<NodeId, BasicNode>) -> ClusterError {
+        ClusterError::NotLeader {
+            node: self.id,
+            leader: match (f.leader_id, f.leader_node) {
+                (Some(id), Some(n)) => Some((id, n.addr)),
+                _ => None,
+            },
+        }
+    }
+
+    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(m)) => membership_error(m),
+            RaftError::Fatal(f) => ClusterError::Stopped(f.to_string()),
+        }
+    }
+
+    /// Submits `write` to the log if this node leads, and waits until it is committed and
+    /// applied here. Times in it are taken from this (the leader's) clock.
+    pub async fn write(&self, write: Write) -> Result<Response, ClusterError> {
+        let len = write.key().len()
+            + match &write {
+                Write::Put { value, .. } | Write::CompareAndSwap { value, .. } => value.len(),
+                _ => 0,
+            };
+        if write.key().is_empty() || len + 16 > VALUE_BYTES_MAX {
+            return Err(ClusterError::BadRequest(format!(
+                "a key must be 1 byte or more and a key and its value at most {} bytes; got {len}",
+                VALUE_BYTES_MAX - 16
+            )));
+        }
+        // Refuse early on a node that knows it is not the leader: its clock must not stamp
+        // the request (openraft would refuse it anyway).
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id) {
+            let leader = metrics.current_leader.and_then(|l| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| (l, n.addr.clone()))
+            });
+            return Err(ClusterError::NotLeader { node: self.id, leader });
+        }
+        let req = write.stamp(now_ms());
+        match self.raft.client_write(req).await {
+            Ok(r) => Ok(r.data),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// The value of `key`, its version and deadline.
+    pub async fn read(&self, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, ClusterError> {
+        if consistency == Consistency::Linearizable {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => {}
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => return Err(self.not_leader(f)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                    return Err(ClusterError::NoQuorum(q.to_string()))
+                }
+                Err(RaftError::Fatal(f)) => return Err(ClusterError::Stopped(f.to_string())),
+            }
+        }
+        let now = now_ms();
+        let got = self.state.get(key).map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        // The store expires values on this node's clock; a value read at the very moment of
+        // its deadline is not returned either.
+        Ok(got.filter(|s| s.expires_at_ms == 0 || s.expires_at_ms > now))
+    }
+
+    /// Makes this node the first of a new cluster whose voters are `members` (ids and
+    /// addresses; this node among them). Refused on a node that already has a log.
+    pub async fn init(&self, members: BTreeMap<NodeId, String>) -> Result<(), ClusterError> {
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                Err(ClusterError::Membership(format!("already initialised: {e}")))
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ClusterError::BadRequest(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(ClusterError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Adds node `id` at `addr` as a learner; with `blocking`, returns once it caught up.
+    pub async fn add_learner(&self, id: NodeId, addr: String, blocking: bool) -> Result<(), ClusterError> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr), blocking)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Makes `voters` the voters (each must be a member already, as a learner at least). With
+    /// `retain`, voters removed stay as learners.
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>, retain: bool) -> Result<(), ClusterError> {
+        self.raft
+            .change_membership(voters, retain)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Where this node stands.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let last = m.last_log_index.unwrap_or(0);
+        let replication_lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.id)
+                    .map(|(id, matched)| (*id, last.saturating_sub(matched.map(|l| l.index).unwrap_or(0))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Status {
+            id: self.id,
+            state: match m.state {
+                ServerState::Leader => "Leader",
+                ServerState::Follower => "Follower",
+                ServerState::Candidate => "Candidate",
+                ServerState::Learner => "Learner",
+                ServerState::Shutdown => "Shutdown",
+            }
+            .to_string(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            replication_lag,
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+        }
+    }
+
+    /// Waits up to `timeout` for this node to know a leader; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ClusterError> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow().current_leader {
+                    return Ok(l);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClusterError::Stopped("raft stopped".to_string()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| ClusterError::Unavailable(format!("no leader known after {timeout:?}")))?
+    }
+
+    /// Takes a snapshot now (and purges the log it covers, keeping `keep_logs` entries).
+    pub async fn trigger_snapshot(&self) -> Result<(), ClusterError> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))
+    }
+
+    /// Stops the raft; the stores close when the last handle goes.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))
+    }
+}
+
+fn membership_error(e: ChangeMembershipError<NodeId>) -> ClusterError {
+    ClusterError::Membership(e.to_string())
+}
