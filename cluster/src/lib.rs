@@ -27,6 +27,8 @@ pub mod http;
 pub mod log_store;
 pub mod network;
 pub mod node;
+#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+pub mod session;
 pub mod snapshot_file;
 pub mod state_machine;
 

@@ -1,0 +1,1 @@
+//! Session stores for the web frameworks over the cluster ([`crate::ClusterClient`]).
