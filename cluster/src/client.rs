@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::http::{EXPIRES_HEADER, LEADER_HEADER, VERSION_HEADER};
+use crate::http::{ScanEntry, EXPIRES_HEADER, LEADER_HEADER, VERSION_HEADER};
 use crate::node::{ClusterError, Consistency, Expiry};
 use crate::state_machine::Stored;
 use crate::Response;
@@ -272,6 +272,26 @@ impl ClusterClient {
             expires_at_ms: num(EXPIRES_HEADER)?,
             value: body,
         }))
+    }
+
+    /// One page of the live keys that start with `prefix`, after `after`, at most `limit`
+    /// (the node caps it at [`crate::node::SCAN_LIMIT_MAX`]), in key order.
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<ScanEntry>, ClusterError> {
+        let mut path = format!("/scan?prefix={}&limit={limit}", encode_key(prefix));
+        if let Some(a) = after {
+            path.push_str(&format!("&after={}", encode_key(a)));
+        }
+        if consistency == Consistency::Stale {
+            path.push_str("&consistency=stale");
+        }
+        let (_, _, body) = self.send(Method::Get, &path, None, Retry::Always).await?;
+        serde_json::from_slice(&body).map_err(|e| ClusterError::Protocol(format!("a scan's reply: {e}")))
     }
 
     /// Sets `key` to `value`.

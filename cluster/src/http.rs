@@ -69,6 +69,7 @@ pub fn router(node: Node) -> Router {
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
         .route("/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/scan", get(kv_scan))
         .route("/touch/{*key}", post(kv_touch))
         .route("/cas/{*key}", post(kv_cas))
         .route("/cluster/init", post(cluster_init))
@@ -159,6 +160,56 @@ async fn kv_get(
             Ok((StatusCode::OK, headers, s.value).into_response())
         }
     }
+}
+
+/// `GET /scan?prefix=P&after=K&limit=N&consistency=stale`.
+#[derive(Deserialize)]
+struct ScanParams {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+    consistency: Option<String>,
+}
+
+/// One entry of a scan's reply (a JSON array of them, in key order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanEntry {
+    pub key: String,
+    pub version: u64,
+    pub expires_at_ms: u64,
+    pub value: Vec<u8>,
+}
+
+fn consistency(p: Option<&str>) -> Result<Consistency, ClusterError> {
+    match p {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(ClusterError::BadRequest(format!(
+            "consistency {other:?}: linearizable or stale"
+        ))),
+    }
+}
+
+async fn kv_scan(State(node): State<Node>, Query(p): Query<ScanParams>) -> Result<Response, Failure> {
+    let page = node
+        .scan(
+            p.prefix.as_bytes(),
+            p.after.as_deref().map(str::as_bytes),
+            p.limit.unwrap_or(1_000),
+            consistency(p.consistency.as_deref())?,
+        )
+        .await?;
+    let entries: Vec<ScanEntry> = page
+        .into_iter()
+        .map(|(k, s)| ScanEntry {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            version: s.version,
+            expires_at_ms: s.expires_at_ms,
+            value: s.value,
+        })
+        .collect();
+    Ok(Json(entries).into_response())
 }
 
 async fn write(node: &Node, w: Write) -> Result<Response, Failure> {

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::state_machine::{Stored, VALUE_BYTES_MAX};
 use crate::{LogStore, NodeId, Request, Response, StateMachine, TypeConfig};
 
+/// The most entries one page of a scan returns.
+pub const SCAN_LIMIT_MAX: usize = 10_000;
+
 /// The times of a node's raft: how often a leader sends heartbeats and how long a follower
 /// waits for one before it calls an election, and when a snapshot is taken.
 #[derive(Clone, Debug)]
@@ -333,6 +336,17 @@ impl Node {
 
     /// The value of `key`, its version and deadline.
     pub async fn read(&self, key: &[u8], consistency: Consistency) -> Result<Option<Stored>, ClusterError> {
+        self.confirm(consistency).await?;
+        let now = now_ms();
+        let got = self.state.get(key).map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        // The store expires values on this node's clock; a value read at the very moment of
+        // its deadline is not returned either.
+        Ok(got.filter(|s| s.expires_at_ms == 0 || s.expires_at_ms > now))
+    }
+
+    /// For a linearizable read: waits until a quorum confirmed this node leads and its state
+    /// machine applied everything committed when the read came.
+    async fn confirm(&self, consistency: Consistency) -> Result<(), ClusterError> {
         if consistency == Consistency::Linearizable {
             match self.raft.ensure_linearizable().await {
                 Ok(_) => {}
@@ -343,11 +357,28 @@ impl Node {
                 Err(RaftError::Fatal(f)) => return Err(ClusterError::Stopped(f.to_string())),
             }
         }
+        Ok(())
+    }
+
+    /// One page of the live keys that start with `prefix`, after `after`, at most `limit`
+    /// (at most [`SCAN_LIMIT_MAX`]), in key order.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<Vec<(Vec<u8>, Stored)>, ClusterError> {
+        self.confirm(consistency).await?;
         let now = now_ms();
-        let got = self.state.get(key).map_err(|e| ClusterError::Stopped(e.to_string()))?;
-        // The store expires values on this node's clock; a value read at the very moment of
-        // its deadline is not returned either.
-        Ok(got.filter(|s| s.expires_at_ms == 0 || s.expires_at_ms > now))
+        let page = self
+            .state
+            .scan(prefix, after, limit.min(SCAN_LIMIT_MAX))
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        Ok(page
+            .into_iter()
+            .filter(|(_, s)| s.expires_at_ms == 0 || s.expires_at_ms > now)
+            .collect())
     }
 
     /// Makes this node the first of a new cluster whose voters are `members` (ids and

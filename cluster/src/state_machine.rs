@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Seek, SeekFrom};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -197,6 +198,30 @@ impl StateMachine {
             .get(data_key(key))
             .map_err(io(ErrorSubject::StateMachine, ErrorVerb::Read))?;
         Ok(got.and_then(|b| Stored::decode(&b)))
+    }
+
+    /// Up to `limit` live keys that start with `prefix` and come after `after` (all from the
+    /// first, if `None`), in key order, with their values: one page of a scan.
+    pub fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> StorageResult<Vec<(Vec<u8>, Stored)>> {
+        let state = self.lock();
+        let from = match after {
+            Some(a) => Bound::Excluded(data_key(a)),
+            None => Bound::Included(data_key(prefix)),
+        };
+        let mut out = Vec::new();
+        for item in state.db.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+            let (k, v) = item.map_err(io(ErrorSubject::StateMachine, ErrorVerb::Read))?;
+            let Some(user_key) = k.strip_prefix(&[DATA_PREFIX][..]) else {
+                break;
+            };
+            if !user_key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if let Some(s) = Stored::decode(&v) {
+                out.push((user_key.to_vec(), s));
+            }
+        }
+        Ok(out)
     }
 
     /// The last applied log id.
