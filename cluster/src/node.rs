@@ -231,6 +231,46 @@ pub struct Status {
     pub millis_since_quorum_ack: Option<u64>,
 }
 
+#[cfg(feature = "metrics")]
+impl Status {
+    /// Publishes this status as gauges of the [`metrics`](https://docs.rs/metrics) facade, each
+    /// labelled `node` (the node's id); a running node does it at every change of its raft
+    /// metrics (cargo feature `metrics`):
+    ///
+    /// | gauge | what |
+    /// |---|---|
+    /// | `sessiondb_cluster_is_leader` | 1 on the leader, else 0 |
+    /// | `sessiondb_cluster_term` | the current term |
+    /// | `sessiondb_cluster_leader` | the leader's id (-1: none known) |
+    /// | `sessiondb_cluster_last_log_index` | the last entry in the log |
+    /// | `sessiondb_cluster_applied_index` | the last entry applied to the state |
+    /// | `sessiondb_cluster_snapshot_index` | the last entry in the snapshot |
+    /// | `sessiondb_cluster_purged_index` | the last entry purged from the log |
+    /// | `sessiondb_cluster_voters` | the number of voters |
+    /// | `sessiondb_cluster_replication_lag` | on the leader, per follower (label `follower`): entries behind |
+    pub fn export_metrics(&self) {
+        use metrics::gauge;
+        let node = self.id.to_string();
+        let index = |v: Option<u64>| v.map_or(-1.0, |v| v as f64);
+        gauge!("sessiondb_cluster_is_leader", "node" => node.clone()).set(if self.state == "Leader" {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("sessiondb_cluster_term", "node" => node.clone()).set(self.term as f64);
+        gauge!("sessiondb_cluster_leader", "node" => node.clone()).set(index(self.leader));
+        gauge!("sessiondb_cluster_last_log_index", "node" => node.clone()).set(index(self.last_log_index));
+        gauge!("sessiondb_cluster_applied_index", "node" => node.clone()).set(index(self.last_applied_index));
+        gauge!("sessiondb_cluster_snapshot_index", "node" => node.clone()).set(index(self.snapshot_index));
+        gauge!("sessiondb_cluster_purged_index", "node" => node.clone()).set(index(self.purged_index));
+        gauge!("sessiondb_cluster_voters", "node" => node.clone()).set(self.voters.len() as f64);
+        for (follower, lag) in &self.replication_lag {
+            gauge!("sessiondb_cluster_replication_lag", "node" => node.clone(), "follower" => follower.to_string())
+                .set(*lag as f64);
+        }
+    }
+}
+
 /// A running node.
 #[derive(Clone)]
 pub struct Node {
@@ -266,7 +306,10 @@ impl Node {
         let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, state.clone())
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
-        Ok(Node { id, dir, raft, state })
+        let node = Node { id, dir, raft, state };
+        #[cfg(feature = "metrics")]
+        node.spawn_metrics_export();
+        Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
@@ -453,6 +496,22 @@ impl Node {
             replication_lag,
             millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
+    }
+
+    /// Publishes [`Status::export_metrics`] each time openraft's metrics change, until the raft
+    /// stops.
+    #[cfg(feature = "metrics")]
+    fn spawn_metrics_export(&self) {
+        let node = self.clone();
+        let mut rx = self.raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                node.status().export_metrics();
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     /// Waits up to `timeout` for this node to know a leader; returns it.
