@@ -160,7 +160,7 @@ impl ClusterClient {
             // After every node was tried once without success, pause a little: an election
             // takes a few hundred ms.
             if tries > 0 && tries.is_multiple_of(self.inner.nodes.len().max(2)) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tries += 1;
             let addr = self.target();

@@ -18,8 +18,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::node::{ClusterError, Consistency, Expiry, Node, Write};
-use crate::state_machine::VALUE_BYTES_MAX;
-use crate::{NodeId, TypeConfig};
+use crate::{codec, NodeId, TypeConfig};
 
 /// The header that names the leader's address on a 421 reply.
 pub const LEADER_HEADER: &str = "x-leader-addr";
@@ -77,8 +76,8 @@ pub fn router(node: Node) -> Router {
         .route("/cluster/change-membership", post(cluster_change_membership))
         .route("/cluster/metrics", get(cluster_metrics))
         .route("/cluster/snapshot", post(cluster_snapshot))
-        // A snapshot chunk (1 MiB) as JSON is about 4 MiB; a value at most 4 MiB.
-        .layer(DefaultBodyLimit::max(16 << 20))
+        // An RPC (a snapshot chunk of 1 MiB, entries up to openraft's payload limit) or a value.
+        .layer(DefaultBodyLimit::max(codec::BYTES_MAX))
         .with_state(node)
 }
 
@@ -96,16 +95,37 @@ pub async fn serve(
 // ---------------------------------------------------------------------------------------------
 // Raft RPCs
 
-async fn raft_append(State(node): State<Node>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
-    Json(node.raft().append_entries(req).await).into_response()
+/// A raft RPC's request, decoded; a reply the peer decodes with [`codec::decode`].
+fn raft_reply<T: Serialize>(v: &T) -> Response {
+    match codec::encode(v) {
+        Ok(b) => ([("content-type", "application/octet-stream")], b).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the reply: {e}")).into_response(),
+    }
 }
 
-async fn raft_vote(State(node): State<Node>, Json(req): Json<VoteRequest<NodeId>>) -> Response {
-    Json(node.raft().vote(req).await).into_response()
+fn bad_rpc(what: &str, e: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{what}: {e}")).into_response()
 }
 
-async fn raft_snapshot(State(node): State<Node>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Response {
-    Json(node.raft().install_snapshot(req).await).into_response()
+async fn raft_append(State(node): State<Node>, body: Bytes) -> Response {
+    match codec::decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => raft_reply(&node.raft().append_entries(req).await),
+        Err(e) => bad_rpc("an append-entries request", e),
+    }
+}
+
+async fn raft_vote(State(node): State<Node>, body: Bytes) -> Response {
+    match codec::decode::<VoteRequest<NodeId>>(&body) {
+        Ok(req) => raft_reply(&node.raft().vote(req).await),
+        Err(e) => bad_rpc("a vote request", e),
+    }
+}
+
+async fn raft_snapshot(State(node): State<Node>, body: Bytes) -> Response {
+    match codec::decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(req) => raft_reply(&node.raft().install_snapshot(req).await),
+        Err(e) => bad_rpc("an install-snapshot request", e),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,9 +281,6 @@ async fn kv_cas(
         ),
         None => return Err(ClusterError::BadRequest("expected= is required: a version or none".to_string()).into()),
     };
-    if body.len() > VALUE_BYTES_MAX {
-        return Err(ClusterError::BadRequest(format!("a value of {} bytes", body.len())).into());
-    }
     let w = Write::CompareAndSwap {
         key: key.into_bytes(),
         expected,

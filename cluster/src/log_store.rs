@@ -1,31 +1,45 @@
 //! The raft log on a sessiondb store (`DIR/log`, `SyncMode::Always`): every call that changes
 //! it returns (or reports through openraft's callback) only once the change is durable.
 //!
+//! Appends are group-committed by the log's writer thread. `append` puts its entries on the
+//! writer's queue (readers see them there at once) and returns; the writer takes everything
+//! queued, writes it as one batch with one fsync, and then tells each append's callback, in
+//! order. openraft meanwhile goes on taking client writes and replicating, so one fsync covers
+//! the appends of many client writes, and openraft's task never waits for the disk (a write
+//! into a page the kernel is writing back waits for that I/O; the writer alone touches the
+//! log's pages while appends run). The committed log id goes through the same queue, so it is
+//! never on disk ahead of the entries it names.
+//!
 //! Keys (docs/cluster.md, "On disk"): `e` and the entry's index as 8 bytes big-endian (so the
-//! store's key order is the log's order) → the entry as JSON; `m/vote`, `m/committed`,
-//! `m/purged` → the vote, the committed log id and the last purged log id, as JSON.
+//! store's key order is the log's order) → the entry; `m/vote`, `m/committed`, `m/purged` →
+//! the vote, the committed log id and the last purged log id; each encoded by [`crate::codec`].
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, Vote};
+use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sessiondb::{Batch, Db, Options};
+use sessiondb::{Batch, Db, Durability, Options};
 
 use crate::error::{io, message, StorageResult};
-use crate::{NodeId, TypeConfig};
+use crate::{codec, NodeId, TypeConfig};
 
 const ENTRY_PREFIX: u8 = b'e';
 const VOTE: &[u8] = b"m/vote";
 const COMMITTED: &[u8] = b"m/committed";
 const PURGED: &[u8] = b"m/purged";
 
-/// The largest entry the log takes, encoded.
-pub const ENTRY_BYTES_MAX: usize = 4 << 20;
+/// The largest entry the log takes, encoded (a batch of writes of
+/// [`crate::node::WRITE_BYTES_MAX`] in all fits, with room to spare).
+pub const ENTRY_BYTES_MAX: usize = 6 << 20;
+/// The largest batch the log's store takes; the writer splits a larger group.
+const BATCH_BYTES_MAX: usize = 2 * ENTRY_BYTES_MAX;
 
 fn entry_key(index: u64) -> [u8; 9] {
     let mut k = [ENTRY_PREFIX; 9];
@@ -34,17 +48,46 @@ fn entry_key(index: u64) -> [u8; 9] {
 }
 
 fn encode<T: Serialize>(v: &T, subject: ErrorSubject<NodeId>) -> StorageResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(io(subject, ErrorVerb::Write))
+    codec::encode(v).map_err(|e| message(subject, ErrorVerb::Write, e))
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8], subject: ErrorSubject<NodeId>) -> StorageResult<T> {
-    serde_json::from_slice(b).map_err(io(subject, ErrorVerb::Read))
+    codec::decode(b).map_err(|e| message(subject, ErrorVerb::Read, e))
+}
+
+/// Work for the writer thread, in the order it was queued.
+enum Job {
+    /// Entries to write (encoded, by index), then the append's callback to tell.
+    Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    /// The committed log id, encoded.
+    Committed(Vec<u8>),
+}
+
+/// What is queued for the writer and not yet written.
+#[derive(Default)]
+struct Queued {
+    /// Entries appended and not yet in the store, by index: readers see them here.
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// Jobs sent and not yet done.
+    jobs: usize,
+    /// Set when a write failed: the log is unusable from then on (the store is poisoned).
+    failed: Option<String>,
+}
+
+/// The writer's shared state: the queue's contents and a condition for "all written".
+#[derive(Default)]
+struct Shared {
+    queued: Mutex<Queued>,
+    drained: Condvar,
 }
 
 /// The raft log store. Cloned handles share the store; only one is the writer (openraft's).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    shared: Arc<Shared>,
+    /// The writer thread.
+    writer: Arc<Writer>,
     /// The last entry's log id (none: the log is empty, or purged to its end).
     last: Option<LogId<NodeId>>,
     purged: Option<LogId<NodeId>>,
@@ -55,14 +98,19 @@ impl LogStore {
     pub fn open(dir: impl AsRef<Path>) -> StorageResult<LogStore> {
         let opts = Options::new()
             .value_size_max(ENTRY_BYTES_MAX)
-            .batch_size_max(2 * ENTRY_BYTES_MAX);
+            .batch_size_max(BATCH_BYTES_MAX);
         let db = Db::open_with(dir, opts).map_err(io(ErrorSubject::Store, ErrorVerb::Read))?;
         let purged = match db.get(PURGED).map_err(io(ErrorSubject::Store, ErrorVerb::Read))? {
             Some(b) => Some(decode(&b, ErrorSubject::Store)?),
             None => None,
         };
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared::default());
+        let writer = Arc::new(spawn_writer(db.clone(), shared.clone())?);
         let mut store = LogStore {
-            db: Arc::new(db),
+            db,
+            shared,
+            writer,
             last: None,
             purged,
         };
@@ -104,13 +152,11 @@ impl LogStore {
         Ok(keys)
     }
 
-    /// Appends `entries` (consecutive, after the last one) in one batch: all of them durable
-    /// when it returns, or none. What openraft's `append` does before it reports.
-    pub fn append_entries(&mut self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> StorageResult<()> {
-        let mut batch = Batch::new();
-        let mut last = None;
+    /// Encodes `entries`, each at most [`ENTRY_BYTES_MAX`].
+    fn encode_entries(entries: &[Entry<TypeConfig>]) -> StorageResult<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let bytes = encode(&entry, ErrorSubject::Logs)?;
+            let bytes = encode(entry, ErrorSubject::Logs)?;
             if bytes.len() > ENTRY_BYTES_MAX {
                 return Err(message(
                     ErrorSubject::Log(entry.log_id),
@@ -118,20 +164,171 @@ impl LogStore {
                     format!("entry of {} bytes, more than {ENTRY_BYTES_MAX}", bytes.len()),
                 ));
             }
-            batch.put(entry_key(entry.log_id.index), bytes);
-            last = Some(entry.log_id);
+            out.push((entry.log_id.index, bytes));
         }
-        if batch.is_empty() {
+        Ok(out)
+    }
+
+    /// Appends `entries` (consecutive, after the last one) in one batch: all of them durable
+    /// when it returns, or none.
+    pub fn append_entries(&mut self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> StorageResult<()> {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(());
+        };
+        let mut batch = Batch::new();
+        for (index, bytes) in Self::encode_entries(&entries)? {
+            batch.put(entry_key(index), bytes);
         }
+        self.wait_written()?;
         self.write(batch, ErrorSubject::Logs)?;
-        self.last = last;
+        self.last = Some(last);
         Ok(())
     }
 
     fn write(&self, batch: Batch, subject: ErrorSubject<NodeId>) -> StorageResult<()> {
         self.db.write(batch).map_err(io(subject, ErrorVerb::Write))
     }
+
+    /// Queues `job` for the writer thread.
+    fn queue(&self, job: Job, entries: Vec<Entry<TypeConfig>>) -> StorageResult<()> {
+        {
+            let mut q = self.shared.queued.lock();
+            if let Some(f) = &q.failed {
+                return Err(message(ErrorSubject::Logs, ErrorVerb::Write, f.clone()));
+            }
+            q.jobs += 1;
+            for e in entries {
+                q.entries.insert(e.log_id.index, e);
+            }
+        }
+        let sent = match &*self.writer.jobs.lock() {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        {
+            let mut q = self.shared.queued.lock();
+            q.jobs -= 1;
+            q.entries.clear();
+        }
+        Err(message(
+            ErrorSubject::Logs,
+            ErrorVerb::Write,
+            "the log's writer thread stopped",
+        ))
+    }
+
+    /// Waits until everything queued is written (before a change that must come after it: a
+    /// truncation, a purge).
+    fn wait_written(&self) -> StorageResult<()> {
+        let mut q = self.shared.queued.lock();
+        while q.jobs > 0 && q.failed.is_none() {
+            self.shared.drained.wait(&mut q);
+        }
+        match &q.failed {
+            Some(f) => Err(message(ErrorSubject::Logs, ErrorVerb::Write, f.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The log's writer thread and its queue. When the last handle of the log store goes, the
+/// queue closes, the thread writes what was queued and ends, and the drop waits for it: the
+/// store is closed when the log store's last handle is dropped (a reopen may follow at once).
+struct Writer {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.lock().take());
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the log's writer: a thread that writes what is queued in groups, one batch and one
+/// fsync each, and tells the appends' callbacks in order.
+fn spawn_writer(db: Arc<Db>, shared: Arc<Shared>) -> StorageResult<Writer> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let thread = std::thread::Builder::new()
+        .name("sessiondb-raft-log".to_string())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut jobs = vec![first];
+                jobs.extend(rx.try_iter());
+                // One batch for all of them (more if they pass the store's batch limit).
+                let mut batches = vec![(Batch::new(), 0usize)];
+                let mut written = Vec::new();
+                let mut add = |key: &[u8], bytes: &[u8]| {
+                    let size = key.len() + bytes.len() + 64;
+                    if batches
+                        .last()
+                        .is_some_and(|(_, n)| *n > 0 && n + size > BATCH_BYTES_MAX)
+                    {
+                        batches.push((Batch::new(), 0));
+                    }
+                    if let Some((batch, n)) = batches.last_mut() {
+                        batch.put(key, bytes);
+                        *n += size;
+                    }
+                };
+                for job in &jobs {
+                    match job {
+                        Job::Append(entries, _) => {
+                            for (index, bytes) in entries {
+                                add(&entry_key(*index), bytes);
+                                written.push(*index);
+                            }
+                        }
+                        Job::Committed(bytes) => add(COMMITTED, bytes),
+                    }
+                }
+                // Durable when each returns (the store's SyncMode::Always): usually one fsync
+                // for the whole group. A group of committed ids alone needs none of its own: it
+                // is durable with the next append (see `save_committed`).
+                if written.is_empty() {
+                    for (batch, _) in &mut batches {
+                        batch.durability(Durability::Lazy);
+                    }
+                }
+                let result = batches
+                    .into_iter()
+                    .try_for_each(|(batch, _)| db.write(batch))
+                    .map_err(|e| e.to_string());
+                {
+                    let mut q = shared.queued.lock();
+                    match &result {
+                        Ok(()) => {
+                            for index in &written {
+                                q.entries.remove(index);
+                            }
+                        }
+                        Err(e) => {
+                            q.failed = Some(e.clone());
+                            q.entries.clear();
+                        }
+                    }
+                    q.jobs -= jobs.len();
+                }
+                shared.drained.notify_all();
+                for job in jobs {
+                    if let Job::Append(_, callback) = job {
+                        callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                    }
+                }
+            }
+        })
+        .map_err(io(ErrorSubject::Logs, ErrorVerb::Write))?;
+    Ok(Writer {
+        jobs: Mutex::new(Some(tx)),
+        thread: Mutex::new(Some(thread)),
+    })
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -140,6 +337,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        // Entries queued for the writer first, then the store: an entry written meanwhile is
+        // in the store by then, and one queued later was appended after this read began.
+        let queued: Vec<Entry<TypeConfig>> = self
+            .shared
+            .queued
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect();
         let bound = |b: Bound<u64>| b.map(|i| entry_key(i).to_vec());
         let from = match bound(range.0) {
             Bound::Unbounded => Bound::Included(vec![ENTRY_PREFIX]),
@@ -149,12 +356,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => Bound::Excluded(vec![ENTRY_PREFIX + 1]),
             b => b,
         };
-        let mut entries = Vec::new();
+        let mut entries = BTreeMap::new();
         for item in self.db.range::<Vec<u8>, _>((from, to)) {
             let (_, v) = item.map_err(io(ErrorSubject::Logs, ErrorVerb::Read))?;
-            entries.push(decode(&v, ErrorSubject::Logs)?);
+            let e: Entry<TypeConfig> = decode(&v, ErrorSubject::Logs)?;
+            entries.insert(e.log_id.index, e);
         }
-        Ok(entries)
+        for e in queued {
+            entries.entry(e.log_id.index).or_insert(e);
+        }
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -182,10 +393,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(VOTE, ErrorSubject::Vote)
     }
 
+    /// Queued for the writer, after the appends before it: it is durable with them, never
+    /// ahead of the entries it names. openraft reads it at start only to re-apply committed
+    /// entries the state machine had not made durable; an older value there means it learns
+    /// the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        let mut batch = Batch::new();
-        batch.put(COMMITTED, encode(&committed, ErrorSubject::Store)?);
-        self.write(batch, ErrorSubject::Store)
+        let bytes = encode(&committed, ErrorSubject::Store)?;
+        self.queue(Job::Committed(bytes), Vec::new())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -199,19 +413,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_entries(entries) {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
-            }
-        }
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let queued =
+            Self::encode_entries(&entries).and_then(|encoded| self.queue(Job::Append(encoded, callback), entries));
+        queued?;
+        self.last = Some(last);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.wait_written()?;
         let keys = self.keys_in((Bound::Included(log_id.index), Bound::Unbounded))?;
         if !keys.is_empty() {
             let mut batch = Batch::new();
@@ -233,6 +448,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.wait_written()?;
         let mut batch = Batch::new();
         batch.put(PURGED, encode(&log_id, ErrorSubject::Store)?);
         for k in self.keys_in((Bound::Unbounded, Bound::Included(log_id.index)))? {

@@ -1,6 +1,6 @@
-//! The raft RPCs between nodes over HTTP: a POST of the request as JSON to `/raft/append`,
-//! `/raft/vote` or `/raft/snapshot` on the target's address; the reply is the JSON of
-//! `Result<reply, RaftError>` ([`crate::http`] serves them).
+//! The raft RPCs between nodes over HTTP: a POST of the request, encoded by [`crate::codec`],
+//! to `/raft/append`, `/raft/vote` or `/raft/snapshot` on the target's address; the reply is
+//! `Result<reply, RaftError>`, encoded the same way ([`crate::http`] serves them).
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{NodeId, TypeConfig};
+use crate::{codec, NodeId, TypeConfig};
 
 /// Makes HTTP connections to other nodes. Clones share one connection pool.
 #[derive(Clone)]
@@ -76,12 +76,12 @@ impl HttpConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let url = format!("http://{}/raft/{path}", self.addr);
-        let body = serde_json::to_vec(req)
+        let body = codec::encode(req)
             .map_err(|e| RPCError::Network(NetworkError::new(&Transport(format!("encoding {path}: {e}")))))?;
         let sent = self
             .client
             .post(&url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/octet-stream")
             .body(body)
             .timeout(timeout)
             .send()
@@ -103,7 +103,7 @@ impl HttpConnection {
                 "{url}: HTTP {status}: {text}"
             )))));
         }
-        let reply: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&bytes)
+        let reply: Result<Resp, RaftError<NodeId, E>> = codec::decode(&bytes)
             .map_err(|e| RPCError::Network(NetworkError::new(&Transport(format!("{url}: reply: {e}")))))?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

@@ -3,7 +3,7 @@
 //! parameter ([`openraft::RaftNetworkFactory`]): HTTP in `sessiondb serve`
 //! ([`crate::network::HttpNetwork`]), an in-memory one with faults in the tests.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,9 +13,14 @@ use openraft::error::{
 };
 use openraft::{BasicNode, Config, Raft, RaftNetworkFactory, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::state_machine::{Stored, VALUE_BYTES_MAX};
+use crate::state_machine::Stored;
 use crate::{LogStore, NodeId, Request, Response, StateMachine, TypeConfig};
+
+/// The most bytes of a write's key and value together: its log entry (JSON, up to 4 characters
+/// a byte) then fits in [`crate::log_store::ENTRY_BYTES_MAX`], and its value in the state.
+pub const WRITE_BYTES_MAX: usize = 1 << 20;
 
 /// The most entries one page of a scan returns.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
@@ -62,6 +67,9 @@ impl NodeConfig {
             // A snapshot goes in chunks of 1 MiB.
             snapshot_max_chunk_size: 1 << 20,
             install_snapshot_timeout: 2_000,
+            // An entry is a batch of writes of at most WRITE_BYTES_MAX (BATCH_BYTES_MAX): 32 of
+            // them stay well under the RPC size limit (codec::BYTES_MAX).
+            max_payload_entries: 32,
             ..Config::default()
         };
         config
@@ -278,6 +286,170 @@ pub struct Node {
     dir: PathBuf,
     raft: Raft<TypeConfig>,
     state: StateMachine,
+    /// The batcher's queue ([`Node::write`]).
+    writes: mpsc::UnboundedSender<Queued>,
+}
+
+/// `Ok` if node `id` believes it leads; else who it believes leads. A node that knows it is
+/// not the leader must not stamp a request with its clock (openraft would refuse it anyway).
+fn leading(id: NodeId, raft: &Raft<TypeConfig>) -> Result<(), ClusterError> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    if m.current_leader == Some(id) {
+        return Ok(());
+    }
+    let leader = m.current_leader.and_then(|l| {
+        m.membership_config
+            .membership()
+            .get_node(&l)
+            .map(|n| (l, n.addr.clone()))
+    });
+    Err(ClusterError::NotLeader { node: id, leader })
+}
+
+/// A [`ForwardToLeader`] as [`ClusterError::NotLeader`].
+fn not_leader(id: NodeId, f: ForwardToLeader<NodeId, BasicNode>) -> ClusterError {
+    ClusterError::NotLeader {
+        node: id,
+        leader: match (f.leader_id, f.leader_node) {
+            (Some(id), Some(n)) => Some((id, n.addr)),
+            _ => None,
+        },
+    }
+}
+
+/// A failed client write (or membership change) of node `id` as a [`ClusterError`].
+fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(id, f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(m)) => membership_error(m),
+        RaftError::Fatal(f) => ClusterError::Stopped(f.to_string()),
+    }
+}
+
+/// Gathers writes into entries ([`Node::write`]).
+#[derive(Clone)]
+struct Batcher {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+}
+
+impl Batcher {
+    /// Takes queued writes, as many as arrived while earlier entries were in flight, and
+    /// submits each group as one entry. Ends when every handle of the node is gone.
+    async fn run(self, mut queue: mpsc::UnboundedReceiver<Queued>) {
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        let mut carried: Option<Queued> = None;
+        loop {
+            let first = match carried.take() {
+                Some(q) => q,
+                None => match queue.recv().await {
+                    Some(q) => q,
+                    None => return,
+                },
+            };
+            // Waiting for a slot is when the next group gathers.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut keys = HashSet::new();
+            keys.insert(first.write.key().to_vec());
+            let mut bytes = write_bytes(&first.write);
+            let mut group = vec![first];
+            while group.len() < BATCH_REQUESTS_MAX {
+                let Ok(q) = queue.try_recv() else {
+                    break;
+                };
+                let size = write_bytes(&q.write);
+                // No two writes of one key in an entry: each written value's version (the
+                // entry's index) is then its own.
+                if bytes + size > BATCH_BYTES_MAX || !keys.insert(q.write.key().to_vec()) {
+                    carried = Some(q);
+                    break;
+                }
+                bytes += size;
+                group.push(q);
+            }
+            let batcher = self.clone();
+            tokio::spawn(async move {
+                batcher.submit(group).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Submits `group` as one entry (a plain request if it is one write) and tells each
+    /// writer its outcome.
+    async fn submit(&self, group: Vec<Queued>) {
+        if let Err(e) = leading(self.id, &self.raft) {
+            for q in group {
+                let _ = q.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let now = now_ms();
+        let (writes, replies): (Vec<Write>, Vec<_>) = group.into_iter().map(|q| (q.write, q.reply)).unzip();
+        let mut reqs: Vec<Request> = writes.into_iter().map(|w| w.stamp(now)).collect();
+        let req = if reqs.len() == 1 {
+            reqs.remove(0)
+        } else {
+            Request::Batch(reqs)
+        };
+        let batched = matches!(req, Request::Batch(_));
+        match self.raft.client_write(req).await {
+            Ok(r) if batched && r.data.batch.len() == replies.len() => {
+                for (reply, each) in replies.into_iter().zip(r.data.batch) {
+                    let _ = reply.send(Ok(each));
+                }
+            }
+            Ok(r) if !batched => {
+                for reply in replies {
+                    let _ = reply.send(Ok(r.data.clone()));
+                }
+            }
+            Ok(r) => {
+                let e = ClusterError::Stopped(format!(
+                    "an entry of {} writes was applied with {} responses",
+                    replies.len(),
+                    r.data.batch.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                let e = write_error(self.id, e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A client's write waiting for the batcher, and where its outcome goes.
+struct Queued {
+    write: Write,
+    reply: oneshot::Sender<Result<Response, ClusterError>>,
+}
+
+/// Entries the batcher has submitted and not yet seen committed, at most. While they are in
+/// flight, writes that arrive wait and go out together in the next entry: openraft 0.9 makes
+/// each entry durable on the leader before it appends the next, so one write per entry would
+/// cost an fsync each.
+const BATCHES_IN_FLIGHT: usize = 2;
+/// Requests in one entry, at most, and their keys' and values' bytes (the entry, as JSON, stays
+/// under the log's limit).
+const BATCH_REQUESTS_MAX: usize = 1024;
+const BATCH_BYTES_MAX: usize = WRITE_BYTES_MAX;
+
+/// The bytes of a write's key and value.
+fn write_bytes(w: &Write) -> usize {
+    w.key().len()
+        + match w {
+            Write::Put { value, .. } | Write::CompareAndSwap { value, .. } => value.len(),
+            _ => 0,
+        }
 }
 
 /// Ms since the Unix epoch on this machine's clock.
@@ -306,7 +478,20 @@ impl Node {
         let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, state.clone())
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
-        let node = Node { id, dir, raft, state };
+        let (writes, queue) = mpsc::unbounded_channel();
+        let node = Node {
+            id,
+            dir,
+            raft,
+            state,
+            writes,
+        };
+        let batcher = Batcher {
+            id,
+            raft: node.raft.clone(),
+        };
+        // It holds no handle of the node: it ends when the last one is dropped.
+        tokio::spawn(batcher.run(queue));
         #[cfg(feature = "metrics")]
         node.spawn_metrics_export();
         Ok(node)
@@ -325,56 +510,24 @@ impl Node {
         &self.raft
     }
 
-    fn not_leader(&self, f: ForwardToLeader<NodeId, BasicNode>) -> ClusterError {
-        ClusterError::NotLeader {
-            node: self.id,
-            leader: match (f.leader_id, f.leader_node) {
-                (Some(id), Some(n)) => Some((id, n.addr)),
-                _ => None,
-            },
-        }
-    }
-
-    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(m)) => membership_error(m),
-            RaftError::Fatal(f) => ClusterError::Stopped(f.to_string()),
-        }
-    }
-
     /// Submits `write` to the log if this node leads, and waits until it is committed and
-    /// applied here. Times in it are taken from this (the leader's) clock.
+    /// applied here. Times in it are taken from this (the leader's) clock when its entry is
+    /// made. Writes that arrive together share an entry ([`Request::Batch`]).
     pub async fn write(&self, write: Write) -> Result<Response, ClusterError> {
-        let len = write.key().len()
-            + match &write {
-                Write::Put { value, .. } | Write::CompareAndSwap { value, .. } => value.len(),
-                _ => 0,
-            };
-        if write.key().is_empty() || len + 16 > VALUE_BYTES_MAX {
+        let len = write_bytes(&write);
+        if write.key().is_empty() || len > WRITE_BYTES_MAX {
             return Err(ClusterError::BadRequest(format!(
-                "a key must be 1 byte or more and a key and its value at most {} bytes; got {len}",
-                VALUE_BYTES_MAX - 16
+                "a key must be 1 byte or more and a key and its value at most {WRITE_BYTES_MAX} bytes; got {len}"
             )));
         }
-        // Refuse early on a node that knows it is not the leader: its clock must not stamp
-        // the request (openraft would refuse it anyway).
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(self.id) {
-            let leader = metrics.current_leader.and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| (l, n.addr.clone()))
-            });
-            return Err(ClusterError::NotLeader { node: self.id, leader });
-        }
-        let req = write.stamp(now_ms());
-        match self.raft.client_write(req).await {
-            Ok(r) => Ok(r.data),
-            Err(e) => Err(self.write_error(e)),
-        }
+        leading(self.id, &self.raft)?;
+        let (reply, outcome) = oneshot::channel();
+        self.writes
+            .send(Queued { write, reply })
+            .map_err(|_| ClusterError::Stopped("the node's batcher stopped".to_string()))?;
+        outcome
+            .await
+            .map_err(|_| ClusterError::Stopped("the node stopped before the write's outcome was known".to_string()))?
     }
 
     /// The value of `key`, its version and deadline.
@@ -393,7 +546,7 @@ impl Node {
         if consistency == Consistency::Linearizable {
             match self.raft.ensure_linearizable().await {
                 Ok(_) => {}
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => return Err(self.not_leader(f)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => return Err(not_leader(self.id, f)),
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
                     return Err(ClusterError::NoQuorum(q.to_string()))
                 }
@@ -447,7 +600,7 @@ impl Node {
             .add_learner(id, BasicNode::new(addr), blocking)
             .await
             .map(|_| ())
-            .map_err(|e| self.write_error(e))
+            .map_err(|e| write_error(self.id, e))
     }
 
     /// Makes `voters` the voters (each must be a member already, as a learner at least). With
@@ -457,7 +610,7 @@ impl Node {
             .change_membership(voters, retain)
             .await
             .map(|_| ())
-            .map_err(|e| self.write_error(e))
+            .map_err(|e| write_error(self.id, e))
     }
 
     /// Where this node stands.

@@ -6,7 +6,9 @@
 //! disk"): `d` and the user's key → the value's log index (8 bytes little-endian), its deadline
 //! (8 bytes, ms since the Unix epoch, 0: never) and the value; `m/applied` and `m/membership` →
 //! the last applied log id and the membership, as JSON. An `apply` writes its entries' changes
-//! and the new `m/applied` in one batch, durable when it returns.
+//! and the new `m/applied` in one batch, ordered and handed to the OS when it returns, and
+//! durable with the store's next sync (at the latest when a snapshot is built): the raft log
+//! already holds the entries durably, and openraft re-applies what a crash took.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,7 +23,7 @@ use openraft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sessiondb::{Batch, Db, Options};
+use sessiondb::{Batch, Db, Durability, Options};
 
 use crate::error::{io, message, StorageResult};
 use crate::{snapshot_file, NodeId, Request, Response, TypeConfig};
@@ -108,7 +110,7 @@ fn state_options() -> Options {
     // (docs/cluster.md, "Snapshot files").
     Options::new()
         .value_size_max(VALUE_BYTES_MAX)
-        .batch_size_max(2 * VALUE_BYTES_MAX)
+        .batch_size_max(2 * VALUE_BYTES_MAX + APPLY_BATCH_BYTES)
 }
 
 /// Writes `bytes` to `path` durably: a temporary file, fsynced, renamed, the directory fsynced.
@@ -256,6 +258,28 @@ fn apply_request(
     index: u64,
     req: &Request,
 ) -> StorageResult<Response> {
+    let Request::Batch(reqs) = req else {
+        return apply_one(db, pending, batch, index, req);
+    };
+    let mut each = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        each.push(apply_one(db, pending, batch, index, r)?);
+    }
+    Ok(Response {
+        applied: true,
+        version: None,
+        batch: each,
+    })
+}
+
+/// Applies one request of an entry (not a batch).
+fn apply_one(
+    db: &Db,
+    pending: &mut HashMap<Vec<u8>, Option<Stored>>,
+    batch: &mut Batch,
+    index: u64,
+    req: &Request,
+) -> StorageResult<Response> {
     let current = |key: &[u8]| -> StorageResult<Option<Stored>> {
         if let Some(p) = pending.get(key) {
             return Ok(p.clone());
@@ -279,6 +303,7 @@ fn apply_request(
         Ok(Response {
             applied: true,
             version: Some(index),
+            ..Response::default()
         })
     };
     // A value this entry writes: its version is the entry's index.
@@ -299,6 +324,7 @@ fn apply_request(
             Ok(Response {
                 applied: true,
                 version: None,
+                ..Response::default()
             })
         }
         Request::Touch {
@@ -320,6 +346,7 @@ fn apply_request(
                 Ok(Response {
                     applied: true,
                     version: Some(version),
+                    ..Response::default()
                 })
             }
             None => Ok(Response::default()),
@@ -337,11 +364,54 @@ fn apply_request(
                 return Ok(Response {
                     applied: false,
                     version,
+                    ..Response::default()
                 });
             }
             put(pending, key, written(value, *expires_at_ms))
         }
+        // The leader never nests batches: a log that holds one is not this program's.
+        Request::Batch(_) => Err(message(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Write,
+            format!("entry {index}: a batch within a batch"),
+        )),
     }
+}
+
+/// Entries applied in one batch, at most (their keys and values).
+const APPLY_BATCH_BYTES: usize = VALUE_BYTES_MAX;
+
+/// A batch of applied entries. No fsync of its own: the entries are durable in the raft log,
+/// and openraft re-applies the committed entries after the last applied id this store kept
+/// when it starts again. A snapshot syncs this store first, so the log is never purged past
+/// what it holds durably (docs/cluster.md, "Durability").
+fn new_apply_batch() -> Batch {
+    let mut batch = Batch::new();
+    batch.durability(Durability::Lazy);
+    batch
+}
+
+/// About how many bytes applying `req` adds to a batch.
+fn request_size(req: &Request) -> usize {
+    64 + match req {
+        Request::Put { key, value, .. } | Request::CompareAndSwap { key, value, .. } => key.len() + value.len(),
+        Request::Delete { key } | Request::Touch { key, .. } => key.len(),
+        Request::Batch(reqs) => reqs.iter().map(request_size).sum(),
+    }
+}
+
+/// Writes `batch` with the applied log id and membership it reaches: applied entries and
+/// the id that names them go together.
+fn write_applied(
+    db: &Db,
+    mut batch: Batch,
+    applied: Option<LogId<NodeId>>,
+    membership: &Membership,
+) -> StorageResult<()> {
+    batch.put(APPLIED, encode(&applied)?);
+    batch.put(MEMBERSHIP, encode(membership)?);
+    db.write(batch)
+        .map_err(io(ErrorSubject::StateMachine, ErrorVerb::Write))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -358,11 +428,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut state = self.lock();
-        let mut batch = Batch::new();
+        let state = &mut *state;
         let mut pending = HashMap::new();
         let mut responses = Vec::new();
         let (mut applied, mut membership) = (state.applied, state.membership.clone());
+        let mut batch = new_apply_batch();
+        // Bytes the batch holds, roughly: a batch reaching APPLY_BATCH_BYTES is written (with
+        // the applied id it reaches) before the next entry, so no batch passes the store's limit.
+        let mut size = 0usize;
         for entry in entries {
+            let entry_size = match &entry.payload {
+                EntryPayload::Normal(req) => request_size(req),
+                _ => 0,
+            };
+            if size > 0 && size + entry_size > APPLY_BATCH_BYTES {
+                write_applied(&state.db, batch, applied, &membership)?;
+                batch = new_apply_batch();
+                size = 0;
+            }
+            size += entry_size;
             applied = Some(entry.log_id);
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::default(),
@@ -376,15 +460,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push(response);
         }
-        if applied == state.applied {
-            return Ok(responses);
+        if applied != state.applied {
+            write_applied(&state.db, batch, applied, &membership)?;
         }
-        batch.put(APPLIED, encode(&applied)?);
-        batch.put(MEMBERSHIP, encode(&membership)?);
-        state
-            .db
-            .write(batch)
-            .map_err(io(ErrorSubject::StateMachine, ErrorVerb::Write))?;
         state.applied = applied;
         state.membership = membership;
         Ok(responses)
@@ -509,6 +587,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let n = state.built;
             let backup = snapshots.join(format!("backup-{n}"));
             let _ = fs::remove_dir_all(&backup);
+            // The applies up to here become durable before openraft, told of the snapshot,
+            // purges the log that holds them.
+            state
+                .db
+                .sync()
+                .map_err(io(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
             state
                 .db
                 .backup(&backup)

@@ -109,7 +109,11 @@ fn requests_apply_as_the_leader_decided_and_travel_in_snapshots() {
             ])
             .await
             .unwrap();
-        let applied = |version| Response { applied: true, version };
+        let applied = |version| Response {
+            applied: true,
+            version,
+            ..Response::default()
+        };
         assert_eq!(
             responses,
             vec![
@@ -119,7 +123,8 @@ fn requests_apply_as_the_leader_decided_and_travel_in_snapshots() {
                 applied(Some(4)),
                 Response {
                     applied: false,
-                    version: Some(4)
+                    version: Some(4),
+                    ..Response::default()
                 },
                 applied(Some(6)),
                 applied(Some(4)),

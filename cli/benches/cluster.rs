@@ -1,0 +1,366 @@
+//! Issue 18's figures: replicated durable writes against one node's, and failover time.
+//!
+//! ```sh
+//! cargo bench -p sessiondb-cli --bench cluster                 # about 2 minutes
+//! cargo bench -p sessiondb-cli --bench cluster -- --quick      # about 40 s
+//! cargo bench -p sessiondb-cli --bench cluster -- --only writes   # or: failover
+//! ```
+//!
+//! - **writes**: 64 clients (env `SESSIONDB_BENCH_CLIENTS`) each put unique keys with a
+//!   512-byte value (`SESSIONDB_BENCH_VALUE`) as fast as they are acknowledged, for 5 s
+//!   (`SESSIONDB_BENCH_SECS`): first into one `Db` in `SyncMode::Always` (64 threads, this
+//!   process), then into a cluster of three `sessiondb serve` processes on loopback (64 tokio
+//!   tasks, `ClusterClient`, each write committed on a quorum and applied before it is
+//!   acknowledged). Puts/s and latency percentiles of each, and their ratio, in the same run.
+//! - **failover**: with one client writing, the leader is killed (SIGKILL) 20 times
+//!   (`SESSIONDB_BENCH_KILLS`); each time, the time from the kill to the first write
+//!   acknowledged by the new leader. The killed node is restarted and caught up before the next
+//!   kill. p50, p99 and max.
+//!
+//! `SESSIONDB_BENCH_NODES=host:port,...` runs the replicated writes against a cluster already
+//! running (to profile its nodes) instead of starting one.
+//!
+//! Stores go in `$SESSIONDB_BENCH_DIR` (default `/tmp`), in `sessiondb-cluster-bench-<pid>`,
+//! removed at the end. docs/benchmarks.md records a run.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sessiondb::{Db, Options, SyncMode};
+use sessiondb_cluster::{ClusterClient, Consistency, Expiry, Status};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
+
+struct Settings {
+    clients: usize,
+    value: usize,
+    secs: f64,
+    kills: usize,
+    only: Option<String>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn settings() -> Settings {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    Settings {
+        clients: env_or("SESSIONDB_BENCH_CLIENTS", 64),
+        value: env_or("SESSIONDB_BENCH_VALUE", 512),
+        secs: env_or("SESSIONDB_BENCH_SECS", if quick { 2.0 } else { 5.0 }),
+        kills: env_or("SESSIONDB_BENCH_KILLS", if quick { 5 } else { 20 }),
+        only,
+    }
+}
+
+/// Latencies in µs: p50, p99, max.
+fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
+    if v.is_empty() {
+        return (0, 0, 0);
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (at(0.50), at(0.99), v[v.len() - 1])
+}
+
+/// A node process; killed (SIGKILL) when dropped.
+struct Proc {
+    id: u64,
+    addr: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(id: u64, addr: &str, dir: &Path) -> Proc {
+        let mut p = Proc {
+            id,
+            addr: addr.to_string(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    fn restart(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--id", &self.id.to_string(), "--listen", &self.addr, "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sessiondb serve");
+        // The node prints one line once it answers.
+        let out = child.stdout.take().expect("the node's stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("the node's first line");
+        assert!(line.contains("listening on"), "node {}: {line:?}", self.id);
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("its address").to_string()
+}
+
+async fn status(http: &reqwest::Client, addr: &str) -> Option<Status> {
+    let r = http
+        .get(format!("http://{addr}/cluster/metrics"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?;
+    serde_json::from_slice(&r.bytes().await.ok()?).ok()
+}
+
+/// The leader's id once one of `procs` (running) says it leads, within `limit`.
+async fn leader(http: &reqwest::Client, procs: &[Proc], limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        for p in procs.iter().filter(|p| p.child.is_some()) {
+            if let Some(s) = status(http, &p.addr).await {
+                if s.state == "Leader" {
+                    return s.id;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until every running node applied the leader's last log index.
+async fn caught_up(http: &reqwest::Client, procs: &[Proc], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut applied = Vec::new();
+        for p in procs.iter().filter(|p| p.child.is_some()) {
+            applied.push(status(http, &p.addr).await.and_then(|s| s.last_applied_index));
+        }
+        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes not caught up in {limit:?}: {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three nodes in `root`, initialised; returns them and a client of all three.
+async fn three_nodes(root: &Path) -> (Vec<Proc>, ClusterClient) {
+    let procs: Vec<Proc> = (1..=3)
+        .map(|id| Proc::start(id, &free_addr(), &root.join(format!("n{id}"))))
+        .collect();
+    let members: Vec<String> = procs.iter().map(|p| format!("{}={}", p.id, p.addr)).collect();
+    let mut init = Command::new(BIN);
+    init.args(["cluster", "init", "--node", &procs[0].addr]);
+    for m in &members {
+        init.args(["--member", m]);
+    }
+    let out = init.output().expect("sessiondb cluster init");
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let client = ClusterClient::new(procs.iter().map(|p| p.addr.clone())).expect("a client");
+    (procs, client)
+}
+
+/// One node, 64 threads, SyncMode::Always: puts/s and latencies.
+fn single_node(s: &Settings, root: &Path) -> (f64, Vec<u64>) {
+    let db = Arc::new(Db::open_with(root.join("single"), Options::new().sync_mode(SyncMode::Always)).expect("open"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..s.clients)
+        .map(|t| {
+            let (db, stop, value) = (db.clone(), stop.clone(), vec![7u8; s.value]);
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    db.put(format!("c{t}/{i}"), &value).expect("put");
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(s.secs));
+    stop.store(true, Ordering::Relaxed);
+    let lat: Vec<u64> = threads.into_iter().flat_map(|t| t.join().expect("writer")).collect();
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    (rate, lat)
+}
+
+/// Three nodes, 64 tasks: puts/s and latencies.
+async fn replicated(s: &Settings, root: &Path) -> (f64, Vec<u64>) {
+    // SESSIONDB_BENCH_NODES=a,b,c: a cluster already running (to profile its nodes).
+    let (procs, client) = match std::env::var("SESSIONDB_BENCH_NODES") {
+        Ok(nodes) => (Vec::new(), ClusterClient::new(nodes.split(',')).expect("a client")),
+        Err(_) => three_nodes(root).await,
+    };
+    let http = reqwest::Client::new();
+    if !procs.is_empty() {
+        leader(&http, &procs, Duration::from_secs(10)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..s.clients)
+        .map(|t| {
+            let (client, stop, failed, value) = (client.clone(), stop.clone(), failed.clone(), vec![7u8; s.value]);
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    match client.put(&format!("c{t}/{i}"), value.clone(), Expiry::Never).await {
+                        Ok(_) => lat.push(t0.elapsed().as_micros() as u64),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(s.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("writer"));
+    }
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "writes failed with all nodes up");
+    // A read back: the data is there (and the client still works).
+    let got = client.get("c0/0", Consistency::Linearizable).await.expect("a read");
+    assert_eq!(got.map(|g| g.value.len()), Some(s.value));
+    drop(procs);
+    (rate, lat)
+}
+
+/// Kills the leader `kills` times; the time to the first write the new leader acknowledges.
+async fn failover(s: &Settings, root: &Path) -> Vec<u64> {
+    let (mut procs, client) = three_nodes(root).await;
+    let client = client.with_deadline(Duration::from_secs(30));
+    let http = reqwest::Client::new();
+    let mut times = Vec::new();
+    for round in 0..s.kills {
+        let l = leader(&http, &procs, Duration::from_secs(10)).await;
+        caught_up(&http, &procs, Duration::from_secs(30)).await;
+        client
+            .put(&format!("warm/{round}"), b"x".to_vec(), Expiry::Never)
+            .await
+            .expect("a write before the kill");
+        let victim = procs.iter().position(|p| p.id == l).expect("the leader is one of ours");
+        let killed_at = Instant::now();
+        procs[victim].kill();
+        // Writes go on until one is acknowledged; each by a node other than the victim.
+        let mut n = 0;
+        loop {
+            n += 1;
+            if client
+                .put(&format!("after/{round}/{n}"), b"x".to_vec(), Expiry::Never)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        times.push(killed_at.elapsed().as_micros() as u64);
+        procs[victim].restart();
+    }
+    times
+}
+
+fn fmt_ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo bench -- --list` (and `cargo test --benches`) must not run the bench.
+        return;
+    }
+    let s = settings();
+    let base = std::env::var_os("SESSIONDB_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let root = base.join(format!("sessiondb-cluster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root).expect("the bench directory");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let want = |part: &str| s.only.as_deref().is_none_or(|o| o == part);
+    println!(
+        "clients {}, value {} B, {} s each; cpus {}",
+        s.clients,
+        s.value,
+        s.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if want("writes") {
+        let (one, one_lat) = single_node(&s, &root);
+        let (three, three_lat) = rt.block_on(replicated(&s, &root));
+        let (p50a, p99a, maxa) = percentiles(one_lat);
+        let (p50b, p99b, maxb) = percentiles(three_lat);
+        println!(
+            "| durable puts at {} clients | puts/s | p50 ms | p99 ms | max ms |",
+            s.clients
+        );
+        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| one node, SyncMode::Always | {one:.0} | {} | {} | {} |",
+            fmt_ms(p50a),
+            fmt_ms(p99a),
+            fmt_ms(maxa)
+        );
+        println!(
+            "| three nodes, replicated | {three:.0} | {} | {} | {} |",
+            fmt_ms(p50b),
+            fmt_ms(p99b),
+            fmt_ms(maxb)
+        );
+        println!("replicated ÷ one node: {:.2}x (target ≥ 0.3x)", three / one);
+    }
+    if want("failover") {
+        let times = rt.block_on(failover(&s, &root));
+        let (p50, p99, max) = percentiles(times.clone());
+        println!(
+            "failover over {} kills: p50 {} ms, p99 {} ms, max {} ms",
+            times.len(),
+            fmt_ms(p50),
+            fmt_ms(p99),
+            fmt_ms(max)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
