@@ -266,10 +266,15 @@ async fn cluster_async(command: ClusterCommand) -> Result<ExitCode, String> {
         ClusterCommand::Init { node, members } => {
             let mut req = InitRequest::default();
             for m in &members {
-                let (id, addr) = m
+                let parsed = m
                     .split_once('=')
-                    .and_then(|(id, addr)| Some((id.parse::<NodeId>().ok()?, addr.to_string())))
-                    .ok_or_else(|| format!("--member {m:?}: expected ID=ADDR"))?;
+                    .filter(|(_, addr)| !addr.is_empty())
+                    .and_then(|(id, addr)| Some((id.parse::<NodeId>().ok()?, addr.to_string())));
+                let Some((id, addr)) = parsed else {
+                    // A usage error, as clap reports one.
+                    eprintln!("sessiondb cluster init: --member {m:?}: expected ID=ADDR, e.g. 1=127.0.0.1:7001");
+                    return Ok(ExitCode::from(2));
+                };
                 req.members.insert(id, addr);
             }
             let (addr, s) = post(&node, "/cluster/init", &req).await?;
