@@ -177,7 +177,9 @@ impl ClusterClient {
             };
             let resp = match req.send().await {
                 Ok(r) => r,
+                // Errors name the node, not the URL: a key (a session id) must not reach logs.
                 Err(e) => {
+                    let e = e.without_url();
                     last = ClusterError::Unavailable(format!("{addr}: {e}"));
                     self.move_on(&addr);
                     if e.is_connect() || retry == Retry::Always {
@@ -193,6 +195,7 @@ impl ClusterClient {
             let bytes = match resp.bytes().await {
                 Ok(b) => b.to_vec(),
                 Err(e) => {
+                    let e = e.without_url();
                     last = ClusterError::Unavailable(format!("{addr}: {e}"));
                     self.move_on(&addr);
                     if retry == Retry::Always {
