@@ -11,7 +11,9 @@
 //!   (`SESSIONDB_BENCH_SECS`): first into one `Db` in `SyncMode::Always` (64 threads, this
 //!   process), then into a cluster of three `sessiondb serve` processes on loopback (64 tokio
 //!   tasks, `ClusterClient`, each write committed on a quorum and applied before it is
-//!   acknowledged). Puts/s and latency percentiles of each, and their ratio, in the same run.
+//!   acknowledged), and, to tell the cost of replication from the cost of the client's HTTP
+//!   path, into a one-node cluster. Puts/s and latency percentiles of each, and their ratios,
+//!   in the same run.
 //! - **failover**: with one client writing, the leader is killed (SIGKILL) 20 times
 //!   (`SESSIONDB_BENCH_KILLS`); each time, the time from the kill to the first write
 //!   acknowledged by the new leader. The killed node is restarted and caught up before the next
@@ -23,18 +25,18 @@
 //! Stores go in `$SESSIONDB_BENCH_DIR` (default `/tmp`), in `sessiondb-cluster-bench-<pid>`,
 //! removed at the end. docs/benchmarks.md records a run.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sessiondb::{Db, Options, SyncMode};
-use sessiondb_cluster::{ClusterClient, Consistency, Expiry, Status};
+use sessiondb_cluster::{ClusterClient, Consistency, Expiry};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sessiondb");
+#[path = "../tests/cluster_support/mod.rs"]
+mod cluster_support;
+
+use cluster_support::{caught_up, leader, start_nodes};
 
 struct Settings {
     clients: usize,
@@ -74,123 +76,6 @@ fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
     (at(0.50), at(0.99), v[v.len() - 1])
 }
 
-/// A node process; killed (SIGKILL) when dropped.
-struct Proc {
-    id: u64,
-    addr: String,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn start(id: u64, addr: &str, dir: &Path) -> Proc {
-        let mut p = Proc {
-            id,
-            addr: addr.to_string(),
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        p.restart();
-        p
-    }
-
-    fn restart(&mut self) {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--id", &self.id.to_string(), "--listen", &self.addr, "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sessiondb serve");
-        // The node prints one line once it answers.
-        let out = child.stdout.take().expect("the node's stdout");
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("the node's first line");
-        assert!(line.contains("listening on"), "node {}: {line:?}", self.id);
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("its address").to_string()
-}
-
-async fn status(http: &reqwest::Client, addr: &str) -> Option<Status> {
-    let r = http
-        .get(format!("http://{addr}/cluster/metrics"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .ok()?;
-    serde_json::from_slice(&r.bytes().await.ok()?).ok()
-}
-
-/// The leader's id once one of `procs` (running) says it leads, within `limit`.
-async fn leader(http: &reqwest::Client, procs: &[Proc], limit: Duration) -> u64 {
-    let deadline = Instant::now() + limit;
-    loop {
-        for p in procs.iter().filter(|p| p.child.is_some()) {
-            if let Some(s) = status(http, &p.addr).await {
-                if s.state == "Leader" {
-                    return s.id;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader in {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until every running node applied the leader's last log index.
-async fn caught_up(http: &reqwest::Client, procs: &[Proc], limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut applied = Vec::new();
-        for p in procs.iter().filter(|p| p.child.is_some()) {
-            applied.push(status(http, &p.addr).await.and_then(|s| s.last_applied_index));
-        }
-        if applied.iter().all(|a| a.is_some() && *a == applied[0]) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nodes not caught up in {limit:?}: {applied:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Three nodes in `root`, initialised; returns them and a client of all three.
-async fn three_nodes(root: &Path) -> (Vec<Proc>, ClusterClient) {
-    let procs: Vec<Proc> = (1..=3)
-        .map(|id| Proc::start(id, &free_addr(), &root.join(format!("n{id}"))))
-        .collect();
-    let members: Vec<String> = procs.iter().map(|p| format!("{}={}", p.id, p.addr)).collect();
-    let mut init = Command::new(BIN);
-    init.args(["cluster", "init", "--node", &procs[0].addr]);
-    for m in &members {
-        init.args(["--member", m]);
-    }
-    let out = init.output().expect("sessiondb cluster init");
-    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-    let client = ClusterClient::new(procs.iter().map(|p| p.addr.clone())).expect("a client");
-    (procs, client)
-}
-
 /// One node, 64 threads, SyncMode::Always: puts/s and latencies.
 fn single_node(s: &Settings, root: &Path) -> (f64, Vec<u64>) {
     let db = Arc::new(Db::open_with(root.join("single"), Options::new().sync_mode(SyncMode::Always)).expect("open"));
@@ -220,11 +105,13 @@ fn single_node(s: &Settings, root: &Path) -> (f64, Vec<u64>) {
 }
 
 /// Three nodes, 64 tasks: puts/s and latencies.
-async fn replicated(s: &Settings, root: &Path) -> (f64, Vec<u64>) {
+/// `nodes` nodes (1: a one-node cluster, the same client and HTTP path without replication),
+/// 64 tasks: puts/s and latencies.
+async fn replicated(s: &Settings, root: &Path, nodes: u64) -> (f64, Vec<u64>) {
     // SESSIONDB_BENCH_NODES=a,b,c: a cluster already running (to profile its nodes).
     let (procs, client) = match std::env::var("SESSIONDB_BENCH_NODES") {
         Ok(nodes) => (Vec::new(), ClusterClient::new(nodes.split(',')).expect("a client")),
-        Err(_) => three_nodes(root).await,
+        Err(_) => start_nodes(&root.join(format!("cluster-{nodes}")), nodes, &[]),
     };
     let http = reqwest::Client::new();
     if !procs.is_empty() {
@@ -270,7 +157,7 @@ async fn replicated(s: &Settings, root: &Path) -> (f64, Vec<u64>) {
 
 /// Kills the leader `kills` times; the time to the first write the new leader acknowledges.
 async fn failover(s: &Settings, root: &Path) -> Vec<u64> {
-    let (mut procs, client) = three_nodes(root).await;
+    let (mut procs, client) = start_nodes(&root.join("failover"), 3, &[]);
     let client = client.with_deadline(Duration::from_secs(30));
     let http = reqwest::Client::new();
     let mut times = Vec::new();
@@ -329,7 +216,9 @@ fn main() {
     );
     if want("writes") {
         let (one, one_lat) = single_node(&s, &root);
-        let (three, three_lat) = rt.block_on(replicated(&s, &root));
+        let (http1, http1_lat) = rt.block_on(replicated(&s, &root, 1));
+        let (three, three_lat) = rt.block_on(replicated(&s, &root, 3));
+        let (p50h, p99h, maxh) = percentiles(http1_lat);
         let (p50a, p99a, maxa) = percentiles(one_lat);
         let (p50b, p99b, maxb) = percentiles(three_lat);
         println!(
@@ -344,12 +233,19 @@ fn main() {
             fmt_ms(maxa)
         );
         println!(
+            "| one node over HTTP (a one-node cluster) | {http1:.0} | {} | {} | {} |",
+            fmt_ms(p50h),
+            fmt_ms(p99h),
+            fmt_ms(maxh)
+        );
+        println!(
             "| three nodes, replicated | {three:.0} | {} | {} | {} |",
             fmt_ms(p50b),
             fmt_ms(p99b),
             fmt_ms(maxb)
         );
         println!("replicated ÷ one node: {:.2}x (target ≥ 0.3x)", three / one);
+        println!("replicated ÷ one node over HTTP: {:.2}x", three / http1);
     }
     if want("failover") {
         let times = rt.block_on(failover(&s, &root));

@@ -479,7 +479,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.built
         };
         let path = self.dir.join("snapshots").join(format!("incoming-{n}.snap"));
-        let f = tokio::fs::File::create(&path)
+        // Readable too: openraft writes the chunks into this handle, then gives the same handle
+        // back to `install_snapshot`, which reads it (a write-only file failed there with EBADF,
+        // a storage error that stopped the node for good).
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
             .await
             .map_err(io(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         Ok(Box::new(f))
