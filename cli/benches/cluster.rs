@@ -17,7 +17,7 @@
 //! - **failover**: with one client writing, the leader is killed (SIGKILL) 20 times
 //!   (`SESSIONDB_BENCH_KILLS`); each time, the time from the kill to the first write
 //!   acknowledged by the new leader. The killed node is restarted and caught up before the next
-//!   kill. p50, p99 and max.
+//!   kill. p50, p99 and max. `SESSIONDB_BENCH_ELECTION_MS` sets the nodes' `--election-ms`.
 //!
 //! `SESSIONDB_BENCH_NODES=host:port,...` runs the replicated writes against a cluster already
 //! running (to profile its nodes) instead of starting one.
@@ -157,7 +157,13 @@ async fn replicated(s: &Settings, root: &Path, nodes: u64) -> (f64, Vec<u64>) {
 
 /// Kills the leader `kills` times; the time to the first write the new leader acknowledges.
 async fn failover(s: &Settings, root: &Path) -> Vec<u64> {
-    let (mut procs, client) = start_nodes(&root.join("failover"), 3, &[]);
+    // SESSIONDB_BENCH_ELECTION_MS: the nodes' --election-ms (default: serve's, 300).
+    let election = std::env::var("SESSIONDB_BENCH_ELECTION_MS").ok();
+    let args: Vec<&str> = match &election {
+        Some(ms) => vec!["--election-ms", ms.as_str()],
+        None => Vec::new(),
+    };
+    let (mut procs, client) = start_nodes(&root.join("failover"), 3, &args);
     let client = client.with_deadline(Duration::from_secs(30));
     let http = reqwest::Client::new();
     let mut times = Vec::new();

@@ -65,6 +65,7 @@ impl Proc {
     /// Starts the node again (same id, address and directory); returns once it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "node {} is running", self.id);
+        std::fs::create_dir_all(&self.dir).expect("the node's directory");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
