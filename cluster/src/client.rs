@@ -12,15 +12,24 @@
 //! (a put's version is then the later write's). A compare-and-swap is not: if its reply is lost
 //! it may have taken effect, and the client says so ([`ClusterError::Unavailable`]) rather than
 //! send it again and report its own write as a conflict.
+//!
+//! Writes are pipelined: the writes of all the callers of one client (clones share it) that
+//! arrive while earlier requests are in flight go to the leader together in one `POST /writes`
+//! (at most 256 of them, 4 requests in flight), so a busy application server sends few HTTP
+//! requests, not one per write. Each write keeps its own outcome and the retry rules above. The
+//! pipeline runs as a task on the tokio runtime of the client's first write; if that runtime is
+//! gone, writes go one request each, as before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::codec;
 use crate::http::{ScanEntry, EXPIRES_HEADER, LEADER_HEADER, VERSION_HEADER};
-use crate::node::{ClusterError, Consistency, Expiry};
+use crate::node::{ClusterError, Consistency, Expiry, Write};
 use crate::state_machine::Stored;
 use crate::Response;
 
@@ -38,7 +47,23 @@ struct Inner {
     leader: parking_lot::Mutex<Option<String>>,
     next: AtomicUsize,
     deadline: Duration,
+    /// The pipeline's queue, once started ([`ClusterClient::pipeline`]).
+    pipe: parking_lot::Mutex<Option<mpsc::UnboundedSender<Piped>>>,
 }
+
+/// A write waiting in the pipeline, and where its outcome goes.
+struct Piped {
+    write: Write,
+    retry: Retry,
+    reply: oneshot::Sender<Result<Response, ClusterError>>,
+}
+
+/// Requests of the pipeline in flight at once, at most; the writes that arrive meanwhile go in
+/// the next one.
+const PIPE_IN_FLIGHT: usize = 4;
+/// Writes in one request of the pipeline, at most, and their keys' and values' bytes.
+const PIPE_WRITES_MAX: usize = 256;
+const PIPE_BYTES_MAX: usize = 4 << 20;
 
 /// Path segments of a key: percent-encoded, `/` kept as it is.
 fn encode_key(key: &str) -> String {
@@ -98,6 +123,7 @@ impl ClusterClient {
                 leader: parking_lot::Mutex::new(None),
                 next: AtomicUsize::new(0),
                 deadline: Duration::from_secs(10),
+                pipe: parking_lot::Mutex::new(None),
             }),
         })
     }
@@ -112,6 +138,7 @@ impl ClusterClient {
                 leader: parking_lot::Mutex::new(inner.leader.lock().clone()),
                 next: AtomicUsize::new(0),
                 deadline,
+                pipe: parking_lot::Mutex::new(None),
             }),
         }
     }
@@ -299,24 +326,29 @@ impl ClusterClient {
 
     /// Sets `key` to `value`.
     pub async fn put(&self, key: &str, value: Vec<u8>, expiry: Expiry) -> Result<Response, ClusterError> {
-        let path = format!("/kv/{}?{}", encode_key(key), expiry_query(expiry));
-        let (_, _, body) = self.send(Method::Put, &path, Some(value), Retry::Always).await?;
-        Self::response(&body)
+        let w = Write::Put {
+            key: key.as_bytes().to_vec(),
+            value,
+            expiry,
+        };
+        self.write(w, Retry::Always).await
     }
 
     /// Removes `key`.
     pub async fn delete(&self, key: &str) -> Result<Response, ClusterError> {
-        let (_, _, body) = self
-            .send(Method::Delete, &format!("/kv/{}", encode_key(key)), None, Retry::Always)
-            .await?;
-        Self::response(&body)
+        let w = Write::Delete {
+            key: key.as_bytes().to_vec(),
+        };
+        self.write(w, Retry::Always).await
     }
 
     /// Moves the deadline of `key` if it is live; `applied` says whether it was.
     pub async fn touch(&self, key: &str, expiry: Expiry) -> Result<Response, ClusterError> {
-        let path = format!("/touch/{}?{}", encode_key(key), expiry_query(expiry));
-        let (_, _, body) = self.send(Method::Post, &path, None, Retry::Always).await?;
-        Self::response(&body)
+        let w = Write::Touch {
+            key: key.as_bytes().to_vec(),
+            expiry,
+        };
+        self.write(w, Retry::Always).await
     }
 
     /// Writes `value` if the version of `key` is `expected` (`None`: absent or expired).
@@ -328,16 +360,190 @@ impl ClusterClient {
         value: Vec<u8>,
         expiry: Expiry,
     ) -> Result<Response, ClusterError> {
-        let expected = expected.map_or("none".to_string(), |v| v.to_string());
-        let mut path = format!("/cas/{}?expected={expected}", encode_key(key));
-        let e = expiry_query(expiry);
-        if !e.is_empty() {
-            path.push('&');
-            path.push_str(&e);
+        let w = Write::CompareAndSwap {
+            key: key.as_bytes().to_vec(),
+            expected,
+            value,
+            expiry,
+        };
+        self.write(w, Retry::OnlyIfNotSent).await
+    }
+
+    /// Sends `w` through the pipeline, or in a request of its own if there is none.
+    async fn write(&self, w: Write, retry: Retry) -> Result<Response, ClusterError> {
+        let Some(pipe) = self.pipeline() else {
+            return self.write_alone(w, retry).await;
+        };
+        let (reply, outcome) = oneshot::channel();
+        if let Err(mpsc::error::SendError(p)) = pipe.send(Piped { write: w, retry, reply }) {
+            return self.write_alone(p.write, retry).await;
         }
-        let (_, _, body) = self
-            .send(Method::Post, &path, Some(value), Retry::OnlyIfNotSent)
-            .await?;
+        outcome.await.map_err(|_| {
+            ClusterError::Unavailable(
+                "the client's pipeline stopped (its runtime ended); the write may or may not have taken effect"
+                    .to_string(),
+            )
+        })?
+    }
+
+    /// The pipeline's queue: started on the current tokio runtime if it is not running.
+    fn pipeline(&self) -> Option<mpsc::UnboundedSender<Piped>> {
+        let mut pipe = self.inner.pipe.lock();
+        if let Some(p) = pipe.as_ref().filter(|p| !p.is_closed()) {
+            return Some(p.clone());
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The task holds no strong handle of the client: it ends when the client is dropped.
+        runtime.spawn(run_pipeline(Arc::downgrade(&self.inner), rx));
+        *pipe = Some(tx.clone());
+        Some(tx)
+    }
+
+    /// One write in one request of its own (`PUT /kv`, `DELETE /kv`, `POST /touch`, `POST /cas`).
+    async fn write_alone(&self, w: Write, retry: Retry) -> Result<Response, ClusterError> {
+        let text = |k: &[u8]| encode_key(&String::from_utf8_lossy(k));
+        let (method, path, body) = match w {
+            Write::Put { key, value, expiry } => (
+                Method::Put,
+                format!("/kv/{}?{}", text(&key), expiry_query(expiry)),
+                Some(value),
+            ),
+            Write::Delete { key } => (Method::Delete, format!("/kv/{}", text(&key)), None),
+            Write::Touch { key, expiry } => (
+                Method::Post,
+                format!("/touch/{}?{}", text(&key), expiry_query(expiry)),
+                None,
+            ),
+            Write::CompareAndSwap {
+                key,
+                expected,
+                value,
+                expiry,
+            } => {
+                let expected = expected.map_or("none".to_string(), |v| v.to_string());
+                let mut path = format!("/cas/{}?expected={expected}", text(&key));
+                let e = expiry_query(expiry);
+                if !e.is_empty() {
+                    path.push('&');
+                    path.push_str(&e);
+                }
+                (Method::Post, path, Some(value))
+            }
+        };
+        let (_, _, body) = self.send(method, &path, body, retry).await?;
         Self::response(&body)
+    }
+
+    /// Sends `group` in one `POST /writes` (again, for the writes that may be), and tells each
+    /// write its outcome.
+    async fn write_group(&self, group: Vec<Piped>) {
+        let start = Instant::now();
+        let mut pending = group;
+        while !pending.is_empty() {
+            let all_safe = pending.iter().all(|p| p.retry == Retry::Always);
+            let writes: Vec<&Write> = pending.iter().map(|p| &p.write).collect();
+            let body = match codec::encode(&writes) {
+                Ok(b) => b,
+                Err(e) => {
+                    let e = ClusterError::Protocol(format!("encoding writes: {e}"));
+                    for p in pending {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            };
+            let retry = if all_safe { Retry::Always } else { Retry::OnlyIfNotSent };
+            let sent = self.send(Method::Post, "/writes", Some(body), retry).await;
+            let time_left = start.elapsed() < self.inner.deadline;
+            let outcomes = sent.and_then(|(_, _, bytes)| {
+                let o: Vec<Result<Response, ClusterError>> =
+                    codec::decode(&bytes).map_err(|e| ClusterError::Protocol(format!("a reply to writes: {e}")))?;
+                if o.len() == pending.len() {
+                    Ok(o)
+                } else {
+                    Err(ClusterError::Protocol(format!(
+                        "{} outcomes for {} writes",
+                        o.len(),
+                        pending.len()
+                    )))
+                }
+            });
+            let mut again = Vec::new();
+            match outcomes {
+                Ok(outcomes) => {
+                    for (p, outcome) in pending.into_iter().zip(outcomes) {
+                        match outcome {
+                            // Not applied: leadership moved while the request was served.
+                            Err(ClusterError::NotLeader { .. }) if time_left => again.push(p),
+                            o => {
+                                let _ = p.reply.send(o);
+                            }
+                        }
+                    }
+                }
+                // The effect is unknown (or no leader until the deadline): the writes that may be
+                // sent again are, while time is left; the others learn it.
+                Err(e) => {
+                    for p in pending {
+                        if p.retry == Retry::Always && !all_safe && time_left {
+                            again.push(p);
+                        } else {
+                            let _ = p.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            pending = again;
+        }
+    }
+}
+
+/// The pipeline: takes the writes queued while up to [`PIPE_IN_FLIGHT`] requests are in flight
+/// and sends them together. Ends when the client is gone.
+async fn run_pipeline(inner: std::sync::Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Piped>) {
+    let slots = Arc::new(Semaphore::new(PIPE_IN_FLIGHT));
+    let mut carried: Option<Piped> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = piped_bytes(&first);
+        let mut group = vec![first];
+        while group.len() < PIPE_WRITES_MAX {
+            let Ok(p) = queue.try_recv() else {
+                break;
+            };
+            let size = piped_bytes(&p);
+            if bytes + size > PIPE_BYTES_MAX {
+                carried = Some(p);
+                break;
+            }
+            bytes += size;
+            group.push(p);
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let client = ClusterClient { inner };
+        tokio::spawn(async move {
+            client.write_group(group).await;
+            drop(slot);
+        });
+    }
+}
+
+/// The bytes of a queued write's key and value.
+fn piped_bytes(p: &Piped) -> usize {
+    match &p.write {
+        Write::Put { key, value, .. } | Write::CompareAndSwap { key, value, .. } => key.len() + value.len(),
+        Write::Delete { key } | Write::Touch { key, .. } => key.len(),
     }
 }

@@ -69,6 +69,7 @@ pub fn router(node: Node) -> Router {
         .route("/raft/snapshot", post(raft_snapshot))
         .route("/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/scan", get(kv_scan))
+        .route("/writes", post(kv_writes))
         .route("/touch/{*key}", post(kv_touch))
         .route("/cas/{*key}", post(kv_cas))
         .route("/cluster/init", post(cluster_init))
@@ -230,6 +231,42 @@ async fn kv_scan(State(node): State<Node>, Query(p): Query<ScanParams>) -> Resul
         })
         .collect();
     Ok(Json(entries).into_response())
+}
+
+/// The most writes one `POST /writes` takes.
+pub const WRITES_MAX: usize = 1024;
+
+/// `POST /writes`: several writes in one request (a client's pipeline), encoded by
+/// [`codec`] as a list of [`Write`]s; the reply is the list of their outcomes,
+/// `Result<Response, ClusterError>` each, in order. They are submitted together, so they share
+/// log entries. A node that is not the leader refuses the whole request with 421 (nothing
+/// applied); an outcome may still be "not the leader" if leadership was lost meanwhile.
+async fn kv_writes(State(node): State<Node>, body: Bytes) -> Result<Response, Failure> {
+    let writes: Vec<Write> =
+        codec::decode(&body).map_err(|e| ClusterError::BadRequest(format!("a list of writes: {e}")))?;
+    if writes.len() > WRITES_MAX {
+        return Err(ClusterError::BadRequest(format!(
+            "{} writes in one request, more than {WRITES_MAX}",
+            writes.len()
+        ))
+        .into());
+    }
+    node.check_leader()?;
+    let pending: Vec<_> = writes
+        .into_iter()
+        .map(|w| {
+            let node = node.clone();
+            tokio::spawn(async move { node.write(w).await })
+        })
+        .collect();
+    let mut outcomes: Vec<Result<crate::Response, ClusterError>> = Vec::with_capacity(pending.len());
+    for p in pending {
+        outcomes.push(
+            p.await
+                .unwrap_or_else(|e| Err(ClusterError::Stopped(format!("a write's task failed: {e}")))),
+        );
+    }
+    Ok(raft_reply(&outcomes))
 }
 
 async fn write(node: &Node, w: Write) -> Result<Response, Failure> {

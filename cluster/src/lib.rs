@@ -105,14 +105,15 @@ pub struct Response {
     pub applied: bool,
     /// The key's version after the request (the log index of its last write), if it is live.
     pub version: Option<u64>,
-    /// For a [`Request::Batch`]: each request's response, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// For a [`Request::Batch`]: each request's response, in order. (Always written, even
+    /// empty: bincode, which carries responses in `POST /writes`, cannot skip a field.)
+    #[serde(default)]
     pub batch: Vec<Response>,
 }
 
 /// Keys and values as byte strings: bincode writes a length and the bytes, not one element at
 /// a time (a quarter of a node's CPU went to decoding values element by element).
-mod bytes {
+pub(crate) mod bytes {
     use std::fmt;
 
     use serde::de::{SeqAccess, Visitor};

@@ -140,22 +140,28 @@ pub enum Expiry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
     Put {
+        #[serde(with = "crate::bytes")]
         key: Vec<u8>,
+        #[serde(with = "crate::bytes")]
         value: Vec<u8>,
         expiry: Expiry,
     },
     Delete {
+        #[serde(with = "crate::bytes")]
         key: Vec<u8>,
     },
     /// Moves the deadline of a live key.
     Touch {
+        #[serde(with = "crate::bytes")]
         key: Vec<u8>,
         expiry: Expiry,
     },
     /// Writes if the key's version is `expected` (`None`: absent or expired).
     CompareAndSwap {
+        #[serde(with = "crate::bytes")]
         key: Vec<u8>,
         expected: Option<u64>,
+        #[serde(with = "crate::bytes")]
         value: Vec<u8>,
         expiry: Expiry,
     },
@@ -528,6 +534,12 @@ impl Node {
         outcome
             .await
             .map_err(|_| ClusterError::Stopped("the node stopped before the write's outcome was known".to_string()))?
+    }
+
+    /// `Ok` if this node believes it leads; else [`ClusterError::NotLeader`] with the leader it
+    /// knows of.
+    pub fn check_leader(&self) -> Result<(), ClusterError> {
+        leading(self.id, &self.raft)
     }
 
     /// The value of `key`, its version and deadline.

@@ -540,11 +540,19 @@ async fn tower_create_with_an_unknown_outcome_draws_a_new_id() {
     let id = get(&alice, &format!("{url}/id")).await;
     let seen = requests.lock().expect("lock").clone();
     assert_eq!(seen.len(), 1, "one request reached the silent node: {seen:?}");
-    let lost = seen[0]
-        .strip_prefix(&format!("POST /cas/{PREFIX}"))
-        .and_then(|rest| rest.split('?').next())
-        .unwrap_or_else(|| panic!("not a create: {}", seen[0]))
-        .to_string();
+    // A create is a compare-and-swap of `PREFIX` and the id (22 characters), in the request's
+    // path or, through the client's pipeline, in its body.
+    let request = &seen[0];
+    assert!(
+        request.starts_with("POST /cas/") || request.starts_with("POST /writes"),
+        "not a create: {request}"
+    );
+    let lost: String = request
+        .split(PREFIX)
+        .nth(1)
+        .map(|rest| rest.chars().take(22).collect())
+        .unwrap_or_else(|| panic!("no session key in the request: {request}"));
+    assert_eq!(lost.len(), 22, "{request}");
     assert_ne!(id, lost, "the id whose write's outcome was unknown was used again");
     assert_eq!(get(&alice, &format!("{url}/visit")).await, "2", "the session works");
     assert!(stored(&cluster.client(), &format!("{PREFIX}{lost}")).await.is_none());
@@ -562,9 +570,24 @@ async fn silent_node() -> (String, Arc<Mutex<Vec<String>>>) {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                // Until the end of the headers (a create's body follows; it need not be read).
+                // The headers and the body (its length from Content-Length): the client's
+                // pipeline carries the key in the body of a `POST /writes`.
                 let read = tokio::time::timeout(DEADLINE, async {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    loop {
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (name, value) = l.split_once(':')?;
+                                    name.eq_ignore_ascii_case("content-length")
+                                        .then(|| value.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
                         match conn.read(&mut chunk).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -573,11 +596,9 @@ async fn silent_node() -> (String, Arc<Mutex<Vec<String>>>) {
                 })
                 .await;
                 if read.is_ok() {
-                    let text = String::from_utf8_lossy(&buf);
-                    let line = text.lines().next().unwrap_or_default();
                     seen.lock()
                         .expect("lock")
-                        .push(line.trim_end_matches(" HTTP/1.1").to_string());
+                        .push(String::from_utf8_lossy(&buf).into_owned());
                 }
                 let _ = conn.shutdown().await;
             });
