@@ -17,6 +17,8 @@
 //! when a node fails to start.
 
 mod cluster_support;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,36 +27,7 @@ use std::time::{Duration, Instant};
 
 use cluster_support::{caught_up, free_addr, leader, sessiondb, start_nodes, status, Proc};
 use sessiondb_cluster::{ClusterClient, Consistency, Expiry};
-
-fn seed() -> u64 {
-    let seed = std::env::var("SESSIONDB_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("seed {seed} (replay with SESSIONDB_SEED={seed})");
-    seed
-}
-
-/// splitmix64: the test's random choices, from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use support::random::{seeded, Rng};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -238,8 +211,9 @@ async fn check_nodes(procs: &[Proc], ledger: &Ledger) -> usize {
 
 #[test]
 fn kill9_of_the_leader_loses_no_acknowledged_write() {
-    let seed = seed();
-    let mut rng = Rng(seed);
+    let (seed, _guard) = seeded("kill9_of_the_leader_loses_no_acknowledged_write");
+    println!("seed {seed} (replay with SESSIONDB_SEED={seed})");
+    let mut rng = Rng::new(seed);
     let rounds: u64 = std::env::var("SESSIONDB_CLUSTER_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
