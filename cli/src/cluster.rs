@@ -23,9 +23,6 @@ pub struct Serve {
     /// The node's directory (its raft log and state stores; created if missing).
     #[arg(long)]
     dir: PathBuf,
-    /// The address other nodes and clients use to reach this one (default: --listen).
-    #[arg(long, value_name = "ADDR")]
-    advertise: Option<String>,
     /// Ms between the leader's heartbeats.
     #[arg(long, default_value_t = NodeConfig::default().heartbeat_ms)]
     heartbeat_ms: u64,
@@ -122,12 +119,8 @@ async fn serve_async(args: Serve) -> Result<(), String> {
     let node = Node::start(args.id, &args.dir, &config, HttpNetwork::new())
         .await
         .map_err(|e| format!("{}: {e}", args.dir.display()))?;
-    let advertise = args.advertise.unwrap_or_else(|| local.to_string());
     // Tests and scripts wait for this line: the node answers from now on.
-    println!(
-        "sessiondb node {} listening on {local} (advertised as {advertise})",
-        args.id
-    );
+    println!("sessiondb node {} listening on {local}", args.id);
     let stop = async {
         let term = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
