@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::state_machine::Stored;
 use crate::{LogStore, NodeId, Request, Response, StateMachine, TypeConfig};
 
-/// The most bytes of a write's key and value together: its log entry (JSON, up to 4 characters
-/// a byte) then fits in [`crate::log_store::ENTRY_BYTES_MAX`], and its value in the state.
+/// The most bytes of a write's key and value together: its log entry then fits in
+/// [`crate::log_store::ENTRY_BYTES_MAX`] with room to spare, and its value in the state.
 pub const WRITE_BYTES_MAX: usize = 1 << 20;
 
 /// The most entries one page of a scan returns.
@@ -444,7 +444,7 @@ struct Queued {
 /// each entry durable on the leader before it appends the next, so one write per entry would
 /// cost an fsync each.
 const BATCHES_IN_FLIGHT: usize = 2;
-/// Requests in one entry, at most, and their keys' and values' bytes (the entry, as JSON, stays
+/// Requests in one entry, at most, and their keys' and values' bytes (the entry, encoded, stays
 /// under the log's limit).
 const BATCH_REQUESTS_MAX: usize = 1024;
 const BATCH_BYTES_MAX: usize = WRITE_BYTES_MAX;
