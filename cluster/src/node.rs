@@ -301,10 +301,13 @@ pub struct Node {
 fn leading(id: NodeId, raft: &Raft<TypeConfig>) -> Result<(), ClusterError> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    if m.current_leader == Some(id) {
+    // Both: a leader removed from the membership steps down to learner but keeps its vote, so
+    // it still names itself as the leader; it must neither take writes (openraft then holds
+    // them unanswered) nor send clients back to itself.
+    if m.state == ServerState::Leader && m.current_leader == Some(id) {
         return Ok(());
     }
-    let leader = m.current_leader.and_then(|l| {
+    let leader = m.current_leader.filter(|l| *l != id).and_then(|l| {
         m.membership_config
             .membership()
             .get_node(&l)
