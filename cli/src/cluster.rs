@@ -60,7 +60,8 @@ pub enum ClusterCommand {
         #[arg(long = "member", value_name = "ID=ADDR")]
         members: Vec<String>,
     },
-    /// Add node ID at ADDR as a learner; returns when it has caught up with the log.
+    /// Add node ID at ADDR as a learner; returns once it is close behind the leader (within
+    /// openraft's replication lag threshold).
     #[command(name = "add-learner")]
     AddLearner {
         #[arg(long = "node", value_name = "ADDR")]
